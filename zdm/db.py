@@ -1,0 +1,62 @@
+"""Engines that behave the way the runner needs on both databases.
+
+pysqlite starts transactions lazily and only before DML, so a phase made of DDL would run in
+autocommit. The documented SQLAlchemy recipe below hands transaction control back to us, and
+BEGIN IMMEDIATE takes SQLite's write lock up front instead of failing halfway through a phase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database URL is malformed, uses an unsupported driver, or does not answer."""
+
+
+def create_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise DatabaseUnavailable(f"not a database URL: {str(url)!r}") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        raise DatabaseUnavailable(f"zdm supports postgresql and sqlite, not {backend!r}")
+    if backend == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    connect_args = {"application_name": "zdm", "connect_timeout": 10} if backend == "postgresql" else {"timeout": 30}
+    try:
+        engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
+    except (ImportError, sa.exc.ArgumentError) as exc:
+        raise DatabaseUnavailable(f"cannot use {parsed.render_as_string(hide_password=True)}: {exc}") from None
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_autocommit_driver)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def check_connection(engine: sa.Engine) -> None:
+    """Fail early, in one line, when the database does not answer."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except sa.exc.DBAPIError as exc:
+        reason = " ".join(str(exc.orig).split()) if exc.orig else str(exc)
+        where = engine.url.render_as_string(hide_password=True)
+        raise DatabaseUnavailable(f"cannot connect to {where}: {reason}") from None
+
+
+def describe(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)

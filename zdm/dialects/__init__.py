@@ -1,0 +1,127 @@
+"""What SQL differs between databases: triggers, table rebuilds, lock settings.
+
+Operations say *what* a phase does in dialect-neutral terms (add this column, keep these two
+columns in sync); a dialect turns that into statements. Identifiers are always quoted by the
+SQLAlchemy dialect's preparer, never pasted into SQL as they came.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.ddl.base import AddColumn, DropColumn
+from sqlalchemy.engine import Dialect as SADialect
+
+from zdm.model import ColumnType
+from zdm.transforms import Transform
+
+SA_TYPES: dict[ColumnType, type[sa.types.TypeEngine[Any]]] = {
+    ColumnType.TEXT: sa.Text,
+    ColumnType.INTEGER: sa.Integer,
+    ColumnType.BIGINT: sa.BigInteger,
+    ColumnType.BOOLEAN: sa.Boolean,
+    ColumnType.TIMESTAMP: sa.DateTime,
+    ColumnType.JSON: sa.JSON,
+}
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Keep column ``b`` equal to ``up(a)`` and, when ``down`` is given, ``a`` equal to ``down(b)``.
+
+    This is the dual-write promise of the expand phase: the old app writes ``a``, the new app
+    writes ``b``, both read correct values. The defaults tell an insert that named a column
+    from one that let the database fill it.
+    """
+
+    name: str
+    table: str
+    key: tuple[str, ...]
+    a: str
+    b: str
+    up: Transform
+    down: Transform | None
+    a_default: str | None = None
+    b_default: str | None = None
+
+
+def object_name(prefix: str, *parts: str) -> str:
+    """A name for a zdm-owned object that fits PostgreSQL's 63-byte limit and stays unique."""
+    readable = "_".join((prefix, *parts))
+    if len(readable) <= 55:
+        return readable
+    digest = hashlib.sha1(readable.encode()).hexdigest()[:8]
+    return f"{readable[:46]}_{digest}"
+
+
+class Dialect:
+    """Base: what both databases share. Subclasses override what differs."""
+
+    name = "generic"
+
+    def __init__(self, sa_dialect: SADialect) -> None:
+        self.sa = sa_dialect
+
+    # -- quoting and compiling ----------------------------------------------------------------
+    def quote(self, name: str) -> str:
+        return self.sa.identifier_preparer.quote(name)
+
+    def sql(self, construct: Any) -> str:
+        """Compile a SQLAlchemy construct to a statement with literal values inlined."""
+        return str(construct.compile(dialect=self.sa, compile_kwargs={"literal_binds": True}))
+
+    def expr(self, transform: Transform, source: str) -> str:
+        """``transform`` applied to an already-quoted column reference such as ``NEW."email"``."""
+        return self.sql(transform.sql(sa.literal_column(source)))
+
+    def column_type(self, column_type: ColumnType) -> sa.types.TypeEngine[Any]:
+        return SA_TYPES[column_type]()
+
+    def type_sql(self, column_type: ColumnType) -> str:
+        return self.column_type(column_type).compile(dialect=self.sa)
+
+    # -- DDL ----------------------------------------------------------------------------------
+    def add_column(self, table: str, column: sa.Column[Any]) -> str:
+        return self.sql(AddColumn(table, column))
+
+    def drop_column(self, table: str, name: str) -> list[Any]:
+        return [self.sql(DropColumn(table, sa.Column(name, sa.Text)))]
+
+    def literal(self, value: Any, column_type: ColumnType) -> str:
+        """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""
+        return self.sql(sa.literal(value, self.column_type(column_type)))
+
+    # -- what subclasses provide ---------------------------------------------------------------
+    def sync_triggers(self, sync: Sync) -> tuple[list[str], list[str]]:
+        """(statements creating the sync triggers, statements dropping them)."""
+        raise NotImplementedError
+
+    def begin(self, lock_timeout_ms: int) -> list[str]:
+        """Statements that open every transaction zdm runs (lock budget)."""
+        return []
+
+    def zdm_objects(self, connection: sa.Connection) -> list[str]:
+        """Names of zdm-owned triggers and functions left in the database."""
+        raise NotImplementedError
+
+
+def for_name(name: str) -> Dialect:
+    from zdm.dialects.postgresql import PostgresDialect
+    from zdm.dialects.sqlite import SQLiteDialect
+
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import psycopg
+
+        return PostgresDialect(psycopg.dialect())
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import pysqlite
+
+        return SQLiteDialect(pysqlite.dialect())
+    raise ValueError(f"zdm supports postgresql and sqlite, not {name!r}")
+
+
+def for_connection(connection: sa.Connection | sa.Engine) -> Dialect:
+    return for_name(connection.dialect.name)

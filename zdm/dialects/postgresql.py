@@ -1,0 +1,97 @@
+"""PostgreSQL: BEFORE ROW triggers, lock budgets, constraints added NOT VALID then validated."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from zdm.dialects import Dialect, Sync, object_name
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+
+    def begin(self, lock_timeout_ms: int) -> list[str]:
+        # SET LOCAL: the budget ends with the transaction, the app's sessions never see it.
+        return [f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"]
+
+    def sync_triggers(self, sync: Sync) -> tuple[list[str], list[str]]:
+        # A BEFORE trigger edits NEW in place: no second UPDATE, so no recursion, and the value
+        # is there before NOT NULL and CHECK constraints are tested.
+        q = self.quote
+        fn = q(object_name("zdm_fn", sync.name))
+        trigger = q(object_name("zdm_tg", sync.name))
+        table = q(sync.table)
+        new_a, new_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}"
+        old_a, old_b = f"OLD.{q(sync.a)}", f"OLD.{q(sync.b)}"
+        a_default = sync.a_default or "NULL"
+        b_default = sync.b_default or "NULL"
+        up = self.expr(sync.up, new_a)
+        insert = [
+            f"    IF {new_b} IS NULL OR ({new_b} IS NOT DISTINCT FROM {b_default}"
+            f" AND {new_a} IS DISTINCT FROM {a_default}) THEN",
+            f"      {new_b} := {up};",
+        ]
+        update = [
+            f"  ELSIF {new_a} IS DISTINCT FROM {old_a} THEN",
+            f"    {new_b} := {up};",
+        ]
+        if sync.down is not None:
+            down = self.expr(sync.down, new_b)
+            insert += [
+                f"    ELSIF {new_a} IS NULL OR ({new_a} IS NOT DISTINCT FROM {a_default}"
+                f" AND {new_b} IS DISTINCT FROM {b_default}) THEN",
+                f"      {new_a} := {down};",
+            ]
+            # The guard skips a write that is already consistent, such as the backfill's.
+            update += [
+                f"  ELSIF {new_b} IS DISTINCT FROM {old_b} AND {new_b} IS DISTINCT FROM {up} THEN",
+                f"    {new_a} := {down};",
+            ]
+        body = "\n".join(
+            ["BEGIN", "  IF TG_OP = 'INSERT' THEN", *insert, "    END IF;", *update, "  END IF;",
+             "  RETURN NEW;", "END"]
+        )
+        create = [
+            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $zdm$\n{body}\n$zdm$",
+            f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} "
+            f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        ]
+        drop = [f"DROP TRIGGER IF EXISTS {trigger} ON {table}", f"DROP FUNCTION IF EXISTS {fn}()"]
+        return create, drop
+
+    # -- NOT NULL without a long ACCESS EXCLUSIVE scan ---------------------------------------------
+    def not_null_check(self, table: str, column: str, name: str) -> tuple[str, str, str]:
+        """(add the check NOT VALID, validate it, drop it).
+
+        SET NOT NULL after a validated ``CHECK (col IS NOT NULL)`` skips the full-table scan
+        under ACCESS EXCLUSIVE (PostgreSQL 12+); VALIDATE only takes SHARE UPDATE EXCLUSIVE.
+        """
+        q = self.quote
+        check = q(object_name("zdm_nn", name))
+        return (
+            f"ALTER TABLE {q(table)} ADD CONSTRAINT {check} CHECK ({q(column)} IS NOT NULL) NOT VALID",
+            f"ALTER TABLE {q(table)} VALIDATE CONSTRAINT {check}",
+            f"ALTER TABLE {q(table)} DROP CONSTRAINT IF EXISTS {check}",
+        )
+
+    def set_not_null(self, table: str, column: str) -> str:
+        return f"ALTER TABLE {self.quote(table)} ALTER COLUMN {self.quote(column)} SET NOT NULL"
+
+    def drop_not_null(self, table: str, column: str) -> str:
+        return f"ALTER TABLE {self.quote(table)} ALTER COLUMN {self.quote(column)} DROP NOT NULL"
+
+    def set_default(self, table: str, column: str, default: str | None) -> str:
+        head = f"ALTER TABLE {self.quote(table)} ALTER COLUMN {self.quote(column)}"
+        return f"{head} DROP DEFAULT" if default is None else f"{head} SET DEFAULT {default}"
+
+    def zdm_objects(self, connection: sa.Connection) -> list[str]:
+        rows = connection.execute(
+            sa.text(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'zdm\\_%' "
+                "UNION ALL SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE proname LIKE 'zdm\\_%' AND n.nspname = current_schema() "
+                "UNION ALL SELECT conname FROM pg_constraint WHERE conname LIKE 'zdm\\_%'"
+            )
+        )
+        return sorted(r[0] for r in rows)
+

@@ -1,0 +1,113 @@
+"""SQLite: AFTER triggers, and table rebuilds for what ALTER TABLE cannot do.
+
+SQLite has one writer at a time, so "zero downtime" here is about both app versions working,
+not about lock queues. Its ALTER TABLE cannot change a column's NULL-ability or default, so
+those changes rebuild the table (copy, drop, rename) inside the phase's transaction, through
+Alembic's batch mode, which knows how to carry constraints and indexes across.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+
+from zdm.dialects import Dialect, Sync, object_name
+
+
+def rebuild_action(
+    table: str, *, alter: dict[str, dict[str, Any]] | None = None, drop: list[str] | None = None
+) -> dict[str, Any]:
+    """A rebuild as a plain record: stored with the plan, run later against the live table."""
+    return {"rebuild": {"table": table, "alter": alter or {}, "drop": drop or []}}
+
+
+def describe_rebuild(spec: dict[str, Any], quote: Any) -> str:
+    changes = [f"drop {quote(c)}" for c in spec["drop"]]
+    for column, change in spec["alter"].items():
+        parts = []
+        if "nullable" in change:
+            parts.append("NULL" if change["nullable"] else "NOT NULL")
+        if "server_default" in change:
+            default = change["server_default"]
+            parts.append("no default" if default is None else f"DEFAULT {default}")
+        changes.append(f"{quote(column)} {' '.join(parts)}")
+    return f"-- rebuild table {quote(spec['table'])} (copy, drop, rename): {'; '.join(changes)}"
+
+
+def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
+    """Rebuild the live table to the new shape, keeping its triggers (DROP TABLE drops them)."""
+    triggers = connection.execute(
+        sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
+        {"t": spec["table"]},
+    ).scalars().all()
+    operations = Operations(MigrationContext.configure(connection))
+    with operations.batch_alter_table(spec["table"], recreate="always") as batch:
+        for column in spec["drop"]:
+            batch.drop_column(column)
+        for column, change in spec["alter"].items():
+            kwargs: dict[str, Any] = {}
+            if "nullable" in change:
+                kwargs["nullable"] = change["nullable"]
+            if "server_default" in change:
+                default = change["server_default"]
+                kwargs["server_default"] = sa.text(default) if default is not None else None
+            batch.alter_column(column, **kwargs)
+    for sql in triggers:
+        connection.exec_driver_sql(sql)
+
+
+class SQLiteDialect(Dialect):
+    name = "sqlite"
+
+    def sync_triggers(self, sync: Sync) -> tuple[list[str], list[str]]:
+        # AFTER triggers that UPDATE the row again: SQLite cannot edit NEW. Each guard skips a
+        # write that is already consistent, so the triggers never chase each other.
+        q = self.quote
+        table = q(sync.table)
+        new_a, new_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}"
+        old_a, old_b = f"OLD.{q(sync.a)}", f"OLD.{q(sync.b)}"
+        a_default = sync.a_default or "NULL"
+        b_default = sync.b_default or "NULL"
+        row = " AND ".join(f"{q(k)} = NEW.{q(k)}" for k in sync.key)
+        up = self.expr(sync.up, new_a)
+        b_from_a = f"({new_b} IS NULL OR ({new_b} IS {b_default} AND {new_a} IS NOT {a_default}))"
+        names = {part: q(object_name("zdm_tg", sync.name, part)) for part in ("ins", "a", "b")}
+
+        insert_body = [f"UPDATE {table} SET {q(sync.b)} = {up} WHERE {row} AND {b_from_a};"]
+        create_b: list[str] = []
+        if sync.down is not None:
+            down = self.expr(sync.down, new_b)
+            a_from_b = f"({new_a} IS NULL OR ({new_a} IS {a_default} AND {new_b} IS NOT {b_default}))"
+            insert_body.append(
+                f"UPDATE {table} SET {q(sync.a)} = {down} WHERE {row} AND NOT {b_from_a} AND {a_from_b};"
+            )
+            create_b.append(
+                f"CREATE TRIGGER {names['b']} AFTER UPDATE OF {q(sync.b)} ON {table} "
+                f"WHEN {new_b} IS NOT {old_b} AND {new_a} IS {old_a} AND {new_b} IS NOT {up} "
+                f"BEGIN UPDATE {table} SET {q(sync.a)} = {down} WHERE {row}; END"
+            )
+        create = [
+            f"CREATE TRIGGER {names['ins']} AFTER INSERT ON {table} BEGIN {' '.join(insert_body)} END",
+            f"CREATE TRIGGER {names['a']} AFTER UPDATE OF {q(sync.a)} ON {table} "
+            f"WHEN {new_a} IS NOT {old_a} AND {new_b} IS NOT {up} "
+            f"BEGIN UPDATE {table} SET {q(sync.b)} = {up} WHERE {row}; END",
+            *create_b,
+        ]
+        drop = [f"DROP TRIGGER IF EXISTS {names[part]}" for part in ("b", "a", "ins")]
+        if sync.down is None:
+            drop = drop[1:]
+        return create, drop
+
+    def drop_column(self, table: str, name: str) -> list[Any]:
+        # Native DROP COLUMN refuses indexed or constrained columns; a rebuild does not.
+        return [rebuild_action(table, drop=[name])]
+
+    def zdm_objects(self, connection: sa.Connection) -> list[str]:
+        rows = connection.execute(
+            sa.text("SELECT name FROM sqlite_master WHERE name LIKE 'zdm\\_%' ESCAPE '\\' "
+                    "AND type IN ('trigger', 'index', 'view')")
+        )
+        return sorted(r[0] for r in rows)

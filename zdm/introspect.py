@@ -1,0 +1,100 @@
+"""The live database read back into the reference model.
+
+Validation checks a plan against what is really there, and tests compare the database with the
+model through the very same reading, so a difference means one of them is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from zdm.model import Column, ColumnType, ModelError, Schema, Table
+
+#: Tables zdm owns; never part of the user's schema.
+INTERNAL_TABLES = frozenset({"zdm_migrations"})
+
+
+def column_type(sa_type: sa.types.TypeEngine[Any]) -> ColumnType | None:
+    """Map a reflected SQLAlchemy type to the model's, or None for a type zdm does not model."""
+    if isinstance(sa_type, sa.JSON):
+        return ColumnType.JSON
+    if isinstance(sa_type, sa.Boolean):
+        return ColumnType.BOOLEAN
+    if isinstance(sa_type, sa.BigInteger):
+        return ColumnType.BIGINT
+    if isinstance(sa_type, sa.Integer):
+        return ColumnType.INTEGER
+    if isinstance(sa_type, sa.DateTime):
+        return ColumnType.TIMESTAMP
+    if isinstance(sa_type, sa.String):
+        return ColumnType.TEXT
+    return None
+
+
+def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> Table:
+    inspector = sa.inspect(connection)
+    if not inspector.has_table(name):
+        raise ModelError(f"no table {name!r}")
+    primary_key = set(inspector.get_pk_constraint(name).get("constrained_columns") or [])
+    table = Table(name)
+    for info in inspector.get_columns(name):
+        ctype = column_type(info["type"])
+        if ctype is None:
+            raise ModelError(f"column {name}.{info['name']} has type {info['type']}, which zdm does not model")
+        key = info["name"] in primary_key
+        # SQLite reports INTEGER PRIMARY KEY as nullable; no key column is, in either database.
+        column = Column(info["name"], ctype, nullable=bool(info["nullable"]) and not key, primary_key=key)
+        table.columns[column.name] = column
+    if rows:
+        table.rows = read_rows(connection, name)
+    return table
+
+
+def live_table(connection: sa.Connection, name: str) -> sa.Table:
+    """Columns and primary key only: enough to read and update rows, and cheap to reflect.
+
+    (Full reflection would also read constraints, and SQLAlchemy warns on NOT VALID ones.)
+    """
+    inspector = sa.inspect(connection)
+    primary_key = set(inspector.get_pk_constraint(name).get("constrained_columns") or [])
+    columns = [
+        sa.Column(info["name"], info["type"], primary_key=info["name"] in primary_key)
+        for info in inspector.get_columns(name)
+    ]
+    return sa.Table(name, sa.MetaData(), *columns)
+
+
+def read_rows(connection: sa.Connection, name: str) -> list[dict[str, Any]]:
+    """Every row, typed like the model types them, in primary-key order."""
+    reflected = live_table(connection, name)
+    order = list(reflected.primary_key.columns) or list(reflected.columns)
+    result = connection.execute(sa.select(reflected).order_by(*order))
+    types = {c.name: column_type(c.type) for c in reflected.columns}
+    return [
+        {k: (types[k].coerce(v) if types[k] else v) for k, v in row._mapping.items()} for row in result
+    ]
+
+
+def read_schema(
+    connection: sa.Connection, tables: list[str] | None = None, *, rows: bool = False
+) -> Schema:
+    """The user's tables (all, or the ones named) as a model Schema."""
+    inspector = sa.inspect(connection)
+    names = tables if tables is not None else inspector.get_table_names()
+    schema = Schema()
+    for name in names:
+        if name in INTERNAL_TABLES or name.startswith("_alembic_tmp_"):
+            continue
+        if inspector.has_table(name):
+            schema.add_table(read_table(connection, name, rows=rows))
+    return schema
+
+
+def server_default(connection: sa.Connection, table: str, column: str) -> str | None:
+    """The column's DEFAULT clause as the database reports it (SQL text), or None."""
+    for info in sa.inspect(connection).get_columns(table):
+        if info["name"] == column:
+            return info.get("default")
+    raise ModelError(f"table {table!r} has no column {column!r}")

@@ -1,0 +1,150 @@
+"""Plan files (YAML or JSON) -> a validated declaration -> a compiled MigrationPlan.
+
+Structure is checked by pydantic, so an invalid file gets an error naming the file, the field
+and the problem. Meaning is checked against the live schema (tables and columns exist, new names
+are free) before any SQL runs. Compiling turns the declaration into the steps of every phase.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from zdm import introspect
+from zdm.dialects import for_connection
+from zdm.model import Schema
+from zdm.operations import AnyOperation, Compiler
+from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
+
+#: More steps than this in one plan is allowed, but deserves a second look.
+MANY_STEPS = 30
+
+
+class PlanFileError(ValueError):
+    """A plan file that cannot be read or does not validate; the message is one line."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lock_timeout_ms: int = Field(500, ge=1, description="lock budget of every DDL statement")
+    lock_retries: int = Field(5, ge=0, description="retries after a lock timeout")
+    batch_size: int = Field(1000, ge=1, description="first backfill batch size (rows)")
+    batch_target_ms: int = Field(100, ge=1, description="backfill batch duration to aim for")
+    batch_pause_ms: int = Field(0, ge=0, description="pause between backfill batches")
+
+
+class PlanFile(BaseModel):
+    """A declared change: an id, a title, and operations that run in order inside each phase."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
+    title: str = ""
+    settings: Settings = Field(default_factory=Settings)
+    operations: list[AnyOperation]
+
+
+def json_schema() -> dict[str, Any]:
+    """The plan file's JSON Schema, for editors and for `zdm schema`."""
+    return PlanFile.model_json_schema()
+
+
+def load(path: str | Path) -> PlanFile:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlanFileError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise PlanFileError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                            f"{' '.join(str(exc).split())}") from None
+    return parse(data, source=str(path))
+
+
+def parse(data: Any, source: str = "<plan>") -> PlanFile:
+    if not isinstance(data, dict):
+        raise PlanFileError(f"{source}: a plan is a mapping with id, title and operations")
+    try:
+        return PlanFile.model_validate(data)
+    except ValidationError as exc:
+        raise PlanFileError(f"{source}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {message}{more}"
+
+
+# -- checks before anything runs --------------------------------------------------------------
+@dataclass(frozen=True)
+class Problem:
+    level: str  # "error" stops the run, "warning" is printed
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.message}"
+
+
+def check(plan: PlanFile, schema: Schema) -> list[Problem]:
+    """Safety rules and live-schema checks; each operation sees the ones before it applied."""
+    problems: list[Problem] = []
+    if not plan.operations:
+        return [Problem("error", f"plan {plan.id!r} has no operations")]
+    working = schema.copy()
+    touched: dict[tuple[str, str], int] = {}
+    for number, operation in enumerate(plan.operations, 1):
+        where = f"operation {number} ({operation.describe()})"
+        errors = operation.check(working)
+        for table, column in sorted(operation.touches()):
+            if (table, column) in touched:
+                errors.append(f"{table}.{column} is already changed by operation {touched[table, column]}; "
+                              "split the plan in two")
+            touched.setdefault((table, column), number)
+        problems += [Problem("error", f"{where}: {e}") for e in errors]
+        problems += [Problem("warning", f"{where}: {w}") for w in operation.warnings(working)]
+        if errors:
+            break
+        for phase in STEP_PHASES:
+            operation.apply_to_model(working, phase, "generic")
+    destructive = [op for op in plan.operations if op.op.startswith("drop")]
+    additive = [op for op in plan.operations if not op.op.startswith("drop")]
+    if destructive and not additive:
+        problems.append(Problem("warning", "the plan only contracts (drops) without expanding: data-loss "
+                                "risk; make sure no deployed app version still uses what it drops"))
+    return problems
+
+
+def compile_plan(plan: PlanFile, connection: sa.Connection) -> MigrationPlan:
+    """The steps of every phase, with their exact SQL, for this database as it is now."""
+    dialect = for_connection(connection)
+    working = introspect.read_schema(connection)
+    compilers = []
+    for operation in plan.operations:
+        compilers.append(Compiler(dialect, connection, working.copy(), plan.id))
+        for phase in STEP_PHASES:
+            operation.apply_to_model(working, phase, dialect.name)
+    steps: list[MigrationStep] = []
+    for phase in STEP_PHASES:
+        for operation, compiler in zip(plan.operations, compilers, strict=False):
+            steps += _phase_steps(operation, phase, compiler)
+    return MigrationPlan(id=plan.id, title=plan.title or plan.id, steps=steps, phase=Phase.PENDING,
+                         source=plan.model_dump(mode="json"))
+
+
+def _phase_steps(operation: Any, phase: Phase, compiler: Compiler) -> list[MigrationStep]:
+    method = {Phase.EXPANDING: operation.expand, Phase.MIGRATING: operation.migrate,
+              Phase.CONTRACTING: operation.contract}[phase]
+    return method(compiler)

@@ -1,0 +1,442 @@
+"""Runs the phases: transactions, lock budget and retries, backfill, compensation.
+
+Each phase runs as one transaction together with the state row that records it, so the record
+and the database never disagree. The exceptions are statements PostgreSQL forbids inside a
+transaction and the backfill, which is many short transactions with a checkpoint each.
+
+When ``start`` fails, the failing transaction is rolled back and the compensating SQL of the
+steps already committed runs, newest first: the plan ends ROLLED_BACK and the database is in its
+original shape with every row written meanwhile. When the contract phase of ``complete`` fails,
+its transaction is rolled back and the plan stays MIGRATING: the new app is already deployed
+and still needs the new shape, which a rollback would take away.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from zdm import backfill, introspect, planfile, state
+from zdm.dialects import Dialect, for_connection
+from zdm.dialects.sqlite import describe_rebuild, run_rebuild
+from zdm.plan import MigrationPlan, MigrationStep, Phase
+from zdm.planfile import PlanFile, Problem
+
+T = TypeVar("T")
+
+
+class ZdmError(RuntimeError):
+    """An error the CLI reports as one line; ``exit_code`` 2 for bad input, 1 for runtime."""
+
+    exit_code = 1
+
+
+class PlanInvalid(ZdmError):
+    """The plan does not fit the live schema; nothing ran."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        errors = [p.message for p in problems if p.level == "error"]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{errors[0]}{more}")
+
+
+class PlanStateError(ZdmError):
+    """The command does not fit the plan's phase (start twice, complete before start...)."""
+
+    exit_code = 2
+
+
+class MigrationFailed(ZdmError):
+    """A statement failed while running; the message says what state was left."""
+
+
+class LockBudgetExceeded(MigrationFailed):
+    """A lock could not be had within the budget, even after the retries."""
+
+
+class Reporter:
+    """What the runner tells the outside world. The base reports nothing."""
+
+    def phase(self, plan: MigrationPlan, phase: Phase) -> None: ...
+    def step(self, step: MigrationStep) -> None: ...
+    def statement(self, sql: str) -> None: ...
+    def backfill(self, progress: backfill.BackfillProgress) -> None: ...
+    def note(self, message: str) -> None: ...
+
+
+class Runner:
+    def __init__(self, engine: sa.Engine, reporter: Reporter | None = None,
+                 overrides: dict[str, Any] | None = None) -> None:
+        self.engine = engine
+        self.reporter = reporter or Reporter()
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        self.dialect: Dialect = for_connection(engine)
+        self.settings = planfile.Settings(**self.overrides)
+
+    # -- commands ------------------------------------------------------------------------------
+    def plan(self, plan_file: PlanFile) -> MigrationPlan:
+        """Check and compile; changes nothing."""
+        with self.engine.connect() as connection:
+            plan = self._compile(connection, plan_file)
+            connection.rollback()
+        return plan
+
+    def start(self, plan_file: PlanFile) -> MigrationPlan:
+        with state.runner_lock(self.engine):
+            plan, checkpoint = self._prepare_start(plan_file)
+            self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING))
+            return plan
+
+    def complete(self, plan_id: str) -> MigrationPlan:
+        with state.runner_lock(self.engine):
+            plan, _ = self._load(plan_id)
+            if plan.phase is Phase.COMPLETE:
+                raise PlanStateError(f"plan {plan_id!r} is already complete")
+            if not plan.is_started and plan.phase is not Phase.CONTRACTING:
+                hint = "start it again first" if plan.phase is Phase.ROLLED_BACK else "run `zdm start` first"
+                raise PlanStateError(f"plan {plan_id!r} is {plan.phase.value}, not ready to complete: {hint}")
+            self._contract(plan)
+            return plan
+
+    def rollback(self, plan_id: str) -> MigrationPlan:
+        with state.runner_lock(self.engine):
+            plan, _ = self._load(plan_id)
+            if plan.phase is Phase.COMPLETE:
+                raise PlanStateError(
+                    f"plan {plan_id!r} is complete: its contract phase dropped what a rollback would "
+                    "need; write a new plan to change the schema back"
+                )
+            if plan.phase is Phase.ROLLED_BACK:
+                raise PlanStateError(f"plan {plan_id!r} is already rolled back")
+            self._compensate(plan)
+            return plan
+
+    def apply(self, plan_file: PlanFile) -> MigrationPlan:
+        """Every phase in one go, for dev databases and apps with a single version running."""
+        with state.runner_lock(self.engine):
+            plan, checkpoint = self._prepare_start(plan_file)
+            self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING))
+            try:
+                self._contract(plan)
+            except MigrationFailed as exc:
+                self._compensate(plan)
+                raise MigrationFailed(f"{exc}; rolled back") from exc
+            return plan
+
+    def status(self) -> list[tuple[MigrationPlan, dict[str, Any]]]:
+        with self.engine.connect() as connection:
+            return state.load_all(connection)
+
+    # -- preparing ----------------------------------------------------------------------------
+    def _compile(self, connection: sa.Connection, plan_file: PlanFile) -> MigrationPlan:
+        schema = introspect.read_schema(connection)
+        problems = planfile.check(plan_file, schema)
+        for problem in problems:
+            if problem.level == "warning":
+                self.reporter.note(str(problem))
+        if any(p.level == "error" for p in problems):
+            raise PlanInvalid(problems)
+        plan = planfile.compile_plan(plan_file, connection)
+        plan.source["settings"] = {**plan.source.get("settings", {}), **self.overrides}
+        return plan
+
+    def _load(self, plan_id: str) -> tuple[MigrationPlan, dict[str, Any]]:
+        with self.engine.connect() as connection:
+            found = state.load(connection, plan_id)
+        if found is None:
+            raise PlanStateError(f"no plan {plan_id!r} in this database (`zdm status` lists the plans)")
+        plan, checkpoint = found
+        self.settings = planfile.Settings(**{**plan.source.get("settings", {}), **self.overrides})
+        return plan, checkpoint
+
+    def _prepare_start(self, plan_file: PlanFile) -> tuple[MigrationPlan, dict[str, Any]]:
+        with self.engine.connect() as connection:
+            found = state.load(connection, plan_file.id)
+        if found is not None:
+            previous, checkpoint = found
+            if previous.phase is Phase.COMPLETE:
+                raise PlanStateError(f"plan {plan_file.id!r} is already complete")
+            if previous.phase is Phase.CONTRACTING:
+                raise PlanStateError(f"plan {plan_file.id!r} is being completed: run `zdm complete {plan_file.id}`")
+            if previous.is_started:
+                raise PlanStateError(
+                    f"plan {plan_file.id!r} is already started (MIGRATING): after the deploy run "
+                    f"`zdm complete {plan_file.id}`, or undo it with `zdm rollback {plan_file.id}`"
+                )
+            if previous.phase in (Phase.EXPANDING, Phase.MIGRATING):
+                self.settings = planfile.Settings(**{**previous.source.get("settings", {}), **self.overrides})
+                self.reporter.note(f"resuming plan {plan_file.id!r} interrupted during {previous.phase.value}")
+                return previous, checkpoint
+        self.settings = planfile.Settings(**{**plan_file.settings.model_dump(), **self.overrides})
+        with self.engine.connect() as connection:
+            plan = self._compile(connection, plan_file)
+            connection.rollback()
+        if found is not None:
+            plan.history, plan.phase = found[0].history, found[0].phase
+        with self.engine.begin() as connection:
+            state.ensure_table(connection)
+        return plan, {}
+
+    # -- running forward ----------------------------------------------------------------------
+    def _forward(self, plan: MigrationPlan, checkpoint: dict[str, Any], phases: tuple[Phase, ...]) -> None:
+        try:
+            for phase in phases:
+                if plan.phase is not phase:
+                    self._transition(plan, phase)
+                self._run_phase(plan, phase, checkpoint)
+        except sa.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise MigrationFailed(
+                    f"lost the database connection during {plan.phase.value}: {_reason(exc)}; state and "
+                    f"checkpoint are saved: `zdm start` resumes, `zdm rollback {plan.id}` undoes"
+                ) from exc
+            self._fail_and_compensate(plan, _reason(exc), exc)
+        except MigrationFailed as exc:
+            self._fail_and_compensate(plan, str(exc), exc)
+
+    def _fail_and_compensate(self, plan: MigrationPlan, reason: str, exc: Exception) -> None:
+        failed_in = plan.phase.value
+        self.reporter.note(f"{failed_in} failed: {reason}; compensating")
+        try:
+            self._compensate(plan, note=f"{failed_in} failed: {reason}")
+        except Exception as undo:
+            raise MigrationFailed(
+                f"{failed_in} failed: {reason}; compensation also failed: {_reason(undo)}; "
+                f"run `zdm rollback {plan.id}` once the cause is fixed"
+            ) from exc
+        raise MigrationFailed(f"{failed_in} failed: {reason}; rolled back, database unchanged") from exc
+
+    def _contract(self, plan: MigrationPlan) -> None:
+        if plan.phase is not Phase.CONTRACTING:
+            self._transition(plan, Phase.CONTRACTING)
+        try:
+            self._run_phase(plan, Phase.CONTRACTING, {})
+        except (sa.exc.DBAPIError, MigrationFailed) as exc:
+            reason = _reason(exc) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+            if not any(s.executed for s in plan.steps_of(Phase.CONTRACTING)):
+                self._transition(plan, Phase.MIGRATING, note=f"contract failed: {reason}")
+                raise MigrationFailed(
+                    f"CONTRACTING failed: {reason}; nothing was dropped, the plan is MIGRATING again "
+                    "(both app versions keep working)"
+                ) from exc
+            raise MigrationFailed(f"CONTRACTING failed: {reason}; run `zdm complete {plan.id}` again") from exc
+        self._transition(plan, Phase.COMPLETE)
+
+    def _transition(self, plan: MigrationPlan, phase: Phase, note: str = "") -> None:
+        plan.transition(phase, state.now(), note)
+        self.reporter.phase(plan, phase)
+        with self.engine.begin() as connection:
+            state.save(connection, plan)
+
+    def _run_phase(self, plan: MigrationPlan, phase: Phase, checkpoint: dict[str, Any]) -> None:
+        group: list[MigrationStep] = []
+        for step in plan.steps_of(phase):
+            if step.executed:
+                continue
+            if step.transactional and step.backfill is None:
+                group.append(step)
+                continue
+            self._run_group(plan, group)
+            group = []
+            if step.backfill is not None:
+                self._run_backfill(plan, step, checkpoint)
+            else:
+                self._run_outside_transaction(plan, step)
+        self._run_group(plan, group)
+
+    def _run_group(self, plan: MigrationPlan, steps: list[MigrationStep]) -> None:
+        """Steps of one phase in one transaction, committed with the record that they ran."""
+        if not steps:
+            return
+
+        def work(connection: sa.Connection) -> None:
+            for step in steps:
+                self.reporter.step(step)
+                for action in step.forward:
+                    self._execute(connection, action)
+            for step in steps:
+                step.executed = True
+            state.save(connection, plan)
+
+        try:
+            self._transaction(work, steps[0].description)
+        except BaseException:
+            for step in steps:
+                step.executed = False
+            raise
+
+    def _run_outside_transaction(self, plan: MigrationPlan, step: MigrationStep) -> None:
+        self.reporter.step(step)
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            for sql in self.dialect.begin(self.settings.lock_timeout_ms):
+                connection.exec_driver_sql(sql.replace("SET LOCAL", "SET"))
+            for action in step.forward:
+                self._execute(connection, action)
+        step.executed = True
+        with self.engine.begin() as connection:
+            state.save(connection, plan)
+
+    def _run_backfill(self, plan: MigrationPlan, step: MigrationStep, checkpoint: dict[str, Any]) -> None:
+        spec = step.backfill
+        assert spec is not None
+        self.reporter.step(step)
+        self.reporter.statement(spec.describe())
+        index = plan.steps.index(step)
+        with self.engine.connect() as connection:
+            table = backfill.reflect(connection, spec)
+            connection.rollback()
+        if checkpoint.get("step") != index:
+            with self.engine.connect() as connection:
+                checkpoint.clear()
+                checkpoint.update(step=index, **backfill.plan_range(connection, table, spec))
+                connection.rollback()
+        size = max(1, self.settings.batch_size)
+        rate = backfill.Rate(checkpoint["rows_done"])
+        while True:
+            started = time.monotonic()
+
+            def batch(connection: sa.Connection, size: int = size) -> int:
+                if self.dialect.name == "postgresql":
+                    timeout = max(10 * self.settings.batch_target_ms, 5000)
+                    connection.exec_driver_sql(f"SET LOCAL statement_timeout = '{int(timeout)}ms'")
+                new, visited = backfill.run_batch(connection, table, spec, checkpoint, size)
+                if visited:
+                    state.save_checkpoint(connection, plan.id, new)
+                    checkpoint.update(new)
+                return visited
+
+            visited = self._transaction(batch, step.description)
+            elapsed_ms = (time.monotonic() - started) * 1000
+            if not visited:
+                break
+            self.reporter.backfill(rate.progress(spec.table, checkpoint, size, elapsed_ms))
+            size = backfill.next_batch_size(size, elapsed_ms, self.settings.batch_target_ms)
+            if self.settings.batch_pause_ms:
+                time.sleep(self.settings.batch_pause_ms / 1000)
+        self.reporter.backfill(rate.progress(spec.table, checkpoint, size, 0.0, finished=True))
+        step.executed = True
+        with self.engine.begin() as connection:
+            state.save(connection, plan, {})
+        checkpoint.clear()
+
+    # -- compensating -------------------------------------------------------------------------
+    def _compensate(self, plan: MigrationPlan, note: str = "") -> None:
+        done = [s for s in plan.steps if s.executed and not s.rolled_back]
+        if any(s.phase is Phase.CONTRACTING for s in done):
+            raise PlanStateError(f"plan {plan.id!r} already ran contract steps; it cannot be rolled back")
+        if plan.phase is not Phase.ROLLED_BACK:
+            self.reporter.phase(plan, Phase.ROLLED_BACK)
+        group: list[MigrationStep] = []
+        for step in reversed(done):
+            if step.transactional:
+                group.append(step)
+                continue
+            self._undo_group(plan, group)
+            group = []
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                for action in step.compensate:
+                    self._execute(connection, action)
+            self._undo_group(plan, [step], run=False)
+        self._undo_group(plan, group)
+        plan.transition(Phase.ROLLED_BACK, state.now(), note)
+        with self.engine.begin() as connection:
+            state.ensure_table(connection)
+            state.save(connection, plan, {})
+
+    def _undo_group(self, plan: MigrationPlan, steps: list[MigrationStep], run: bool = True) -> None:
+        if not steps:
+            return
+
+        def work(connection: sa.Connection) -> None:
+            for step in steps:
+                if run:
+                    self.reporter.step(step)
+                    for action in step.compensate:
+                        self._execute(connection, action)
+                step.rolled_back = True
+            state.save(connection, plan)
+
+        try:
+            self._transaction(work, f"compensate {steps[0].description}")
+        except BaseException:
+            for step in steps:
+                step.rolled_back = False
+            raise
+
+    # -- executing ------------------------------------------------------------------------------
+    def _execute(self, connection: sa.Connection, action: str | dict[str, Any]) -> None:
+        if isinstance(action, dict):
+            self.reporter.statement(describe_rebuild(action["rebuild"], self.dialect.quote))
+            run_rebuild(connection, action["rebuild"])
+            return
+        self.reporter.statement(action)
+        connection.exec_driver_sql(action)
+
+    def _transaction(self, work: Callable[[sa.Connection], T], what: str) -> T:
+        """Run ``work`` in a transaction under the lock budget, retrying lock timeouts."""
+        attempts = self.settings.lock_retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.engine.begin() as connection:
+                    for sql in self.dialect.begin(self.settings.lock_timeout_ms):
+                        connection.exec_driver_sql(sql)
+                    return work(connection)
+            except sa.exc.DBAPIError as exc:
+                retryable = _is_lock_timeout(exc) or exc.connection_invalidated
+                if not retryable:
+                    raise
+                if attempt == attempts:
+                    if exc.connection_invalidated:
+                        raise
+                    raise LockBudgetExceeded(
+                        f"{what}: no lock within {self.settings.lock_timeout_ms} ms after {attempts} "
+                        f"tries; {self._blockers()}"
+                    ) from exc
+                delay = min(5.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random())
+                kind = "lock timeout" if _is_lock_timeout(exc) else "connection lost"
+                self.reporter.note(f"{what}: {kind} (try {attempt}/{attempts}), retrying in {delay:.2f} s")
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _blockers(self) -> str:
+        if self.dialect.name != "postgresql":
+            return "another connection holds the database's write lock"
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.text(
+                "SELECT a.pid, a.application_name, a.state, "
+                "EXTRACT(EPOCH FROM now() - a.xact_start) AS open_s FROM pg_stat_activity a "
+                "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
+                "AND a.xact_start IS NOT NULL AND EXISTS (SELECT 1 FROM pg_locks l "
+                "WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation') "
+                "ORDER BY a.xact_start LIMIT 3"
+            )).all()
+        if not rows:
+            return "the blocking session had finished by the time zdm looked"
+        return "blocked by " + "; ".join(
+            f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
+            f"{float(r.open_s):.1f} s)" for r in rows
+        )
+
+
+def _is_lock_timeout(exc: sa.exc.DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    return sqlstate == "55P03" or "database is locked" in str(exc.orig)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        return " ".join(str(exc.orig).split())
+    return " ".join(str(exc).split())
+
+
+@contextmanager
+def quiet() -> Iterator[None]:
+    yield

@@ -1,0 +1,134 @@
+"""Where zdm remembers what it did: a table inside the target database, and a runner lock.
+
+Keeping state next to the data means a step and the record that it ran commit together, so
+``zdm status`` from another process, or after a crash, tells the truth. The compiled plan is
+stored whole, so ``complete`` and ``rollback`` need nothing but the plan id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+
+from zdm.plan import MigrationPlan
+
+metadata = sa.MetaData()
+migrations = sa.Table(
+    "zdm_migrations",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("phase", sa.String(16), nullable=False),
+    sa.Column("plan", sa.Text, nullable=False),
+    sa.Column("checkpoint", sa.Text),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+#: Arbitrary but fixed: every zdm runner on a PostgreSQL database asks for this advisory lock.
+ADVISORY_LOCK_KEY = 0x7A646D  # "zdm"
+
+
+class RunnerBusy(RuntimeError):
+    """Another zdm runner is working on this database."""
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def ensure_table(connection: sa.Connection) -> None:
+    metadata.create_all(connection, checkfirst=True)
+
+
+def load(connection: sa.Connection, plan_id: str) -> tuple[MigrationPlan, dict[str, Any]] | None:
+    if not sa.inspect(connection).has_table(migrations.name):
+        return None
+    row = connection.execute(sa.select(migrations).where(migrations.c.id == plan_id)).first()
+    if row is None:
+        return None
+    return MigrationPlan.from_dict(json.loads(row.plan)), json.loads(row.checkpoint or "{}")
+
+
+def load_all(connection: sa.Connection) -> list[tuple[MigrationPlan, dict[str, Any]]]:
+    if not sa.inspect(connection).has_table(migrations.name):
+        return []
+    rows = connection.execute(sa.select(migrations).order_by(migrations.c.updated_at, migrations.c.id))
+    return [(MigrationPlan.from_dict(json.loads(r.plan)), json.loads(r.checkpoint or "{}")) for r in rows]
+
+
+def save(connection: sa.Connection, plan: MigrationPlan, checkpoint: dict[str, Any] | None = None) -> None:
+    values = {
+        "phase": plan.phase.value,
+        "plan": json.dumps(plan.to_dict()),
+        "checkpoint": json.dumps(checkpoint or {}),
+        "updated_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+    }
+    updated = connection.execute(migrations.update().where(migrations.c.id == plan.id).values(values))
+    if updated.rowcount == 0:
+        connection.execute(migrations.insert().values(id=plan.id, **values))
+
+
+def save_checkpoint(connection: sa.Connection, plan_id: str, checkpoint: dict[str, Any]) -> None:
+    connection.execute(
+        migrations.update()
+        .where(migrations.c.id == plan_id)
+        .values(checkpoint=json.dumps(checkpoint),
+                updated_at=dt.datetime.now(dt.UTC).replace(tzinfo=None))
+    )
+
+
+@contextmanager
+def runner_lock(engine: sa.Engine) -> Iterator[None]:
+    """One zdm runner per database at a time; a second one is refused, not queued.
+
+    PostgreSQL: a session advisory lock, released by the server if the runner dies.
+    SQLite: an flock on a file beside the database, released by the kernel if the runner dies.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            got = connection.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            connection.commit()
+            if not got:
+                raise RunnerBusy(f"another zdm runner is working on this database ({_holder(connection)})")
+            try:
+                yield
+            finally:
+                connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                connection.commit()
+        return
+    database = engine.url.database
+    if not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.zdm-lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunnerBusy(f"another zdm runner is working on {database} (lock file {handle.name})") from None
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _holder(connection: sa.Connection) -> str:
+    row = connection.execute(
+        sa.text(
+            "SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.objid = :k AND l.granted LIMIT 1"
+        ),
+        {"k": ADVISORY_LOCK_KEY},
+    ).first()
+    if row is None:
+        return "holder unknown"
+    since = f"{row.backend_start:%Y-%m-%d %H:%M:%S}"
+    return f"pid {row.pid}, application_name {row.application_name!r}, connected since {since}"
