@@ -357,7 +357,7 @@ class Runner:
 
         def work(connection: sa.Connection) -> None:
             for step in steps:
-                if run:
+                if run and step.compensate:
                     self.reporter.step(step)
                     for action in step.compensate:
                         self._execute(connection, action)

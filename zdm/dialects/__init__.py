@@ -48,6 +48,19 @@ class Sync:
     b_default: str | None = None
 
 
+def takes_other(mine: str, my_default: str | None, other: str, other_default: str | None,
+                is_: str, is_not: str) -> str:
+    """SQL: on insert, column ``mine`` should take its value from ``other``.
+
+    True when ``mine`` is NULL, or still holds its default while ``other`` was set to
+    something else: the app named ``other`` and let the database fill ``mine``.
+    """
+    if my_default is None:
+        return f"{mine} {is_} NULL"
+    other_set = f"{other} {is_not} {other_default}" if other_default else f"{other} {is_not} NULL"
+    return f"({mine} {is_} NULL OR ({mine} {is_} {my_default} AND {other_set}))"
+
+
 def object_name(prefix: str, *parts: str) -> str:
     """A name for a zdm-owned object that fits PostgreSQL's 63-byte limit and stays unique."""
     readable = "_".join((prefix, *parts))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from zdm.dialects import Dialect, Sync, object_name
+from zdm.dialects import Dialect, Sync, object_name, takes_other
 
 
 class PostgresDialect(Dialect):
@@ -23,12 +23,10 @@ class PostgresDialect(Dialect):
         table = q(sync.table)
         new_a, new_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}"
         old_a, old_b = f"OLD.{q(sync.a)}", f"OLD.{q(sync.b)}"
-        a_default = sync.a_default or "NULL"
-        b_default = sync.b_default or "NULL"
+        same, differs = "IS NOT DISTINCT FROM", "IS DISTINCT FROM"
         up = self.expr(sync.up, new_a)
         insert = [
-            f"    IF {new_b} IS NULL OR ({new_b} IS NOT DISTINCT FROM {b_default}"
-            f" AND {new_a} IS DISTINCT FROM {a_default}) THEN",
+            f"    IF {takes_other(new_b, sync.b_default, new_a, sync.a_default, same, differs)} THEN",
             f"      {new_b} := {up};",
         ]
         update = [
@@ -38,8 +36,7 @@ class PostgresDialect(Dialect):
         if sync.down is not None:
             down = self.expr(sync.down, new_b)
             insert += [
-                f"    ELSIF {new_a} IS NULL OR ({new_a} IS NOT DISTINCT FROM {a_default}"
-                f" AND {new_b} IS DISTINCT FROM {b_default}) THEN",
+                f"    ELSIF {takes_other(new_a, sync.a_default, new_b, sync.b_default, same, differs)} THEN",
                 f"      {new_a} := {down};",
             ]
             # The guard skips a write that is already consistent, such as the backfill's.

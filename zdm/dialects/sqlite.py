@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
-from zdm.dialects import Dialect, Sync, object_name
+from zdm.dialects import Dialect, Sync, object_name, takes_other
 
 
 def rebuild_action(
@@ -69,20 +69,18 @@ class SQLiteDialect(Dialect):
         table = q(sync.table)
         new_a, new_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}"
         old_a, old_b = f"OLD.{q(sync.a)}", f"OLD.{q(sync.b)}"
-        a_default = sync.a_default or "NULL"
-        b_default = sync.b_default or "NULL"
         row = " AND ".join(f"{q(k)} = NEW.{q(k)}" for k in sync.key)
         up = self.expr(sync.up, new_a)
-        b_from_a = f"({new_b} IS NULL OR ({new_b} IS {b_default} AND {new_a} IS NOT {a_default}))"
+        b_from_a = takes_other(new_b, sync.b_default, new_a, sync.a_default, "IS", "IS NOT")
         names = {part: q(object_name("zdm_tg", sync.name, part)) for part in ("ins", "a", "b")}
 
         insert_body = [f"UPDATE {table} SET {q(sync.b)} = {up} WHERE {row} AND {b_from_a};"]
         create_b: list[str] = []
         if sync.down is not None:
             down = self.expr(sync.down, new_b)
-            a_from_b = f"({new_a} IS NULL OR ({new_a} IS {a_default} AND {new_b} IS NOT {b_default}))"
+            a_from_b = takes_other(new_a, sync.a_default, new_b, sync.b_default, "IS", "IS NOT")
             insert_body.append(
-                f"UPDATE {table} SET {q(sync.a)} = {down} WHERE {row} AND NOT {b_from_a} AND {a_from_b};"
+                f"UPDATE {table} SET {q(sync.a)} = {down} WHERE {row} AND NOT ({b_from_a}) AND {a_from_b};"
             )
             create_b.append(
                 f"CREATE TRIGGER {names['b']} AFTER UPDATE OF {q(sync.b)} ON {table} "
