@@ -143,17 +143,15 @@ class Table:
         row: dict[str, Any] = {}
         for column in self.columns.values():
             if column.name in values:
-                value = column.type.coerce(values[column.name])
-            elif column.required:
-                raise ModelError(f"column {self.name}.{column.name} is required")
+                row[column.name] = column.type.coerce(values[column.name])
             else:
-                value = column.type.coerce(column.default)
-            row[column.name] = value
-        for link in self.links:
+                row[column.name] = column.type.coerce(column.default)
+        for link in self.links:  # like BEFORE triggers, links fill values before NOT NULL is checked
             self._link_insert(link, row)
         for column in self.columns.values():
             if row[column.name] is None and not column.nullable:
-                raise ModelError(f"column {self.name}.{column.name} cannot be NULL")
+                problem = "cannot be NULL" if column.name in values else "is required"
+                raise ModelError(f"column {self.name}.{column.name} {problem}")
         self.rows.append(row)
         return row
 

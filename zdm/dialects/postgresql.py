@@ -22,26 +22,27 @@ class PostgresDialect(Dialect):
         trigger = q(object_name("zdm_tg", sync.name))
         table = q(sync.table)
         new_a, new_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}"
-        old_a, old_b = f"OLD.{q(sync.a)}", f"OLD.{q(sync.b)}"
-        same, differs = "IS NOT DISTINCT FROM", "IS DISTINCT FROM"
         up = self.expr(sync.up, new_a)
-        insert = [
-            f"    IF {takes_other(new_b, sync.b_default, new_a, sync.a_default, same, differs)} THEN",
-            f"      {new_b} := {up};",
-        ]
+
+        def text(value: str | None) -> str | None:
+            # Compare text forms: json has no equality operator, text forms work for every type.
+            return None if value is None else f"({value})::text"
+
+        same, differs = "IS NOT DISTINCT FROM", "IS DISTINCT FROM"
+        b_from_a = takes_other(text(new_b), text(sync.b_default), text(new_a), text(sync.a_default), same, differs)
+        insert = [f"    IF {b_from_a} THEN", f"      {new_b} := {up};"]
         update = [
-            f"  ELSIF {new_a} IS DISTINCT FROM {old_a} THEN",
+            f"  ELSIF {text(new_a)} IS DISTINCT FROM {text(f'OLD.{q(sync.a)}')} THEN",
             f"    {new_b} := {up};",
         ]
         if sync.down is not None:
             down = self.expr(sync.down, new_b)
-            insert += [
-                f"    ELSIF {takes_other(new_a, sync.a_default, new_b, sync.b_default, same, differs)} THEN",
-                f"      {new_a} := {down};",
-            ]
+            a_from_b = takes_other(text(new_a), text(sync.a_default), text(new_b), text(sync.b_default), same, differs)
+            insert += [f"    ELSIF {a_from_b} THEN", f"      {new_a} := {down};"]
             # The guard skips a write that is already consistent, such as the backfill's.
             update += [
-                f"  ELSIF {new_b} IS DISTINCT FROM {old_b} AND {new_b} IS DISTINCT FROM {up} THEN",
+                f"  ELSIF {text(new_b)} IS DISTINCT FROM {text(f'OLD.{q(sync.b)}')} "
+                f"AND {text(new_b)} IS DISTINCT FROM {text(up)} THEN",
                 f"    {new_a} := {down};",
             ]
         body = "\n".join(
@@ -87,7 +88,8 @@ class PostgresDialect(Dialect):
                 "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgname LIKE 'zdm\\_%' "
                 "UNION ALL SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                 "WHERE proname LIKE 'zdm\\_%' AND n.nspname = current_schema() "
-                "UNION ALL SELECT conname FROM pg_constraint WHERE conname LIKE 'zdm\\_%'"
+                "UNION ALL SELECT conname FROM pg_constraint WHERE conname LIKE 'zdm\\_%' "
+                "AND conrelid IS DISTINCT FROM to_regclass('zdm_migrations')"
             )
         )
         return sorted(r[0] for r in rows)

@@ -1,0 +1,204 @@
+"""Every operation through start / rollback / start / complete, on SQLite and PostgreSQL.
+
+One flow covers every promise: after start both app versions write and read, and the database
+agrees with the reference model; rollback restores the original shape with every row written
+meanwhile and leaves no zdm object; a second start and complete leave the final shape.
+The explicit checks per case guard the model itself: if the model and the database were wrong
+the same way, the comparison alone would not notice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from support import App, Phase, apply_phases, assert_agrees, rollback_model, runner, setup, users_schema, zdm_objects
+
+from zdm import planfile
+
+Check = Callable[[App, int], None]
+
+
+@dataclass
+class Case:
+    name: str
+    operations: list[dict[str, Any]]
+    old_insert: dict[str, Any]
+    new_insert: dict[str, Any]
+    old_update: dict[str, Any] = field(default_factory=dict)
+    new_update: dict[str, Any] = field(default_factory=dict)
+    final_columns: set[str] = field(default_factory=set)
+    check: Check | None = None
+
+
+def _rename_email(app: App, base: int) -> None:
+    # old app's row readable through the new name, new app's row through the old one
+    assert app.read(base + 1, "email_address") == "Old@App.IO"
+    assert app.read(base + 2, "email") == "New@App.IO"
+    assert app.read(3, "email_address") == app.read(3, "email") == "changed-by-old@x"
+    assert app.read(4, "email") == app.read(4, "email_address") == "changed-by-new@x"
+    assert app.read(5, "email_address") == " User5@Example.COM "  # backfilled
+
+
+def _rename_name(app: App, base: int) -> None:
+    assert app.read(base + 1, "display_name") == "Olga"
+    assert app.read(base + 2, "name") == "Nina"
+    assert app.read(base + 3, "name") == app.read(base + 3, "display_name") == "anon"
+    assert app.read(7, "display_name") is None  # NULL stays NULL
+
+
+def _email_norm(app: App, base: int) -> None:
+    assert app.read(base + 1, "email_norm") == "old@app.io"
+    assert app.read(3, "email_norm") == "changed-by-old@x"
+    assert app.read(10, "email_norm") == " user10@example.com "
+
+
+def _email_trim(app: App, base: int) -> None:
+    assert app.read(base + 1, "email_trim") == "Old@App.IO"
+    assert app.read(10, "email_trim") == "User10@Example.COM"
+
+
+def _active(app: App, base: int) -> None:
+    assert app.read(base + 1, "active") is True  # old app never names it: the default
+    assert app.read(base + 2, "active") is False
+    assert app.read(1, "active") is True
+
+
+def _rename_profile(app: App, base: int) -> None:
+    assert app.read(base + 1, "settings") == {"theme": "dark"}
+    assert app.read(base + 2, "profile") == {"theme": "light", "n": [1, 2]}
+
+
+OLD_EMAIL = {"email": "Old@App.IO"}
+CASES = [
+    Case("add_column_nullable",
+         [{"op": "add_column", "table": "users", "column": "nickname", "type": "TEXT"}],
+         old_insert=OLD_EMAIL, new_insert={"email": "n@x", "nickname": "nick"},
+         old_update={"name": "renamed by old"}, new_update={"nickname": "nick2"},
+         final_columns={"nickname", "email"}),
+    Case("add_column_not_null_default",
+         [{"op": "add_column", "table": "users", "column": "active", "type": "BOOLEAN",
+           "nullable": False, "default": True}],
+         old_insert=OLD_EMAIL, new_insert={"email": "n@x", "active": False},
+         new_update={"active": False}, final_columns={"active"}, check=_active),
+    Case("add_column_from_lower",
+         [{"op": "add_column", "table": "users", "column": "email_norm", "type": "TEXT",
+           "from_column": "email", "transform": "lower"}],
+         old_insert=OLD_EMAIL, new_insert={"email": "New@App.IO"},
+         old_update={"email": "CHANGED-BY-OLD@X"}, final_columns={"email_norm", "email"}, check=_email_norm),
+    Case("add_column_from_trim_with_default",
+         [{"op": "add_column", "table": "users", "column": "email_trim", "type": "TEXT",
+           "from_column": "email", "transform": "trim", "default": "?"}],
+         old_insert=OLD_EMAIL, new_insert={"email": "  New@App.IO", "email_trim": "chosen"},
+         old_update={"email": "  x@y  "}, final_columns={"email_trim"}, check=_email_trim),
+    Case("rename_not_null",
+         [{"op": "rename_column", "table": "users", "column": "email", "new_name": "email_address"}],
+         old_insert=OLD_EMAIL, new_insert={"email_address": "New@App.IO"},
+         old_update={"email": "changed-by-old@x"}, new_update={"email_address": "changed-by-new@x"},
+         final_columns={"email_address"}, check=_rename_email),
+    Case("rename_nullable_with_default",
+         [{"op": "rename_column", "table": "users", "column": "name", "new_name": "display_name"}],
+         old_insert={"email": "o@x", "name": "Olga"}, new_insert={"email": "n@x", "display_name": "Nina"},
+         old_update={"name": None}, new_update={"display_name": "Dora"},
+         final_columns={"display_name"}, check=_rename_name),
+    Case("rename_bigint",
+         [{"op": "rename_column", "table": "users", "column": "score", "new_name": "points"}],
+         old_insert={"email": "o@x", "score": 2**40}, new_insert={"email": "n@x", "points": -(2**41)},
+         old_update={"score": 2**45}, new_update={"points": 7}, final_columns={"points"}),
+    Case("rename_json",
+         [{"op": "rename_column", "table": "users", "column": "profile", "new_name": "settings"}],
+         old_insert={"email": "o@x", "profile": {"theme": "dark"}},
+         new_insert={"email": "n@x", "settings": {"theme": "light", "n": [1, 2]}},
+         old_update={"profile": {"v": 1}}, new_update={"settings": None},
+         final_columns={"settings"}, check=_rename_profile),
+    Case("rename_timestamp",
+         [{"op": "rename_column", "table": "users", "column": "created_at", "new_name": "signed_up_at"}],
+         old_insert={"email": "o@x", "created_at": dt.datetime(2026, 5, 1, 10)},
+         new_insert={"email": "n@x", "signed_up_at": dt.datetime(2026, 6, 1, 11, 30)},
+         old_update={"created_at": None}, final_columns={"signed_up_at"}),
+    Case("drop_column",
+         [{"op": "drop_column", "table": "users", "column": "legacy_flag"}],
+         old_insert={"email": "o@x", "legacy_flag": True}, new_insert={"email": "n@x"},
+         old_update={"legacy_flag": False}),
+    Case("rename_then_derive",
+         [{"op": "rename_column", "table": "users", "column": "email", "new_name": "email_address"},
+          {"op": "add_column", "table": "users", "column": "email_lower", "type": "TEXT",
+           "from_column": "email_address", "transform": "lower"}],
+         old_insert=OLD_EMAIL, new_insert={"email_address": "New@App.IO"},
+         old_update={"email": "changed-by-old@x"}, new_update={"email_address": "changed-by-new@x"},
+         final_columns={"email_address", "email_lower"}, check=_rename_email),
+]
+
+GONE = {"rename_not_null": {"email"}, "rename_nullable_with_default": {"name"}, "rename_bigint": {"score"},
+        "rename_json": {"profile"}, "rename_timestamp": {"created_at"}, "drop_column": {"legacy_flag"},
+        "rename_then_derive": {"email"}}
+
+
+def _write(case: Case, old: App, new: App, base: int) -> None:
+    old.insert({"id": base + 1, **case.old_insert})
+    new.insert({"id": base + 2, **case.new_insert})
+    if case.name.startswith("rename_nullable"):
+        new.insert({"id": base + 3, "email": "nobody@x"})
+    if case.old_update:
+        old.update(3, case.old_update)
+    if case.new_update:
+        new.update(4, case.new_update)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_start_rollback_start_complete(zdm_database_url: str, case: Case) -> None:
+    model = users_schema()
+    original = model.copy()
+    engine = setup(zdm_database_url, model)
+    dialect = engine.dialect.name
+    plan = planfile.parse({"id": case.name, "operations": case.operations})
+    run = runner(engine)
+    old, new = App(engine, model), App(engine, model)
+
+    run.start(plan)
+    apply_phases(plan, model, dialect, Phase.EXPANDING, Phase.MIGRATING)
+    assert_agrees(engine, model)
+    _write(case, old, new, base=10_000)
+    assert_agrees(engine, model)
+    if case.check:
+        case.check(old, 10_000)
+
+    run.rollback(plan.id)
+    rollback_model(plan, model, dialect)
+    assert_agrees(engine, model)
+    assert model.table("users").shape() == original.table("users").shape()
+    assert model.table("users").row_count() == original.table("users").row_count() + 2 + (
+        1 if case.name.startswith("rename_nullable") else 0)
+    assert zdm_objects(engine) == []
+
+    run.start(plan)
+    apply_phases(plan, model, dialect, Phase.EXPANDING, Phase.MIGRATING)
+    _write(case, old, new, base=20_000)
+    assert_agrees(engine, model)
+    run.complete(plan.id)
+    apply_phases(plan, model, dialect, Phase.CONTRACTING)
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []
+    columns = set(model.table("users").columns)
+    assert case.final_columns <= columns
+    assert not (GONE.get(case.name, set()) & columns)
+    # the new app keeps working on the final shape
+    final = {k: v for k, v in case.new_insert.items() if k in columns}
+    new.insert({"id": 30_000, **final})
+    assert_agrees(engine, model)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("rename_not_null", "add_column_from_lower")],
+                         ids=lambda c: c.name)
+def test_apply_runs_every_phase(zdm_database_url: str, case: Case) -> None:
+    model = users_schema()
+    engine = setup(zdm_database_url, model)
+    plan = planfile.parse({"id": case.name, "operations": case.operations})
+    result = runner(engine).apply(plan)
+    apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING)
+    assert result.phase is Phase.COMPLETE
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []
