@@ -22,8 +22,8 @@ from zdm.model import Schema
 from zdm.operations import AnyOperation, Compiler
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 
-#: More steps than this in one plan is allowed, but deserves a second look.
-MANY_STEPS = 30
+#: More operations than this in one plan is allowed, but deserves a second look.
+MANY_OPERATIONS = 10
 
 
 class PlanFileError(ValueError):
@@ -113,12 +113,15 @@ def check(plan: PlanFile, schema: Schema) -> list[Problem]:
                 errors.append(f"{table}.{column} is already changed by operation {touched[table, column]}; "
                               "split the plan in two")
             touched.setdefault((table, column), number)
-        problems += [Problem("error", f"{where}: {e}") for e in errors]
-        problems += [Problem("warning", f"{where}: {w}") for w in operation.warnings(working)]
         if errors:
+            problems += [Problem("error", f"{where}: {e}") for e in errors]
             break
+        problems += [Problem("warning", f"{where}: {w}") for w in operation.warnings(working)]
         for phase in STEP_PHASES:
             operation.apply_to_model(working, phase, "generic")
+    if len(plan.operations) > MANY_OPERATIONS:
+        problems.append(Problem("warning", f"{len(plan.operations)} operations in one plan: many steps are "
+                                "slower to review and to roll back; consider splitting it"))
     destructive = [op for op in plan.operations if op.op.startswith("drop")]
     additive = [op for op in plan.operations if not op.op.startswith("drop")]
     if destructive and not additive:

@@ -30,7 +30,7 @@ PHASE_STYLE = {
 
 class HumanReporter(Reporter):
     def __init__(self, console: Console | None = None, *, show_sql: bool = False, line_every_s: float = 2.0):
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.show_sql = show_sql
         self.line_every_s = line_every_s
         self._progress: Progress | None = None

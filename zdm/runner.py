@@ -139,11 +139,10 @@ class Runner:
     def _compile(self, connection: sa.Connection, plan_file: PlanFile) -> MigrationPlan:
         schema = introspect.read_schema(connection)
         problems = planfile.check(plan_file, schema)
-        for problem in problems:
-            if problem.level == "warning":
-                self.reporter.note(str(problem))
         if any(p.level == "error" for p in problems):
             raise PlanInvalid(problems)
+        for problem in problems:
+            self.reporter.note(str(problem))
         plan = planfile.compile_plan(plan_file, connection)
         plan.source["settings"] = {**plan.source.get("settings", {}), **self.overrides}
         return plan

@@ -1,0 +1,173 @@
+"""The runner's promises: failures compensate, phases refuse what does not fit, one runner at a time."""
+
+from __future__ import annotations
+
+import fcntl
+
+import pytest
+import sqlalchemy as sa
+from support import App, Phase, apply_phases, assert_agrees, runner, setup, users_schema, zdm_objects
+
+from zdm import oracle, planfile, state
+from zdm.runner import MigrationFailed, PlanInvalid, PlanStateError
+from zdm.state import RunnerBusy
+
+RENAME = {"id": "rename-email", "operations": [
+    {"op": "rename_column", "table": "users", "column": "email", "new_name": "email_address"}]}
+
+
+def _snapshot(engine: sa.Engine) -> tuple[object, list[str]]:
+    with engine.connect() as connection:
+        schema = oracle.read(connection)
+        objects = sorted(sa.inspect(connection).get_table_names())
+    return schema, objects
+
+
+def _add_failing_trigger(engine: sa.Engine) -> None:
+    """A user trigger that refuses any update of row 60: the backfill will hit it mid-way."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(
+                "CREATE FUNCTION refuse_60() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.id = 60 THEN RAISE EXCEPTION 'row 60 is frozen'; END IF; RETURN NEW; END $$")
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_60 BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION refuse_60()")
+        else:
+            connection.exec_driver_sql(
+                "CREATE TRIGGER refuse_60 BEFORE UPDATE ON users WHEN NEW.id = 60 "
+                "BEGIN SELECT RAISE(ABORT, 'row 60 is frozen'); END")
+
+
+def test_failure_during_migrate_compensates_everything(zdm_database_url: str) -> None:
+    model = users_schema()
+    engine = setup(zdm_database_url, model)
+    _add_failing_trigger(engine)
+    plan = planfile.parse(RENAME)
+
+    with pytest.raises(MigrationFailed, match=r"row 60 is frozen.*rolled back"):
+        runner(engine, batch_size=10).start(plan)
+
+    assert_agrees(engine, model)  # original shape, every row
+    assert zdm_objects(engine) == []
+    with engine.connect() as connection:
+        recorded, checkpoint = state.load(connection, plan.id)
+        triggers = connection.exec_driver_sql(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal" if engine.dialect.name == "postgresql"
+            else "SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars().all()
+    assert recorded.phase is Phase.ROLLED_BACK
+    assert "row 60 is frozen" in recorded.history[-1].note
+    assert all(s.rolled_back for s in recorded.steps if s.executed)
+    assert checkpoint == {}
+    assert triggers == ["refuse_60"]  # the user's own trigger survives the rebuilds
+
+
+def test_start_twice_is_refused_and_changes_nothing(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema())
+    plan = planfile.parse(RENAME)
+    runner(engine).start(plan)
+    before = _snapshot(engine)
+    with pytest.raises(PlanStateError, match=r"already started.*zdm complete rename-email"):
+        runner(engine).start(plan)
+    assert _snapshot(engine) == before
+
+
+def test_phase_commands_out_of_order(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema())
+    plan = planfile.parse(RENAME)
+    run = runner(engine)
+    with pytest.raises(PlanStateError, match="no plan 'rename-email'"):
+        run.complete(plan.id)
+    with pytest.raises(PlanStateError, match="no plan"):
+        run.rollback(plan.id)
+    run.start(plan)
+    run.rollback(plan.id)
+    with pytest.raises(PlanStateError, match="already rolled back"):
+        run.rollback(plan.id)
+    with pytest.raises(PlanStateError, match="ROLLED_BACK, not ready to complete"):
+        run.complete(plan.id)
+    run.start(plan)
+    run.complete(plan.id)
+    with pytest.raises(PlanStateError, match="complete: its contract phase dropped"):
+        run.rollback(plan.id)
+    with pytest.raises(PlanStateError, match="already complete"):
+        run.start(plan)
+    with engine.connect() as connection:
+        recorded, _ = state.load(connection, plan.id)
+    assert [h.phase for h in recorded.history] == [
+        Phase.EXPANDING, Phase.MIGRATING, Phase.ROLLED_BACK, Phase.EXPANDING, Phase.MIGRATING,
+        Phase.CONTRACTING, Phase.COMPLETE]
+
+
+def test_invalid_plan_changes_nothing(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema())
+    before = _snapshot(engine)
+    bad = [
+        ({"op": "rename_column", "table": "users", "column": "nope", "new_name": "x"}, "no column 'nope'"),
+        ({"op": "rename_column", "table": "users", "column": "email", "new_name": "name"},
+         "already has a column 'name'"),
+        ({"op": "drop_column", "table": "orders", "column": "x"}, "table 'orders' does not exist"),
+        ({"op": "rename_column", "table": "users", "column": "id", "new_name": "key"}, "primary key"),
+        ({"op": "add_column", "table": "users", "column": "email", "type": "TEXT"}, "already has a column 'email'"),
+    ]
+    for operation, message in bad:
+        with pytest.raises(PlanInvalid, match=message):
+            runner(engine).start(planfile.parse({"id": "bad", "operations": [operation]}))
+    assert _snapshot(engine) == before  # no zdm_migrations table either
+
+
+def test_contract_failure_keeps_the_plan_migrating(zdm_database_url: str) -> None:
+    """The new app is deployed when complete runs: a failed contract must not take its column away."""
+    model = users_schema()
+    engine = setup(zdm_database_url, model)
+    plan = planfile.parse(RENAME)
+    run = runner(engine)
+    run.start(plan)
+    apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING)
+    with engine.begin() as connection:  # a view on the old column makes DROP COLUMN fail
+        connection.exec_driver_sql("CREATE VIEW user_emails AS SELECT id, email FROM users")
+    with pytest.raises(MigrationFailed, match=r"CONTRACTING failed.*MIGRATING again"):
+        run.complete(plan.id)
+    with engine.connect() as connection:
+        recorded, _ = state.load(connection, plan.id)
+    assert recorded.phase is Phase.MIGRATING and recorded.is_started
+    App(engine, model).insert({"id": 999, "email_address": "still@works"})  # new app unaffected
+    App(engine, model).insert({"id": 998, "email": "old@works"})
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP VIEW user_emails")
+    assert_agrees(engine, model)
+    run.complete(plan.id)
+    apply_phases(plan, model, engine.dialect.name, Phase.CONTRACTING)
+    assert_agrees(engine, model)
+
+
+def test_second_runner_is_refused(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema())
+    before = _snapshot(engine)
+    plan = planfile.parse(RENAME)
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as holder:
+            holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": state.ADVISORY_LOCK_KEY})
+            with pytest.raises(RunnerBusy, match=r"another zdm runner .*pid \d+"):
+                runner(engine).start(plan)
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": state.ADVISORY_LOCK_KEY})
+    else:
+        with open(f"{engine.url.database}.zdm-lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with pytest.raises(RunnerBusy, match="another zdm runner"):
+                runner(engine).start(plan)
+    assert _snapshot(engine) == before
+    runner(engine).start(plan)  # free again once the other runner is gone
+
+
+def test_lock_budget_names_the_blocking_session(zdm_postgres_url: str) -> None:
+    engine = setup(zdm_postgres_url, users_schema())
+    plan = planfile.parse(RENAME)
+    blocker = sa.create_engine(zdm_postgres_url, connect_args={"application_name": "slow-report"})
+    with blocker.connect() as connection:
+        connection.exec_driver_sql("SELECT count(*) FROM users")  # ACCESS SHARE held: transaction stays open
+        with pytest.raises(MigrationFailed, match=r"no lock within 50 ms after 3 tries.*'slow-report'"):
+            runner(engine, lock_timeout_ms=50, lock_retries=2).start(plan)
+        connection.rollback()
+    blocker.dispose()
+    with engine.connect() as connection:
+        assert "email_address" not in {c["name"] for c in sa.inspect(connection).get_columns("users")}
