@@ -202,3 +202,66 @@ def test_apply_runs_every_phase(zdm_database_url: str, case: Case) -> None:
     assert result.phase is Phase.COMPLETE
     assert_agrees(engine, model)
     assert zdm_objects(engine) == []
+
+
+ACCOUNTS = ("CREATE TABLE accounts (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, name TEXT, "
+            "age INTEGER CHECK (age > 0))")
+
+
+def _indexes(engine: Any) -> dict[str, tuple[tuple[str, ...], bool]]:
+    import sqlalchemy as sa
+
+    with engine.connect() as connection:
+        inspector = sa.inspect(connection)
+        found = {ix["name"]: (tuple(ix["column_names"]), bool(ix["unique"]))
+                 for ix in inspector.get_indexes("accounts") if not ix.get("duplicates_constraint")}
+        found.update({u["name"] or "(unnamed)": (tuple(u["column_names"]), True)
+                      for u in inspector.get_unique_constraints("accounts")})
+    return found
+
+
+def test_rename_carries_indexes_and_unique_constraints(zdm_database_url: str) -> None:
+    import sqlalchemy as sa
+
+    from zdm import db
+
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(ACCOUNTS)
+        connection.exec_driver_sql("CREATE INDEX accounts_email_name_ix ON accounts (email, name)")
+        connection.exec_driver_sql("INSERT INTO accounts VALUES (1, 'a@x', 'A', 30), (2, 'b@x', 'B', 40)")
+    original = _indexes(engine)
+    plan = planfile.parse({"id": "login", "operations": [
+        {"op": "rename_column", "table": "accounts", "column": "email", "new_name": "login"}]})
+    run = runner(engine)
+
+    run.start(plan)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:  # the new app cannot duplicate
+        connection.exec_driver_sql("INSERT INTO accounts (id, login) VALUES (3, 'a@x')")
+    run.rollback(plan.id)
+    assert _indexes(engine) == original and zdm_objects(engine) == []
+
+    run.start(plan)
+    run.complete(plan.id)
+    unique_name = "accounts_email_key" if engine.dialect.name == "postgresql" else "accounts_login_key"
+    assert _indexes(engine) == {"accounts_email_name_ix": (("login", "name"), False), unique_name: (("login",), True)}
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO accounts (id, login) VALUES (3, 'b@x')")
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:  # the CHECK survived rebuilds
+        connection.exec_driver_sql("INSERT INTO accounts (id, login, age) VALUES (4, 'c@x', -1)")
+    assert zdm_objects(engine) == []
+
+
+def test_drop_indexed_column(zdm_database_url: str) -> None:
+    from zdm import db
+
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(ACCOUNTS)
+        connection.exec_driver_sql("CREATE INDEX accounts_email_name_ix ON accounts (email, name)")
+        connection.exec_driver_sql("CREATE INDEX accounts_name_ix ON accounts (name)")
+    plan = planfile.parse({"id": "drop-name", "operations": [
+        {"op": "drop_column", "table": "accounts", "column": "name"}]})
+    runner(engine).apply(plan)
+    assert _indexes(engine) == {"(unnamed)" if engine.dialect.name == "sqlite" else "accounts_email_key":
+                                (("email",), True)}

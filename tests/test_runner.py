@@ -171,3 +171,52 @@ def test_lock_budget_names_the_blocking_session(zdm_postgres_url: str) -> None:
     blocker.dispose()
     with engine.connect() as connection:
         assert "email_address" not in {c["name"] for c in sa.inspect(connection).get_columns("users")}
+
+
+def test_a_second_plan_on_the_same_table_waits_for_the_first(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema(20))
+    first = planfile.parse({"id": "lower", "operations": [
+        {"op": "add_column", "table": "users", "column": "email_lower", "type": "TEXT",
+         "from_column": "email", "transform": "lower"}]})
+    runner(engine).start(first)
+    before = _snapshot(engine)
+    with pytest.raises(PlanStateError, match="table 'users' is being changed by plan 'lower' \\(MIGRATING\\)"):
+        runner(engine).apply(planfile.parse(RENAME))
+    assert _snapshot(engine) == before
+    runner(engine).complete(first.id)
+    runner(engine).apply(planfile.parse(RENAME))  # free once the first plan is complete
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT email_address, email_lower FROM users WHERE id = 1").one() == (
+            " User1@Example.COM ", " user1@example.com ")
+
+
+def test_columns_of_types_zdm_does_not_declare_are_carried(zdm_database_url: str) -> None:
+    """DATE, NUMERIC...: read, compared and renamed with their exact live type."""
+    from decimal import Decimal
+
+    from zdm import db
+
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount NUMERIC(10, 2) NOT NULL, "
+                                   "due DATE)")
+        connection.exec_driver_sql("INSERT INTO invoices VALUES (1, 12.50, '2026-12-01'), (2, 3.10, NULL)")
+    plan = planfile.parse({"id": "total", "operations": [
+        {"op": "rename_column", "table": "invoices", "column": "amount", "new_name": "total"}]})
+    runner(engine).apply(plan)
+    with engine.connect() as connection:
+        columns = {c["name"]: c for c in sa.inspect(connection).get_columns("invoices")}
+        rows = connection.exec_driver_sql("SELECT id, total FROM invoices ORDER BY id").all()
+    assert str(columns["total"]["type"]) == "NUMERIC(10, 2)" and not columns["total"]["nullable"]
+    assert [(i, Decimal(str(t))) for i, t in rows] == [(1, Decimal("12.50")), (2, Decimal("3.10"))]
+
+
+def test_apply_rolls_back_when_contract_fails(zdm_database_url: str) -> None:
+    model = users_schema(30)
+    engine = setup(zdm_database_url, model)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE VIEW user_emails AS SELECT id, email FROM users")
+    with pytest.raises(MigrationFailed, match=r"^CONTRACTING failed: .*; rolled back, database unchanged$"):
+        runner(engine).apply(planfile.parse(RENAME))
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []

@@ -20,7 +20,8 @@ import sqlalchemy as sa
 
 from zdm import __version__, db, planfile
 from zdm.dialects.sqlite import describe_rebuild
-from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep
+from zdm.model import ModelError
+from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 from zdm.report import HumanReporter, JsonReporter, describe_progress
 from zdm.runner import Reporter, Runner, ZdmError
 from zdm.state import RunnerBusy
@@ -40,7 +41,7 @@ def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except planfile.PlanFileError as exc:
+        except (planfile.PlanFileError, ModelError) as exc:
             fail(str(exc), USAGE)
         except ZdmError as exc:
             fail(str(exc), exc.exit_code)
@@ -103,6 +104,9 @@ def make_runner(url: str, quiet: bool, as_json: bool, show_sql: bool, **override
 def emit_result(plan: MigrationPlan, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(plan.to_dict(), indent=2))
+    elif plan.phase is Phase.ROLLED_BACK:
+        undone = sum(1 for s in plan.steps if s.rolled_back)
+        click.echo(f"{plan.id}: ROLLED_BACK ({undone} steps undone)")
     else:
         done = sum(1 for s in plan.steps if s.executed)
         click.echo(f"{plan.id}: {plan.phase.value} ({done}/{len(plan.steps)} steps, {plan.progress:.0f}%)")

@@ -16,8 +16,8 @@ from zdm.model import Column, ColumnType, ModelError, Schema, Table
 INTERNAL_TABLES = frozenset({"zdm_migrations"})
 
 
-def column_type(sa_type: sa.types.TypeEngine[Any]) -> ColumnType | None:
-    """Map a reflected SQLAlchemy type to the model's, or None for a type zdm does not model."""
+def column_type(sa_type: sa.types.TypeEngine[Any]) -> ColumnType:
+    """Map a reflected SQLAlchemy type to the model's; OTHER for a type zdm copies but does not model."""
     if isinstance(sa_type, sa.JSON):
         return ColumnType.JSON
     if isinstance(sa_type, sa.Boolean):
@@ -30,7 +30,7 @@ def column_type(sa_type: sa.types.TypeEngine[Any]) -> ColumnType | None:
         return ColumnType.TIMESTAMP
     if isinstance(sa_type, sa.String):
         return ColumnType.TEXT
-    return None
+    return ColumnType.OTHER
 
 
 def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> Table:
@@ -41,8 +41,6 @@ def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> T
     table = Table(name)
     for info in inspector.get_columns(name):
         ctype = column_type(info["type"])
-        if ctype is None:
-            raise ModelError(f"column {name}.{info['name']} has type {info['type']}, which zdm does not model")
         key = info["name"] in primary_key
         # SQLite reports INTEGER PRIMARY KEY as nullable; no key column is, in either database.
         column = Column(info["name"], ctype, nullable=bool(info["nullable"]) and not key, primary_key=key)
@@ -73,7 +71,7 @@ def read_rows(connection: sa.Connection, name: str) -> list[dict[str, Any]]:
     result = connection.execute(sa.select(reflected).order_by(*order))
     types = {c.name: column_type(c.type) for c in reflected.columns}
     return [
-        {k: (types[k].coerce(v) if types[k] else v) for k, v in row._mapping.items()} for row in result
+        {k: types[k].coerce(v) for k, v in row._mapping.items()} for row in result
     ]
 
 

@@ -27,11 +27,13 @@ class ColumnType(enum.StrEnum):
     BOOLEAN = "BOOLEAN"
     TIMESTAMP = "TIMESTAMP"
     JSON = "JSON"
+    #: A type zdm reads and copies (DATE, NUMERIC, UUID...) but does not declare.
+    OTHER = "OTHER"
 
     def coerce(self, value: Any) -> Any:
         """Normalise a Python value to what this type holds, so rows compare across databases."""
-        if value is None:
-            return None
+        if value is None or self is ColumnType.OTHER:
+            return value
         if self in (ColumnType.INTEGER, ColumnType.BIGINT):
             if isinstance(value, bool):
                 return int(value)

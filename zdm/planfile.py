@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zdm import introspect
-from zdm.dialects import for_connection
+from zdm.dialects import for_connection, for_name
 from zdm.model import Schema
 from zdm.operations import AnyOperation, Compiler
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
@@ -130,18 +130,33 @@ def check(plan: PlanFile, schema: Schema) -> list[Problem]:
     return problems
 
 
-def compile_plan(plan: PlanFile, connection: sa.Connection) -> MigrationPlan:
-    """The steps of every phase, with their exact SQL, for this database as it is now."""
-    dialect = for_connection(connection)
-    working = introspect.read_schema(connection)
+def compile_plan(
+    plan: PlanFile,
+    connection: sa.Connection | None,
+    *,
+    schema: Schema | None = None,
+    dialect: str | None = None,
+) -> MigrationPlan:
+    """The steps of every phase, with their exact SQL, for this database as it is now.
+
+    Offline (no connection, e.g. Alembic's --sql mode) the caller gives the ``schema`` as the
+    model knows it and the ``dialect`` name instead.
+    """
+    if connection is not None:
+        sql_dialect = for_connection(connection)
+        working = introspect.read_schema(connection) if schema is None else schema.copy()
+    else:
+        if schema is None or dialect is None:
+            raise ValueError("compiling offline needs the schema and the dialect name")
+        sql_dialect, working = for_name(dialect), schema.copy()
     compilers = []
     for operation in plan.operations:
-        compilers.append(Compiler(dialect, connection, working.copy(), plan.id))
+        compilers.append(Compiler(sql_dialect, connection, working.copy(), plan.id))
         for phase in STEP_PHASES:
-            operation.apply_to_model(working, phase, dialect.name)
+            operation.apply_to_model(working, phase, sql_dialect.name)
     steps: list[MigrationStep] = []
     for phase in STEP_PHASES:
-        for operation, compiler in zip(plan.operations, compilers, strict=False):
+        for operation, compiler in zip(plan.operations, compilers, strict=True):
             steps += _phase_steps(operation, phase, compiler)
     return MigrationPlan(id=plan.id, title=plan.title or plan.id, steps=steps, phase=Phase.PENDING,
                          source=plan.model_dump(mode="json"))

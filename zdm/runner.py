@@ -71,6 +71,12 @@ class Reporter:
     def backfill(self, progress: backfill.BackfillProgress) -> None: ...
     def note(self, message: str) -> None: ...
 
+    def executed(self, connection: sa.Connection, action: str | dict[str, Any], seconds: float) -> None:
+        """After each statement, on its still-open connection (a lock tracer reads pg_locks here)."""
+
+    def committed(self) -> None:
+        """After each transaction zdm commits (locks taken inside it are released now)."""
+
 
 class Runner:
     def __init__(self, engine: sa.Engine, reporter: Reporter | None = None,
@@ -120,15 +126,15 @@ class Runner:
             return plan
 
     def apply(self, plan_file: PlanFile) -> MigrationPlan:
-        """Every phase in one go, for dev databases and apps with a single version running."""
+        """Every phase in one go, for dev databases and apps with a single version running.
+
+        No app depends on the new shape yet, so a failure anywhere, contract included, rolls
+        everything back.
+        """
         with state.runner_lock(self.engine):
             plan, checkpoint = self._prepare_start(plan_file)
-            self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING))
-            try:
-                self._contract(plan)
-            except MigrationFailed as exc:
-                self._compensate(plan)
-                raise MigrationFailed(f"{exc}; rolled back") from exc
+            self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING))
+            self._transition(plan, Phase.COMPLETE)
             return plan
 
     def status(self) -> list[tuple[MigrationPlan, dict[str, Any]]]:
@@ -143,7 +149,10 @@ class Runner:
             raise PlanInvalid(problems)
         for problem in problems:
             self.reporter.note(str(problem))
-        plan = planfile.compile_plan(plan_file, connection)
+        try:
+            plan = planfile.compile_plan(plan_file, connection)
+        except ValueError as exc:  # an operation that cannot be done on this live schema
+            raise PlanInvalid([Problem("error", str(exc))]) from None
         plan.source["settings"] = {**plan.source.get("settings", {}), **self.overrides}
         return plan
 
@@ -176,6 +185,7 @@ class Runner:
                 return previous, checkpoint
         self.settings = planfile.Settings(**{**plan_file.settings.model_dump(), **self.overrides})
         with self.engine.connect() as connection:
+            self._refuse_overlap(connection, plan_file)
             plan = self._compile(connection, plan_file)
             connection.rollback()
         if found is not None:
@@ -183,6 +193,19 @@ class Runner:
         with self.engine.begin() as connection:
             state.ensure_table(connection)
         return plan, {}
+
+    def _refuse_overlap(self, connection: sa.Connection, plan_file: PlanFile) -> None:
+        """One plan at a time per table: a second one would build triggers on the first's columns."""
+        tables = {operation.table for operation in plan_file.operations}
+        for other, _ in state.load_all(connection):
+            if other.id == plan_file.id or other.phase not in (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING):
+                continue
+            shared = tables & {operation["table"] for operation in other.source.get("operations", [])}
+            if shared:
+                raise PlanStateError(
+                    f"table {sorted(shared)[0]!r} is being changed by plan {other.id!r} ({other.phase.value}): "
+                    f"complete or roll it back first"
+                )
 
     # -- running forward ----------------------------------------------------------------------
     def _forward(self, plan: MigrationPlan, checkpoint: dict[str, Any], phases: tuple[Phase, ...]) -> None:
@@ -198,8 +221,8 @@ class Runner:
                     f"checkpoint are saved: `zdm start` resumes, `zdm rollback {plan.id}` undoes"
                 ) from exc
             self._fail_and_compensate(plan, _reason(exc), exc)
-        except MigrationFailed as exc:
-            self._fail_and_compensate(plan, str(exc), exc)
+        except Exception as exc:  # any failure compensates; Ctrl-C and kill leave state to resume
+            self._fail_and_compensate(plan, _reason(exc), exc)
 
     def _fail_and_compensate(self, plan: MigrationPlan, reason: str, exc: Exception) -> None:
         failed_in = plan.phase.value
@@ -218,8 +241,8 @@ class Runner:
             self._transition(plan, Phase.CONTRACTING)
         try:
             self._run_phase(plan, Phase.CONTRACTING, {})
-        except (sa.exc.DBAPIError, MigrationFailed) as exc:
-            reason = _reason(exc) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+        except Exception as exc:
+            reason = _reason(exc)
             if not any(s.executed for s in plan.steps_of(Phase.CONTRACTING)):
                 self._transition(plan, Phase.MIGRATING, note=f"contract failed: {reason}")
                 raise MigrationFailed(
@@ -279,6 +302,7 @@ class Runner:
                 connection.exec_driver_sql(sql.replace("SET LOCAL", "SET"))
             for action in step.forward:
                 self._execute(connection, action)
+                self.reporter.committed()
         step.executed = True
         with self.engine.begin() as connection:
             state.save(connection, plan)
@@ -372,12 +396,14 @@ class Runner:
 
     # -- executing ------------------------------------------------------------------------------
     def _execute(self, connection: sa.Connection, action: str | dict[str, Any]) -> None:
+        started = time.monotonic()
         if isinstance(action, dict):
             self.reporter.statement(describe_rebuild(action["rebuild"], self.dialect.quote))
             run_rebuild(connection, action["rebuild"])
-            return
-        self.reporter.statement(action)
-        connection.exec_driver_sql(action)
+        else:
+            self.reporter.statement(action)
+            connection.exec_driver_sql(action)
+        self.reporter.executed(connection, action, time.monotonic() - started)
 
     def _transaction(self, work: Callable[[sa.Connection], T], what: str) -> T:
         """Run ``work`` in a transaction under the lock budget, retrying lock timeouts."""
@@ -387,7 +413,9 @@ class Runner:
                 with self.engine.begin() as connection:
                     for sql in self.dialect.begin(self.settings.lock_timeout_ms):
                         connection.exec_driver_sql(sql)
-                    return work(connection)
+                    result = work(connection)
+                self.reporter.committed()
+                return result
             except sa.exc.DBAPIError as exc:
                 retryable = _is_lock_timeout(exc) or exc.connection_invalidated
                 if not retryable:

@@ -84,7 +84,7 @@ class Dialect:
 
     def sql(self, construct: Any) -> str:
         """Compile a SQLAlchemy construct to a statement with literal values inlined."""
-        return str(construct.compile(dialect=self.sa, compile_kwargs={"literal_binds": True}))
+        return str(construct.compile(dialect=self.sa, compile_kwargs={"literal_binds": True})).strip()
 
     def expr(self, transform: Transform, source: str) -> str:
         """``transform`` applied to an already-quoted column reference such as ``NEW."email"``."""
@@ -102,6 +102,20 @@ class Dialect:
 
     def drop_column(self, table: str, name: str) -> list[Any]:
         return [self.sql(DropColumn(table, sa.Column(name, sa.Text)))]
+
+    def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[str]:
+        """Statements building an index; PostgreSQL builds it CONCURRENTLY."""
+        return [self.sql(sa.schema.CreateIndex(self._index(name, table, columns, unique)))]
+
+    def drop_index(self, name: str, table: str) -> list[str]:
+        return [self.sql(sa.schema.DropIndex(self._index(name, table, [], False), if_exists=True))]
+
+    def _index(self, name: str, table: str, columns: list[str], unique: bool, **options: Any) -> sa.Index:
+        holder = sa.Table(table, sa.MetaData(), *[sa.Column(c, sa.Text) for c in columns])
+        return sa.Index(name, *[holder.c[c] for c in columns], unique=unique, **options)
+
+    #: True when index statements must run outside a transaction.
+    concurrent_indexes = False
 
     def literal(self, value: Any, column_type: ColumnType) -> str:
         """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""

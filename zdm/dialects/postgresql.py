@@ -14,6 +14,26 @@ class PostgresDialect(Dialect):
         # SET LOCAL: the budget ends with the transaction, the app's sessions never see it.
         return [f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms'"]
 
+    concurrent_indexes = True
+
+    def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[str]:
+        # CONCURRENTLY never blocks writes; a failed try leaves an INVALID index behind, which
+        # IF NOT EXISTS would then keep, so an earlier attempt's leftover is dropped first.
+        index = self._index(name, table, columns, unique, postgresql_concurrently=True)
+        return [*self.drop_index(name, table), self.sql(sa.schema.CreateIndex(index))]
+
+    def drop_index(self, name: str, table: str) -> list[str]:
+        index = self._index(name, table, [], False, postgresql_concurrently=True)
+        return [self.sql(sa.schema.DropIndex(index, if_exists=True))]
+
+    def rename_index(self, old: str, new: str) -> str:
+        return f"ALTER INDEX {self.quote(old)} RENAME TO {self.quote(new)}"
+
+    def unique_constraint_using_index(self, table: str, name: str, index: str) -> str:
+        """Turn a unique index into a named constraint: no scan, only a brief lock."""
+        q = self.quote
+        return f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} UNIQUE USING INDEX {q(index)}"
+
     def sync_triggers(self, sync: Sync) -> tuple[list[str], list[str]]:
         # A BEFORE trigger edits NEW in place: no second UPDATE, so no recursion, and the value
         # is there before NOT NULL and CHECK constraints are tested.

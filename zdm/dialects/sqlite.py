@@ -18,10 +18,16 @@ from zdm.dialects import Dialect, Sync, object_name, takes_other
 
 
 def rebuild_action(
-    table: str, *, alter: dict[str, dict[str, Any]] | None = None, drop: list[str] | None = None
+    table: str,
+    *,
+    alter: dict[str, dict[str, Any]] | None = None,
+    drop: list[str] | None = None,
+    drop_indexes: list[str] | None = None,
+    create_indexes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A rebuild as a plain record: stored with the plan, run later against the live table."""
-    return {"rebuild": {"table": table, "alter": alter or {}, "drop": drop or []}}
+    return {"rebuild": {"table": table, "alter": alter or {}, "drop": drop or [],
+                        "drop_indexes": drop_indexes or [], "create_indexes": create_indexes or []}}
 
 
 def describe_rebuild(spec: dict[str, Any], quote: Any) -> str:
@@ -34,17 +40,40 @@ def describe_rebuild(spec: dict[str, Any], quote: Any) -> str:
             default = change["server_default"]
             parts.append("no default" if default is None else f"DEFAULT {default}")
         changes.append(f"{quote(column)} {' '.join(parts)}")
+    changes += [f"drop index {quote(name)}" for name in spec.get("drop_indexes", [])]
+    for index in spec.get("create_indexes", []):
+        kind = "unique index" if index["unique"] else "index"
+        changes.append(f"{kind} {quote(index['name'])} ({', '.join(map(quote, index['columns']))})")
     return f"-- rebuild table {quote(spec['table'])} (copy, drop, rename): {'; '.join(changes)}"
 
 
 def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
-    """Rebuild the live table to the new shape, keeping its triggers (DROP TABLE drops them)."""
+    """Rebuild the live table to the new shape, keeping what Alembic's batch mode would lose.
+
+    Batch mode re-creates reflected indexes even on a dropped column, omits unnamed CHECK
+    constraints and AUTOINCREMENT, and DROP TABLE takes the table's triggers along; each is
+    handed back to it here.
+    """
+    name, dropped = spec["table"], set(spec["drop"])
+    inspector = sa.inspect(connection)
+    table_sql = connection.execute(
+        sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"), {"t": name}
+    ).scalar_one()
     triggers = connection.execute(
-        sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
-        {"t": spec["table"]},
+        sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"), {"t": name}
     ).scalars().all()
+    unnamed_checks = [sa.CheckConstraint(sa.text(c["sqltext"]))
+                      for c in inspector.get_check_constraints(name) if c["name"] is None]
+    stale = [ix["name"] for ix in inspector.get_indexes(name) if dropped & set(ix["column_names"])]
+    table_kwargs = {"sqlite_autoincrement": True} if "AUTOINCREMENT" in table_sql.upper() else {}
     operations = Operations(MigrationContext.configure(connection))
-    with operations.batch_alter_table(spec["table"], recreate="always") as batch:
+    # While the old table is gone, a modern RENAME re-checks every view naming it and fails;
+    # the legacy rename does not. The views are checked once the new table stands, below.
+    connection.exec_driver_sql("PRAGMA legacy_alter_table = ON")
+    with operations.batch_alter_table(name, recreate="always", table_args=tuple(unnamed_checks),
+                                      table_kwargs=table_kwargs) as batch:
+        for index in [*stale, *spec.get("drop_indexes", [])]:
+            batch.drop_index(index)
         for column in spec["drop"]:
             batch.drop_column(column)
         for column, change in spec["alter"].items():
@@ -55,8 +84,23 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
                 default = change["server_default"]
                 kwargs["server_default"] = sa.text(default) if default is not None else None
             batch.alter_column(column, **kwargs)
+        for index in spec.get("create_indexes", []):
+            batch.create_index(index["name"], index["columns"], unique=index["unique"])
+    connection.exec_driver_sql("PRAGMA legacy_alter_table = OFF")
     for sql in triggers:
         connection.exec_driver_sql(sql)
+    _check_views(connection)
+
+
+def _check_views(connection: sa.Connection) -> None:
+    """A view using a dropped column must fail the phase, as DROP COLUMN does on PostgreSQL."""
+    views = connection.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'view'")).scalars().all()
+    preparer = connection.dialect.identifier_preparer
+    for view in views:
+        try:
+            connection.exec_driver_sql(f"SELECT * FROM {preparer.quote(view)} LIMIT 0")
+        except sa.exc.OperationalError as exc:
+            raise RuntimeError(f"view {view!r} depends on the change: {exc.orig}") from None
 
 
 class SQLiteDialect(Dialect):

@@ -33,6 +33,8 @@ class AddColumn(Operation):
     @model_validator(mode="after")
     def _consistent(self) -> AddColumn:
         transforms.get(self.transform)
+        if self.type is ColumnType.OTHER:
+            raise ValueError("OTHER stands for types zdm copies but does not declare; pick a declared type")
         if not self.nullable and self.default is None:
             raise ValueError(
                 "a NOT NULL column needs a default (or add it nullable, then use set_not_null)"

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.plan import MigrationStep, Phase
 
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
+_IDENTIFIER = re.compile(IDENTIFIER_PATTERN)
 
 
 def _plain_identifier(value: str) -> str:
@@ -36,7 +37,7 @@ def _plain_identifier(value: str) -> str:
     return value
 
 
-Identifier = Annotated[str, AfterValidator(_plain_identifier)]
+Identifier = Annotated[str, AfterValidator(_plain_identifier), Field(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]
 
 
 @dataclass
@@ -44,7 +45,8 @@ class Compiler:
     """What an operation needs to turn itself into SQL: the dialect and the live schema."""
 
     dialect: Dialect
-    connection: sa.Connection
+    #: None when compiling offline (Alembic --sql): everything then comes from ``schema``.
+    connection: sa.Connection | None
     #: The live schema with the plan's earlier operations applied, for checks and types.
     schema: Schema
     plan_id: str
@@ -54,13 +56,15 @@ class Compiler:
         return self.dialect.name == "postgresql"
 
     def reflected_column(self, table: str, column: str) -> dict[str, Any]:
-        """The live column; for one an earlier operation of the plan adds, the model's view."""
-        for info in sa.inspect(self.connection).get_columns(table):
-            if info["name"] == column:
-                return info
+        """The live column; offline, or for one an earlier operation adds, the model's view."""
+        if self.connection is not None and sa.inspect(self.connection).has_table(table):
+            for info in sa.inspect(self.connection).get_columns(table):
+                if info["name"] == column:
+                    return info
         modelled = self.schema.table(table).column(column)
+        default = None if modelled.default is None else self.dialect.literal(modelled.default, modelled.type)
         return {"name": column, "type": self.dialect.column_type(modelled.type),
-                "nullable": modelled.nullable, "default": None}
+                "nullable": modelled.nullable, "default": default}
 
     def live_type(self, table: str, column: str) -> sa.types.TypeEngine[Any]:
         """The column's exact live type (VARCHAR(80) stays VARCHAR(80), not just TEXT)."""

@@ -4,25 +4,41 @@ expand   add the new column (nullable, no default) and dual-write triggers, so t
          either column reaches the other; on PostgreSQL a NOT VALID ``IS NOT NULL`` check when
          the old column is NOT NULL; on SQLite the old column is relaxed to NULL (a rebuild) so
          the new app may omit it and the trigger fills it in.
-migrate  backfill the new column in key batches (rows written since expand are already done).
+migrate  backfill the new column in key batches (rows written since expand are already done);
+         build a copy of every index and unique constraint of the old column on the new one
+         (CONCURRENTLY on PostgreSQL). Uniqueness holds meanwhile: the triggers copy each write
+         into the old column, whose unique index still stands.
 contract drop the triggers and the old column; the new column takes the old one's default and
-         NOT NULL (on PostgreSQL through the validated check, so no long scan under lock).
+         NOT NULL (on PostgreSQL through the validated check, so no long scan under lock), and
+         the index copies take the original names.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import sqlalchemy as sa
 
 from zdm import transforms
-from zdm.dialects import Sync
+from zdm.dialects import Sync, object_name
 from zdm.dialects.sqlite import rebuild_action
 from zdm.model import Column, Link, Schema, Table
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.plan import Backfill, MigrationStep, Phase
 
 EXPANDING, MIGRATING, CONTRACTING = Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING
+
+
+@dataclass(frozen=True)
+class IndexCopy:
+    """An index or unique constraint of the old column, rebuilt on the new one."""
+
+    final: str  # the original name, which the copy takes at contract
+    temporary: str  # a zdm-owned name while both columns exist
+    columns: list[str]
+    unique: bool
+    constraint: bool  # a UNIQUE constraint rather than a plain index
 
 
 class RenameColumn(Operation):
@@ -111,12 +127,21 @@ class RenameColumn(Operation):
         if self._not_null(c) and c.is_postgres:
             _, validate, _ = d.not_null_check(self.table, self.new_name, self._check_name(c))
             steps.append(MigrationStep(MIGRATING, f"validate {self.new_name} IS NOT NULL", forward=[validate]))
+        for copy in self._index_copies(c):
+            kind = "unique index" if copy.unique else "index"
+            steps.append(MigrationStep(
+                MIGRATING, f"{kind} on {self.table}({', '.join(copy.columns)}) for {copy.final}",
+                forward=d.create_index(copy.temporary, self.table, copy.columns, unique=copy.unique),
+                compensate=d.drop_index(copy.temporary, self.table),
+                transactional=not d.concurrent_indexes,
+            ))
         return steps
 
     def contract(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
         _, drop_triggers = d.sync_triggers(self._sync(c))
         default = c.reflected_column(self.table, self.column).get("default")
+        copies = self._index_copies(c)
         steps = [MigrationStep(CONTRACTING, "drop dual-write triggers", forward=drop_triggers)]
         if c.is_postgres:
             forward = [*d.drop_column(self.table, self.column)]
@@ -125,12 +150,49 @@ class RenameColumn(Operation):
             if self._not_null(c):
                 _, _, drop_check = d.not_null_check(self.table, self.new_name, self._check_name(c))
                 forward += [d.set_not_null(self.table, self.new_name), drop_check]
+            for copy in copies:
+                forward.append(d.unique_constraint_using_index(self.table, copy.final, copy.temporary)
+                               if copy.constraint else d.rename_index(copy.temporary, copy.final))
         else:
             final = {"nullable": not self._not_null(c), "server_default": default}
-            forward = [rebuild_action(self.table, drop=[self.column], alter={self.new_name: final})]
+            forward = [rebuild_action(
+                self.table, drop=[self.column], alter={self.new_name: final},
+                drop_indexes=[copy.temporary for copy in copies],
+                create_indexes=[{"name": copy.final, "columns": copy.columns, "unique": copy.unique}
+                                for copy in copies],
+            )]
         steps.append(MigrationStep(CONTRACTING, f"drop {self.table}.{self.column}; "
                                    f"{self.new_name} takes its constraints", forward=forward))
         return steps
+
+    def _index_copies(self, c: Compiler) -> list[IndexCopy]:
+        if c.connection is None:  # offline: the live indexes are unknown
+            return []
+        inspector = sa.inspect(c.connection)
+        found: list[tuple[str | None, list[str], bool, bool]] = [
+            (u["name"], u["column_names"], True, True)
+            for u in inspector.get_unique_constraints(self.table) if self.column in u["column_names"]
+        ]
+        for index in inspector.get_indexes(self.table):
+            if self.column not in index["column_names"] or index.get("duplicates_constraint"):
+                continue
+            options = index.get("dialect_options", {})
+            if None in index["column_names"] or options.get("postgresql_where") or options.get("sqlite_where"):
+                raise ValueError(
+                    f"index {index['name']!r} on {self.table}.{self.column} has an expression or a WHERE "
+                    f"clause, which zdm cannot rebuild on {self.new_name}: drop it before the rename"
+                )
+            found.append((index["name"], index["column_names"], bool(index["unique"]), False))
+        return [
+            IndexCopy(
+                final=name or f"{self.table}_{self.new_name}_key",
+                temporary=object_name("zdm_ix", self.sync_name(c.plan_id, str(number))),
+                columns=[self.new_name if col == self.column else col for col in columns],
+                unique=unique,
+                constraint=constraint,
+            )
+            for number, (name, columns, unique, constraint) in enumerate(found)
+        ]
 
     def _check_name(self, c: Compiler) -> str:
         return self.sync_name(c.plan_id, self.new_name)
