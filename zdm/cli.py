@@ -19,11 +19,10 @@ import click
 import sqlalchemy as sa
 
 from zdm import __version__, db, planfile
-from zdm.dialects.sqlite import describe_rebuild
 from zdm.model import ModelError
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 from zdm.report import HumanReporter, JsonReporter, describe_progress
-from zdm.runner import Reporter, Runner, ZdmError
+from zdm.runner import Reporter, Runner, ZdmError, describe_action
 from zdm.state import RunnerBusy
 
 USAGE, RUNTIME = 2, 1
@@ -235,9 +234,8 @@ def demo(url: str | None, rows: int) -> None:
 
 # -- formatting -------------------------------------------------------------------------------
 def action_text(action: str | dict[str, Any], runner: Runner) -> str:
-    if isinstance(action, dict):
-        return describe_rebuild(action["rebuild"], runner.dialect.quote)
-    return action + ";"
+    text = describe_action(action, runner.dialect)
+    return text if isinstance(action, dict) else text + ";"
 
 
 def format_step(step: MigrationStep, runner: Runner) -> list[str]:

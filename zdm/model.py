@@ -85,12 +85,15 @@ class Table:
     columns: dict[str, Column] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
+    #: Column -> value written in place of NULL (the model's twin of a fill trigger).
+    fills: dict[str, Any] = field(default_factory=dict)
 
     def __init__(self, name: str, columns: list[Column] | None = None) -> None:
         self.name = name
         self.columns = {}
         self.rows = []
         self.links = []
+        self.fills = {}
         for column in columns or []:
             self.add_column(column)
 
@@ -150,12 +153,18 @@ class Table:
                 row[column.name] = column.type.coerce(column.default)
         for link in self.links:  # like BEFORE triggers, links fill values before NOT NULL is checked
             self._link_insert(link, row)
+        self._fill(row)
         for column in self.columns.values():
             if row[column.name] is None and not column.nullable:
                 problem = "cannot be NULL" if column.name in values else "is required"
                 raise ModelError(f"column {self.name}.{column.name} {problem}")
         self.rows.append(row)
         return row
+
+    def _fill(self, row: dict[str, Any]) -> None:
+        for name, value in self.fills.items():
+            if row[name] is None:
+                row[name] = self.column(name).type.coerce(value)
 
     def _link_insert(self, link: Link, row: dict[str, Any]) -> None:
         a, b = self.column(link.a), self.column(link.b)
@@ -184,6 +193,7 @@ class Table:
                     row[name] = self.column(name).type.coerce(value)
                 for link in self.links:
                     self._link_update(link, before, row)
+                self._fill(row)
                 matched += 1
         return matched
 
@@ -211,15 +221,26 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 @dataclass
 class Schema:
     tables: dict[str, Table] = field(default_factory=dict)
+    #: Old table name -> new one, while a renamed table is still reachable under its old name.
+    aliases: dict[str, str] = field(default_factory=dict)
+    #: What an operation replaced (a default, a type...), so that rolling back the model restores it.
+    memo: dict[str, Any] = field(default_factory=dict)
 
     def table(self, name: str) -> Table:
         try:
-            return self.tables[name]
+            return self.tables[self.aliases.get(name, name)]
         except KeyError:
             raise ModelError(f"no table {name!r}") from None
 
     def has_table(self, name: str) -> bool:
         return name in self.tables
+
+    def rename_table(self, old: str, new: str) -> None:
+        if new in self.tables:
+            raise ModelError(f"table {new!r} already exists")
+        table = self.tables.pop(old)
+        table.name = new
+        self.tables[new] = table
 
     def add_table(self, table: Table) -> Table:
         if table.name in self.tables:

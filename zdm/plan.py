@@ -61,6 +61,15 @@ class Backfill:
         return f"UPDATE {self.table} SET {sets} WHERE ({keys}) IN <next batch by key>{where}"
 
 
+def check_action(query: str, problem: str) -> dict[str, Any]:
+    """An action that fails the phase, naming sample rows, when ``query`` returns any row.
+
+    It guards data, not shape: unconvertible values, NULLs before NOT NULL, orphans before a
+    foreign key. Placed first in the contract transaction, it also catches rows written late.
+    """
+    return {"check": {"query": query, "problem": problem}}
+
+
 @dataclass
 class MigrationStep:
     phase: Phase

@@ -196,11 +196,11 @@ class Runner:
 
     def _refuse_overlap(self, connection: sa.Connection, plan_file: PlanFile) -> None:
         """One plan at a time per table: a second one would build triggers on the first's columns."""
-        tables = {operation.table for operation in plan_file.operations}
+        tables = {operation.table for operation in plan_file.operations if operation.table}
         for other, _ in state.load_all(connection):
             if other.id == plan_file.id or other.phase not in (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING):
                 continue
-            shared = tables & {operation["table"] for operation in other.source.get("operations", [])}
+            shared = tables & {operation.get("table") for operation in other.source.get("operations", [])}
             if shared:
                 raise PlanStateError(
                     f"table {sorted(shared)[0]!r} is being changed by plan {other.id!r} ({other.phase.value}): "
@@ -211,6 +211,8 @@ class Runner:
     def _forward(self, plan: MigrationPlan, checkpoint: dict[str, Any], phases: tuple[Phase, ...]) -> None:
         try:
             for phase in phases:
+                if plan.phase in phases and phases.index(plan.phase) > phases.index(phase):
+                    continue  # resuming: this phase finished before the interruption
                 if plan.phase is not phase:
                     self._transition(plan, phase)
                 self._run_phase(plan, phase, checkpoint)
@@ -397,8 +399,11 @@ class Runner:
     # -- executing ------------------------------------------------------------------------------
     def _execute(self, connection: sa.Connection, action: str | dict[str, Any]) -> None:
         started = time.monotonic()
-        if isinstance(action, dict):
-            self.reporter.statement(describe_rebuild(action["rebuild"], self.dialect.quote))
+        if isinstance(action, dict) and "check" in action:
+            self.reporter.statement(describe_action(action, self.dialect))
+            run_check(connection, action["check"])
+        elif isinstance(action, dict):
+            self.reporter.statement(describe_action(action, self.dialect))
             run_rebuild(connection, action["rebuild"])
         else:
             self.reporter.statement(action)
@@ -451,6 +456,26 @@ class Runner:
             f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
             f"{float(r.open_s):.1f} s)" for r in rows
         )
+
+
+class DataCheckFailed(MigrationFailed):
+    """Rows that the change cannot take (unconvertible values, NULLs, orphans, duplicates)."""
+
+
+def run_check(connection: sa.Connection, check: dict[str, Any]) -> None:
+    rows = connection.exec_driver_sql(check["query"]).all()
+    if rows:
+        sample = "; ".join(", ".join(f"{k}={v!r}" for k, v in row._mapping.items()) for row in rows)
+        raise DataCheckFailed(f"{check['problem']}: {sample}")
+
+
+def describe_action(action: str | dict[str, Any], dialect: Dialect) -> str:
+    """A stored action as a reader sees it in `zdm plan` and in logs."""
+    if isinstance(action, str):
+        return action
+    if "check" in action:
+        return f"-- check, must return no row ({action['check']['problem']}):\n{action['check']['query']}"
+    return describe_rebuild(action["rebuild"], dialect.quote)
 
 
 def _is_lock_timeout(exc: sa.exc.DBAPIError) -> bool:

@@ -126,6 +126,11 @@ class Dialect:
         """(statements creating the sync triggers, statements dropping them)."""
         raise NotImplementedError
 
+    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
+                      ) -> tuple[list[str], list[str]]:
+        """(create, drop) triggers writing ``value`` wherever an app writes NULL into ``column``."""
+        raise NotImplementedError
+
     def begin(self, lock_timeout_ms: int) -> list[str]:
         """Statements that open every transaction zdm runs (lock budget)."""
         return []

@@ -77,6 +77,34 @@ class PostgresDialect(Dialect):
         drop = [f"DROP TRIGGER IF EXISTS {trigger} ON {table}", f"DROP FUNCTION IF EXISTS {fn}()"]
         return create, drop
 
+    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
+                      ) -> tuple[list[str], list[str]]:
+        q = self.quote
+        fn, trigger = q(object_name("zdm_fn", name)), q(object_name("zdm_tg", name))
+        body = f"BEGIN\n  IF NEW.{q(column)} IS NULL THEN NEW.{q(column)} := {value}; END IF;\n  RETURN NEW;\nEND"
+        create = [
+            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $zdm$\n{body}\n$zdm$",
+            f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {q(table)} FOR EACH ROW EXECUTE FUNCTION {fn}()",
+        ]
+        return create, [f"DROP TRIGGER IF EXISTS {trigger} ON {q(table)}", f"DROP FUNCTION IF EXISTS {fn}()"]
+
+    # -- constraints: added NOT VALID (brief lock), validated later (no write lock) ------------
+    def add_check(self, table: str, name: str, condition: str) -> str:
+        return f"ALTER TABLE {self.quote(table)} ADD CONSTRAINT {self.quote(name)} CHECK ({condition}) NOT VALID"
+
+    def add_foreign_key(self, table: str, name: str, columns: list[str], ref_table: str, ref_columns: list[str],
+                        on_delete: str | None) -> str:
+        q = self.quote
+        action = f" ON DELETE {on_delete}" if on_delete else ""
+        return (f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} FOREIGN KEY ({', '.join(map(q, columns))}) "
+                f"REFERENCES {q(ref_table)} ({', '.join(map(q, ref_columns))}){action} NOT VALID")
+
+    def validate_constraint(self, table: str, name: str) -> str:
+        return f"ALTER TABLE {self.quote(table)} VALIDATE CONSTRAINT {self.quote(name)}"
+
+    def drop_constraint(self, table: str, name: str) -> str:
+        return f"ALTER TABLE {self.quote(table)} DROP CONSTRAINT IF EXISTS {self.quote(name)}"
+
     # -- NOT NULL without a long ACCESS EXCLUSIVE scan ---------------------------------------------
     def not_null_check(self, table: str, column: str, name: str) -> tuple[str, str, str]:
         """(add the check NOT VALID, validate it, drop it).

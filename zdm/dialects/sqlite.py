@@ -24,10 +24,16 @@ def rebuild_action(
     drop: list[str] | None = None,
     drop_indexes: list[str] | None = None,
     create_indexes: list[dict[str, Any]] | None = None,
+    create_checks: list[dict[str, str]] | None = None,
+    create_foreign_keys: list[dict[str, Any]] | None = None,
+    drop_constraints: list[str] | None = None,
+    renames: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A rebuild as a plain record: stored with the plan, run later against the live table."""
     return {"rebuild": {"table": table, "alter": alter or {}, "drop": drop or [],
-                        "drop_indexes": drop_indexes or [], "create_indexes": create_indexes or []}}
+                        "drop_indexes": drop_indexes or [], "create_indexes": create_indexes or [],
+                        "create_checks": create_checks or [], "create_foreign_keys": create_foreign_keys or [],
+                        "drop_constraints": drop_constraints or [], "renames": renames or {}}}
 
 
 def describe_rebuild(spec: dict[str, Any], quote: Any) -> str:
@@ -40,6 +46,11 @@ def describe_rebuild(spec: dict[str, Any], quote: Any) -> str:
             default = change["server_default"]
             parts.append("no default" if default is None else f"DEFAULT {default}")
         changes.append(f"{quote(column)} {' '.join(parts)}")
+    changes += [f"rename {quote(old)} to {quote(new)}" for old, new in spec.get("renames", {}).items()]
+    changes += [f"drop constraint {quote(name)}" for name in spec.get("drop_constraints", [])]
+    changes += [f"check {quote(c['name'])} ({c['condition']})" for c in spec.get("create_checks", [])]
+    changes += [f"foreign key {quote(f['name'])} ({', '.join(map(quote, f['columns']))}) references "
+                f"{quote(f['ref_table'])}" for f in spec.get("create_foreign_keys", [])]
     changes += [f"drop index {quote(name)}" for name in spec.get("drop_indexes", [])]
     for index in spec.get("create_indexes", []):
         kind = "unique index" if index["unique"] else "index"
@@ -84,8 +95,17 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
                 default = change["server_default"]
                 kwargs["server_default"] = sa.text(default) if default is not None else None
             batch.alter_column(column, **kwargs)
+        for constraint in spec.get("drop_constraints", []):
+            batch.drop_constraint(constraint)
+        for old, new in spec.get("renames", {}).items():
+            batch.alter_column(old, new_column_name=new)
         for index in spec.get("create_indexes", []):
             batch.create_index(index["name"], index["columns"], unique=index["unique"])
+        for check in spec.get("create_checks", []):
+            batch.create_check_constraint(check["name"], sa.text(check["condition"]))
+        for key in spec.get("create_foreign_keys", []):
+            batch.create_foreign_key(key["name"], key["ref_table"], key["columns"], key["ref_columns"],
+                                     ondelete=key.get("on_delete"))
     connection.exec_driver_sql("PRAGMA legacy_alter_table = OFF")
     for sql in triggers:
         connection.exec_driver_sql(sql)
@@ -142,6 +162,19 @@ class SQLiteDialect(Dialect):
         if sync.down is None:
             drop = drop[1:]
         return create, drop
+
+    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
+                      ) -> tuple[list[str], list[str]]:
+        q = self.quote
+        row = " AND ".join(f"{q(k)} = NEW.{q(k)}" for k in key)
+        names = {part: q(object_name("zdm_tg", name, part)) for part in ("ins", "upd")}
+        fill = f"BEGIN UPDATE {q(table)} SET {q(column)} = {value} WHERE {row}; END"
+        create = [
+            f"CREATE TRIGGER {names['ins']} AFTER INSERT ON {q(table)} WHEN NEW.{q(column)} IS NULL {fill}",
+            f"CREATE TRIGGER {names['upd']} AFTER UPDATE OF {q(column)} ON {q(table)} "
+            f"WHEN NEW.{q(column)} IS NULL {fill}",
+        ]
+        return create, [f"DROP TRIGGER IF EXISTS {names[part]}" for part in ("upd", "ins")]
 
     def drop_column(self, table: str, name: str) -> list[Any]:
         # Native DROP COLUMN refuses indexed or constrained columns; a rebuild does not.

@@ -8,9 +8,24 @@ from pydantic import Field
 
 from zdm.operations.add_column import AddColumn
 from zdm.operations.base import Compiler, Operation
+from zdm.operations.create_index import CreateIndex
 from zdm.operations.drop_column import DropColumn
+from zdm.operations.drop_default import DropDefault
+from zdm.operations.drop_index import DropIndex
+from zdm.operations.drop_not_null import DropNotNull
 from zdm.operations.rename_column import RenameColumn
+from zdm.operations.set_default import SetDefault
+from zdm.operations.set_not_null import SetNotNull
+from zdm.operations.sql import RawSql
 
-AnyOperation = Annotated[AddColumn | RenameColumn | DropColumn, Field(discriminator="op")]
+CATALOGUE = (
+    AddColumn, RenameColumn, DropColumn, SetNotNull, DropNotNull, SetDefault, DropDefault,
+    CreateIndex, DropIndex, RawSql,
+)
+AnyOperation = Annotated[
+    AddColumn | RenameColumn | DropColumn | SetNotNull | DropNotNull | SetDefault | DropDefault
+    | CreateIndex | DropIndex | RawSql,
+    Field(discriminator="op"),
+]
 
-__all__ = ["AddColumn", "AnyOperation", "Compiler", "DropColumn", "Operation", "RenameColumn"]
+__all__ = ["CATALOGUE", "AnyOperation", "Compiler", "Operation", *[op.__name__ for op in CATALOGUE]]

@@ -109,6 +109,21 @@ class Operation(BaseModel):
     def steps(self, c: Compiler) -> list[MigrationStep]:
         return [*self.expand(c), *self.migrate(c), *self.contract(c)]
 
+    def sample(self, c: Compiler, where: sa.ColumnElement[bool], *columns: str) -> str:
+        """SQL for up to five rows (their key and ``columns``) where ``where`` holds: the rows an error names."""
+        key = c.schema.table(self.table).primary_key
+        names = [*key, *[name for name in columns if name not in key]]
+        query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(self.table)).where(where).limit(5)
+        return c.dialect.sql(query)
+
+    def column_check(self, schema: Schema, column: str) -> list[str]:
+        """The usual first checks: the table and the column exist."""
+        if errors := Operation.check(self, schema):
+            return errors
+        if column not in schema.table(self.table).columns:
+            return [f"table {self.table!r} has no column {column!r}"]
+        return []
+
     def sync_name(self, plan_id: str, *parts: str) -> str:
         """A stable name for this operation's zdm-owned objects."""
         return "_".join((plan_id.replace("-", "_"), self.table, *parts))

@@ -1,0 +1,157 @@
+"""The rest of the catalogue through the same start / rollback / start / complete cycle, both databases.
+
+Constraints and indexes are not in the reference model, so each case also checks the database for
+the outcome a user relies on: the NOT NULL really refuses NULL, the unique index really refuses a
+duplicate, and so on. Failure cases check that bad data is named before anything is dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from support import App, assert_agrees, runner, setup, users_schema, zdm_objects
+from test_operations import Case, run_cycle
+
+from zdm import planfile
+from zdm.runner import MigrationFailed
+
+
+def _filled(app: App, base: int) -> None:
+    assert app.read(base + 1, "name") == "unknown"  # the old app wrote NULL
+    assert app.read(7, "name") == "unknown"  # backfilled
+    assert app.read(3, "name") == "unknown"  # updated to NULL by the old app
+
+
+def _default(app: App, base: int) -> None:
+    assert app.read(base + 1, "name") == "someone"
+
+
+CASES = [
+    Case("set_not_null_fill",
+         [{"op": "set_not_null", "table": "users", "column": "name", "fill": "unknown"}],
+         old_insert={"email": "o@x", "name": None}, new_insert={"email": "n@x", "name": "N"},
+         old_update={"name": None}, check=_filled),
+    Case("set_not_null",
+         [{"op": "set_not_null", "table": "users", "column": "score"}],
+         old_insert={"email": "o@x", "score": 1}, new_insert={"email": "n@x", "score": 2}, new_update={"score": 3}),
+    Case("drop_not_null",
+         [{"op": "drop_not_null", "table": "users", "column": "email"}],
+         old_insert={"email": "o@x"}, new_insert={"email": "n@x", "name": "N"}, new_update={"name": "M"}),
+    Case("set_default",
+         [{"op": "set_default", "table": "users", "column": "name", "default": "someone"}],
+         old_insert={"email": "o@x"}, new_insert={"email": "n@x", "name": "N"}, check=_default),
+    Case("drop_default",
+         [{"op": "drop_default", "table": "users", "column": "name"}],
+         old_insert={"email": "o@x", "name": "O"}, new_insert={"email": "n@x"}),
+    Case("create_index",
+         [{"op": "create_index", "table": "users", "name": "users_email_uq", "columns": ["email"], "unique": True}],
+         old_insert={"email": "o{n}@x"}, new_insert={"email": "n{n}@x"}),
+    Case("drop_index",
+         [{"op": "drop_index", "table": "users", "name": "users_name_ix"}],
+         old_insert={"email": "o@x"}, new_insert={"email": "n@x"},
+         setup_sql=["CREATE INDEX users_name_ix ON users (name)"]),
+    Case("sql",
+         [{"op": "sql", "table": "users", "up": "CREATE INDEX users_score_ix ON users (score)",
+           "down": "DROP INDEX users_score_ix"}],
+         old_insert={"email": "o@x"}, new_insert={"email": "n@x"}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_cycle(zdm_database_url: str, case: Case) -> None:
+    run_cycle(zdm_database_url, case)
+
+
+def _columns(engine: sa.Engine) -> dict[str, dict[str, Any]]:
+    with engine.connect() as connection:
+        return {c["name"]: c for c in sa.inspect(connection).get_columns("users")}
+
+
+def _indexes(engine: sa.Engine) -> set[str]:
+    with engine.connect() as connection:
+        return {ix["name"] for ix in sa.inspect(connection).get_indexes("users")}
+
+
+def _plan(*operations: dict[str, Any]) -> planfile.PlanFile:
+    return planfile.parse({"id": "p", "operations": list(operations)})
+
+
+def test_set_not_null_is_enforced_after_complete(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema(30))
+    runner(engine).apply(_plan({"op": "set_not_null", "table": "users", "column": "name", "fill": "?"}))
+    assert not _columns(engine)["name"]["nullable"]
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO users (id, email, name) VALUES (999, 'x', NULL)")
+    assert zdm_objects(engine) == []
+
+
+def test_set_not_null_without_fill_names_the_null_rows(zdm_database_url: str) -> None:
+    model = users_schema(30)
+    engine = setup(zdm_database_url, model)
+    with pytest.raises(MigrationFailed, match=r"users.name is NULL in rows .*id=7.*id=14.*rolled back"):
+        runner(engine).start(_plan({"op": "set_not_null", "table": "users", "column": "name"}))
+    assert_agrees(engine, model)
+    assert _columns(engine)["name"]["nullable"] and zdm_objects(engine) == []
+
+
+def test_drop_not_null_lets_the_new_app_write_null_and_refuses_a_lossy_rollback(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema(10))
+    run = runner(engine)
+    run.start(_plan({"op": "drop_not_null", "table": "users", "column": "email"}))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO users (id) VALUES (500)")
+    with pytest.raises(MigrationFailed, match=r"rows with NULL in users.email .*id=500"):
+        run.rollback("p")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET email = 'filled' WHERE id = 500")
+    run.rollback("p")
+    assert not _columns(engine)["email"]["nullable"]
+
+
+def test_unique_index_names_duplicates_and_leaves_nothing(zdm_database_url: str) -> None:
+    model = users_schema(10)
+    engine = setup(zdm_database_url, model)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET name = 'same' WHERE id IN (2, 3)")
+    model.table("users").update({"id": 2}, {"name": "same"})
+    model.table("users").update({"id": 3}, {"name": "same"})
+    with pytest.raises(MigrationFailed, match=r"duplicate values for unique index users_name_uq: name='same', rows=2"):
+        runner(engine).start(_plan({"op": "create_index", "table": "users", "name": "users_name_uq",
+                                    "columns": ["name"], "unique": True}))
+    assert "users_name_uq" not in _indexes(engine)
+    assert_agrees(engine, model)
+
+
+def test_created_index_is_real_and_dropped_index_gone(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema(10))
+    runner(engine).apply(_plan({"op": "create_index", "table": "users", "name": "users_email_uq",
+                                "columns": ["email"], "unique": True}))
+    assert "users_email_uq" in _indexes(engine)
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO users (id, email) VALUES (99, ' User1@Example.COM ')")
+    runner(engine).apply(planfile.parse({"id": "q", "operations": [
+        {"op": "drop_index", "table": "users", "name": "users_email_uq"}]}))
+    assert "users_email_uq" not in _indexes(engine)
+
+
+@pytest.mark.parametrize(("operation", "message"), [
+    ({"op": "drop_index", "table": "users", "name": "nope"}, "has no index 'nope'"),
+    ({"op": "set_not_null", "table": "users", "column": "email"}, "already NOT NULL"),
+    ({"op": "drop_not_null", "table": "users", "column": "name"}, "already nullable"),
+    ({"op": "set_default", "table": "users", "column": "score", "default": "abc"}, "not a valid BIGINT"),
+    ({"op": "create_index", "table": "users", "name": "i", "columns": ["nope"]}, "no column 'nope'"),
+])
+def test_invalid_operations_are_refused(zdm_database_url: str, operation: dict[str, Any], message: str) -> None:
+    from zdm.runner import PlanInvalid
+
+    engine = setup(zdm_database_url, users_schema(3))
+    with pytest.raises(PlanInvalid, match=message):
+        runner(engine).start(_plan(operation))
+
+
+def test_sql_needs_a_down_before_contract() -> None:
+    with pytest.raises(planfile.PlanFileError, match="needs `down`"):
+        _plan({"op": "sql", "up": "SELECT 1"})
+    assert _plan({"op": "sql", "up": "SELECT 1", "phase": "contract"}).operations[0].down is None

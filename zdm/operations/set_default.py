@@ -1,0 +1,71 @@
+"""set_default: a new default for inserts that omit the column; old inserts keep working.
+
+expand   PostgreSQL: SET DEFAULT (metadata only; a constant, never a volatile expression that
+         would rewrite anything). SQLite: a rebuild. Undone by restoring the previous default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from zdm.dialects.sqlite import rebuild_action
+from zdm.model import Schema
+from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.plan import MigrationStep, Phase
+
+
+def default_steps(op: Operation, c: Compiler, column: str, new: str | None) -> list[MigrationStep]:
+    """Set (or, with ``new`` None, drop) the default, with the previous one as compensation."""
+    d = c.dialect
+    previous = c.reflected_column(op.table, column).get("default")
+    if c.is_postgres:
+        forward = [d.set_default(op.table, column, new)]
+        compensate = [d.set_default(op.table, column, previous)]
+    else:
+        forward = [rebuild_action(op.table, alter={column: {"server_default": new}})]
+        compensate = [rebuild_action(op.table, alter={column: {"server_default": previous}})]
+    return [MigrationStep(Phase.EXPANDING, op.describe(), forward=forward, compensate=compensate)]
+
+
+def default_to_model(op: Operation, schema: Schema, phase: Phase, column: str, value: Any) -> None:
+    target = schema.table(op.table).column(column)
+    memo = f"default:{op.table}.{column}"
+    if phase is Phase.EXPANDING:
+        schema.memo[memo] = target.default
+        target.default = value
+    elif phase is Phase.ROLLED_BACK and memo in schema.memo:
+        target.default = schema.memo.pop(memo)
+
+
+class SetDefault(Operation):
+    op: Literal["set_default"] = "set_default"
+    column: Identifier
+    default: Any
+
+    @model_validator(mode="after")
+    def _given(self) -> SetDefault:
+        if self.default is None:
+            raise ValueError("set_default needs a default; use drop_default to remove one")
+        return self
+
+    def describe(self) -> str:
+        return f"set default of {self.table}.{self.column} to {self.default!r}"
+
+    def check(self, schema: Schema) -> list[str]:
+        if errors := self.column_check(schema, self.column):
+            return errors
+        column_type = schema.table(self.table).column(self.column).type
+        try:
+            column_type.coerce(self.default)
+        except (TypeError, ValueError):
+            return [f"default {self.default!r} is not a valid {column_type.value}"]
+        return []
+
+    def expand(self, c: Compiler) -> list[MigrationStep]:
+        column_type = c.schema.table(self.table).column(self.column).type
+        return default_steps(self, c, self.column, c.dialect.literal(column_type.coerce(self.default), column_type))
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+        default_to_model(self, schema, phase, self.column, self.default)

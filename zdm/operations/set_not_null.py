@@ -1,0 +1,113 @@
+"""set_not_null: the column gets NOT NULL without a long lock, and old apps writing NULL keep working.
+
+expand   with ``fill``: a trigger writes ``fill`` wherever an app writes NULL (the old app may
+         still do so).
+migrate  with ``fill``: backfill the NULL rows in key batches. Then check that no NULL is left,
+         naming sample keys. PostgreSQL: ``CHECK (col IS NOT NULL) NOT VALID`` (brief lock),
+         then VALIDATE (SHARE UPDATE EXCLUSIVE: reads and writes go on).
+contract PostgreSQL: SET NOT NULL, which trusts the validated check (no scan), then drop the
+         check and the fill trigger. SQLite: check again, then a rebuild with NOT NULL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import sqlalchemy as sa
+
+from zdm.dialects.sqlite import rebuild_action
+from zdm.model import Schema
+from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.plan import Backfill, MigrationStep, Phase, check_action
+
+
+class SetNotNull(Operation):
+    op: Literal["set_not_null"] = "set_not_null"
+    column: Identifier
+    #: Written in place of NULL, in existing rows and in new writes until complete.
+    fill: Any = None
+
+    def describe(self) -> str:
+        fill = f" (NULL becomes {self.fill!r})" if self.fill is not None else ""
+        return f"set {self.table}.{self.column} NOT NULL{fill}"
+
+    def check(self, schema: Schema) -> list[str]:
+        if errors := self.column_check(schema, self.column):
+            return errors
+        column = schema.table(self.table).column(self.column)
+        if not column.nullable:
+            return [f"{self.table}.{self.column} is already NOT NULL"]
+        if self.fill is not None:
+            try:
+                column.type.coerce(self.fill)
+            except (TypeError, ValueError):
+                return [f"fill {self.fill!r} is not a valid {column.type.value}"]
+            if not schema.table(self.table).primary_key:
+                return [f"table {self.table!r} has no primary key; the backfill needs one"]
+        return []
+
+    # -- phases -------------------------------------------------------------------------------
+    def _name(self, c: Compiler) -> str:
+        return self.sync_name(c.plan_id, self.column, "nn")
+
+    def _fill_sql(self, c: Compiler) -> str:
+        column_type = c.schema.table(self.table).column(self.column).type
+        return c.dialect.literal(column_type.coerce(self.fill), column_type)
+
+    def _no_nulls(self, c: Compiler) -> dict[str, Any]:
+        return check_action(self.sample(c, sa.column(self.column).is_(None)),
+                            f"{self.table}.{self.column} is NULL in rows (give `fill`, or fix them)")
+
+    def expand(self, c: Compiler) -> list[MigrationStep]:
+        if self.fill is None:
+            return []
+        key = tuple(c.schema.table(self.table).primary_key)
+        create, drop = c.dialect.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c))
+        return [MigrationStep(Phase.EXPANDING, f"trigger: NULL in {self.column} becomes {self.fill!r}",
+                              forward=create, compensate=drop)]
+
+    def migrate(self, c: Compiler) -> list[MigrationStep]:
+        d = c.dialect
+        steps = []
+        if self.fill is not None:
+            steps.append(MigrationStep(Phase.MIGRATING, f"backfill NULL {self.table}.{self.column}", backfill=Backfill(
+                table=self.table, key=c.schema.table(self.table).primary_key,
+                assignments={self.column: self._fill_sql(c)}, pending=d.sql(sa.column(self.column).is_(None)))))
+        if c.is_postgres:
+            add, validate, drop = d.not_null_check(self.table, self.column, self._name(c))
+            steps += [
+                MigrationStep(Phase.MIGRATING, f"check {self.column} IS NOT NULL (NOT VALID)",
+                              forward=[self._no_nulls(c), add], compensate=[drop]),
+                MigrationStep(Phase.MIGRATING, f"validate {self.column} IS NOT NULL", forward=[validate]),
+            ]
+        else:
+            steps.append(MigrationStep(Phase.MIGRATING, f"no NULL left in {self.column}", forward=[self._no_nulls(c)]))
+        return steps
+
+    def contract(self, c: Compiler) -> list[MigrationStep]:
+        d = c.dialect
+        forward: list[Any] = []
+        if self.fill is not None:
+            key = tuple(c.schema.table(self.table).primary_key)
+            forward += d.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c))[1]
+        if c.is_postgres:
+            _, _, drop_check = d.not_null_check(self.table, self.column, self._name(c))
+            forward += [d.set_not_null(self.table, self.column), drop_check]
+        else:
+            forward += [self._no_nulls(c), rebuild_action(self.table, alter={self.column: {"nullable": False}})]
+        return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=forward)]
+
+    # -- reference model ------------------------------------------------------------------------
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+        table = schema.table(self.table)
+        if phase is Phase.EXPANDING and self.fill is not None:
+            table.fills[self.column] = self.fill
+        elif phase is Phase.MIGRATING and self.fill is not None:
+            column_type = table.column(self.column).type
+            for row in table.rows:
+                if row[self.column] is None:
+                    row[self.column] = column_type.coerce(self.fill)
+        elif phase in (Phase.CONTRACTING, Phase.ROLLED_BACK):
+            table.fills.pop(self.column, None)
+            if phase is Phase.CONTRACTING:
+                table.column(self.column).nullable = False

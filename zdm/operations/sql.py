@@ -1,0 +1,63 @@
+"""sql: raw statements for what the catalogue lacks, with the statements that undo them.
+
+zdm cannot see inside raw SQL, so the compensating ``down`` is required before contract, and
+the reference model is left unchanged: `zdm rehearse` is how to learn what it really does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import model_validator
+
+from zdm.model import Schema
+from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.plan import MigrationStep, Phase
+
+PHASES = {"expand": Phase.EXPANDING, "migrate": Phase.MIGRATING, "contract": Phase.CONTRACTING}
+
+
+class RawSql(Operation):
+    op: Literal["sql"] = "sql"
+    #: The table the statements change, so that two plans on it do not overlap (optional).
+    table: Identifier | None = None  # type: ignore[assignment]
+    phase: Literal["expand", "migrate", "contract"] = "expand"
+    up: str | list[str]
+    down: str | list[str] | None = None
+    #: False for statements PostgreSQL refuses inside a transaction (CREATE INDEX CONCURRENTLY...).
+    transactional: bool = True
+
+    @model_validator(mode="after")
+    def _undoable(self) -> RawSql:
+        if self.down is None and self.phase != "contract":
+            raise ValueError("a sql step before contract needs `down`, the statements that undo it")
+        return self
+
+    def describe(self) -> str:
+        first = (self.up if isinstance(self.up, str) else self.up[0]).strip().splitlines()[0]
+        return f"sql ({self.phase}): {first[:60]}"
+
+    def check(self, schema: Schema) -> list[str]:
+        if self.table is not None and not schema.has_table(self.table):
+            return [f"table {self.table!r} does not exist"]
+        return []
+
+    def _steps(self, phase: Phase) -> list[MigrationStep]:
+        if PHASES[self.phase] is not phase:
+            return []
+        listed = [self.up] if isinstance(self.up, str) else self.up
+        undo = [] if self.down is None else [self.down] if isinstance(self.down, str) else self.down
+        return [MigrationStep(phase, self.describe(), forward=listed, compensate=undo,
+                              transactional=self.transactional)]
+
+    def expand(self, c: Compiler) -> list[MigrationStep]:
+        return self._steps(Phase.EXPANDING)
+
+    def migrate(self, c: Compiler) -> list[MigrationStep]:
+        return self._steps(Phase.MIGRATING)
+
+    def contract(self, c: Compiler) -> list[MigrationStep]:
+        return self._steps(Phase.CONTRACTING)
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+        """Raw SQL is opaque to the model."""
