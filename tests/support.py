@@ -7,6 +7,7 @@ reads as the story it checks: the old app writes, the new app writes, both agree
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,6 +27,9 @@ def users_schema(rows: int = 120) -> Schema:
         Column("created_at", ColumnType.TIMESTAMP),
         Column("profile", ColumnType.JSON),
         Column("score", ColumnType.BIGINT),
+        Column("age", ColumnType.INTEGER),
+        Column("code", ColumnType.TEXT),  # digits as text, to convert
+        Column("prefs", ColumnType.TEXT),  # JSON as text, to convert
     ])
     for i in range(1, rows + 1):
         table.insert({
@@ -36,6 +40,9 @@ def users_schema(rows: int = 120) -> Schema:
             "created_at": dt.datetime(2026, 1, 1) + dt.timedelta(minutes=i),
             "profile": {"n": i, "tags": ["a", "b"]} if i % 3 else None,
             "score": i * 1_000_000_000,
+            "age": 18 + i % 60,
+            "code": f"{i:05d}",
+            "prefs": json.dumps({"n": i}) if i % 5 else None,
         })
     return Schema({"users": table})
 

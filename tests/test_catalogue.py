@@ -155,3 +155,71 @@ def test_sql_needs_a_down_before_contract() -> None:
     with pytest.raises(planfile.PlanFileError, match="needs `down`"):
         _plan({"op": "sql", "up": "SELECT 1"})
     assert _plan({"op": "sql", "up": "SELECT 1", "phase": "contract"}).operations[0].down is None
+
+
+def _code_converted(app: App, base: int) -> None:
+    assert app.read(base + 1, "code_zdm_new") == 77  # the old app's text, converted
+    assert app.read(12, "code_zdm_new") == 12  # backfilled from '00012'
+
+
+def _code_renamed(app: App, base: int) -> None:
+    assert app.read(base + 2, "code") == "12"  # the new app's integer, readable by the old app
+    assert app.read(base + 1, "code_num") == 77
+
+
+def _prefs(app: App, base: int) -> None:
+    assert app.read(base + 1, "prefs_json") == {"y": 2}
+    assert app.read(base + 2, "prefs") == '{"x": [1, 2]}'
+    assert app.read(11, "prefs_json") == {"n": 11}
+
+
+ALTER_CASES = [
+    Case("alter_text_to_integer",
+         [{"op": "alter_column", "table": "users", "column": "code", "type": "INTEGER"}],
+         old_insert={"email": "o@x", "code": "00077"}, new_insert={"email": "n@x", "code": "5"},
+         old_update={"code": "00003"}, final_columns={"code"}, gone={"code_zdm_new"}, check=_code_converted),
+    Case("alter_text_to_integer_renamed",
+         [{"op": "alter_column", "table": "users", "column": "code", "type": "INTEGER", "new_name": "code_num"}],
+         old_insert={"email": "o@x", "code": "00077"}, new_insert={"email": "n@x", "code_num": 12},
+         new_update={"code_num": 4}, final_columns={"code_num"}, gone={"code"}, check=_code_renamed),
+    Case("alter_integer_to_bigint",
+         [{"op": "alter_column", "table": "users", "column": "age", "type": "BIGINT"}],
+         old_insert={"email": "o@x", "age": 40}, new_insert={"email": "n@x", "age": 41}, old_update={"age": 2**30},
+         final_columns={"age"}),
+    Case("alter_text_to_json",
+         [{"op": "alter_column", "table": "users", "column": "prefs", "type": "JSON", "new_name": "prefs_json"}],
+         old_insert={"email": "o@x", "prefs": '{"y": 2}'}, new_insert={"email": "n@x", "prefs_json": {"x": [1, 2]}},
+         old_update={"prefs": "[1]"}, final_columns={"prefs_json"}, gone={"prefs"}, check=_prefs),
+]
+
+
+@pytest.mark.parametrize("case", ALTER_CASES, ids=[c.name for c in ALTER_CASES])
+def test_alter_column_cycle(zdm_database_url: str, case: Case) -> None:
+    run_cycle(zdm_database_url, case)
+
+
+def test_unconvertible_values_are_named_before_anything_is_dropped(zdm_database_url: str) -> None:
+    from zdm import state
+    from zdm.plan import Phase
+
+    model = users_schema(20)
+    engine = setup(zdm_database_url, model)
+    plan = _plan({"op": "alter_column", "table": "users", "column": "code", "type": "INTEGER"})
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET code = 'abc' WHERE id = 5")
+    model.table("users").update({"id": 5}, {"code": "abc"})
+    with pytest.raises(MigrationFailed, match=r"that to_integer cannot convert.*id=5, code='abc'.*rolled back"):
+        runner(engine).start(plan)
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []
+
+    with engine.begin() as connection:  # fixed; but the old app writes a bad value mid-migration
+        connection.exec_driver_sql("UPDATE users SET code = '5' WHERE id = 5")
+    runner(engine).start(plan)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET code = 'x9' WHERE id = 6")
+    with pytest.raises(MigrationFailed, match=r"id=6, code='x9'.*MIGRATING again"):
+        runner(engine).complete(plan.id)
+    with engine.connect() as connection:
+        assert state.load(connection, plan.id)[0].phase is Phase.MIGRATING
+        assert connection.exec_driver_sql("SELECT code FROM users WHERE id = 6").scalar() == "x9"  # nothing lost

@@ -2,16 +2,91 @@
 
 The SQL form runs in triggers and backfills; the Python twin runs on the reference model. Keeping
 both side by side in one table makes a divergence easy to spot and to test.
+
+Conversions are *safe*: a value that does not convert becomes NULL instead of failing the old
+app's write inside a trigger. Nothing is lost that way: the operation checks, before contract,
+that no row holds a value in the old column and NULL in the new one, and names the rows if any.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.functions import FunctionElement
+
+INTEGER_TEXT = re.compile(r"\s*[-+]?[0-9]{1,18}\s*")
+BIGINT_RANGE = (-(2**63), 2**63 - 1)
+
+
+class SafeInteger(FunctionElement[Any]):
+    """Text -> integer, NULL when the text is not an integer."""
+
+    inherit_cache = True
+    type = sa.BigInteger()
+
+
+@compiles(SafeInteger, "postgresql")
+def _safe_integer_pg(element: SafeInteger, compiler: Any, **kw: Any) -> str:
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    return rf"CASE WHEN {value} ~ '^\s*[-+]?[0-9]{{1,18}}\s*$' THEN CAST({value} AS BIGINT) END"
+
+
+@compiles(SafeInteger, "sqlite")
+def _safe_integer_sqlite(element: SafeInteger, compiler: Any, **kw: Any) -> str:
+    # No REGEXP here: it is not built into SQLite, and the app's connections would lack it.
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    digits = f"ltrim(trim({value}), '+-')"
+    return (f"CASE WHEN length({digits}) BETWEEN 1 AND 18 AND {digits} NOT GLOB '*[^0-9]*' "
+            f"AND length(trim({value})) - length({digits}) <= 1 THEN CAST(trim({value}) AS INTEGER) END")
+
+
+class SafeJson(FunctionElement[Any]):
+    """Text -> JSON, NULL when the text is not valid JSON."""
+
+    inherit_cache = True
+    type = sa.JSON()
+
+
+@compiles(SafeJson, "postgresql")
+def _safe_json_pg(element: SafeJson, compiler: Any, **kw: Any) -> str:
+    # PostgreSQL 15 has no non-throwing JSON test (pg_input_is_valid came in 16); the
+    # operation installs this small helper function for the plan's lifetime.
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    return f"zdm_try_json({value})"
+
+
+@compiles(SafeJson, "sqlite")
+def _safe_json_sqlite(element: SafeJson, compiler: Any, **kw: Any) -> str:
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    return f"CASE WHEN json_valid({value}) THEN {value} END"
+
+
+#: Created with a plan that converts text to JSON on PostgreSQL, dropped by its contract or rollback.
+TRY_JSON_PG = (
+    "CREATE OR REPLACE FUNCTION zdm_try_json(value text) RETURNS json LANGUAGE plpgsql IMMUTABLE AS $zdm$\n"
+    "BEGIN\n  RETURN value::json;\nEXCEPTION WHEN others THEN\n  RETURN NULL;\nEND\n$zdm$"
+)
+
+
+def _integer(value: Any) -> int | None:
+    if not INTEGER_TEXT.fullmatch(str(value)):
+        return None
+    number = int(str(value).strip())
+    return number if BIGINT_RANGE[0] <= number <= BIGINT_RANGE[1] else None
+
+
+def _json(value: Any) -> Any:
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -19,8 +94,9 @@ class Transform:
     name: str
     sql: Callable[[ColumnElement[Any]], ColumnElement[Any]]
     python: Callable[[Any], Any]
-    #: True when ``python(python_inverse(x)) == x`` is not needed: the transform is a plain copy.
     identity: bool = False
+    #: True when the PostgreSQL form calls zdm_try_json().
+    needs_try_json: bool = False
 
     def apply(self, value: Any) -> Any:
         return None if value is None else self.python(value)
@@ -33,6 +109,10 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("lower", sa.func.lower, lambda v: str(v).lower()),
         Transform("upper", sa.func.upper, lambda v: str(v).upper()),
         Transform("trim", sa.func.trim, lambda v: str(v).strip(" ")),
+        Transform("to_integer", SafeInteger, _integer),
+        Transform("to_text", lambda c: sa.cast(c, sa.Text), str),
+        Transform("to_json", SafeJson, _json, needs_try_json=True),
+        Transform("json_to_text", lambda c: sa.cast(c, sa.Text), lambda v: json.dumps(v)),
     )
 }
 

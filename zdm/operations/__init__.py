@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field
 
 from zdm.operations.add_column import AddColumn
+from zdm.operations.alter_column import AlterColumn
 from zdm.operations.base import Compiler, Operation
 from zdm.operations.create_index import CreateIndex
 from zdm.operations.drop_column import DropColumn
@@ -19,11 +20,11 @@ from zdm.operations.set_not_null import SetNotNull
 from zdm.operations.sql import RawSql
 
 CATALOGUE = (
-    AddColumn, RenameColumn, DropColumn, SetNotNull, DropNotNull, SetDefault, DropDefault,
+    AddColumn, RenameColumn, AlterColumn, DropColumn, SetNotNull, DropNotNull, SetDefault, DropDefault,
     CreateIndex, DropIndex, RawSql,
 )
 AnyOperation = Annotated[
-    AddColumn | RenameColumn | DropColumn | SetNotNull | DropNotNull | SetDefault | DropDefault
+    AddColumn | RenameColumn | AlterColumn | DropColumn | SetNotNull | DropNotNull | SetDefault | DropDefault
     | CreateIndex | DropIndex | RawSql,
     Field(discriminator="op"),
 ]

@@ -1,0 +1,118 @@
+"""alter_column: change a column's type without rewriting the table under an exclusive lock.
+
+An in-place ALTER COLUMN ... TYPE rewrites the whole table under ACCESS EXCLUSIVE on
+PostgreSQL; zdm never does that. It takes the dual-column path (see dual_column.py) instead:
+
+expand   add ``<column>_zdm_new`` (or ``new_name``) of the new type, and triggers converting
+         writes both ways with ``up`` and ``down``.
+migrate  backfill through ``up``; then check every value converted, naming the keys of those
+         that did not (e.g. 'abc' -> INTEGER), before anything is dropped.
+contract check again; drop the old column; the new one takes the column's name (or keeps
+         ``new_name``), NOT NULL, ``default`` and the index names.
+
+Without ``new_name`` both app versions keep using the column's name, and the new type takes over
+at complete: this fits widening changes (INTEGER -> BIGINT) and apps that convert in code. With
+``new_name`` the new app reads and writes the new column during the window.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import model_validator
+
+from zdm import transforms
+from zdm.model import Column, ColumnType, Schema
+from zdm.operations.base import Compiler, Identifier
+from zdm.operations.dual_column import DualColumn
+from zdm.transforms import Transform
+
+#: (from, to) -> (up, down) when the plan does not name them.
+DEFAULT_TRANSFORMS: dict[tuple[ColumnType, ColumnType], tuple[str, str]] = {
+    (ColumnType.TEXT, ColumnType.INTEGER): ("to_integer", "to_text"),
+    (ColumnType.TEXT, ColumnType.BIGINT): ("to_integer", "to_text"),
+    (ColumnType.INTEGER, ColumnType.BIGINT): ("copy", "copy"),
+    (ColumnType.INTEGER, ColumnType.TEXT): ("to_text", "to_integer"),
+    (ColumnType.BIGINT, ColumnType.TEXT): ("to_text", "to_integer"),
+    (ColumnType.TEXT, ColumnType.JSON): ("to_json", "json_to_text"),
+    (ColumnType.JSON, ColumnType.TEXT): ("json_to_text", "to_json"),
+}
+
+
+class AlterColumn(DualColumn):
+    op: Literal["alter_column"] = "alter_column"
+    column: Identifier
+    type: ColumnType
+    #: Transform from the old value to the new one (default: chosen by the two types).
+    up_transform: str | None = None
+    #: Transform back, for writes of the new app that the old app reads.
+    down_transform: str | None = None
+    new_name: Identifier | None = None
+    #: The column's default after complete (the old one rarely fits the new type).
+    default: Any = None
+
+    @model_validator(mode="after")
+    def _known(self) -> AlterColumn:
+        for name in (self.up_transform, self.down_transform):
+            if name is not None:
+                transforms.get(name)
+        if self.type is ColumnType.OTHER:
+            raise ValueError("OTHER stands for types zdm copies but does not declare; pick a declared type")
+        return self
+
+    def describe(self) -> str:
+        renamed = f" as {self.new_name}" if self.new_name else ""
+        return f"change {self.table}.{self.column} to {self.type.value}{renamed}"
+
+    @property
+    def shadow(self) -> str:
+        return self.new_name or f"{self.column}_zdm_new"[:63]
+
+    @property
+    def final_name(self) -> str:
+        return self.new_name or self.column
+
+    def _pair(self, old: ColumnType) -> tuple[str, str]:
+        chosen = (self.up_transform, self.down_transform)
+        if None not in chosen:
+            return chosen  # type: ignore[return-value]
+        defaults = DEFAULT_TRANSFORMS.get((old, self.type))
+        if defaults is None:
+            return (self.up_transform or "copy", self.down_transform or "copy")
+        return (self.up_transform or defaults[0], self.down_transform or defaults[1])
+
+    def check(self, schema: Schema) -> list[str]:
+        if errors := super().check(schema):
+            return errors
+        old = schema.table(self.table).column(self.column).type
+        if old is self.type and not self.new_name:
+            return [f"{self.table}.{self.column} is already {self.type.value}"]
+        if (old, self.type) not in DEFAULT_TRANSFORMS and None in (self.up_transform, self.down_transform) \
+                and old is not self.type:
+            return [f"no default conversion from {old.value} to {self.type.value}: give up_transform and "
+                    f"down_transform (known: {', '.join(sorted(transforms.TRANSFORMS))})"]
+        if self.default is not None:
+            try:
+                self.type.coerce(self.default)
+            except (TypeError, ValueError):
+                return [f"default {self.default!r} is not a valid {self.type.value}"]
+        return []
+
+    def up(self, schema: Schema) -> Transform:
+        return transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])
+
+    def down(self, schema: Schema) -> Transform:
+        return transforms.get(self._pair(schema.table(self.table).column(self.column).type)[1])
+
+    def shadow_type(self, c: Compiler) -> sa.types.TypeEngine[Any]:
+        return c.dialect.column_type(self.type)
+
+    def model_type(self, old: Column) -> ColumnType:
+        return self.type
+
+    def final_default(self, c: Compiler) -> str | None:
+        return None if self.default is None else c.dialect.literal(self.type.coerce(self.default), self.type)
+
+    def final_model_default(self, old: Column) -> Any:
+        return self.default
