@@ -35,6 +35,7 @@ class Case:
     gone: set[str] = field(default_factory=set)  # columns that must not survive complete
     setup_sql: list[str] = field(default_factory=list)  # run on the database before the plan
     extra_insert: dict[str, Any] | None = None  # a third row, written by the new app
+    more_tables: Callable[[Any], None] | None = None  # adds tables to the starting model
 
 
 def _rename_email(app: App, base: int) -> None:
@@ -161,6 +162,8 @@ def run_cycle(url: str, case: Case) -> None:
     import sqlalchemy as sa
 
     model = users_schema()
+    if case.more_tables:
+        case.more_tables(model)
     original = model.copy()
     engine = setup(url, model)
     with engine.begin() as connection:

@@ -22,6 +22,9 @@ from zdm.model import Schema
 from zdm.operations import AnyOperation, Compiler
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 
+#: Operations whose contract deletes data.
+DATA_LOSS = frozenset({"drop_column", "drop_table"})
+
 #: More operations than this in one plan is allowed, but deserves a second look.
 MANY_OPERATIONS = 10
 
@@ -122,8 +125,8 @@ def check(plan: PlanFile, schema: Schema) -> list[Problem]:
     if len(plan.operations) > MANY_OPERATIONS:
         problems.append(Problem("warning", f"{len(plan.operations)} operations in one plan: many steps are "
                                 "slower to review and to roll back; consider splitting it"))
-    destructive = [op for op in plan.operations if op.op.startswith("drop")]
-    additive = [op for op in plan.operations if not op.op.startswith("drop")]
+    destructive = [op for op in plan.operations if op.op in DATA_LOSS]
+    additive = [op for op in plan.operations if op.op not in DATA_LOSS]
     if destructive and not additive:
         problems.append(Problem("warning", "the plan only contracts (drops) without expanding: data-loss "
                                 "risk; make sure no deployed app version still uses what it drops"))

@@ -1,0 +1,64 @@
+"""add_check: a CHECK constraint, added without scanning the table under an exclusive lock.
+
+expand   PostgreSQL: ADD CONSTRAINT ... CHECK (...) NOT VALID (brief lock; new writes checked).
+migrate  name sample rows that break the condition, if any; then PostgreSQL: VALIDATE CONSTRAINT
+         (SHARE UPDATE EXCLUSIVE: reads and writes go on); SQLite: a rebuild with the check.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import sqlalchemy as sa
+from pydantic import field_validator
+
+from zdm.dialects.sqlite import rebuild_action
+from zdm.model import Schema
+from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.plan import MigrationStep, Phase, check_action
+
+
+def one_expression(condition: str) -> str:
+    """A condition is SQL the plan's author writes; it must at least be a single expression."""
+    if ";" in condition or "--" in condition or "/*" in condition:
+        raise ValueError("a condition is one SQL expression, without ';' or comments")
+    return condition
+
+
+class AddCheck(Operation):
+    op: Literal["add_check"] = "add_check"
+    name: Identifier
+    #: A SQL boolean expression over the table's columns, e.g. ``age >= 0``.
+    condition: str
+
+    @field_validator("condition")
+    @classmethod
+    def _one_expression(cls, condition: str) -> str:
+        return one_expression(condition)
+
+    def describe(self) -> str:
+        return f"add check {self.name} on {self.table}: {self.condition}"
+
+    def expand(self, c: Compiler) -> list[MigrationStep]:
+        if not c.is_postgres:
+            return []
+        d = c.dialect
+        return [MigrationStep(Phase.EXPANDING, f"{self.describe()} (NOT VALID)",
+                              forward=[d.add_check(self.table, self.name, self.condition)],
+                              compensate=[d.drop_constraint(self.table, self.name)])]
+
+    def migrate(self, c: Compiler) -> list[MigrationStep]:
+        broken = check_action(self.sample(c, sa.text(f"NOT ({self.condition})")),
+                              f"rows of {self.table} break check {self.name}")
+        if c.is_postgres:
+            return [MigrationStep(Phase.MIGRATING, f"validate {self.name}",
+                                  forward=[broken, c.dialect.validate_constraint(self.table, self.name)])]
+        return [MigrationStep(
+            Phase.MIGRATING, self.describe(),
+            forward=[broken, rebuild_action(self.table, create_checks=[{"name": self.name,
+                                                                        "condition": self.condition}])],
+            compensate=[rebuild_action(self.table, drop_constraints=[self.name])],
+        )]
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+        """Constraints refuse bad writes; they change no row or column: nothing to model."""

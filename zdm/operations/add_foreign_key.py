@@ -1,0 +1,80 @@
+"""add_foreign_key: a foreign key, added without scanning both tables under lock.
+
+expand   PostgreSQL: ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID (brief SHARE ROW EXCLUSIVE
+         lock on both tables; new writes are checked from now on).
+migrate  name sample orphan rows, if any; then PostgreSQL: VALIDATE CONSTRAINT (no write lock);
+         SQLite: a rebuild with the foreign key (enforced where the app turns foreign_keys on).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import sqlalchemy as sa
+from pydantic import Field, model_validator
+
+from zdm.dialects.sqlite import rebuild_action
+from zdm.model import Schema
+from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.plan import MigrationStep, Phase, check_action
+
+
+class AddForeignKey(Operation):
+    op: Literal["add_foreign_key"] = "add_foreign_key"
+    name: Identifier
+    columns: list[Identifier] = Field(min_length=1)
+    ref_table: Identifier
+    ref_columns: list[Identifier] = Field(min_length=1)
+    on_delete: Literal["CASCADE", "SET NULL", "RESTRICT", "NO ACTION"] | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> AddForeignKey:
+        if len(self.columns) != len(self.ref_columns):
+            raise ValueError("columns and ref_columns must have the same length")
+        return self
+
+    def describe(self) -> str:
+        return (f"add foreign key {self.name}: {self.table}({', '.join(self.columns)}) -> "
+                f"{self.ref_table}({', '.join(self.ref_columns)})")
+
+    def check(self, schema: Schema) -> list[str]:
+        for column in self.columns:
+            if errors := self.column_check(schema, column):
+                return errors
+        if not schema.has_table(self.ref_table):
+            return [f"table {self.ref_table!r} does not exist"]
+        missing = [c for c in self.ref_columns if c not in schema.table(self.ref_table).columns]
+        return [f"table {self.ref_table!r} has no column {missing[0]!r}"] if missing else []
+
+    def _orphans(self, c: Compiler) -> dict:
+        key = c.schema.table(self.table).primary_key
+        names = [*key, *[n for n in self.columns if n not in key]]
+        child = sa.table(self.table, *[sa.column(n) for n in names])
+        parent = sa.table(self.ref_table, *[sa.column(n) for n in self.ref_columns])
+        matches = sa.and_(*[parent.c[p] == child.c[ch] for ch, p in zip(self.columns, self.ref_columns, strict=True)])
+        orphan = sa.and_(*[child.c[n].is_not(None) for n in self.columns],
+                         ~sa.exists().select_from(parent).where(matches))
+        query = sa.select(*[child.c[n] for n in names]).where(orphan).limit(5)
+        return check_action(c.dialect.sql(query), f"rows of {self.table} point to no row of {self.ref_table}")
+
+    def expand(self, c: Compiler) -> list[MigrationStep]:
+        if not c.is_postgres:
+            return []
+        d = c.dialect
+        return [MigrationStep(Phase.EXPANDING, f"{self.describe()} (NOT VALID)",
+                              forward=[d.add_foreign_key(self.table, self.name, self.columns, self.ref_table,
+                                                         self.ref_columns, self.on_delete)],
+                              compensate=[d.drop_constraint(self.table, self.name)])]
+
+    def migrate(self, c: Compiler) -> list[MigrationStep]:
+        if c.is_postgres:
+            return [MigrationStep(Phase.MIGRATING, f"validate {self.name}",
+                                  forward=[self._orphans(c), c.dialect.validate_constraint(self.table, self.name)])]
+        key = {"name": self.name, "columns": self.columns, "ref_table": self.ref_table,
+               "ref_columns": self.ref_columns, "on_delete": self.on_delete}
+        return [MigrationStep(Phase.MIGRATING, self.describe(),
+                              forward=[self._orphans(c), rebuild_action(self.table, create_foreign_keys=[key])],
+                              compensate=[rebuild_action(self.table, drop_constraints=[self.name])])]
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+        """Nothing to model."""

@@ -1,0 +1,66 @@
+"""create_table: a new table, which the old app never touches.
+
+expand   CREATE TABLE. Undone by DROP TABLE.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from zdm.model import Column, ColumnType, Schema, Table
+from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.plan import MigrationStep, Phase
+
+
+class ColumnSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Identifier
+    type: ColumnType
+    nullable: bool = True
+    default: Any = None
+    primary_key: bool = False
+
+
+class CreateTable(Operation):
+    op: Literal["create_table"] = "create_table"
+    columns: list[ColumnSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CreateTable:
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names):
+            raise ValueError("column names must be distinct")
+        if any(c.type is ColumnType.OTHER for c in self.columns):
+            raise ValueError("OTHER stands for types zdm copies but does not declare; pick a declared type")
+        return self
+
+    def describe(self) -> str:
+        return f"create table {self.table} ({', '.join(c.name for c in self.columns)})"
+
+    def check(self, schema: Schema) -> list[str]:
+        return [f"table {self.table!r} already exists"] if schema.has_table(self.table) else []
+
+    def touches(self) -> set[tuple[str, str]]:
+        return set()
+
+    def model_table(self) -> Table:
+        return Table(self.table, [Column(c.name, c.type, nullable=c.nullable and not c.primary_key,
+                                         default=c.default, primary_key=c.primary_key) for c in self.columns])
+
+    def expand(self, c: Compiler) -> list[MigrationStep]:
+        from zdm.oracle import sa_table
+
+        table = sa_table(self.model_table())
+        drop = sa.schema.DropTable(table, if_exists=True)
+        return [MigrationStep(Phase.EXPANDING, self.describe(), forward=[c.dialect.sql(sa.schema.CreateTable(table))],
+                              compensate=[c.dialect.sql(drop)])]
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+        if phase is Phase.EXPANDING:
+            schema.add_table(self.model_table())
+        elif phase is Phase.ROLLED_BACK:
+            schema.drop_table(self.table)
