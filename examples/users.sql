@@ -1,13 +1,37 @@
--- A tiny table to try the plans in plans/ on; both SQLite and PostgreSQL accept it.
+-- A tiny schema to try the plans in plans/ and examples/ on; SQLite and PostgreSQL both accept it.
 --   sqlite3 /tmp/zdm-try.db < examples/users.sql
 --   psql -h 127.0.0.1 -U postgres -d scratch -f examples/users.sql
+CREATE TABLE teams (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL
+);
+
 CREATE TABLE users (
     id INTEGER PRIMARY KEY,
     email TEXT NOT NULL,
     name TEXT,
-    legacy_flag BOOLEAN
+    legacy_flag BOOLEAN,
+    age INTEGER,
+    zip TEXT,
+    prefs TEXT,
+    team_id INTEGER
 );
 
-INSERT INTO users (id, email, name, legacy_flag) VALUES (1, 'Ada@Example.COM', 'Ada', TRUE);
-INSERT INTO users (id, email, name, legacy_flag) VALUES (2, 'grace@example.com', 'Grace', FALSE);
-INSERT INTO users (id, email, name, legacy_flag) VALUES (3, 'Linus@Kernel.ORG', NULL, NULL);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY,
+    token TEXT CONSTRAINT sessions_token_ck CHECK (length(token) > 0)
+);
+
+CREATE INDEX users_name_ix ON users (name);
+
+INSERT INTO teams (id, name) VALUES (1, 'core');
+INSERT INTO teams (id, name) VALUES (2, 'infra');
+
+INSERT INTO users (id, email, name, legacy_flag, age, zip, prefs, team_id)
+    VALUES (1, 'Ada@Example.COM', 'Ada', TRUE, 36, '01234', '{"theme": "dark"}', 1);
+INSERT INTO users (id, email, name, legacy_flag, age, zip, prefs, team_id)
+    VALUES (2, 'grace@example.com', 'Grace', FALSE, 45, '20500', '{"theme": "light"}', 2);
+INSERT INTO users (id, email, name, legacy_flag, age, zip, prefs, team_id)
+    VALUES (3, 'Linus@Kernel.ORG', NULL, NULL, 28, '97201', NULL, NULL);
+
+INSERT INTO sessions (id, token) VALUES (1, 'abc');
