@@ -256,6 +256,9 @@ CONSTRAINT_CASES = [
              {"name": "event", "type": "TEXT", "nullable": False, "default": "created"},
              {"name": "at", "type": "TIMESTAMP"}]}],
          old_insert={"email": "o@x"}, new_insert={"email": "n@x"}),
+    Case("drop_not_null_column_with_default",
+         [{"op": "drop_column", "table": "users", "column": "email", "default": "none@x"}],
+         old_insert={"email": "o@x"}, new_insert={"name": "new app, no email"}, gone={"email"}),
     Case("drop_table", [{"op": "drop_table", "table": "legacy"}],
          old_insert={"email": "o@x"}, new_insert={"email": "n@x"}, more_tables=_legacy),
 ]
@@ -330,3 +333,18 @@ def test_rename_table_keeps_the_old_name_working_until_complete(zdm_database_url
         assert zdm_objects(engine) == []
     with pytest.raises(sa.exc.DBAPIError), engine.begin() as connection:
         connection.exec_driver_sql("SELECT * FROM users")
+
+
+def test_percent_signs_survive_every_driver(zdm_database_url: str) -> None:
+    """psycopg reads % as a placeholder even without parameters; statements must not care."""
+    engine = setup(zdm_database_url, users_schema(12))
+    runner(engine).apply(_plan(
+        {"op": "sql", "table": "users", "up": "UPDATE users SET name = '100%' WHERE name LIKE 'user 1%'",
+         "down": "UPDATE users SET name = 'user 1' WHERE name = '100%'"},
+        {"op": "set_default", "table": "users", "column": "code", "default": "50%"},
+    ))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO users (id, email) VALUES (99, 'x')")
+        names = connection.execute(sa.text("SELECT count(*) FROM users WHERE name = '100%'")).scalar()
+        code = connection.execute(sa.text("SELECT code FROM users WHERE id = 99")).scalar()
+    assert (names, code) == (4, "50%")  # users 1, 10, 11, 12

@@ -47,6 +47,17 @@ def _sqlite_begin(connection: sa.Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def run_sql(connection: sa.Connection, statement: str) -> sa.CursorResult[Any]:
+    """Run a stored statement as written.
+
+    Drivers with pyformat placeholders (psycopg) read ``%`` as a placeholder even without
+    parameters, so a literal ``%`` (a LIKE pattern, a default of '50%') is doubled for them.
+    """
+    if connection.dialect.paramstyle in ("pyformat", "format"):
+        statement = statement.replace("%", "%%")
+    return connection.exec_driver_sql(statement)
+
+
 def check_connection(engine: sa.Engine) -> None:
     """Fail early, in one line, when the database does not answer."""
     try:

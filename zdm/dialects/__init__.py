@@ -147,7 +147,9 @@ def for_name(name: str) -> Dialect:
     if name == "postgresql":
         from sqlalchemy.dialects.postgresql import psycopg
 
-        return PostgresDialect(psycopg.dialect())
+        # "named" placeholders: compiled SQL keeps a literal % as it is (no driver escaping),
+        # so what is stored, printed and reviewed is the real SQL; run_sql escapes at the end.
+        return PostgresDialect(psycopg.dialect(paramstyle="named"))
     if name == "sqlite":
         from sqlalchemy.dialects.sqlite import pysqlite
 

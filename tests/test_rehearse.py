@@ -1,0 +1,163 @@
+"""`zdm rehearse` as a team meets it before a deploy: a verdict, its reasons, and the database as it was.
+
+A rehearsal that passes must leave every row where it was; one that should fail (a long ACCESS
+EXCLUSIVE lock, a rewrite of a big table, a `down` that does not undo its `up`) must fail with
+exit code 1 and say which statement broke which promise.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from click.testing import CliRunner
+from support import assert_agrees, setup, users_schema, zdm_objects
+
+from zdm.cli import main
+from zdm.testing import assert_reversible
+
+RENAME = """\
+id: rename_email
+operations:
+  - {op: rename_column, table: users, column: email, new_name: email_address}
+"""
+#: bigint -> text rewrites the whole table under ACCESS EXCLUSIVE; the down rewrites it back.
+WIDEN = """\
+id: widen_n
+operations:
+  - op: sql
+    table: events
+    up: ALTER TABLE events ALTER COLUMN n TYPE text
+    down: ALTER TABLE events ALTER COLUMN n TYPE bigint USING n::bigint
+"""
+#: The down neither drops the column nor leaves the rows alone.
+LOSSY = """\
+id: lossy
+operations:
+  - op: sql
+    table: users
+    up: ALTER TABLE users ADD COLUMN note TEXT DEFAULT 'x'
+    down: UPDATE users SET name = 'lost' WHERE id <= 3
+"""
+
+
+def rehearse(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["rehearse", *args, "--quiet"])
+    return result.exit_code, result.stdout
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "plan.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def statements(report: dict[str, Any], phase: str) -> list[dict[str, Any]]:
+    return next(p["statements"] for p in report["phases"] if p["phase"] == phase)
+
+
+def test_rename_rehearsal_keeps_every_promise_on_postgresql(zdm_postgres_url: str, tmp_path: Path) -> None:
+    model = users_schema(120)
+    engine = setup(zdm_postgres_url, model)
+    code, out = rehearse(write(tmp_path, RENAME), "--db", zdm_postgres_url, "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["ok"] and report["lock_tracing"] and report["restored"] and report["violations"] == []
+    assert [p["phase"] for p in report["phases"]] == ["EXPANDING", "MIGRATING", "ROLLED_BACK"]
+    add_column = statements(report, "EXPANDING")[0]
+    assert add_column["sql"].startswith("ALTER TABLE users ADD COLUMN email_address")
+    assert {"relation": "users", "mode": "AccessExclusiveLock"} in add_column["locks"]
+    assert 0 < add_column["held_ms"] < 500
+    backfill = statements(report, "MIGRATING")[0]
+    assert backfill["rows"] == 120 and not backfill["traced"]
+    validate = next(s for s in statements(report, "MIGRATING") if "VALIDATE" in s["sql"])
+    assert validate["locks"] == [{"relation": "users", "mode": "ShareUpdateExclusiveLock"}]
+    assert not any(s["rewrote"] for p in report["phases"] for s in p["statements"])
+    assert [(p["moment"], p["shape"], p["ok"]) for p in report["probes"]] == [
+        ("MIGRATING", "old", True), ("MIGRATING", "new", True)]
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []
+
+    code, out = rehearse(write(tmp_path, RENAME), "--db", zdm_postgres_url)  # a rolled-back plan rehearses again
+    assert code == 0, out
+    assert "ACCESS EXCLUSIVE users" in out and "rollback: restored" in out and "OK: every statement" in out
+    engine.dispose()
+
+
+def test_long_access_exclusive_lock_fails_the_rehearsal(zdm_postgres_url: str, tmp_path: Path) -> None:
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE events (id bigint PRIMARY KEY, payload text, n bigint)")
+        connection.exec_driver_sql("INSERT INTO events SELECT g, md5(g::text), g FROM generate_series(1, 50000) g")
+    code, out = rehearse(write(tmp_path, WIDEN), "--db", zdm_postgres_url, "--lock-timeout", "10", "--json")
+    assert code == 1, out
+    report = json.loads(out)
+    assert {v["kind"] for v in report["violations"]} == {"lock", "rewrite"}
+    alter = statements(report, "EXPANDING")[0]
+    assert {"relation": "events", "mode": "AccessExclusiveLock"} in alter["locks"]
+    assert alter["held_ms"] > 10 and alter["rewrote"] == ["events"]
+    assert report["restored"]  # reversible, and still not safe to run
+    with engine.connect() as connection:
+        assert sa.inspect(connection).get_columns("events")[2]["type"].python_type is int
+    assert_reversible(zdm_postgres_url, WIDEN_PLAN)
+    engine.dispose()
+
+
+WIDEN_PLAN = {"id": "widen_n", "operations": [
+    {"op": "sql", "table": "events", "up": "ALTER TABLE events ALTER COLUMN n TYPE text",
+     "down": "ALTER TABLE events ALTER COLUMN n TYPE bigint USING n::bigint"}]}
+
+
+def test_non_reversible_sql_step_fails_the_rehearsal(zdm_postgres_url: str, tmp_path: Path) -> None:
+    setup(zdm_postgres_url, users_schema(120)).dispose()
+    code, out = rehearse(write(tmp_path, LOSSY), "--db", zdm_postgres_url)
+    assert code == 1, out
+    assert "rollback: did NOT restore the snapshot" in out
+    assert "users.note: was absent, now TEXT NULL DEFAULT 'x'::text" in out
+    assert "users: same 120 rows, but their values changed" in out
+    assert "FAILED: 1 broken promise" in out
+
+
+def test_sqlite_rehearsal_without_lock_tracing(zdm_sqlite_url: str, tmp_path: Path) -> None:
+    model = users_schema(120)
+    engine = setup(zdm_sqlite_url, model)
+    plan = write(tmp_path, RENAME)
+    code, out = rehearse(plan, "--db", zdm_sqlite_url)
+    assert code == 0, out
+    assert "no lock tracing" in out and "DATABASE WRITE" in out and "rollback: restored" in out
+    assert_agrees(engine, model)
+
+    code, out = rehearse(plan, "--db", zdm_sqlite_url, "--json", "--complete")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["ok"] and report["completed"] and not report["lock_tracing"]
+    assert [p["phase"] for p in report["phases"]] == ["EXPANDING", "MIGRATING", "ROLLED_BACK", "CONTRACTING"]
+    rebuild = next(s for s in statements(report, "EXPANDING") if s["rewrote"])
+    assert rebuild["rewrote"] == ["users"] and "rebuild table" in rebuild["sql"]
+    assert ("COMPLETE", "new", True) in [(p["moment"], p["shape"], p["ok"]) for p in report["probes"]]
+    with engine.connect() as connection:
+        assert "email" not in {c["name"] for c in sa.inspect(connection).get_columns("users")}
+    engine.dispose()
+
+
+def test_a_failing_step_is_reported_and_the_database_left_as_it_was(zdm_sqlite_url: str, tmp_path: Path) -> None:
+    model = users_schema(20)
+    engine = setup(zdm_sqlite_url, model)
+    plan = write(tmp_path, "id: broken\noperations:\n  - {op: sql, table: users, up: SELECT no_such_function(), "
+                           "down: SELECT 1}\n")
+    code, out = rehearse(plan, "--db", zdm_sqlite_url, "--json")
+    assert code == 1, out
+    report = json.loads(out)
+    assert [v["kind"] for v in report["violations"]] == ["failed"]
+    assert "no_such_function" in report["violations"][0]["message"] and report["restored"]
+    assert_agrees(engine, model)
+    engine.dispose()
+
+
+def test_an_invalid_plan_exits_2_before_anything_runs(zdm_sqlite_url: str, tmp_path: Path) -> None:
+    setup(zdm_sqlite_url, users_schema(5)).dispose()
+    plan = write(tmp_path, "id: nope\noperations:\n  - {op: drop_column, table: users, column: missing}\n")
+    result = CliRunner().invoke(main, ["rehearse", plan, "--db", zdm_sqlite_url, "--quiet"])
+    assert result.exit_code == 2 and "has no column 'missing'" in result.stderr
