@@ -38,9 +38,8 @@ class AddForeignKey(Operation):
                 f"{self.ref_table}({', '.join(self.ref_columns)})")
 
     def check(self, schema: Schema) -> list[str]:
-        for column in self.columns:
-            if errors := self.column_check(schema, column):
-                return errors
+        if errors := self.column_check(schema, *self.columns):
+            return errors
         if not schema.has_table(self.ref_table):
             return [f"table {self.ref_table!r} does not exist"]
         missing = [c for c in self.ref_columns if c not in schema.table(self.ref_table).columns]

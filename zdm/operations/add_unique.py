@@ -27,10 +27,7 @@ class AddUnique(Operation):
         return f"add unique {self.name} on {self.table} ({', '.join(self.columns)})"
 
     def check(self, schema: Schema) -> list[str]:
-        for column in self.columns:
-            if errors := self.column_check(schema, column):
-                return errors
-        return []
+        return self.column_check(schema, *self.columns)
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
         if self.name in existing_indexes(c, self.table):

@@ -116,13 +116,12 @@ class Operation(BaseModel):
         query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(self.table)).where(where).limit(5)
         return c.dialect.sql(query)
 
-    def column_check(self, schema: Schema, column: str) -> list[str]:
-        """The usual first checks: the table and the column exist."""
+    def column_check(self, schema: Schema, *columns: str) -> list[str]:
+        """The usual first checks: the table and the columns exist."""
         if errors := Operation.check(self, schema):
             return errors
-        if column not in schema.table(self.table).columns:
-            return [f"table {self.table!r} has no column {column!r}"]
-        return []
+        missing = [name for name in columns if name not in schema.table(self.table).columns]
+        return [f"table {self.table!r} has no column {missing[0]!r}"] if missing else []
 
     def sync_name(self, plan_id: str, *parts: str) -> str:
         """A stable name for this operation's zdm-owned objects."""
