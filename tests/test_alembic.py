@@ -1,0 +1,339 @@
+"""zdm through Alembic, as a team with `alembic upgrade head` in its deploy pipeline meets it.
+
+Every run goes through Alembic's command API on the example environment at the repository root
+(alembic.ini, alembic/), never through zdm internals: upgrade starts a zdm revision, both app
+versions write, contract comes later (`-x zdm=complete` or `zdm complete`), downgrade rolls back.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import textwrap
+from argparse import Namespace
+from pathlib import Path
+from typing import Any
+
+import alembic.command
+import pytest
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.util import CommandError
+from click.testing import CliRunner
+from support import zdm_objects
+
+from zdm import db
+from zdm.cli import main as zdm_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+ADD, RENAME = "0002_add_email_lower", "0003_rename_email"
+
+
+# -- driving Alembic and zdm as a user does ----------------------------------------------------
+def config(url: str, *x: str, out: io.StringIO | None = None, scripts: Path | None = None) -> Config:
+    """The example environment's alembic.ini, with `-x db=URL` (and its revisions, or a copy's)."""
+    cfg = Config(ROOT / "alembic.ini", cmd_opts=Namespace(x=[f"db={url}", *x]), output_buffer=out,
+                 stdout=out or io.StringIO())
+    if scripts is not None:
+        cfg.set_main_option("script_location", str(scripts))
+    return cfg
+
+
+def upgrade(url: str, revision: str, *x: str, scripts: Path | None = None) -> None:
+    alembic.command.upgrade(config(url, *x, scripts=scripts), revision)
+
+
+def current(url: str, scripts: Path | None = None) -> str:
+    out = io.StringIO()
+    alembic.command.current(config(url, out=out, scripts=scripts))
+    return out.getvalue().split()[0]
+
+
+def zdm(*args: str) -> Any:
+    result = CliRunner().invoke(zdm_cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def zdm_phases(url: str) -> dict[str, str]:
+    return {plan["id"]: plan["phase"] for plan in json.loads(zdm("status", "--json", "--db", url))}
+
+
+def assert_agree(url: str, revision: str, phase: str, scripts: Path | None = None) -> None:
+    """`alembic current` and `zdm status` tell the same story about the newest revision."""
+    assert current(url, scripts) == revision
+    assert zdm_phases(url)[revision] == phase
+
+
+# -- reading the database --------------------------------------------------------------------------
+def execute(url: str, *statements: str) -> None:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        for statement in statements:
+            connection.exec_driver_sql(statement)
+    engine.dispose()
+
+
+def shape(url: str, table: str = "users") -> dict[str, tuple[str, bool]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        columns = sa.inspect(connection).get_columns(table)
+    found = {c["name"]: (type(c["type"]).__name__, c["nullable"]) for c in columns}
+    engine.dispose()
+    return found
+
+
+def rows(url: str, *columns: str) -> list[tuple[Any, ...]]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        found = connection.execute(sa.select(*map(sa.column, columns)).select_from(sa.table("users"))
+                                   .order_by(sa.column("id"))).all()
+    engine.dispose()
+    return [tuple(row) for row in found]
+
+
+def tables(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        found = set(sa.inspect(connection).get_table_names())
+    engine.dispose()
+    return found
+
+
+def leftovers(url: str) -> list[str]:
+    engine = db.create_engine(url)
+    found = zdm_objects(engine)
+    engine.dispose()
+    return found
+
+
+def app_writes_during_rename(url: str) -> None:
+    """The old app writes `email`, the new one `email_address`, at the same time."""
+    execute(url, "INSERT INTO users (id, email, name) VALUES (101, 'Old@App', 'old')",
+            "INSERT INTO users (id, email_address, name) VALUES (102, 'New@App', 'new')",
+            "UPDATE users SET email = 'changed-by-old' WHERE id = 3",
+            "UPDATE users SET email_address = 'changed-by-new' WHERE id = 4")
+    assert rows(url, "email", "email_address")[-2:] == [("Old@App", "Old@App"), ("New@App", "New@App")]
+
+
+SEEDED = [(i, f"User{i}@Example.COM") for i in range(1, 11)]
+AFTER_WRITES = [(i, {3: "changed-by-old", 4: "changed-by-new"}.get(i, email)) for i, email in SEEDED] + [
+    (101, "Old@App"), (102, "New@App")]
+
+
+# -- the promises ----------------------------------------------------------------------------------
+def test_deploy_cycle_through_alembic(zdm_database_url: str) -> None:
+    url = zdm_database_url
+    upgrade(url, ADD)  # deploy 1: create users, start the added column
+    assert_agree(url, ADD, "MIGRATING")
+    assert rows(url, "id", "email_lower")[:2] == [(1, "user1@example.com"), (2, "user2@example.com")]
+
+    upgrade(url, RENAME, "zdm=complete")  # deploy 2: contract deploy 1, then start the rename
+    assert zdm_phases(url)[ADD] == "COMPLETE"
+    assert_agree(url, RENAME, "MIGRATING")
+    app_writes_during_rename(url)
+
+    zdm("complete", RENAME, "--db", url, "--quiet")  # the old app is gone
+    assert_agree(url, RENAME, "COMPLETE")
+    assert set(shape(url)) == {"id", "email_address", "name", "score", "email_lower"}
+    assert shape(url)["email_address"][1] is False  # NOT NULL carried over
+    assert rows(url, "id", "email_address") == AFTER_WRITES
+    assert leftovers(url) == []
+    execute(url, "INSERT INTO users (id, email_address) VALUES (103, 'newest@app')")  # the new app goes on
+
+
+def test_downgrade_rolls_back_before_complete(zdm_database_url: str) -> None:
+    url = zdm_database_url
+    upgrade(url, ADD)
+    upgrade(url, ADD, "zdm=complete")  # nothing to upgrade: contracts the started plan only
+    assert_agree(url, ADD, "COMPLETE")
+    original = shape(url)
+
+    upgrade(url, RENAME)
+    app_writes_during_rename(url)
+    alembic.command.downgrade(config(url), ADD)
+    assert shape(url) == original
+    assert rows(url, "id", "email") == AFTER_WRITES  # every row, those written mid-migration too
+    assert current(url) == ADD and zdm_phases(url)[RENAME] == "ROLLED_BACK"
+    assert leftovers(url) == []
+
+    upgrade(url, RENAME)  # start again, then undo it with zdm itself
+    assert_agree(url, RENAME, "MIGRATING")
+    zdm("rollback", RENAME, "--db", url, "--quiet")
+    assert shape(url) == original and zdm_phases(url)[RENAME] == "ROLLED_BACK"
+    alembic.command.downgrade(config(url), ADD)  # Alembic catches up; the plan is already rolled back
+    assert current(url) == ADD and shape(url) == original
+    assert rows(url, "id", "email") == AFTER_WRITES
+
+
+def test_two_revisions_on_one_table_need_two_deploys(zdm_database_url: str) -> None:
+    url = zdm_database_url
+    upgrade(url, ADD)
+    with pytest.raises(CommandError, match=r"being changed by zdm plan '0002_add_email_lower'.*-x zdm=complete"):
+        upgrade(url, RENAME)
+    assert current(url) == ADD and RENAME not in zdm_phases(url)
+    assert "email_address" not in shape(url)
+
+
+def test_offline_prints_expand_and_migrate_with_compensation(zdm_database_url: str) -> None:
+    url = zdm_database_url
+    out = io.StringIO()
+    alembic.command.upgrade(config(url, out=out), "head", sql=True)
+    script = out.getvalue()
+    assert re.search(r"^ALTER TABLE users ADD COLUMN email_address TEXT;$", script, re.M)
+    assert re.search(r"^--   ALTER TABLE users DROP COLUMN email_address$", script, re.M)  # compensation
+    assert re.search(r"^UPDATE users SET email_address = email WHERE", script, re.M)  # the backfill
+    assert not re.search(r"^ALTER TABLE users DROP COLUMN email;", script, re.M)  # contract: on request
+    assert "-x zdm=contract" in script
+
+    out = io.StringIO()
+    alembic.command.upgrade(config(url, "zdm=contract", out=out), f"{ADD}:{RENAME}", sql=True)
+    script = out.getvalue()
+    contract = script.split("-- zdm CONTRACTING")[-1]
+    assert "DROP TRIGGER IF EXISTS zdm_tg_0003_rename_email" in contract
+    assert re.search(r"drop (column )?email\b", contract, re.I)  # a rebuild comment on SQLite
+    assert "ALTER TABLE users ADD COLUMN email_lower" not in script  # 0002 is before the range
+    assert tables(url) == set()  # offline never touches the database
+
+
+NAME_REQUIRED = """\
+from alembic import op
+
+revision, down_revision = "0002_name_required", "0001_create_users"
+
+
+def upgrade():
+    op.zdm_set_not_null("users", "name")  # rows 4 and 8 have no name, and no fill is given
+
+
+def downgrade():
+    op.zdm_rollback()
+"""
+
+
+def test_failed_start_leaves_alembic_on_the_previous_revision(zdm_database_url: str, tmp_path: Path) -> None:
+    url = zdm_database_url
+    (tmp_path / "versions").mkdir()
+    shutil.copy(ROOT / "alembic" / "env.py", tmp_path / "env.py")
+    shutil.copy(ROOT / "alembic" / "versions" / "0001_create_users.py", tmp_path / "versions")
+    (tmp_path / "versions" / "0002_name_required.py").write_text(NAME_REQUIRED)
+
+    with pytest.raises(CommandError, match="name is NULL in rows"):
+        upgrade(url, "head", scripts=tmp_path)
+    assert current(url, tmp_path) == "0001_create_users"  # not stamped: compensated, ready for a rerun
+    assert zdm_phases(url) == {"0002_name_required": "ROLLED_BACK"}
+    assert shape(url)["name"] == ("TEXT", True) and leftovers(url) == []
+
+    execute(url, "UPDATE users SET name = 'anon' WHERE name IS NULL")  # fix the data, deploy again
+    upgrade(url, "head", scripts=tmp_path)
+    assert_agree(url, "0002_name_required", "MIGRATING", tmp_path)
+
+
+STOCK_ENV = """\
+import sqlalchemy as sa
+from alembic import context
+
+url = context.config.get_main_option("sqlalchemy.url")
+
+
+def migrate():
+    {run}
+
+
+if context.is_offline_mode():
+    context.configure(url=url, literal_binds=True)
+    migrate()
+else:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as connection:
+        context.configure(connection=connection)
+        migrate()
+"""
+PLAIN_REVISIONS = {
+    "r1_items.py": """\
+        import sqlalchemy as sa
+        from alembic import op
+
+        revision, down_revision = "r1", None
+
+        def upgrade():
+            items = op.create_table("items", sa.Column("id", sa.Integer, primary_key=True),
+                                    sa.Column("name", sa.Text, nullable=False))
+            op.bulk_insert(items, [{"id": 1, "name": "pen"}, {"id": 2, "name": "ink"}])
+
+        def downgrade():
+            op.drop_table("items")
+        """,
+    "r2_price.py": """\
+        import sqlalchemy as sa
+        from alembic import op
+
+        revision, down_revision = "r2", "r1"
+
+        def upgrade():
+            op.add_column("items", sa.Column("price", sa.Integer, server_default="0", nullable=False))
+            op.create_index("ix_items_name", "items", ["name"])
+
+        def downgrade():
+            op.drop_index("ix_items_name", table_name="items")
+            op.drop_column("items", "price")
+        """,
+}
+
+
+def plain_project(base: Path, run: str) -> Path:
+    (base / "versions").mkdir(parents=True)
+    (base / "env.py").write_text(STOCK_ENV.format(run=run))
+    for name, source in PLAIN_REVISIONS.items():
+        (base / "versions" / name).write_text(textwrap.dedent(source))
+    return base
+
+
+def plain_config(script_location: Path, url: str, out: io.StringIO | None = None) -> Config:
+    cfg = Config(output_buffer=out, stdout=io.StringIO())
+    cfg.set_main_option("script_location", str(script_location))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def snapshot(url: str) -> dict[str, Any]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        inspector = sa.inspect(connection)
+        found = {name: ([(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(name)],
+                        sorted(ix["name"] for ix in inspector.get_indexes(name)),
+                        connection.execute(sa.text(f"SELECT * FROM {name} ORDER BY 1")).all())
+                 for name in sorted(inspector.get_table_names())}
+    engine.dispose()
+    return found
+
+
+def drop_everything(url: str) -> None:
+    engine = sa.create_engine(url)
+    metadata = sa.MetaData()
+    with engine.begin() as connection:
+        metadata.reflect(connection)
+        metadata.drop_all(connection)
+    engine.dispose()
+
+
+def test_plain_alembic_project_behaves_as_before(zdm_database_url: str, tmp_path: Path) -> None:
+    url = zdm_database_url
+    stock = plain_project(tmp_path / "stock", "with context.begin_transaction():\n        context.run_migrations()")
+    wired = plain_project(tmp_path / "wired", "import zdm.alembic\n    zdm.alembic.run_migrations(context)")
+    for offline_url in (url, "mysql://app@db/app"):  # zdm does not run MySQL, nor need to here
+        stock_offline, wired_offline = io.StringIO(), io.StringIO()
+        alembic.command.upgrade(plain_config(stock, offline_url, stock_offline), "head", sql=True)
+        alembic.command.upgrade(plain_config(wired, offline_url, wired_offline), "head", sql=True)
+        assert wired_offline.getvalue() == stock_offline.getvalue()
+
+    alembic.command.upgrade(plain_config(stock, url), "head")
+    before = snapshot(url)
+    drop_everything(url)
+    alembic.command.upgrade(plain_config(wired, url), "head")
+    assert snapshot(url) == before
+    assert "zdm_migrations" not in tables(url)
+    alembic.command.downgrade(plain_config(wired, url), "base")
+    assert tables(url) == {"alembic_version"}

@@ -1,0 +1,304 @@
+"""zdm inside an Alembic run: the env.py helper, and what ``op.zdm_*`` do when a revision runs.
+
+Transactions. Alembic runs a revision inside a transaction on its connection. zdm's runner opens
+connections of its own: each phase is its own transaction, the backfill many short ones, a
+PostgreSQL ``CREATE INDEX CONCURRENTLY`` none at all, and on SQLite every transaction takes the
+database's write lock up front (``BEGIN IMMEDIATE``). Run inside Alembic's open transaction,
+zdm would wait for locks its own process holds (SQLite's write lock, or PostgreSQL's lock on a
+table an earlier op of the revision altered). So every zdm operation runs inside
+``MigrationContext.autocommit_block()``: Alembic commits what the run did so far and its
+connection holds no transaction, hence no lock, while zdm works; Alembic begins a new
+transaction afterwards for the rest of the revision and its version stamp.
+
+What follows from it: the version stamp of a revision is written only after its zdm operations
+succeeded, so a failed (and compensated) start leaves ``alembic current`` on the revision before,
+and a rerun resumes or starts again. Put zdm operations first in ``upgrade()``: ordinary ops placed
+before them are committed by the autocommit block even if the zdm operation then fails, while
+ordinary ops after them are retried by a rerun, which skips a zdm plan already started. Use
+``transaction_per_migration=True`` so that each revision commits on its own anyway. On SQLite,
+Alembic's engine must not be one that issues ``BEGIN IMMEDIATE`` itself (``zdm.db.create_engine``
+does): an autocommit block still begins a (no-op) transaction on it, which would take the lock.
+
+Plan ids: the n-th zdm operation of revision ``R`` is plan ``R`` (n = 1) or ``R_n``, titled
+``alembic revision R: ...``. Each operation is its own plan, so two zdm operations of one
+revision may not change the same table (zdm allows one plan in flight per table).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
+from pydantic import ValidationError
+
+from zdm import db, introspect, state
+from zdm.alembic.offline import Hints, OfflineSchema
+from zdm.model import ModelError
+from zdm.operations import Operation
+from zdm.plan import MigrationPlan, Phase
+from zdm.planfile import PlanFile, PlanFileError, Settings
+from zdm.report import HumanReporter
+from zdm.runner import Reporter, Runner, ZdmError
+
+#: ``-x zdm=<mode>``: what zdm does in this Alembic run.
+MODES = {
+    "start": "expand and migrate the zdm operations of the revisions upgraded (the default)",
+    "complete": "first contract every started zdm plan of earlier revisions, then as start",
+    "apply": "every phase of each zdm operation at once (dev databases, a single app version)",
+}
+#: Offline, "contract" (or "complete") also prints the contract phase.
+SYNONYMS = {"contract": "complete"}
+TITLE = "alembic revision {revision}: {what}"
+_TITLE = re.compile(r"^alembic revision (\S+): ")
+IN_FLIGHT = (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING)
+
+
+class ZdmAlembicError(CommandError):
+    """A zdm failure inside an Alembic run; the ``alembic`` command prints it as one line."""
+
+
+@dataclass
+class Session:
+    """One Alembic invocation with zdm wired in."""
+
+    mode: str
+    overrides: dict[str, int]
+    reporter: Reporter
+    url: sa.URL | None = None  # online: Alembic's database
+    offline: OfflineSchema | None = None
+    connected: sa.Engine | None = None
+    owns_engine: bool = False
+    declared: dict[str, int] = field(default_factory=dict)  # revision -> zdm operations so far
+    started: list[str] = field(default_factory=list)
+
+    def plan_file(self, revision: str, operation: Operation) -> PlanFile:
+        number = self.declared[revision] = self.declared.get(revision, 0) + 1
+        plan_id = revision if number == 1 else f"{revision}_{number}"
+        try:
+            return PlanFile(id=plan_id, title=TITLE.format(revision=revision, what=operation.describe()),
+                            operations=[operation])
+        except ValidationError:
+            raise ZdmAlembicError(f"revision id {revision!r} cannot name a zdm plan ({plan_id!r}): use 1-40 "
+                                  "letters, digits, _ and - (alembic revision --rev-id)") from None
+
+    @property
+    def engine(self) -> sa.Engine:
+        """zdm's own connections to Alembic's database, made when first needed.
+
+        Lazily, so that a run without zdm operations behaves as before on any database.
+        """
+        if self.connected is None:
+            self.connected, self.owns_engine = _engine_like(self.url), True
+        return self.connected
+
+    def runner(self) -> Runner:
+        return Runner(self.engine, self.reporter, self.overrides)
+
+
+_session: ContextVar[Session | None] = ContextVar("zdm_alembic_session", default=None)
+
+
+def run_migrations(context: EnvironmentContext, *, engine: sa.Engine | None = None,
+                   reporter: Reporter | None = None, **settings: int) -> None:
+    """Run Alembic's migrations with zdm wired in: call it after ``context.configure(...)``.
+
+    It replaces ``with context.begin_transaction(): context.run_migrations()`` in env.py, online
+    and offline. ``-x zdm=start|complete|apply`` picks the mode (see MODES; offline,
+    ``-x zdm=contract`` prints the contract phase too); ``settings`` and ``-x <setting>=<n>``
+    override zdm's plan settings (``lock_timeout_ms``, ``batch_size``...). zdm connects to
+    Alembic's database by the same URL unless given an ``engine``.
+    """
+    arguments = context.get_x_argument(as_dictionary=True)
+    mode = SYNONYMS.get(arguments.get("zdm", "start"), arguments.get("zdm", "start"))
+    if mode not in MODES:
+        raise ZdmAlembicError(f"-x zdm={mode}: use one of {', '.join([*MODES, *SYNONYMS])}")
+    migration_context = context.get_context()
+    _hide_zdm_table(migration_context)
+    session = Session(mode, _settings({**settings, **arguments}), reporter or HumanReporter(), connected=engine)
+    offline = context.is_offline_mode()
+    if offline:
+        session.offline = OfflineSchema(migration_context.dialect.name)
+    else:
+        assert migration_context.connection is not None
+        session.url = migration_context.connection.engine.url
+    token = _session.set(session)
+    try:
+        if not offline and mode == "complete":
+            _complete_started(session)
+        with _following_create_table(session), context.begin_transaction():
+            context.run_migrations()
+        for plan_id in session.started:
+            session.reporter.note(
+                f"zdm plan {plan_id} is MIGRATING: deploy the new app version, then contract with "
+                f"`alembic -x zdm=complete upgrade head` or `zdm complete {plan_id}`; `alembic downgrade` "
+                "or `zdm rollback` undoes it")
+    finally:
+        _session.reset(token)
+        if session.owns_engine and session.connected is not None:
+            session.connected.dispose()
+
+
+def run_operation(context: MigrationContext, operation: Operation, hints: Hints) -> None:
+    """``op.zdm_<name>(...)`` in a revision: start (or apply) its plan, or print it offline."""
+    session = _current(f"op.zdm_{operation.op}()")
+    revision = running_revision()
+    plan_file = session.plan_file(revision, operation)
+    with _command_errors(plan_file.id):
+        if session.offline is not None:
+            session.offline.render(context, plan_file, hints, contract=session.mode in ("complete", "apply"))
+            return
+        stored = _load(session, plan_file.id)
+        if stored is not None and (stored.is_started or stored.phase in (Phase.CONTRACTING, Phase.COMPLETE)):
+            session.reporter.note(f"zdm plan {plan_file.id} is already {stored.phase.value}: not started again")
+            return
+        _refuse_overlap(session, plan_file.id, operation)
+        with context.autocommit_block():
+            if session.mode == "apply":
+                session.runner().apply(plan_file)
+            else:
+                session.runner().start(plan_file)
+                session.started.append(plan_file.id)
+
+
+def rollback_revision(context: MigrationContext) -> None:
+    """``op.zdm_rollback()`` in a revision's downgrade(): roll back its plans, newest first."""
+    session = _current("op.zdm_rollback()")
+    revision = running_revision()
+    if session.offline is not None:
+        context.impl.static_output(f"-- zdm: the plans of revision {revision} are rolled back online only "
+                                   f"(alembic downgrade, or zdm rollback {revision})")
+        return
+    with _command_errors(revision):
+        plans = [plan for plan in _load_all(session) if revision_of(plan) == revision]
+        for plan in sorted(plans, key=lambda p: _number(p, revision), reverse=True):
+            if plan.phase is Phase.ROLLED_BACK:
+                session.reporter.note(f"zdm plan {plan.id} is already rolled back")
+                continue
+            with context.autocommit_block():
+                session.runner().rollback(plan.id)
+
+
+def revision_of(plan: MigrationPlan) -> str | None:
+    """The Alembic revision a plan belongs to; None for a plan started from a plan file."""
+    found = _TITLE.match(plan.title)
+    return found.group(1) if found else None
+
+
+def running_revision() -> str:
+    """The revision whose upgrade() or downgrade() is running.
+
+    Alembic does not tell an operation which revision invoked it; the call stack does. Every
+    revision file defines module-level ``revision`` and ``down_revision``, so the nearest caller
+    whose module has both is the revision script.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        names = frame.f_globals
+        if "revision" in names and "down_revision" in names:
+            return str(names["revision"])
+        frame = frame.f_back
+    raise ZdmAlembicError("zdm operations run inside a revision's upgrade() or downgrade()")
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _current(what: str) -> Session:
+    session = _session.get()
+    if session is None:
+        raise ZdmAlembicError(f"{what} needs zdm wired into env.py: call zdm.alembic.run_migrations(context) "
+                              "instead of context.run_migrations()")
+    return session
+
+
+def _complete_started(session: Session) -> None:
+    """Contract the started plans of Alembic revisions, oldest first (``-x zdm=complete``)."""
+    with _command_errors("complete"):
+        for plan in _load_all(session):
+            if revision_of(plan) is not None and (plan.is_started or plan.phase is Phase.CONTRACTING):
+                session.runner().complete(plan.id)
+
+
+def _refuse_overlap(session: Session, plan_id: str, operation: Operation) -> None:
+    """One plan in flight per table (the runner's rule), checked before Alembic commits anything.
+
+    Two revisions changing one table need two deploys: say how to get to the second.
+    """
+    for other in _load_all(session):
+        tables = {declared.get("table") for declared in other.source.get("operations", [])} - {None}
+        if other.id != plan_id and other.phase in IN_FLIGHT and operation.table in tables:
+            raise ZdmAlembicError(
+                f"zdm {plan_id}: table {operation.table!r} is being changed by zdm plan {other.id!r} "
+                f"({other.phase.value}), so this change needs a deploy of its own: once the app version "
+                f"for {other.id} is fully deployed, run `alembic -x zdm=complete upgrade <revision>`")
+
+
+def _load(session: Session, plan_id: str) -> MigrationPlan | None:
+    with session.engine.connect() as connection:
+        found = state.load(connection, plan_id)
+    return None if found is None else found[0]
+
+
+def _load_all(session: Session) -> list[MigrationPlan]:
+    with session.engine.connect() as connection:
+        return [plan for plan, _ in state.load_all(connection)]
+
+
+def _number(plan: MigrationPlan, revision: str) -> int:
+    return 1 if plan.id == revision else int(plan.id.rsplit("_", 1)[1])
+
+
+def _engine_like(url: sa.URL | None) -> sa.Engine:
+    assert url is not None
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise ZdmAlembicError("zdm runs on connections of its own, so it needs a SQLite database file, "
+                              "not an in-memory database")
+    return db.create_engine(url)
+
+
+def _settings(values: dict[str, Any]) -> dict[str, int]:
+    chosen = {key: value for key, value in values.items() if key in Settings.model_fields}
+    try:
+        return Settings(**chosen).model_dump(include=set(chosen))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ZdmAlembicError(f"zdm setting {first['loc'][0]}: {first['msg']}") from None
+
+
+def _hide_zdm_table(context: MigrationContext) -> None:
+    """Keep ``zdm_migrations`` out of autogenerate, which would otherwise propose dropping it."""
+    chosen = context.opts.get("include_name")
+
+    def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+        if type_ == "table" and name in introspect.INTERNAL_TABLES:
+            return False
+        return chosen(name, type_, parent_names) if chosen else True
+
+    context.opts["include_name"] = include_name
+
+
+@contextmanager
+def _following_create_table(session: Session) -> Iterator[None]:
+    if session.offline is None:
+        yield
+        return
+    with session.offline.following_create_table():
+        yield
+
+
+@contextmanager
+def _command_errors(what: str) -> Iterator[None]:
+    """zdm's own errors become Alembic command errors: one line from the ``alembic`` command."""
+    try:
+        yield
+    except (ZdmError, PlanFileError, ModelError, ValueError, state.RunnerBusy, db.DatabaseUnavailable) as exc:
+        if isinstance(exc, CommandError):
+            raise
+        raise ZdmAlembicError(f"zdm {what}: {' '.join(str(exc).split())}") from exc
