@@ -61,17 +61,36 @@ def _json_key(row: Any) -> list[Any]:
     return [v if isinstance(v, (int, str)) or v is None else str(v) for v in row]
 
 
+class NoKey(ValueError):
+    """The table has no primary key to walk in batches."""
+
+
 def reflect(connection: sa.Connection, spec: Backfill) -> sa.Table:
+    """The live table, once per backfill: every batch reuses it (and its compiled statements)."""
+    if not spec.key:
+        raise NoKey(f"table {spec.table!r} has no primary key: zdm backfills in key order and needs one "
+                    "(add a primary key first)")
     return introspect.live_table(connection, spec.table)
 
 
 def plan_range(connection: sa.Connection, table: sa.Table, spec: Backfill) -> dict[str, Any]:
-    """The key range to visit (fixed when the backfill begins) and its row count."""
+    """The key range to visit (fixed when the backfill begins) and an estimate of its rows."""
     key = [table.c[k] for k in spec.key]
     last_row = connection.execute(sa.select(*key).order_by(*[k.desc() for k in key]).limit(1)).first()
-    total = connection.scalar(sa.select(sa.func.count()).select_from(table)) or 0
     return {"last_key": None, "until": _json_key(last_row) if last_row else None,
-            "rows_done": 0, "rows_total": int(total)}
+            "rows_done": 0, "rows_total": estimate_rows(connection, table)}
+
+
+def estimate_rows(connection: sa.Connection, table: sa.Table) -> int:
+    """PostgreSQL's planner estimate when the table has statistics: counting a huge table would
+    scan all of it before the first batch. Otherwise (SQLite, never analyzed) an exact count."""
+    if connection.dialect.name == "postgresql":
+        name = connection.dialect.identifier_preparer.quote(table.name)
+        estimate = connection.scalar(sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"),
+                                     {"t": name})
+        if estimate is not None and estimate > 0:
+            return int(estimate)
+    return int(connection.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
 
 
 def run_batch(
@@ -105,9 +124,14 @@ def run_batch(
 
 
 def next_batch_size(current: int, elapsed_ms: float, target_ms: int) -> int:
-    """Grow or shrink toward the target duration, at most doubling or halving per batch."""
-    factor = min(2.0, max(0.5, target_ms / max(elapsed_ms, 0.1)))
-    return max(MIN_BATCH, min(MAX_BATCH, int(current * factor)))
+    """Grow or shrink toward the target duration, at most doubling or halving per batch.
+
+    A slow batch shrinks the next one to the size that would have hit the target; a fast one
+    grows it only half-way (in ratio), so noise does not swing the size past the target.
+    """
+    ratio = target_ms / max(elapsed_ms, 0.1)
+    factor = min(2.0, ratio**0.5) if ratio > 1 else max(0.5, ratio)
+    return max(MIN_BATCH, min(MAX_BATCH, round(current * factor)))
 
 
 class Rate:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from zdm import backfill, introspect, planfile, state
+from zdm.db import run_sql
 from zdm.dialects import Dialect, for_connection
 from zdm.dialects.sqlite import describe_rebuild, run_rebuild
 from zdm.plan import MigrationPlan, MigrationStep, Phase
@@ -114,7 +115,7 @@ class Runner:
 
     def rollback(self, plan_id: str) -> MigrationPlan:
         with state.runner_lock(self.engine):
-            plan, _ = self._load(plan_id)
+            plan, checkpoint = self._load(plan_id)
             if plan.phase is Phase.COMPLETE:
                 raise PlanStateError(
                     f"plan {plan_id!r} is complete: its contract phase dropped what a rollback would "
@@ -122,7 +123,7 @@ class Runner:
                 )
             if plan.phase is Phase.ROLLED_BACK:
                 raise PlanStateError(f"plan {plan_id!r} is already rolled back")
-            self._compensate(plan)
+            self._compensate(plan, checkpoint=checkpoint)
             return plan
 
     def apply(self, plan_file: PlanFile) -> MigrationPlan:
@@ -217,20 +218,21 @@ class Runner:
                     self._transition(plan, phase)
                 self._run_phase(plan, phase, checkpoint)
         except sa.exc.DBAPIError as exc:
-            if exc.connection_invalidated:
+            if self._connection_lost(exc):
                 raise MigrationFailed(
                     f"lost the database connection during {plan.phase.value}: {_reason(exc)}; state and "
                     f"checkpoint are saved: `zdm start` resumes, `zdm rollback {plan.id}` undoes"
                 ) from exc
-            self._fail_and_compensate(plan, _reason(exc), exc)
+            self._fail_and_compensate(plan, _reason(exc), exc, checkpoint)
         except Exception as exc:  # any failure compensates; Ctrl-C and kill leave state to resume
-            self._fail_and_compensate(plan, _reason(exc), exc)
+            self._fail_and_compensate(plan, _reason(exc), exc, checkpoint)
 
-    def _fail_and_compensate(self, plan: MigrationPlan, reason: str, exc: Exception) -> None:
+    def _fail_and_compensate(self, plan: MigrationPlan, reason: str, exc: Exception,
+                             checkpoint: dict[str, Any]) -> None:
         failed_in = plan.phase.value
         self.reporter.note(f"{failed_in} failed: {reason}; compensating")
         try:
-            self._compensate(plan, note=f"{failed_in} failed: {reason}")
+            self._compensate(plan, note=f"{failed_in} failed: {reason}", checkpoint=checkpoint)
         except Exception as undo:
             raise MigrationFailed(
                 f"{failed_in} failed: {reason}; compensation also failed: {_reason(undo)}; "
@@ -257,8 +259,7 @@ class Runner:
     def _transition(self, plan: MigrationPlan, phase: Phase, note: str = "") -> None:
         plan.transition(phase, state.now(), note)
         self.reporter.phase(plan, phase)
-        with self.engine.begin() as connection:
-            state.save(connection, plan)
+        self._transaction(lambda connection: state.save(connection, plan), f"record {phase.value}")
 
     def _run_phase(self, plan: MigrationPlan, phase: Phase, checkpoint: dict[str, Any]) -> None:
         group: list[MigrationStep] = []
@@ -273,7 +274,7 @@ class Runner:
             if step.backfill is not None:
                 self._run_backfill(plan, step, checkpoint)
             else:
-                self._run_outside_transaction(plan, step)
+                self._run_outside_transaction(plan, step, checkpoint)
         self._run_group(plan, group)
 
     def _run_group(self, plan: MigrationPlan, steps: list[MigrationStep]) -> None:
@@ -297,17 +298,26 @@ class Runner:
                 step.executed = False
             raise
 
-    def _run_outside_transaction(self, plan: MigrationPlan, step: MigrationStep) -> None:
+    def _run_outside_transaction(self, plan: MigrationPlan, step: MigrationStep, checkpoint: dict[str, Any]) -> None:
+        """A step with no transaction to commit its record with: it is recorded as in flight first.
+
+        A kill mid-way can leave its object half-built (an INVALID index): ``status`` shows the step
+        in flight, ``start`` runs it again (its SQL drops such a leftover first), ``rollback`` undoes it.
+        """
+        checkpoint.clear()
+        checkpoint.update(step=plan.steps.index(step), outside_transaction=True)
+        self._transaction(lambda connection: state.save(connection, plan, checkpoint), step.description)
         self.reporter.step(step)
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            for sql in self.dialect.begin(self.settings.lock_timeout_ms):
-                connection.exec_driver_sql(sql.replace("SET LOCAL", "SET"))
+
+        def work(connection: sa.Connection) -> None:
             for action in step.forward:
                 self._execute(connection, action)
                 self.reporter.committed()
+
+        self._transaction(work, step.description, autocommit=True)
         step.executed = True
-        with self.engine.begin() as connection:
-            state.save(connection, plan)
+        self._transaction(lambda connection: state.save(connection, plan), step.description)
+        checkpoint.clear()
 
     def _run_backfill(self, plan: MigrationPlan, step: MigrationStep, checkpoint: dict[str, Any]) -> None:
         spec = step.backfill
@@ -315,30 +325,30 @@ class Runner:
         self.reporter.step(step)
         self.reporter.statement(spec.describe())
         index = plan.steps.index(step)
-        with self.engine.connect() as connection:
-            table = backfill.reflect(connection, spec)
-            connection.rollback()
+        table = self._transaction(lambda connection: backfill.reflect(connection, spec), step.description)
         if checkpoint.get("step") != index:
-            with self.engine.connect() as connection:
-                checkpoint.clear()
-                checkpoint.update(step=index, **backfill.plan_range(connection, table, spec))
-                connection.rollback()
+            found = self._transaction(lambda connection: backfill.plan_range(connection, table, spec),
+                                      step.description)
+            checkpoint.clear()
+            checkpoint.update(step=index, **found)
         size = max(1, self.settings.batch_size)
         rate = backfill.Rate(checkpoint["rows_done"])
         while True:
             started = time.monotonic()
 
-            def batch(connection: sa.Connection, size: int = size) -> int:
+            def batch(connection: sa.Connection, size: int = size) -> tuple[dict[str, Any], int]:
                 if self.dialect.name == "postgresql":
                     timeout = max(10 * self.settings.batch_target_ms, 5000)
                     connection.exec_driver_sql(f"SET LOCAL statement_timeout = '{int(timeout)}ms'")
                 new, visited = backfill.run_batch(connection, table, spec, checkpoint, size)
                 if visited:
                     state.save_checkpoint(connection, plan.id, new)
-                    checkpoint.update(new)
-                return visited
+                return new, visited
 
-            visited = self._transaction(batch, step.description)
+            # The checkpoint in memory moves only once its batch has committed: a batch lost with
+            # its connection is retried from the same key, not skipped.
+            new, visited = self._transaction(batch, step.description)
+            checkpoint.update(new)
             elapsed_ms = (time.monotonic() - started) * 1000
             if not visited:
                 break
@@ -348,13 +358,14 @@ class Runner:
                 time.sleep(self.settings.batch_pause_ms / 1000)
         self.reporter.backfill(rate.progress(spec.table, checkpoint, size, 0.0, finished=True))
         step.executed = True
-        with self.engine.begin() as connection:
-            state.save(connection, plan, {})
+        self._transaction(lambda connection: state.save(connection, plan, {}), step.description)
         checkpoint.clear()
 
     # -- compensating -------------------------------------------------------------------------
-    def _compensate(self, plan: MigrationPlan, note: str = "") -> None:
-        done = [s for s in plan.steps if s.executed and not s.rolled_back]
+    def _compensate(self, plan: MigrationPlan, note: str = "", checkpoint: dict[str, Any] | None = None) -> None:
+        checkpoint = checkpoint or {}
+        in_flight = checkpoint.get("step") if checkpoint.get("outside_transaction") else None
+        done = [s for i, s in enumerate(plan.steps) if (s.executed or i == in_flight) and not s.rolled_back]
         if any(s.phase is Phase.CONTRACTING for s in done):
             raise PlanStateError(f"plan {plan.id!r} already ran contract steps; it cannot be rolled back")
         if plan.phase is not Phase.ROLLED_BACK:
@@ -407,14 +418,23 @@ class Runner:
             run_rebuild(connection, action["rebuild"])
         else:
             self.reporter.statement(action)
-            connection.exec_driver_sql(action)
+            run_sql(connection, action)
         self.reporter.executed(connection, action, time.monotonic() - started)
 
-    def _transaction(self, work: Callable[[sa.Connection], T], what: str) -> T:
-        """Run ``work`` in a transaction under the lock budget, retrying lock timeouts."""
+    def _transaction(self, work: Callable[[sa.Connection], T], what: str, autocommit: bool = False) -> T:
+        """Run ``work`` in a transaction under the lock budget, retrying lock timeouts and lost connections.
+
+        ``autocommit``: each statement commits by itself (CREATE INDEX CONCURRENTLY refuses a
+        transaction); ``work`` must then be safe to run again from the start.
+        """
         attempts = self.settings.lock_retries + 1
         for attempt in range(1, attempts + 1):
             try:
+                if autocommit:
+                    with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                        for sql in self.dialect.begin(self.settings.lock_timeout_ms):
+                            connection.exec_driver_sql(sql.replace("SET LOCAL", "SET"))
+                        return work(connection)
                 with self.engine.begin() as connection:
                     for sql in self.dialect.begin(self.settings.lock_timeout_ms):
                         connection.exec_driver_sql(sql)
@@ -422,11 +442,11 @@ class Runner:
                 self.reporter.committed()
                 return result
             except sa.exc.DBAPIError as exc:
-                retryable = _is_lock_timeout(exc) or exc.connection_invalidated
+                retryable = _is_lock_timeout(exc) or self._connection_lost(exc)
                 if not retryable:
                     raise
                 if attempt == attempts:
-                    if exc.connection_invalidated:
+                    if self._connection_lost(exc):
                         raise
                     raise LockBudgetExceeded(
                         f"{what}: no lock within {self.settings.lock_timeout_ms} ms after {attempts} "
@@ -437,6 +457,14 @@ class Runner:
                 self.reporter.note(f"{what}: {kind} (try {attempt}/{attempts}), retrying in {delay:.2f} s")
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _connection_lost(self, exc: sa.exc.DBAPIError) -> bool:
+        """The connection died, or a new one could not be made (server down or restarting)."""
+        if exc.connection_invalidated:
+            return True
+        # psycopg reports a failed connect without a SQLSTATE (57P03: the server is starting up).
+        return (self.dialect.name == "postgresql" and isinstance(exc, sa.exc.OperationalError)
+                and getattr(exc.orig, "sqlstate", None) in (None, "57P03"))
 
     def _blockers(self) -> str:
         if self.dialect.name != "postgresql":
@@ -463,7 +491,7 @@ class DataCheckFailed(MigrationFailed):
 
 
 def run_check(connection: sa.Connection, check: dict[str, Any]) -> None:
-    rows = connection.exec_driver_sql(check["query"]).all()
+    rows = run_sql(connection, check["query"]).all()
     if rows:
         sample = "; ".join(", ".join(f"{k}={v!r}" for k, v in row._mapping.items()) for row in rows)
         raise DataCheckFailed(f"{check['problem']}: {sample}")

@@ -99,8 +99,13 @@ def runner_lock(engine: sa.Engine) -> Iterator[None]:
             try:
                 yield
             finally:
-                connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                connection.commit()
+                try:
+                    connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+                    connection.commit()
+                except sa.exc.DBAPIError as exc:
+                    # A lost connection took its session, and the lock with it: nothing to release.
+                    if not exc.connection_invalidated:
+                        raise
         return
     database = engine.url.database
     if not database or database == ":memory:":

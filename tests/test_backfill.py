@@ -1,0 +1,226 @@
+"""The backfill's promises: exact key coverage, composite keys, adaptive size, a checkpoint per batch, resume.
+
+An interruption here is real: a Reporter hook raises KeyboardInterrupt after some batches, the
+way Ctrl-C reaches the runner between two of them. (kill -9 is covered by test_crash.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from support import App, Phase, apply_phases, assert_agrees, rollback_model, runner, setup, users_schema, zdm_objects
+
+from zdm import backfill, db, planfile, state
+from zdm.backfill import BackfillProgress, next_batch_size
+from zdm.plan import Backfill
+from zdm.runner import PlanInvalid, Reporter, Runner
+
+RENAME = {"id": "rename-email", "operations": [
+    {"op": "rename_column", "table": "users", "column": "email", "new_name": "email_address"}]}
+
+
+class Batches(Reporter):
+    """Records the committed checkpoint after every batch; optionally acts, or stops, after batch N."""
+
+    def __init__(self, engine: sa.Engine, plan_id: str, stop_after: int | None = None,
+                 during: Any = None) -> None:
+        self.engine, self.plan_id, self.stop_after, self.during = engine, plan_id, stop_after, during
+        self.checkpoints: list[dict[str, Any]] = []
+        self.progress: list[BackfillProgress] = []
+
+    def backfill(self, progress: BackfillProgress) -> None:
+        self.progress.append(progress)
+        if progress.finished:
+            return
+        with self.engine.connect() as connection:
+            self.checkpoints.append(state.load(connection, self.plan_id)[1])
+        if self.during is not None:
+            self.during(len(self.checkpoints))
+        if self.stop_after is not None and len(self.checkpoints) == self.stop_after:
+            raise KeyboardInterrupt  # what Ctrl-C does between two batches
+
+
+def _new_values(engine: sa.Engine) -> dict[int, str | None]:
+    with engine.connect() as connection:
+        return dict(connection.exec_driver_sql("SELECT id, email_address FROM users").all())
+
+
+# -- adaptive batch size (pure) ---------------------------------------------------------------------
+def test_next_batch_size_moves_toward_the_target() -> None:
+    assert next_batch_size(1000, 100, 100) == 1000  # on target: keep
+    assert next_batch_size(1000, 400, 100) == 500  # far too slow: halve, no more
+    assert next_batch_size(1000, 125, 100) == 800  # a bit slow: straight to the target's size
+    assert next_batch_size(1000, 10, 100) == 2000  # far too fast: double, no more
+    assert 1000 < next_batch_size(1000, 80, 100) < 1250  # a bit fast: grow, but only part-way
+    assert next_batch_size(12, 1000, 100) == backfill.MIN_BATCH
+    assert next_batch_size(backfill.MAX_BATCH, 1, 100) == backfill.MAX_BATCH
+    assert next_batch_size(1000, 0.0, 100) == 2000  # a batch too fast to time
+
+    # A table where each row costs 0.01 ms plus 2 ms per batch: the size settles where a batch
+    # takes the target, and never overshoots it by more than the noise-free model allows.
+    size, target = 10, 100
+    durations = []
+    for _ in range(40):
+        elapsed = 2 + size * 0.01
+        durations.append(elapsed)
+        size = next_batch_size(size, elapsed, target)
+    assert all(d <= 2 * target for d in durations)
+    assert all(abs(d - target) < 0.05 * target for d in durations[-10:])
+
+
+# -- coverage and checkpoints -------------------------------------------------------------------------
+def test_batches_cover_exactly_the_rows_that_existed_at_start(zdm_database_url: str) -> None:
+    """Rows written during the backfill are in the new shape already (triggers): never chased."""
+    rows = 400
+    model = users_schema(rows)
+    engine = setup(zdm_database_url, model)
+    plan = planfile.parse(RENAME)
+    dialect = engine.dialect.name
+    apps = {"old": App(engine, model), "new": App(engine, model)}
+
+    def clients_write(batch: int) -> None:
+        if batch == 1:  # the model learns of expand once it has committed
+            apply_phases(plan, model, dialect, Phase.EXPANDING)
+        apps["old"].insert({"id": 1000 + batch, "email": f"old-{batch}@x"})
+        apps["new"].insert({"id": 2000 + batch, "email_address": f"new-{batch}@x"})
+        apps["old"].update(rows - batch, {"email": f"moved-{batch}@x"})  # ahead of the backfill
+
+    watch = Batches(engine, plan.id, during=clients_write)
+    Runner(engine, watch, {"batch_size": 10, "batch_target_ms": 5}).start(plan)
+    apply_phases(plan, model, dialect, Phase.MIGRATING)
+
+    checkpoints = watch.checkpoints
+    assert len(checkpoints) >= 5
+    assert {c["until"][0] for c in checkpoints} == {rows}  # fixed when the backfill began
+    last_keys = [c["last_key"][0] for c in checkpoints]
+    assert last_keys == sorted(set(last_keys)) and last_keys[-1] == rows  # advances with every batch
+    # ids 1..rows: the rows visited so far are exactly those up to the last key, none twice
+    assert [c["rows_done"] for c in checkpoints] == last_keys
+    visited = [b - a for a, b in zip([0, *last_keys], last_keys, strict=False)]
+    asked = [p.batch_size for p in watch.progress if not p.finished]
+    assert visited[:-1] == asked[:-1] and visited[-1] <= asked[-1]  # the last batch takes what is left
+    # the rows inserted meanwhile were never visited, yet they are right
+    assert watch.progress[-1].finished and watch.progress[-1].rows_done == rows
+    values = _new_values(engine)
+    assert values[1001] == "old-1@x" and values[2001] == "new-1@x" and values[rows - 1] == "moved-1@x"
+    assert None not in values.values()
+    assert_agrees(engine, model)
+
+
+def test_composite_primary_key(zdm_database_url: str) -> None:
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE members (tenant VARCHAR(20) NOT NULL, id INTEGER NOT NULL, "
+                                   "email TEXT NOT NULL, PRIMARY KEY (tenant, id))")
+        connection.execute(sa.text("INSERT INTO members VALUES (:t, :i, :e)"), [
+            {"t": tenant, "i": i, "e": f"{tenant}-{i}@x"} for tenant in ("acme", "b", "zeta") for i in range(1, 51)])
+    plan = planfile.parse({"id": "login", "operations": [
+        {"op": "rename_column", "table": "members", "column": "email", "new_name": "login"}]})
+    watch = Batches(engine, plan.id, stop_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(engine, watch, {"batch_size": 7, "batch_target_ms": 1}).start(plan)
+    last = watch.checkpoints[-1]["last_key"]
+    assert len(last) == 2 and watch.checkpoints[-1]["until"] == ["zeta", 50]
+    runner(engine, batch_size=7, batch_target_ms=1).start(plan)  # resumes from the composite key
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT tenant, id, email, login FROM members").all()
+        recorded, _ = state.load(connection, plan.id)
+    assert len(rows) == 150 and all(email == login for _, _, email, login in rows)
+    assert recorded.is_started
+
+
+def test_a_table_without_a_primary_key_is_refused(zdm_database_url: str) -> None:
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE events (email TEXT NOT NULL, note TEXT)")
+        connection.exec_driver_sql("INSERT INTO events VALUES ('a@x', NULL), ('b@x', 'n')")
+    operations = [
+        {"op": "rename_column", "table": "events", "column": "email", "new_name": "address"},
+        {"op": "add_column", "table": "events", "column": "email_lower", "type": "TEXT",
+         "from_column": "email", "transform": "lower"},
+        {"op": "set_not_null", "table": "events", "column": "note", "fill": "-"},
+    ]
+    for operation in operations:
+        with pytest.raises(PlanInvalid, match="table 'events' has no primary key"):
+            runner(engine).start(planfile.parse({"id": "keyless", "operations": [operation]}))
+    with engine.connect() as connection:
+        assert not sa.inspect(connection).has_table("zdm_migrations")  # nothing ran
+        # and the backfill itself refuses a keyless spec, should one ever reach it
+        with pytest.raises(backfill.NoKey, match="no primary key: zdm backfills in key order"):
+            backfill.reflect(connection, Backfill(table="events", key=[], assignments={"note": "'-'"}))
+
+
+# -- interruption ---------------------------------------------------------------------------------------
+def _interrupt(zdm_database_url: str, rows: int = 300) -> tuple[sa.Engine, Any, Any, dict[str, Any]]:
+    model = users_schema(rows)
+    engine = setup(zdm_database_url, model)
+    plan = planfile.parse(RENAME)
+    watch = Batches(engine, plan.id, stop_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(engine, watch, {"batch_size": 20, "batch_target_ms": 1}).start(plan)
+    with engine.connect() as connection:
+        recorded, checkpoint = state.load(connection, plan.id)
+    # the state row tells the truth: expand done, backfill part-way, exactly up to the checkpoint
+    assert recorded.phase is Phase.MIGRATING and not recorded.is_started
+    assert checkpoint == watch.checkpoints[-1] and 0 < checkpoint["rows_done"] < rows
+    last = checkpoint["last_key"][0]
+    assert {k for k, v in _new_values(engine).items() if v is not None} == set(range(1, last + 1))
+    # the apps keep working while the plan waits
+    apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING)
+    App(engine, model).insert({"id": 5000, "email": "during@pause"})
+    App(engine, model).update(last + 5, {"email": "updated@pause"})  # not backfilled yet
+    App(engine, model).update(last + 6, {"email_address": "new-app@pause"})
+    return engine, model, plan, checkpoint
+
+
+def test_an_interrupted_backfill_resumes_from_its_checkpoint(zdm_database_url: str) -> None:
+    engine, model, plan, checkpoint = _interrupt(zdm_database_url)
+    watch = Batches(engine, plan.id)
+    Runner(engine, watch, {"batch_size": 20, "batch_target_ms": 1}).start(plan)
+    first = watch.checkpoints[0]
+    assert first["rows_done"] == checkpoint["rows_done"] + watch.progress[0].batch_size  # not from zero
+    assert first["last_key"][0] > checkpoint["last_key"][0]
+    apply_phases(plan, model, engine.dialect.name, Phase.MIGRATING)
+    assert_agrees(engine, model)
+    with engine.connect() as connection:
+        recorded, left = state.load(connection, plan.id)
+    assert recorded.is_started and left == {}
+    assert [h.phase for h in recorded.history] == [Phase.EXPANDING, Phase.MIGRATING]  # resumed, not redone
+
+
+def test_an_interrupted_backfill_rolls_back(zdm_database_url: str) -> None:
+    original = users_schema(300)
+    engine, model, plan, _ = _interrupt(zdm_database_url)
+    runner(engine).rollback(plan.id)
+    rollback_model(plan, model, engine.dialect.name)
+    assert_agrees(engine, model)  # original shape; rows written during the pause kept
+    assert model.table("users").shape() == original.table("users").shape()
+    assert zdm_objects(engine) == []
+    with engine.connect() as connection:
+        recorded, checkpoint = state.load(connection, plan.id)
+    assert recorded.phase is Phase.ROLLED_BACK and checkpoint == {}
+
+
+# -- progress ------------------------------------------------------------------------------------------
+def test_progress_goes_to_stderr_as_json_lines_or_not_at_all(zdm_sqlite_url: str, tmp_path: Any) -> None:
+    setup(zdm_sqlite_url, users_schema(200))
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps(RENAME))
+
+    def zdm(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "zdm.cli", *args, "--db", zdm_sqlite_url, "--batch-size", "30"],
+                              capture_output=True, text=True, timeout=60, check=True)
+
+    done = zdm("start", str(plan_path), "--json")
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    progress = [e for e in events if e["event"] == "backfill"]
+    assert len(progress) >= 3 and progress[-1]["finished"] and progress[-1]["rows_done"] == 200
+    assert {"rows_done", "rows_total", "rows_per_s", "eta_s", "batch_size", "batch_ms"} <= set(progress[0])
+    assert json.loads(done.stdout)["phase"] == "MIGRATING"  # stdout: the result only
+    quiet = zdm("rollback", RENAME["id"], "--quiet")
+    assert quiet.stderr == "" and "ROLLED_BACK" in quiet.stdout
