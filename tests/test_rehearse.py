@@ -44,7 +44,8 @@ operations:
 
 
 def rehearse(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["rehearse", *args, "--quiet"])
+    # A fixed width: the report's columns shrink to fit, and the tests read whole cells.
+    result = CliRunner().invoke(main, ["rehearse", *args, "--quiet"], env={"COLUMNS": "200"})
     return result.exit_code, result.stdout
 
 
