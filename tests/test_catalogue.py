@@ -53,8 +53,8 @@ CASES = [
          old_insert={"email": "o@x"}, new_insert={"email": "n@x"},
          setup_sql=["CREATE INDEX users_name_ix ON users (name)"]),
     Case("sql",
-         [{"op": "sql", "table": "users", "up": "CREATE INDEX users_score_ix ON users (score)",
-           "down": "DROP INDEX users_score_ix"}],
+         [{"op": "sql", "table": "users", "up": "CREATE VIEW adults AS SELECT id, email FROM users WHERE age >= 18",
+           "down": "DROP VIEW adults"}],
          old_insert={"email": "o@x"}, new_insert={"email": "n@x"}),
 ]
 

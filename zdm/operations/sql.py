@@ -1,7 +1,10 @@
 """sql: raw statements for what the catalogue lacks, with the statements that undo them.
 
 zdm cannot see inside raw SQL, so the compensating ``down`` is required before contract, and
-the reference model is left unchanged: `zdm rehearse` is how to learn what it really does.
+the reference model is left unchanged: `zdm rehearse` is how to learn what it really does. On
+PostgreSQL a statement known to take a long lock, rewrite a table or break the old app is refused
+(see zdm.risks) unless the step says ``assume_safe: true``: the catalogue has a safe form for
+each of them, and an author who knows better (a small table, a stopped app) says so in the plan.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pydantic import model_validator
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.plan import MigrationStep, Phase
+from zdm.risks import lock_risks
 
 PHASES = {"expand": Phase.EXPANDING, "migrate": Phase.MIGRATING, "contract": Phase.CONTRACTING}
 
@@ -26,6 +30,8 @@ class RawSql(Operation):
     down: str | list[str] | None = None
     #: False for statements PostgreSQL refuses inside a transaction (CREATE INDEX CONCURRENTLY...).
     transactional: bool = True
+    #: The author vouches for statements zdm would refuse on PostgreSQL (long locks, rewrites).
+    assume_safe: bool = False
 
     @model_validator(mode="after")
     def _undoable(self) -> RawSql:
@@ -42,22 +48,30 @@ class RawSql(Operation):
             return [f"table {self.table!r} does not exist"]
         return []
 
-    def _steps(self, phase: Phase) -> list[MigrationStep]:
+    def _steps(self, phase: Phase, c: Compiler) -> list[MigrationStep]:
         if PHASES[self.phase] is not phase:
             return []
         listed = [self.up] if isinstance(self.up, str) else self.up
         undo = [] if self.down is None else [self.down] if isinstance(self.down, str) else self.down
+        if c.is_postgres and not self.assume_safe:
+            # `down` runs at rollback, when only what `up` added goes: a drop there is the undo.
+            risks = [*lock_risks(listed, old_app_running=phase is not Phase.CONTRACTING),
+                     *lock_risks(undo, old_app_running=False)]
+            if risks:
+                more = f" (and {len(risks) - 1} more)" if len(risks) > 1 else ""
+                raise ValueError(f"{self.describe()}: {risks[0]}{more}; if you know it is harmless here, set "
+                                 "assume_safe: true on the step and prove it with `zdm rehearse`")
         return [MigrationStep(phase, self.describe(), forward=listed, compensate=undo,
                               transactional=self.transactional)]
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
-        return self._steps(Phase.EXPANDING)
+        return self._steps(Phase.EXPANDING, c)
 
     def migrate(self, c: Compiler) -> list[MigrationStep]:
-        return self._steps(Phase.MIGRATING)
+        return self._steps(Phase.MIGRATING, c)
 
     def contract(self, c: Compiler) -> list[MigrationStep]:
-        return self._steps(Phase.CONTRACTING)
+        return self._steps(Phase.CONTRACTING, c)
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
         """Raw SQL is opaque to the model."""
