@@ -177,6 +177,81 @@ def test_two_revisions_on_one_table_need_two_deploys(zdm_database_url: str) -> N
     assert "email_address" not in shape(url)
 
 
+def test_complete_mode_contracts_only_on_the_way_up(zdm_database_url: str) -> None:
+    """A pipeline that passes `-x zdm=complete` to every command must not contract by reading or undoing."""
+    url = zdm_database_url
+    upgrade(url, ADD)
+    alembic.command.current(config(url, "zdm=complete"))
+    assert_agree(url, ADD, "MIGRATING")
+    with pytest.raises(CommandError, match="run the downgrade without -x zdm=complete"):
+        alembic.command.downgrade(config(url, "zdm=complete"), "0001_create_users")
+    assert_agree(url, ADD, "MIGRATING")
+    assert "email_lower" in shape(url)
+    alembic.command.downgrade(config(url), "0001_create_users")
+    assert current(url) == "0001_create_users" and zdm_phases(url)[ADD] == "ROLLED_BACK"
+
+
+def _project(tmp_path: Path, *revisions: tuple[str, str]) -> Path:
+    """A copy of the example environment with 0001 and the given (file name, source) revisions."""
+    (tmp_path / "versions").mkdir()
+    shutil.copy(ROOT / "alembic" / "env.py", tmp_path / "env.py")
+    shutil.copy(ROOT / "alembic" / "versions" / "0001_create_users.py", tmp_path / "versions")
+    for name, source in revisions:
+        (tmp_path / "versions" / name).write_text(textwrap.dedent(source))
+    return tmp_path
+
+
+TWO_ON_USERS = """\
+    from alembic import op
+
+    revision, down_revision = "0002_two", "0001_create_users"
+
+    def upgrade():
+        op.zdm_add_column("users", "nick", "TEXT")
+        op.zdm_create_index("users", "users_email_ix", ["email"])
+
+    def downgrade():
+        op.zdm_rollback()
+    """
+
+
+def test_two_operations_of_one_revision_on_one_table_start_nothing(zdm_database_url: str, tmp_path: Path) -> None:
+    url = zdm_database_url
+    scripts = _project(tmp_path, ("0002_two.py", TWO_ON_USERS))
+    upgrade(url, "0001_create_users", scripts=scripts)
+    before = shape(url), rows(url, "id", "name")
+    with pytest.raises(CommandError, match=r"put the two operations in two revisions.*0002_two was rolled back"):
+        upgrade(url, "head", scripts=scripts)
+    assert current(url, scripts) == "0001_create_users"  # Alembic did not stamp it, and zdm agrees
+    assert zdm_phases(url) == {"0002_two": "ROLLED_BACK"}
+    assert (shape(url), rows(url, "id", "name")) == before and leftovers(url) == []
+
+
+TWO_TABLES = """\
+    from alembic import op
+
+    revision, down_revision = "0002_teams", "0001_create_users"
+
+    def upgrade():
+        op.zdm_create_table("teams", [{"name": "id", "type": "INTEGER", "primary_key": True}])
+        op.zdm_add_column("users", "team_id", "INTEGER")
+
+    def downgrade():
+        op.zdm_rollback()
+    """
+
+
+def test_a_downgrade_undoes_all_of_a_revision_or_nothing(zdm_database_url: str, tmp_path: Path) -> None:
+    url = zdm_database_url
+    scripts = _project(tmp_path, ("0002_teams.py", TWO_TABLES))
+    upgrade(url, "head", scripts=scripts)
+    zdm("complete", "0002_teams", "--db", url, "--quiet")  # one of the revision's two plans completed
+    with pytest.raises(CommandError, match=r"zdm plan 0002_teams ran its contract phase.*nothing was rolled back"):
+        alembic.command.downgrade(config(url, scripts=scripts), "0001_create_users")
+    assert zdm_phases(url) == {"0002_teams": "COMPLETE", "0002_teams_2": "MIGRATING"}
+    assert current(url, scripts) == "0002_teams" and "team_id" in shape(url)
+
+
 def test_offline_prints_expand_and_migrate_with_compensation(zdm_database_url: str) -> None:
     url = zdm_database_url
     out = io.StringIO()
@@ -229,6 +304,31 @@ def test_failed_start_leaves_alembic_on_the_previous_revision(zdm_database_url: 
     execute(url, "UPDATE users SET name = 'anon' WHERE name IS NULL")  # fix the data, deploy again
     upgrade(url, "head", scripts=tmp_path)
     assert_agree(url, "0002_name_required", "MIGRATING", tmp_path)
+
+
+ADD_BIO = """\
+    import sqlalchemy as sa
+    from alembic import op
+
+    revision, down_revision = "0002_bio", "0001_create_users"
+
+    def upgrade():
+        op.zdm_add_column("users", "bio", sa.Text(), existing_type=sa.Text(), existing_nullable=True,
+                          existing_primary_key=["id"])
+
+    def downgrade():
+        op.zdm_rollback()
+    """
+
+
+def test_offline_hints_of_a_new_column_describe_the_table_not_the_column(tmp_path: Path) -> None:
+    """An offline run that starts after the table was created learns it from the hints alone."""
+    scripts = _project(tmp_path, ("0002_bio.py", ADD_BIO))
+    out = io.StringIO()
+    alembic.command.upgrade(config("sqlite:///never-opened.db", out=out, scripts=scripts),
+                            "0001_create_users:head", sql=True)
+    assert re.search(r"^ALTER TABLE users ADD COLUMN bio TEXT;$", out.getvalue(), re.M)
+    assert not Path("never-opened.db").exists()
 
 
 STOCK_ENV = """\

@@ -238,7 +238,8 @@ class Runner:
                 f"{failed_in} failed: {reason}; compensation also failed: {_reason(undo)}; "
                 f"run `zdm rollback {plan.id}` once the cause is fixed"
             ) from exc
-        raise MigrationFailed(f"{failed_in} failed: {reason}; rolled back, database unchanged") from exc
+        raise MigrationFailed(f"{failed_in} failed: {reason}; rolled back: the database is as it was before "
+                              "the plan started") from exc
 
     def _contract(self, plan: MigrationPlan) -> None:
         if plan.phase is not Phase.CONTRACTING:

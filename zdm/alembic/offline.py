@@ -148,7 +148,8 @@ class OfflineSchema:
         for name in hints.existing_primary_key or ():
             key = table.columns.setdefault(name, Column(name, ColumnType.INTEGER))
             key.primary_key, key.nullable = True, False
-        name = getattr(operation, "from_column", None) or getattr(operation, "column", None)
+        # The column the operation reads: add_column's `column` is new, only its `from_column` exists.
+        name = operation.from_column if hasattr(operation, "from_column") else getattr(operation, "column", None)
         if name is None or (name not in table.columns and hints.existing_type is None):
             return  # check() then names what is missing
         column = table.columns.setdefault(name, Column(name, _column_type(hints.existing_type)))

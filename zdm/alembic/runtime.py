@@ -21,7 +21,8 @@ does): an autocommit block still begins a (no-op) transaction on it, which would
 
 Plan ids: the n-th zdm operation of revision ``R`` is plan ``R`` (n = 1) or ``R_n``, titled
 ``alembic revision R: ...``. Each operation is its own plan, so two zdm operations of one
-revision may not change the same table (zdm allows one plan in flight per table).
+revision may not change the same table (zdm allows one plan in flight per table): the second
+is refused and the first rolled back.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def run_migrations(context: EnvironmentContext, *, engine: sa.Engine | None = No
     token = _session.set(session)
     try:
         if not offline and mode == "complete":
-            _complete_started(session)
+            _contract_before_upgrading(migration_context, session)
         with _following_create_table(session), context.begin_transaction():
             context.run_migrations()
         for plan_id in session.started:
@@ -160,7 +161,7 @@ def run_operation(context: MigrationContext, operation: Operation, hints: Hints)
         if stored is not None and (stored.is_started or stored.phase in (Phase.CONTRACTING, Phase.COMPLETE)):
             session.reporter.note(f"zdm plan {plan_file.id} is already {stored.phase.value}: not started again")
             return
-        _refuse_overlap(session, plan_file.id, operation)
+        _refuse_overlap(session, context, revision, plan_file.id, operation)
         with context.autocommit_block():
             if session.mode == "apply":
                 session.runner().apply(plan_file)
@@ -179,12 +180,15 @@ def rollback_revision(context: MigrationContext) -> None:
         return
     with _command_errors(revision):
         plans = [plan for plan in _load_all(session) if revision_of(plan) == revision]
-        for plan in sorted(plans, key=lambda p: _number(p, revision), reverse=True):
+        contracted = [plan.id for plan in plans if plan.phase in (Phase.CONTRACTING, Phase.COMPLETE)]
+        if contracted:  # checked for every plan first: a downgrade undoes all of the revision or nothing
+            raise ZdmAlembicError(
+                f"revision {revision} cannot be downgraded: zdm plan {contracted[0]} ran its contract phase, which "
+                "dropped what a rollback needs; nothing was rolled back (write a new revision to change back)")
+        for plan in plans:
             if plan.phase is Phase.ROLLED_BACK:
                 session.reporter.note(f"zdm plan {plan.id} is already rolled back")
-                continue
-            with context.autocommit_block():
-                session.runner().rollback(plan.id)
+        _roll_back(session, context, revision, [plan for plan in plans if plan.phase is not Phase.ROLLED_BACK])
 
 
 def revision_of(plan: MigrationPlan) -> str | None:
@@ -218,6 +222,29 @@ def _current(what: str) -> Session:
     return session
 
 
+def _contract_before_upgrading(migration_context: MigrationContext, session: Session) -> None:
+    """``-x zdm=complete`` contracts only on the way up, before the first revision is upgraded.
+
+    A command without a destination (``current``, ``check``, ``heads``) only reads, and a downgrade
+    needs what a contract drops. Alembic tells the direction only through the steps it is about to
+    run, so zdm looks at them first, before any of them runs.
+    """
+    if migration_context.opts.get("destination_rev") is None:
+        return
+    steps_of = migration_context._migrations_fn
+    assert steps_of is not None
+
+    def steps(heads: Any, migration: MigrationContext) -> list[Any]:
+        planned = list(steps_of(heads, migration))
+        if any(not step.is_upgrade for step in planned):
+            raise ZdmAlembicError("-x zdm=complete contracts zdm plans before an upgrade, and a downgrade needs "
+                                  "what a contract drops: run the downgrade without -x zdm=complete")
+        _complete_started(session)
+        return planned
+
+    migration_context._migrations_fn = steps
+
+
 def _complete_started(session: Session) -> None:
     """Contract the started plans of Alembic revisions, oldest first (``-x zdm=complete``)."""
     with _command_errors("complete"):
@@ -226,18 +253,39 @@ def _complete_started(session: Session) -> None:
                 session.runner().complete(plan.id)
 
 
-def _refuse_overlap(session: Session, plan_id: str, operation: Operation) -> None:
+def _roll_back(session: Session, context: MigrationContext, revision: str, plans: list[MigrationPlan]) -> None:
+    """Roll back plans of ``revision``, newest first."""
+    for plan in sorted(plans, key=lambda p: _number(p, revision), reverse=True):
+        with context.autocommit_block():
+            session.runner().rollback(plan.id)
+
+
+def _refuse_overlap(session: Session, context: MigrationContext, revision: str, plan_id: str,
+                    operation: Operation) -> None:
     """One plan in flight per table (the runner's rule), checked before Alembic commits anything.
 
-    Two revisions changing one table need two deploys: say how to get to the second.
+    Two revisions changing one table need two deploys: say how to get to the second. Two operations
+    of one revision on one table can never start: the revision's plans already started are rolled
+    back, so that nothing of a revision Alembic did not stamp stays in flight.
     """
     for other in _load_all(session):
         tables = {declared.get("table") for declared in other.source.get("operations", [])} - {None}
-        if other.id != plan_id and other.phase in IN_FLIGHT and operation.table in tables:
+        if other.id == plan_id or other.phase not in IN_FLIGHT or operation.table not in tables:
+            continue
+        if revision_of(other) == revision:
+            _roll_back(session, context, revision, [plan for plan in _load_all(session)
+                                                    if revision_of(plan) == revision and plan.phase in IN_FLIGHT])
             raise ZdmAlembicError(
-                f"zdm {plan_id}: table {operation.table!r} is being changed by zdm plan {other.id!r} "
-                f"({other.phase.value}), so this change needs a deploy of its own: once the app version "
-                f"for {other.id} is fully deployed, run `alembic -x zdm=complete upgrade <revision>`")
+                f"zdm {plan_id}: zdm plan {other.id} of the same revision also changes table {operation.table!r}, "
+                "and zdm runs one plan per table at a time: put the two operations in two revisions, deployed "
+                f"one after the other; {other.id} was rolled back")
+        retry = (f"; {other.id} was started by this run, so do not rerun with -x zdm=complete before its app "
+                 "version is deployed: that would contract it while the old app still uses the old shape"
+                 if other.id in session.started else "")
+        raise ZdmAlembicError(
+            f"zdm {plan_id}: table {operation.table!r} is being changed by zdm plan {other.id!r} "
+            f"({other.phase.value}), so this change needs a deploy of its own: once the app version "
+            f"for {other.id} is fully deployed, run `alembic -x zdm=complete upgrade <revision>`{retry}")
 
 
 def _load(session: Session, plan_id: str) -> MigrationPlan | None:
