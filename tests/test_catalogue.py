@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from support import App, assert_agrees, runner, setup, users_schema, zdm_objects
 from test_operations import Case, run_cycle
 
-from zdm import planfile
+from zdm import db, planfile
 from zdm.runner import MigrationFailed
 
 
@@ -348,3 +348,25 @@ def test_percent_signs_survive_every_driver(zdm_database_url: str) -> None:
         names = connection.execute(sa.text("SELECT count(*) FROM users WHERE name = '100%'")).scalar()
         code = connection.execute(sa.text("SELECT code FROM users WHERE id = 99")).scalar()
     assert (names, code) == (4, "50%")  # users 1, 10, 11, 12
+
+
+def test_colons_in_defaults_and_conditions_survive_rebuilds(zdm_database_url: str) -> None:
+    """SQLAlchemy's text() reads ':word' as a bind parameter, which DDL renders as NULL."""
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        db.run_sql(connection, "CREATE TABLE t (id INTEGER PRIMARY KEY, label TEXT DEFAULT 'x :y', "
+                   "code TEXT CHECK (code NOT LIKE '%:tmp%'), tag TEXT, n INTEGER)")
+        connection.exec_driver_sql("INSERT INTO t (id, code) VALUES (1, 'a')")
+    runner(engine).apply(_plan(  # each of these rebuilds the table on SQLite
+        {"op": "set_not_null", "table": "t", "column": "n", "fill": 0},
+        {"op": "set_default", "table": "t", "column": "tag", "default": "at :noon"},
+        {"op": "add_check", "table": "t", "name": "t_code_ck", "condition": "code NOT LIKE '%:bad%'"},
+    ))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO t (id, code, n) VALUES (2, 'b', 1)")
+        row = connection.execute(sa.text("SELECT label, tag FROM t WHERE id = 2")).one()
+    assert tuple(row) == ("x :y", "at :noon")
+    for code in ("1:tmp1", "1:bad1"):
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+            connection.execute(sa.text("INSERT INTO t (id, code, n) VALUES (3, :code, 1)"), {"code": code})
+    engine.dispose()

@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm import introspect
+from zdm.db import sql_text
 from zdm.plan import Backfill
 
 MIN_BATCH, MAX_BATCH = 10, 100_000
@@ -117,7 +118,7 @@ def run_batch(
         {column: sa.literal_column(expression) for column, expression in spec.assignments.items()}
     )
     if spec.pending:
-        update = update.where(sa.text(spec.pending))
+        update = update.where(sql_text(spec.pending))
     connection.execute(update)
     new = dict(checkpoint, last_key=upper, rows_done=checkpoint["rows_done"] + int(visited))
     return new, int(visited)

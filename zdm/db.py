@@ -7,6 +7,7 @@ BEGIN IMMEDIATE takes SQLite's write lock up front instead of failing halfway th
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,6 +46,24 @@ def _sqlite_autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
 
 def _sqlite_begin(connection: sa.Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+#: What SQLAlchemy's text() takes for a bind parameter (its own pattern): ``:name``, not ``::`` casts.
+_BIND_PARAMETER = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")
+
+
+def sql_text(sql: str) -> sa.TextClause:
+    """SQL written by a person (a default, a condition) as a clause, taken as written.
+
+    ``sa.text`` reads ``:name`` as a bind parameter, and a DDL statement renders an unbound one
+    as NULL: a default of ``'at :noon'`` would silently become ``'at NULL'``.
+    """
+    return sa.text(escape_binds(sql))
+
+
+def escape_binds(sql: str) -> str:
+    """``sql`` with every ``:name`` escaped, for code that hands it to ``sa.text`` itself."""
+    return _BIND_PARAMETER.sub(r"\\:\1", sql)
 
 
 def run_sql(connection: sa.Connection, statement: str) -> sa.CursorResult[Any]:

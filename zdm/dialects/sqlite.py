@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
+from zdm.db import escape_binds, sql_text
 from zdm.dialects import Dialect, Sync, object_name, takes_other
 
 
@@ -73,8 +74,10 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     triggers = connection.execute(
         sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"), {"t": name}
     ).scalars().all()
-    unnamed_checks = [sa.CheckConstraint(sa.text(c["sqltext"]))
-                      for c in inspector.get_check_constraints(name) if c["name"] is None]
+    checks = inspector.get_check_constraints(name)
+    unnamed_checks = [sa.CheckConstraint(sql_text(c["sqltext"])) for c in checks if c["name"] is None]
+    # Batch mode copies named CHECKs through sa.text, which would turn a ':word' in them into NULL.
+    named_checks = {c["name"]: c["sqltext"] for c in checks if c["name"] and escape_binds(c["sqltext"]) != c["sqltext"]}
     stale = [ix["name"] for ix in inspector.get_indexes(name) if dropped & set(ix["column_names"])]
     table_kwargs = {"sqlite_autoincrement": True} if "AUTOINCREMENT" in table_sql.upper() else {}
     operations = Operations(MigrationContext.configure(connection))
@@ -82,7 +85,8 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     # the legacy rename does not. The views are checked once the new table stands, below.
     connection.exec_driver_sql("PRAGMA legacy_alter_table = ON")
     with operations.batch_alter_table(name, recreate="always", table_args=tuple(unnamed_checks),
-                                      table_kwargs=table_kwargs) as batch:
+                                      table_kwargs=table_kwargs,
+                                      reflect_kwargs={"listeners": [("column_reflect", _default_as_written)]}) as batch:
         for index in [*stale, *spec.get("drop_indexes", [])]:
             batch.drop_index(index)
         for column in spec["drop"]:
@@ -93,7 +97,7 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
                 kwargs["nullable"] = change["nullable"]
             if "server_default" in change:
                 default = change["server_default"]
-                kwargs["server_default"] = sa.text(default) if default is not None else None
+                kwargs["server_default"] = sql_text(default) if default is not None else None
             batch.alter_column(column, **kwargs)
         for constraint in spec.get("drop_constraints", []):
             batch.drop_constraint(constraint)
@@ -101,8 +105,12 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
             batch.alter_column(old, new_column_name=new)
         for index in spec.get("create_indexes", []):
             batch.create_index(index["name"], index["columns"], unique=index["unique"])
+        for check_name, condition in named_checks.items():
+            if check_name not in spec.get("drop_constraints", []):
+                batch.drop_constraint(check_name)
+                batch.create_check_constraint(check_name, sql_text(condition))
         for check in spec.get("create_checks", []):
-            batch.create_check_constraint(check["name"], sa.text(check["condition"]))
+            batch.create_check_constraint(check["name"], sql_text(check["condition"]))
         for key in spec.get("create_foreign_keys", []):
             batch.create_foreign_key(key["name"], key["ref_table"], key["columns"], key["ref_columns"],
                                      ondelete=key.get("on_delete"))
@@ -110,6 +118,12 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     for sql in triggers:
         connection.exec_driver_sql(sql)
     _check_views(connection)
+
+
+def _default_as_written(_inspector: Any, _table: sa.Table, column: dict[str, Any]) -> None:
+    """Reflection wraps a default in ``sa.text``, which would turn its ``:word`` into NULL."""
+    if isinstance(column.get("default"), str):
+        column["default"] = escape_binds(column["default"])
 
 
 def _check_views(connection: sa.Connection) -> None:

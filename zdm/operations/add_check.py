@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-import sqlalchemy as sa
 from pydantic import field_validator
 
+from zdm.db import sql_text
 from zdm.dialects.sqlite import rebuild_action
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
@@ -48,7 +48,7 @@ class AddCheck(Operation):
                               compensate=[d.drop_constraint(self.table, self.name)])]
 
     def migrate(self, c: Compiler) -> list[MigrationStep]:
-        broken = check_action(self.sample(c, sa.text(f"NOT ({self.condition})")),
+        broken = check_action(self.sample(c, sql_text(f"NOT ({self.condition})")),
                               f"rows of {self.table} break check {self.name}")
         if c.is_postgres:
             return [MigrationStep(Phase.MIGRATING, f"validate {self.name}",

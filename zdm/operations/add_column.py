@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from pydantic import model_validator
 
 from zdm import transforms
+from zdm.db import sql_text
 from zdm.dialects import Sync
 from zdm.model import Column, ColumnType, Link, Schema
 from zdm.operations.base import Compiler, Identifier, Operation
@@ -93,7 +94,7 @@ class AddColumn(Operation):
             self.column,
             d.column_type(self.type),
             nullable=self.nullable,
-            server_default=sa.text(default) if default is not None else None,
+            server_default=sql_text(default) if default is not None else None,
         )
         steps = [
             MigrationStep(
