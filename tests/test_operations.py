@@ -286,3 +286,78 @@ def test_drop_indexed_column(zdm_database_url: str) -> None:
     runner(engine).apply(plan)
     assert _indexes(engine) == {"(unnamed)" if engine.dialect.name == "sqlite" else "accounts_email_key":
                                 (("email",), True)}
+
+
+def test_two_renames_of_indexed_columns_in_one_plan(zdm_database_url: str) -> None:
+    """Each column's index copies get names of their own."""
+    from zdm import db
+
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(ACCOUNTS)
+        connection.exec_driver_sql("CREATE INDEX accounts_name_ix ON accounts (name)")
+        connection.exec_driver_sql("INSERT INTO accounts VALUES (1, 'a@x', 'A', 30), (2, 'b@x', 'B', 40)")
+    original = _indexes(engine)
+    plan = planfile.parse({"id": "two", "operations": [
+        {"op": "rename_column", "table": "accounts", "column": "email", "new_name": "login"},
+        {"op": "rename_column", "table": "accounts", "column": "name", "new_name": "full_name"}]})
+    run = runner(engine)
+    run.start(plan)
+    run.rollback(plan.id)
+    assert _indexes(engine) == original and zdm_objects(engine) == []
+    run.start(plan)
+    run.complete(plan.id)
+    unique_name = "accounts_email_key" if engine.dialect.name == "postgresql" else "accounts_login_key"
+    assert _indexes(engine) == {"accounts_name_ix": (("full_name",), False), unique_name: (("login",), True)}
+    assert zdm_objects(engine) == []
+
+
+UNCOPYABLE = {  # index or constraint -> what the refusal says; None: PostgreSQL only
+    "CREATE INDEX accounts_name_ix ON accounts (name DESC)": "sorts a column DESC",
+    "CREATE INDEX accounts_name_ix ON accounts (lower(name))": "has an expression",
+    "CREATE INDEX accounts_name_ix ON accounts (name) WHERE age > 18": "has a WHERE clause",
+    "CREATE INDEX accounts_name_ix ON accounts USING hash (name)": "is a hash index",
+    "CREATE INDEX accounts_name_ix ON accounts (name text_pattern_ops)": "has a collation or an operator class",
+    'CREATE INDEX accounts_name_ix ON accounts (name COLLATE "C")': "has a collation or an operator class",
+    "CREATE INDEX accounts_name_ix ON accounts (name) INCLUDE (age)": "has INCLUDE columns",
+    "CREATE UNIQUE INDEX accounts_name_ix ON accounts (name) NULLS NOT DISTINCT": "is NULLS NOT DISTINCT",
+}
+SQLITE_TOO = 3  # the first three exist on SQLite as well
+
+
+@pytest.mark.parametrize("statement", list(UNCOPYABLE), ids=range(len(UNCOPYABLE)))
+def test_what_a_rename_cannot_carry_is_refused_before_anything_runs(zdm_database_url: str, statement: str) -> None:
+    """An index copied as plain btree, or a CHECK dropped with the old column, would change the app silently."""
+    import sqlalchemy as sa
+
+    from zdm import db
+    from zdm.runner import PlanInvalid
+
+    engine = db.create_engine(zdm_database_url)
+    if engine.dialect.name == "sqlite" and list(UNCOPYABLE).index(statement) >= SQLITE_TOO:
+        pytest.skip("PostgreSQL only")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(ACCOUNTS)
+        connection.exec_driver_sql(statement)
+    before = _indexes(engine)
+    plan = planfile.parse({"id": "name", "operations": [
+        {"op": "rename_column", "table": "accounts", "column": "name", "new_name": "full_name"}]})
+    with pytest.raises(PlanInvalid, match=f"index 'accounts_name_ix' on accounts.name {UNCOPYABLE[statement]}"):
+        runner(engine).start(plan)
+    with engine.connect() as connection:
+        assert [c["name"] for c in sa.inspect(connection).get_columns("accounts")] == ["id", "email", "name", "age"]
+    assert _indexes(engine) == before
+
+
+def test_a_check_on_the_renamed_column_is_refused(zdm_database_url: str) -> None:
+    from zdm import db
+    from zdm.runner import PlanInvalid
+
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(ACCOUNTS)
+    plan = planfile.parse({"id": "age", "operations": [
+        {"op": "rename_column", "table": "accounts", "column": "age", "new_name": "years"}]})
+    with pytest.raises(PlanInvalid, match=r"check constraint .* on accounts uses age.*drop_constraint"):
+        runner(engine).start(plan)
+    assert zdm_objects(engine) == []

@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import pglast
 import sqlalchemy as sa
 from alembic.ddl.base import AddColumn, DropColumn
 from sqlalchemy.engine import Dialect as SADialect
@@ -70,6 +71,52 @@ def object_name(prefix: str, *parts: str) -> str:
     return f"{readable[:46]}_{digest}"
 
 
+def index_copy_problem(definition: str, column: str) -> str | None:
+    """Why the index ``definition`` cannot be copied onto another column as a plain one.
+
+    A rename or type change rebuilds the column's indexes on the new column from their columns
+    alone; anything more (an expression, a WHERE clause, a sort order, a collation...) would be
+    lost, and reflection does not report all of it. The statement is read with PostgreSQL's
+    parser, which also reads SQLite's CREATE INDEX. None when the index is plain or does not use
+    ``column``.
+    """
+    try:
+        statement = pglast.parse_sql(definition)[0].stmt
+    except pglast.parser.ParseError:
+        return "has a definition zdm cannot read"
+    if not _names_column(statement, column):
+        return None
+    if (statement.accessMethod or "btree") != "btree":
+        return f"is a {statement.accessMethod} index"
+    if statement.whereClause is not None:
+        return "has a WHERE clause"
+    if statement.indexIncludingParams:
+        return "has INCLUDE columns"
+    if statement.nulls_not_distinct:
+        return "is NULLS NOT DISTINCT"
+    for element in statement.indexParams:
+        if element.expr is not None:
+            return "has an expression"
+        if element.collation or element.opclass:
+            return "has a collation or an operator class"
+        if element.ordering or element.nulls_ordering:
+            return "sorts a column DESC or NULLS FIRST/LAST"
+    return None
+
+
+def _names_column(node: object, column: str) -> bool:
+    """Whether ``column`` appears anywhere in a parsed statement (an index element or a reference)."""
+    if isinstance(node, pglast.ast.IndexElem) and node.name == column:
+        return True
+    if isinstance(node, pglast.ast.ColumnRef) and getattr(node.fields[-1], "sval", None) == column:
+        return True
+    if isinstance(node, pglast.ast.Node):
+        return any(_names_column(getattr(node, attribute), column) for attribute in node)
+    if isinstance(node, tuple):
+        return any(_names_column(item, column) for item in node)
+    return False
+
+
 class Dialect:
     """Base: what both databases share. Subclasses override what differs."""
 
@@ -95,6 +142,11 @@ class Dialect:
 
     def type_sql(self, column_type: ColumnType) -> str:
         return self.column_type(column_type).compile(dialect=self.sa)
+
+    # -- reading the live schema ---------------------------------------------------------------
+    def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
+        """Every index of ``table`` as the CREATE INDEX statement the database keeps for it."""
+        raise NotImplementedError
 
     # -- DDL ----------------------------------------------------------------------------------
     def add_column(self, table: str, column: sa.Column[Any]) -> str:

@@ -16,6 +16,12 @@ class PostgresDialect(Dialect):
 
     concurrent_indexes = True
 
+    def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
+        rows = connection.execute(sa.text(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass(:t)"), {"t": self.quote(table)})
+        return dict(rows.tuples().all())
+
     def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[str]:
         # CONCURRENTLY never blocks writes; a failed try leaves an INVALID index behind, which
         # IF NOT EXISTS would then keep, so an earlier attempt's leftover is dropped first.

@@ -194,6 +194,12 @@ class SQLiteDialect(Dialect):
         # Native DROP COLUMN refuses indexed or constrained columns; a rebuild does not.
         return [rebuild_action(table, drop=[name])]
 
+    def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
+        rows = connection.execute(sa.text(  # an index behind a UNIQUE constraint has no SQL: it is plain
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t AND sql IS NOT NULL"),
+            {"t": table})
+        return dict(rows.tuples().all())
+
     def zdm_objects(self, connection: sa.Connection) -> list[str]:
         rows = connection.execute(
             sa.text("SELECT name FROM sqlite_master WHERE name LIKE 'zdm\\_%' ESCAPE '\\' "
