@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import fcntl
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from support import App, Phase, apply_phases, assert_agrees, runner, setup, users_schema, zdm_objects
 
 from zdm import oracle, planfile, state
-from zdm.runner import MigrationFailed, PlanInvalid, PlanStateError
+from zdm.runner import MigrationFailed, PlanInvalid, PlanStateError, Reporter, Runner
 from zdm.state import RunnerBusy
 
 RENAME = {"id": "rename-email", "operations": [
@@ -162,13 +163,20 @@ def test_second_runner_is_refused(zdm_database_url: str) -> None:
 def test_lock_budget_names_the_blocking_session(zdm_postgres_url: str) -> None:
     engine = setup(zdm_postgres_url, users_schema())
     plan = planfile.parse(RENAME)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE teams (id integer PRIMARY KEY)")
+    bystander = sa.create_engine(zdm_postgres_url, connect_args={"application_name": "other-table"})
     blocker = sa.create_engine(zdm_postgres_url, connect_args={"application_name": "slow-report"})
-    with blocker.connect() as connection:
+    with bystander.connect() as elsewhere, blocker.connect() as connection:
+        elsewhere.exec_driver_sql("SELECT count(*) FROM teams")  # older, but not in zdm's way
         connection.exec_driver_sql("SELECT count(*) FROM users")  # ACCESS SHARE held: transaction stays open
-        with pytest.raises(MigrationFailed, match=r"no lock within 50 ms after 3 tries.*'slow-report'"):
+        with pytest.raises(MigrationFailed, match=r"no lock within 50 ms after 3 tries.*'slow-report'") as failed:
             runner(engine, lock_timeout_ms=50, lock_retries=2).start(plan)
+        assert "other-table" not in str(failed.value)
         connection.rollback()
+        elsewhere.rollback()
     blocker.dispose()
+    bystander.dispose()
     with engine.connect() as connection:
         assert "email_address" not in {c["name"] for c in sa.inspect(connection).get_columns("users")}
 
@@ -221,3 +229,53 @@ def test_apply_rolls_back_when_contract_fails(zdm_database_url: str) -> None:
         runner(engine).apply(planfile.parse(RENAME))
     assert_agrees(engine, model)
     assert zdm_objects(engine) == []
+
+
+class TerminateRunnerLock(Reporter):
+    """The server closes the runner lock's idle connection in the middle of the backfill."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.batches = url, 0
+
+    def backfill(self, progress: Any) -> None:
+        self.batches += 1
+        if self.batches == 2:
+            admin = sa.create_engine(self.url)
+            with admin.begin() as connection:
+                connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
+                                           "'advisory' AND objid = :k AND granted"), {"k": state.ADVISORY_LOCK_KEY})
+            admin.dispose()
+
+
+def test_a_lost_runner_lock_stops_the_runner_with_its_state_saved(zdm_postgres_url: str) -> None:
+    """Without its lock a runner could work beside another one: it stops, and resumes later."""
+    model = users_schema(200)
+    engine = setup(zdm_postgres_url, model)
+    plan = planfile.parse(RENAME)
+    with pytest.raises(MigrationFailed, match=r"runner lock was lost.*`zdm start` resumes"):
+        Runner(engine, TerminateRunnerLock(zdm_postgres_url), {"batch_size": 20, "batch_target_ms": 1}).start(plan)
+    with engine.connect() as connection:
+        stopped, checkpoint = state.load(connection, plan.id)
+    assert stopped.phase is Phase.MIGRATING and 0 < checkpoint["rows_done"] < 200
+    runner(engine).start(plan)  # resumes from the checkpoint
+    apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING)
+    assert_agrees(engine, model)
+
+
+def test_resuming_with_another_plan_file_is_refused(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema(50))
+    plan = planfile.parse(RENAME)
+    with pytest.raises(KeyboardInterrupt):
+        Runner(engine, StopMidBackfill(), {"batch_size": 10}).start(plan)
+    other = planfile.parse({"id": plan.id, "operations": [
+        {"op": "add_column", "table": "users", "column": "nickname", "type": "TEXT"}]})
+    with pytest.raises(PlanStateError, match="interrupted during MIGRATING with other operations than this file's"):
+        runner(engine).start(other)
+    runner(engine).start(plan)
+    with engine.connect() as connection:
+        assert state.load(connection, plan.id)[0].is_started
+
+
+class StopMidBackfill(Reporter):
+    def backfill(self, progress: Any) -> None:
+        raise KeyboardInterrupt

@@ -87,6 +87,19 @@ class Runner:
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.dialect: Dialect = for_connection(engine)
         self.settings = planfile.Settings(**self.overrides)
+        #: Raises once the runner lock is gone; checked before every transaction.
+        self._still_held: Callable[[], None] = _always_held
+        #: The tables of the plan at work: a lock timeout names the sessions holding locks on them.
+        self._tables: list[str] = []
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with state.runner_lock(self.engine) as still_held:
+            self._still_held = still_held
+            try:
+                yield
+            finally:
+                self._still_held = _always_held
 
     # -- commands ------------------------------------------------------------------------------
     def plan(self, plan_file: PlanFile) -> MigrationPlan:
@@ -97,13 +110,13 @@ class Runner:
         return plan
 
     def start(self, plan_file: PlanFile) -> MigrationPlan:
-        with state.runner_lock(self.engine):
+        with self._locked():
             plan, checkpoint = self._prepare_start(plan_file)
             self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING))
             return plan
 
     def complete(self, plan_id: str) -> MigrationPlan:
-        with state.runner_lock(self.engine):
+        with self._locked():
             plan, _ = self._load(plan_id)
             if plan.phase is Phase.COMPLETE:
                 raise PlanStateError(f"plan {plan_id!r} is already complete")
@@ -114,7 +127,7 @@ class Runner:
             return plan
 
     def rollback(self, plan_id: str) -> MigrationPlan:
-        with state.runner_lock(self.engine):
+        with self._locked():
             plan, checkpoint = self._load(plan_id)
             if plan.phase is Phase.COMPLETE:
                 raise PlanStateError(
@@ -132,7 +145,7 @@ class Runner:
         No app depends on the new shape yet, so a failure anywhere, contract included, rolls
         everything back.
         """
-        with state.runner_lock(self.engine):
+        with self._locked():
             plan, checkpoint = self._prepare_start(plan_file)
             self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING))
             self._transition(plan, Phase.COMPLETE)
@@ -164,6 +177,7 @@ class Runner:
             raise PlanStateError(f"no plan {plan_id!r} in this database (`zdm status` lists the plans)")
         plan, checkpoint = found
         self.settings = planfile.Settings(**{**plan.source.get("settings", {}), **self.overrides})
+        self._tables = _tables_of(plan)
         return plan, checkpoint
 
     def _prepare_start(self, plan_file: PlanFile) -> tuple[MigrationPlan, dict[str, Any]]:
@@ -181,8 +195,14 @@ class Runner:
                     f"`zdm complete {plan_file.id}`, or undo it with `zdm rollback {plan_file.id}`"
                 )
             if previous.phase in (Phase.EXPANDING, Phase.MIGRATING):
+                if previous.source.get("operations") != plan_file.model_dump(mode="json")["operations"]:
+                    raise PlanStateError(
+                        f"plan {plan_file.id!r} was interrupted during {previous.phase.value} with other operations "
+                        f"than this file's: resume it with the file it started with, or `zdm rollback "
+                        f"{plan_file.id}` first")
                 self.settings = planfile.Settings(**{**previous.source.get("settings", {}), **self.overrides})
                 self.reporter.note(f"resuming plan {plan_file.id!r} interrupted during {previous.phase.value}")
+                self._tables = _tables_of(previous)
                 return previous, checkpoint
         self.settings = planfile.Settings(**{**plan_file.settings.model_dump(), **self.overrides})
         with self.engine.connect() as connection:
@@ -193,6 +213,7 @@ class Runner:
             plan.history, plan.phase = found[0].history, found[0].phase
         with self.engine.begin() as connection:
             state.ensure_table(connection)
+        self._tables = _tables_of(plan)
         return plan, {}
 
     def _refuse_overlap(self, connection: sa.Connection, plan_file: PlanFile) -> None:
@@ -217,6 +238,9 @@ class Runner:
                 if plan.phase is not phase:
                     self._transition(plan, phase)
                 self._run_phase(plan, phase, checkpoint)
+        except state.RunnerLockLost as exc:
+            raise MigrationFailed(f"{exc} during {plan.phase.value}; state and checkpoint are saved: `zdm start` "
+                                  f"resumes, `zdm rollback {plan.id}` undoes") from exc
         except sa.exc.DBAPIError as exc:
             if self._connection_lost(exc):
                 raise MigrationFailed(
@@ -430,6 +454,7 @@ class Runner:
         """
         attempts = self.settings.lock_retries + 1
         for attempt in range(1, attempts + 1):
+            self._still_held()
             try:
                 if autocommit:
                     with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
@@ -453,7 +478,9 @@ class Runner:
                         f"{what}: no lock within {self.settings.lock_timeout_ms} ms after {attempts} "
                         f"tries; {self._blockers()}"
                     ) from exc
-                delay = min(5.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random())
+                # A lock comes free in milliseconds; a restarting server takes seconds.
+                first = 0.05 if _is_lock_timeout(exc) else 0.5
+                delay = min(10.0, first * 2 ** (attempt - 1)) * (0.5 + random.random())
                 kind = "lock timeout" if _is_lock_timeout(exc) else "connection lost"
                 self.reporter.note(f"{what}: {kind} (try {attempt}/{attempts}), retrying in {delay:.2f} s")
                 time.sleep(delay)
@@ -470,21 +497,33 @@ class Runner:
     def _blockers(self) -> str:
         if self.dialect.name != "postgresql":
             return "another connection holds the database's write lock"
+        # The sessions holding a lock on the plan's tables (on any table for a raw step without one),
+        # oldest transaction first: the one zdm queued behind is among them.
+        tables = [self.dialect.quote(name) for name in self._tables]
         with self.engine.connect() as connection:
             rows = connection.execute(sa.text(
                 "SELECT a.pid, a.application_name, a.state, "
                 "EXTRACT(EPOCH FROM now() - a.xact_start) AS open_s FROM pg_stat_activity a "
                 "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
                 "AND a.xact_start IS NOT NULL AND EXISTS (SELECT 1 FROM pg_locks l "
-                "WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation') "
+                "WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation' AND (cardinality(:tables) = 0 "
+                "OR l.relation IN (SELECT to_regclass(t) FROM unnest(:tables) t))) "
                 "ORDER BY a.xact_start LIMIT 3"
-            )).all()
+            ).bindparams(sa.bindparam("tables", type_=sa.ARRAY(sa.Text))), {"tables": tables}).all()
         if not rows:
             return "the blocking session had finished by the time zdm looked"
         return "blocked by " + "; ".join(
             f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
             f"{float(r.open_s):.1f} s)" for r in rows
         )
+
+
+def _tables_of(plan: MigrationPlan) -> list[str]:
+    return sorted({operation["table"] for operation in plan.source.get("operations", []) if operation.get("table")})
+
+
+def _always_held() -> None:
+    """Outside a command there is no runner lock to lose."""
 
 
 class DataCheckFailed(MigrationFailed):

@@ -11,7 +11,7 @@ import datetime as dt
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -36,6 +36,10 @@ ADVISORY_LOCK_KEY = 0x7A646D  # "zdm"
 
 class RunnerBusy(RuntimeError):
     """Another zdm runner is working on this database."""
+
+
+class RunnerLockLost(RunnerBusy):
+    """The runner lock went away with its connection: another runner could start now."""
 
 
 def now() -> str:
@@ -84,11 +88,14 @@ def save_checkpoint(connection: sa.Connection, plan_id: str, checkpoint: dict[st
 
 
 @contextmanager
-def runner_lock(engine: sa.Engine) -> Iterator[None]:
+def runner_lock(engine: sa.Engine) -> Iterator[Callable[[], None]]:
     """One zdm runner per database at a time; a second one is refused, not queued.
 
     PostgreSQL: a session advisory lock, released by the server if the runner dies.
-    SQLite: an flock on a file beside the database, released by the kernel if the runner dies.
+    SQLite: an flock on a file beside the database (its real path: a symlink is the same file),
+    released by the kernel if the runner dies. Yields a check that raises RunnerLockLost once
+    the lock is gone: the advisory lock lives on an idle connection that the server may close
+    (``idle_session_timeout``, ``pg_terminate_backend``), and the runner must not go on unguarded.
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
@@ -96,8 +103,22 @@ def runner_lock(engine: sa.Engine) -> Iterator[None]:
             connection.commit()
             if not got:
                 raise RunnerBusy(f"another zdm runner is working on this database ({_holder(connection)})")
+
+            def still_held() -> None:
+                try:
+                    held = connection.scalar(sa.text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND granted "
+                        "AND pid = pg_backend_pid()"), {"k": ADVISORY_LOCK_KEY})
+                    connection.commit()
+                except sa.exc.DBAPIError:
+                    connection.rollback()  # an invalidated connection: the unlock below reconnects, finds none
+                    held = 0
+                if not held:
+                    raise RunnerLockLost("the runner lock was lost with its database connection (closed by the "
+                                         "server or the network), so another runner could start: zdm stopped")
+
             try:
-                yield
+                yield still_held
             finally:
                 try:
                     connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
@@ -109,8 +130,9 @@ def runner_lock(engine: sa.Engine) -> Iterator[None]:
         return
     database = engine.url.database
     if not database or database == ":memory:":
-        yield
+        yield lambda: None
         return
+    database = os.path.realpath(database)
     with open(f"{database}.zdm-lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,7 +141,7 @@ def runner_lock(engine: sa.Engine) -> Iterator[None]:
         handle.write(str(os.getpid()))
         handle.flush()
         try:
-            yield
+            yield lambda: None
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -20,7 +20,7 @@ class PostgresDialect(Dialect):
         rows = connection.execute(sa.text(
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass(:t)"), {"t": self.quote(table)})
-        return dict(rows.tuples().all())
+        return {name: sql for name, sql in rows}
 
     def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[str]:
         # CONCURRENTLY never blocks writes; a failed try leaves an INVALID index behind, which

@@ -198,7 +198,7 @@ class SQLiteDialect(Dialect):
         rows = connection.execute(sa.text(  # an index behind a UNIQUE constraint has no SQL: it is plain
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = :t AND sql IS NOT NULL"),
             {"t": table})
-        return dict(rows.tuples().all())
+        return {name: sql for name, sql in rows}
 
     def zdm_objects(self, connection: sa.Connection) -> list[str]:
         rows = connection.execute(
