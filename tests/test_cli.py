@@ -122,11 +122,15 @@ def test_bad_plan_is_one_line_exit_2_and_changes_nothing(zdm_database_url: str, 
     assert snapshot(zdm_database_url) == before
 
 
-def test_unreachable_database_is_one_line_exit_1(plan_path: Path) -> None:
-    for url in ("postgresql+psycopg://postgres@127.0.0.1:1/nope", "sqlite:////nonexistent-dir/x.db"):
-        code, out, err = zdm("start", str(plan_path), "--db", url)
-        assert code == 1 and out == ""
-        assert err.startswith("zdm: error: cannot connect to ") and err.count("\n") == 1, err
+def test_unreachable_database_is_one_line_exit_1(plan_path: Path, tmp_path: Path) -> None:
+    for url, message in (("postgresql+psycopg://postgres@127.0.0.1:1/nope", "cannot connect to "),
+                         ("sqlite:////nonexistent-dir/x.db", "no SQLite database at /nonexistent-dir/x.db"),
+                         (f"sqlite:///{tmp_path}/typo.db", "no SQLite database at ")):
+        for command in (["start", str(plan_path)], ["status"], ["plan", str(plan_path)]):
+            code, out, err = zdm(*command, "--db", url)
+            assert code == 1 and out == ""
+            assert err.startswith(f"zdm: error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "typo.db").exists()  # a typo creates no empty database
 
 
 def test_usage_errors(tmp_path: Path) -> None:
@@ -137,8 +141,17 @@ def test_usage_errors(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(RENAME_YAML)
     code, _, err = zdm("start", str(tmp_path / "p.yaml"), "--db", "mysql://x@localhost/db")
     assert code == 1 and "supports postgresql and sqlite, not 'mysql'" in err
-    code, _, err = zdm("start", str(tmp_path / "p.yaml"))
-    assert code == 2 and "--db" in err
+    for args, message in ((["start", str(tmp_path / "p.yaml")], "Missing option '--db'"),
+                          (["start", str(tmp_path / "p.yaml"), "--db", "sqlite://", "--lock-timeout", "0"],
+                           "Invalid value for '--lock-timeout'"),
+                          (["start", "--frobnicate"], "No such option '--frobnicate' (see"),
+                          (["launch"], "No such command 'launch'")):
+        code, out, err = zdm(*args)
+        assert (code, out) == (2, ""), err
+        assert err.startswith("zdm: error: ") and message in err and err.count("\n") == 1, err
+    (tmp_path / "latin1.yaml").write_bytes("id: caf\xe9\noperations: []\n".encode("latin-1"))
+    code, _, err = zdm("start", str(tmp_path / "latin1.yaml"), "--db", "sqlite://")
+    assert code == 2 and err == f"zdm: error: {tmp_path / 'latin1.yaml'}: not UTF-8 text (byte 7)\n"
 
 
 def test_schema_command_prints_the_plan_json_schema() -> None:

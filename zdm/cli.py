@@ -3,7 +3,7 @@
 Results go to stdout (``--json`` for machines), progress and diagnostics to stderr.
 Exit codes: 0 success; 1 runtime failure (a statement failed and was compensated, the database
 is unreachable, another runner holds the lock); 2 bad input (plan file, unknown table or
-column, a command that does not fit the plan's phase, bad options).
+column, a command that does not fit the plan's phase, bad options); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from zdm.report import HumanReporter, JsonReporter, describe_progress
 from zdm.runner import Reporter, Runner, ZdmError, describe_action
 from zdm.state import RunnerBusy
 
-USAGE, RUNTIME = 2, 1
+USAGE, RUNTIME, INTERRUPTED = 2, 1, 130
 
 
 def fail(message: str, code: int) -> None:
@@ -92,6 +92,10 @@ def make_reporter(quiet: bool, as_json: bool, show_sql: bool) -> Reporter:
 
 def connect(url: str) -> sa.Engine:
     engine = db.create_engine(url)
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") and not os.path.exists(database):
+        # SQLite would create an empty database and zdm would report on it: a typo must not look fine.
+        raise db.DatabaseUnavailable(f"no SQLite database at {database}")
     db.check_connection(engine)
     return engine
 
@@ -111,8 +115,31 @@ def emit_result(plan: MigrationPlan, as_json: bool) -> None:
         click.echo(f"{plan.id}: {plan.phase.value} ({done}/{len(plan.steps)} steps, {plan.progress:.0f}%)")
 
 
+class Zdm(click.Group):
+    """click parses the command line; a usage error is still one ``zdm: error:`` line, and Ctrl-C
+    says where the plan stands instead of click's bare ``Aborted!``."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs.pop("standalone_mode", True):
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.show()
+            sys.exit(USAGE)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx else "zdm"
+            fail(f"{exc.format_message().rstrip('.')} (see `{command} --help`)", USAGE)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            fail("interrupted: a plan stays where it stopped; `zdm status` shows it, `zdm start` resumes, "
+                 "`zdm rollback` undoes", INTERRUPTED)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 # -- commands ---------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Zdm, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="zdm")
 def main() -> None:
     """Zero-downtime schema migrations: expand, migrate, contract."""
