@@ -16,11 +16,17 @@ from pglast import ast
 from pglast.enums import AlterTableType, ConstrType, ObjectType
 
 #: Functions whose default makes ADD COLUMN rewrite the table (a fresh value per row).
-VOLATILE_DEFAULTS = frozenset({"random", "gen_random_uuid", "uuid_generate_v1", "uuid_generate_v4",
+VOLATILE_DEFAULTS = frozenset({"random", "random_normal", "gen_random_uuid", "gen_random_bytes", "uuidv4",
+                               "uuidv7", "uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v4",
                                "clock_timestamp", "timeofday", "nextval"})
 SERIAL_TYPES = frozenset({"smallserial", "serial", "bigserial", "serial2", "serial4", "serial8"})
 #: LOCK TABLE modes from SHARE (5) up conflict with the ROW EXCLUSIVE lock of the app's writes.
 SHARE_LOCK = 5
+#: DROP statements whose objects are relations, named like a table: (schema,) name.
+DROPPED_RELATIONS = frozenset({ObjectType.OBJECT_TABLE, ObjectType.OBJECT_INDEX, ObjectType.OBJECT_MATVIEW})
+
+#: A relation as written: (schema or None, name). Only exact matches are the same relation.
+Name = tuple[str | None, str]
 
 
 def lock_risks(statements: Iterable[str], *, old_app_running: bool) -> list[str]:
@@ -30,7 +36,7 @@ def lock_risks(statements: Iterable[str], *, old_app_running: bool) -> list[str]
     writes the old shape, so renames and drops break it too.
     """
     risks: list[str] = []
-    created: set[str] = set()  # tables created by these statements: nobody uses them yet
+    created: set[Name] = set()  # relations these statements surely created: nobody uses them yet
     for text in statements:
         try:
             parsed = pglast.parse_sql(text)
@@ -38,18 +44,52 @@ def lock_risks(statements: Iterable[str], *, old_app_running: bool) -> list[str]
             continue
         for raw in parsed:
             statement = raw.stmt
-            if isinstance(statement, ast.CreateStmt):
-                created.add(statement.relation.relname)
-            table = _table(statement)
-            if table is not None and table in created:
+            created |= _creates(statement, created)
+            targets = _targets(statement)
+            if targets and targets <= created:
                 continue
-            risks += _statement_risks(statement, table or "?", old_app_running)
+            risks += _statement_risks(statement, _table(statement), old_app_running)
     return risks
 
 
-def _table(statement: ast.Node) -> str | None:
+def _creates(statement: ast.Node, created: set[Name]) -> set[Name]:
+    """The relations ``statement`` creates for sure (not IF NOT EXISTS, which may find one in use)."""
+    if isinstance(statement, ast.CreateStmt) and not statement.if_not_exists:
+        return {_name(statement.relation)}
+    if isinstance(statement, ast.CreateTableAsStmt) and not statement.if_not_exists:  # CTAS, materialized view
+        return {_name(statement.into.rel)}
+    if (isinstance(statement, ast.IndexStmt) and statement.idxname and not statement.if_not_exists
+            and _name(statement.relation) in created):  # an index lives in its table's schema
+        return {(statement.relation.schemaname, statement.idxname)}
+    return set()
+
+
+def _targets(statement: ast.Node) -> set[Name]:
+    """The relations ``statement`` acts on, when it names them."""
     relation = getattr(statement, "relation", None)
-    return relation.relname if isinstance(relation, ast.RangeVar) else None
+    if isinstance(relation, ast.RangeVar):
+        return {_name(relation)}
+    if isinstance(statement, ast.DropStmt) and statement.removeType in DROPPED_RELATIONS:
+        return {_dropped(names) for names in statement.objects}
+    return set()
+
+
+def _name(relation: ast.RangeVar) -> Name:
+    return relation.schemaname, relation.relname
+
+
+def _dropped(names: tuple[ast.String, ...]) -> Name:
+    return names[-2].sval if len(names) > 1 else None, names[-1].sval
+
+
+def _shown(name: Name) -> str:
+    schema, relname = name
+    return relname if schema is None else f"{schema}.{relname}"
+
+
+def _table(statement: ast.Node) -> str:
+    relation = getattr(statement, "relation", None)
+    return _shown(_name(relation)) if isinstance(relation, ast.RangeVar) else "?"
 
 
 def _statement_risks(statement: ast.Node, table: str, old_app_running: bool) -> list[str]:
@@ -58,6 +98,11 @@ def _statement_risks(statement: ast.Node, table: str, old_app_running: bool) -> 
     if isinstance(statement, ast.IndexStmt) and not statement.concurrent:
         return [f"CREATE INDEX on {table} without CONCURRENTLY blocks writes to {table} while it builds: "
                 "use op create_index (or CONCURRENTLY with transactional: false)"]
+    if isinstance(statement, ast.DropStmt) and statement.removeType is ObjectType.OBJECT_INDEX:
+        return _drop_index_risks(statement)
+    if isinstance(statement, ast.RefreshMatViewStmt) and not statement.concurrent:
+        return [f"REFRESH MATERIALIZED VIEW {table} without CONCURRENTLY blocks reads of {table} until it is "
+                "rebuilt: use REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a unique index on the view)"]
     if isinstance(statement, ast.VacuumStmt) and _option(statement.options, "full"):
         return ["VACUUM FULL rewrites its tables under an ACCESS EXCLUSIVE lock"]
     if isinstance(statement, ast.ClusterStmt):
@@ -77,6 +122,15 @@ def _statement_risks(statement: ast.Node, table: str, old_app_running: bool) -> 
     return []
 
 
+def _drop_index_risks(statement: ast.DropStmt) -> list[str]:
+    if statement.concurrent:
+        return []
+    names = ", ".join(_shown(_dropped(names)) for names in statement.objects)
+    return [f"DROP INDEX {names} without CONCURRENTLY waits behind every query on its table for an ACCESS "
+            "EXCLUSIVE lock that blocks reads and writes: use op drop_index (or CONCURRENTLY with transactional: "
+            "false)"]
+
+
 def _alter_risk(command: ast.AlterTableCmd, table: str, old_app_running: bool) -> str | None:
     kind, column, definition = command.subtype, command.name, command.def_
     if kind is AlterTableType.AT_AlterColumnType:
@@ -88,7 +142,7 @@ def _alter_risk(command: ast.AlterTableCmd, table: str, old_app_running: bool) -
     if kind is AlterTableType.AT_AddConstraint and isinstance(definition, ast.Constraint):
         return _constraint_risk(definition, table)
     if kind is AlterTableType.AT_AddColumn and isinstance(definition, ast.ColumnDef):
-        return _new_column_risk(definition, table)
+        return _new_column_risk(definition, table, old_app_running)
     if kind in (AlterTableType.AT_SetLogged, AlterTableType.AT_SetUnLogged, AlterTableType.AT_SetTableSpace):
         return f"SET LOGGED/UNLOGGED/TABLESPACE rewrites {table} under an ACCESS EXCLUSIVE lock"
     if old_app_running and kind is AlterTableType.AT_DropColumn:
@@ -106,20 +160,60 @@ def _constraint_risk(constraint: ast.Constraint, table: str) -> str | None:
     if kind in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY) and not constraint.indexname:
         return (f"ADD UNIQUE/PRIMARY KEY builds an index on {table} under an ACCESS EXCLUSIVE lock: use op "
                 "add_unique (CREATE UNIQUE INDEX CONCURRENTLY, then USING INDEX)")
+    if kind is ConstrType.CONSTR_EXCLUSION:
+        return (f"ADD CONSTRAINT ... EXCLUDE builds an index on {table} under an ACCESS EXCLUSIVE lock and has no "
+                f"concurrent form: add it only while {table} is small or the app is stopped")
     return None
 
 
-def _new_column_risk(column: ast.ColumnDef, table: str) -> str | None:
+def _new_column_risk(column: ast.ColumnDef, table: str, old_app_running: bool) -> str | None:
+    name, constraints = column.colname, column.constraints or ()
+    kinds = {constraint.contype for constraint in constraints}
     type_name = column.typeName.names[-1].sval if column.typeName is not None else ""
-    if type_name in SERIAL_TYPES:
-        return f"ADD COLUMN {column.colname} {type_name} rewrites {table} (a sequence value per row)"
-    for constraint in column.constraints or ():
-        if constraint.contype is ConstrType.CONSTR_GENERATED:
-            return f"ADD COLUMN {column.colname} GENERATED ... STORED rewrites {table}"
-        if constraint.contype is ConstrType.CONSTR_DEFAULT and _calls(constraint.raw_expr, VOLATILE_DEFAULTS):
-            return (f"ADD COLUMN {column.colname} with a volatile default rewrites {table} under an ACCESS "
-                    "EXCLUSIVE lock: add it without the default, then backfill")
+    if type_name in SERIAL_TYPES or ConstrType.CONSTR_IDENTITY in kinds:
+        what = type_name if type_name in SERIAL_TYPES else "GENERATED ... AS IDENTITY"
+        return (f"ADD COLUMN {name} {what} rewrites {table} under an ACCESS EXCLUSIVE lock (a sequence value per "
+                "row): add a plain column, then backfill")
+    if ConstrType.CONSTR_GENERATED in kinds:
+        return f"ADD COLUMN {name} GENERATED ... STORED rewrites {table}"
+    if any(constraint.contype is ConstrType.CONSTR_DEFAULT and _calls(constraint.raw_expr, VOLATILE_DEFAULTS)
+           for constraint in constraints):
+        return (f"ADD COLUMN {name} with a volatile default rewrites {table} under an ACCESS EXCLUSIVE lock: "
+                "add it without the default, then backfill")
+    for constraint in constraints:
+        if risk := _inline_constraint_risk(constraint, name, table, ConstrType.CONSTR_DEFAULT in kinds):
+            return risk
+    if old_app_running and ConstrType.CONSTR_NOTNULL in kinds and not _has_default(constraints):
+        return (f"ADD COLUMN {name} NOT NULL without a default before contract breaks the old app, whose inserts "
+                "leave it NULL: use op add_column with a default, or add it nullable, then op set_not_null")
     return None
+
+
+def _inline_constraint_risk(constraint: ast.Constraint, column: str, table: str, default: bool) -> str | None:
+    """A constraint written on ADD COLUMN: none of them can be NOT VALID or USING INDEX there.
+
+    PostgreSQL (13+) checks an inline foreign key only when its column gets a default (even NULL):
+    without one, every row is NULL and the key is marked valid without a scan.
+    """
+    kind = constraint.contype
+    if kind in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY):
+        return (f"ADD COLUMN {column} UNIQUE/PRIMARY KEY builds an index on {table} under an ACCESS EXCLUSIVE "
+                "lock: add the column, then use op add_unique")
+    if kind is ConstrType.CONSTR_CHECK:
+        return (f"ADD COLUMN {column} with a CHECK scans every row of {table} under an ACCESS EXCLUSIVE lock: "
+                "add the column, then use op add_check (NOT VALID, then VALIDATE)")
+    if kind is ConstrType.CONSTR_FOREIGN and default:
+        return (f"ADD COLUMN {column} with a default and REFERENCES {_shown(_name(constraint.pktable))} checks every "
+                f"row of {table} while it locks both tables against writes: add it without the default (no check "
+                "then), or use op add_foreign_key")
+    return None
+
+
+def _has_default(constraints: tuple[ast.Constraint, ...]) -> bool:
+    """Whether the column gets a value on the old app's inserts: a DEFAULT other than NULL."""
+    return any(constraint.contype is ConstrType.CONSTR_DEFAULT
+               and not (isinstance(constraint.raw_expr, ast.A_Const) and constraint.raw_expr.isnull)
+               for constraint in constraints)
 
 
 def _calls(expression: ast.Node | None, names: frozenset[str]) -> bool:
@@ -138,4 +232,12 @@ def _walk(node: object) -> Iterable[ast.Node]:
 
 
 def _option(options: tuple[ast.DefElem, ...] | None, name: str) -> bool:
-    return any(option.defname == name for option in options or ())
+    """Whether option ``name`` is on: bare (``FULL``), or with a value PostgreSQL reads as true."""
+    return any(option.defname == name and not _off(option.arg) for option in options or ())
+
+
+def _off(value: ast.Node | None) -> bool:
+    # defGetBoolean: 0/1, or true/false/on/off in any case; anything else is the server's error.
+    if isinstance(value, ast.Integer):
+        return value.ival == 0
+    return isinstance(value, ast.String) and value.sval.lower() in ("false", "off")
