@@ -361,3 +361,23 @@ def test_a_check_on_the_renamed_column_is_refused(zdm_database_url: str) -> None
     with pytest.raises(PlanInvalid, match=r"check constraint .* on accounts uses age.*drop_constraint"):
         runner(engine).start(plan)
     assert zdm_objects(engine) == []
+
+
+@pytest.mark.parametrize("kind", ["sequence", "random"])
+def test_a_column_with_a_volatile_default_is_refused(zdm_database_url: str, kind: str) -> None:
+    """The triggers compare a value with the column's default: one that changes on every call breaks that."""
+    from zdm import db
+    from zdm.runner import PlanInvalid
+
+    engine = db.create_engine(zdm_database_url)
+    postgres = engine.dialect.name == "postgresql"
+    column = {("sequence", True): "ticket serial", ("random", True): "ticket uuid DEFAULT gen_random_uuid()",
+              ("sequence", False): "ticket INTEGER DEFAULT (abs(random()))",
+              ("random", False): "ticket TEXT DEFAULT (hex(randomblob(8)))"}[kind, postgres]
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE orders (id INTEGER PRIMARY KEY, {column})")
+    plan = planfile.parse({"id": "ticket", "operations": [
+        {"op": "rename_column", "table": "orders", "column": "ticket", "new_name": "ticket_no"}]})
+    with pytest.raises(PlanInvalid, match=r"orders.ticket has a default that changes on every call"):
+        runner(engine).start(plan)
+    assert zdm_objects(engine) == []

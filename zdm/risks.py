@@ -18,7 +18,7 @@ from pglast.enums import AlterTableType, ConstrType, ObjectType
 #: Functions whose default makes ADD COLUMN rewrite the table (a fresh value per row).
 VOLATILE_DEFAULTS = frozenset({"random", "random_normal", "gen_random_uuid", "gen_random_bytes", "uuidv4",
                                "uuidv7", "uuid_generate_v1", "uuid_generate_v1mc", "uuid_generate_v4",
-                               "clock_timestamp", "timeofday", "nextval"})
+                               "clock_timestamp", "timeofday", "nextval", "randomblob"})
 SERIAL_TYPES = frozenset({"smallserial", "serial", "bigserial", "serial2", "serial4", "serial8"})
 #: LOCK TABLE modes from SHARE (5) up conflict with the ROW EXCLUSIVE lock of the app's writes.
 SHARE_LOCK = 5
@@ -214,6 +214,15 @@ def _has_default(constraints: tuple[ast.Constraint, ...]) -> bool:
     return any(constraint.contype is ConstrType.CONSTR_DEFAULT
                and not (isinstance(constraint.raw_expr, ast.A_Const) and constraint.raw_expr.isnull)
                for constraint in constraints)
+
+
+def volatile(expression: str) -> bool:
+    """Whether a default, as the database reports it, gives a new value on every call."""
+    try:
+        parsed = pglast.parse_sql(f"SELECT {expression}")
+    except pglast.parser.ParseError:
+        return False
+    return _calls(parsed[0].stmt, VOLATILE_DEFAULTS)
 
 
 def _calls(expression: ast.Node | None, names: frozenset[str]) -> bool:

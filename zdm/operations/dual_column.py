@@ -31,6 +31,7 @@ from zdm.dialects.sqlite import rebuild_action
 from zdm.model import Column, ColumnType, Link, Schema, Table
 from zdm.operations.base import Compiler, Operation
 from zdm.plan import Backfill, MigrationStep, Phase, check_action
+from zdm.risks import volatile
 from zdm.transforms import TRY_JSON_PG, Transform
 
 EXPANDING, MIGRATING, CONTRACTING = Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING
@@ -142,9 +143,19 @@ class DualColumn(Operation):
                     f"check constraint {name} on {self.table} uses {self.column}, which zdm cannot carry onto "
                     f"{self.shadow}: drop it before this change (drop_constraint) and add it again after (add_check)")
 
+    def _refuse_a_volatile_default(self, c: Compiler) -> None:
+        """The triggers tell a value left at its default by comparing it with the default: a default
+        that changes on every call (a sequence, a random uuid) would make the two columns differ."""
+        default = c.reflected_column(self.table, self.column).get("default")
+        if default is not None and volatile(str(default)):
+            raise ValueError(
+                f"{self.table}.{self.column} has a default that changes on every call ({default}), which the "
+                "dual-write triggers cannot follow: drop the default first (drop_default), set it again after")
+
     def expand(self, c: Compiler) -> list[MigrationStep]:
         d, q = c.dialect, c.dialect.quote
         self._refuse_checks_on_the_column(c)
+        self._refuse_a_volatile_default(c)
         steps = []
         if self._needs_try_json(c):
             steps.append(MigrationStep(EXPANDING, "helper function zdm_try_json", forward=[TRY_JSON_PG],
