@@ -138,6 +138,7 @@ def test_created_index_is_real_and_dropped_index_gone(zdm_database_url: str) -> 
 
 @pytest.mark.parametrize(("operation", "message"), [
     ({"op": "drop_index", "table": "users", "name": "nope"}, "has no index 'nope'"),
+    ({"op": "drop_constraint", "table": "users", "name": "users_emial_uq"}, "has no constraint 'users_emial_uq'"),
     ({"op": "set_not_null", "table": "users", "column": "email"}, "already NOT NULL"),
     ({"op": "drop_not_null", "table": "users", "column": "name"}, "already nullable"),
     ({"op": "set_default", "table": "users", "column": "score", "default": "abc"}, "not a valid BIGINT"),
@@ -370,3 +371,16 @@ def test_colons_in_defaults_and_conditions_survive_rebuilds(zdm_database_url: st
         with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
             connection.execute(sa.text("INSERT INTO t (id, code, n) VALUES (3, :code, 1)"), {"code": code})
     engine.dispose()
+
+
+def test_an_index_behind_a_constraint_is_dropped_as_the_constraint(zdm_postgres_url: str) -> None:
+    from zdm.runner import PlanInvalid
+
+    engine = setup(zdm_postgres_url, users_schema(3))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ALTER TABLE users ADD CONSTRAINT users_code_uq UNIQUE (code)")
+    with pytest.raises(PlanInvalid, match="index 'users_code_uq' backs a constraint of 'users': use drop_constraint"):
+        runner(engine).apply(_plan({"op": "drop_index", "table": "users", "name": "users_code_uq"}))
+    runner(engine).apply(_plan({"op": "drop_constraint", "table": "users", "name": "users_code_uq"}))
+    with engine.connect() as connection:
+        assert sa.inspect(connection).get_unique_constraints("users") == []

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from typing import Literal
 
+import sqlalchemy as sa
+
 from zdm.dialects.sqlite import rebuild_action
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.operations.create_index import existing_indexes
 from zdm.plan import MigrationStep, Phase
+
+
+def existing_constraints(c: Compiler, table: str) -> set[str]:
+    """Named constraints of the live table (on SQLite a unique index stands for one too)."""
+    assert c.connection is not None
+    inspector = sa.inspect(c.connection)
+    if not inspector.has_table(table):
+        return set()
+    found = {check["name"] for check in inspector.get_check_constraints(table)}
+    found |= {key["name"] for key in inspector.get_foreign_keys(table)}
+    found.add(inspector.get_pk_constraint(table).get("name"))
+    return (found | existing_indexes(c, table)) - {None}
 
 
 class DropConstraint(Operation):
@@ -24,6 +38,9 @@ class DropConstraint(Operation):
 
     def contract(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
+        if c.connection is not None and self.name not in existing_constraints(c, self.table):
+            # PostgreSQL's DROP CONSTRAINT IF EXISTS would drop nothing and call the plan complete.
+            raise ValueError(f"table {self.table!r} has no constraint {self.name!r}")
         if c.is_postgres:
             forward = [d.drop_constraint(self.table, self.name)]
         elif self.name in existing_indexes(c, self.table):
