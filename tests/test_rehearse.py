@@ -13,10 +13,13 @@ from typing import Any
 
 import sqlalchemy as sa
 from click.testing import CliRunner
-from support import assert_agrees, setup, users_schema, zdm_objects
+from support import assert_agrees, runner, setup, users_schema, zdm_objects
 
+from zdm import db, planfile
 from zdm.cli import main
 from zdm.testing import assert_reversible
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 RENAME = """\
 id: rename_email
@@ -164,3 +167,160 @@ def test_an_invalid_plan_exits_2_before_anything_runs(zdm_sqlite_url: str, tmp_p
     plan = write(tmp_path, "id: nope\noperations:\n  - {op: drop_column, table: users, column: missing}\n")
     result = CliRunner().invoke(main, ["rehearse", plan, "--db", zdm_sqlite_url, "--quiet"])
     assert result.exit_code == 2 and "has no column 'missing'" in result.stderr
+
+
+#: Checks every row while the lock is held; outside a transaction its locks are gone before they can be read.
+CHECK_OUTSIDE = """\
+id: n_checked
+operations:
+  - op: sql
+    table: events
+    up: ALTER TABLE events ADD CONSTRAINT payload_md5 CHECK (length(md5(payload)) = 32)
+    down: ALTER TABLE events DROP CONSTRAINT payload_md5
+    assume_safe: true
+    transactional: false
+"""
+#: Outside a transaction too, but of kinds that let writes through: they may take longer than the budget.
+CONCURRENT_OUTSIDE = """\
+id: n_indexed
+operations:
+  - {op: create_index, table: events, name: events_n_ix, columns: [n]}
+  - op: sql
+    table: events
+    up: [CREATE INDEX CONCURRENTLY events_payload_ix ON events (payload), VACUUM ANALYZE events]
+    down: DROP INDEX CONCURRENTLY events_payload_ix
+    transactional: false
+"""
+
+
+def events(url: str, rows: int) -> sa.Engine:
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE events (id bigint PRIMARY KEY, payload text, n bigint)")
+        connection.exec_driver_sql(f"INSERT INTO events SELECT g, md5(g::text), g FROM generate_series(1, {rows}) g")
+    return engine
+
+
+def test_a_statement_outside_a_transaction_counts_for_as_long_as_it_ran(zdm_postgres_url: str,
+                                                                       tmp_path: Path) -> None:
+    events(zdm_postgres_url, 20_000).dispose()
+    code, out = rehearse(write(tmp_path, CHECK_OUTSIDE), "--db", zdm_postgres_url, "--lock-timeout", "5", "--json")
+    assert code == 1, out
+    report = json.loads(out)
+    add = statements(report, "EXPANDING")[0]
+    assert add["locks"] == [{"relation": "events", "mode": "UnreadLock"}] and not add["traced"]
+    assert add["held_ms"] > 5
+    assert {v["kind"] for v in report["violations"]} == {"lock"}
+    message = report["violations"][0]["message"]
+    assert message.startswith("EXPANDING: ALTER TABLE events ADD CONSTRAINT payload_md5") and \
+        "outside a transaction, where its locks on events cannot be read" in message
+    assert report["restored"]
+
+    code, out = rehearse(write(tmp_path, CONCURRENT_OUTSIDE), "--db", zdm_postgres_url, "--lock-timeout", "5",
+                         "--json")
+    assert code == 0, out
+    built = [s for s in statements(json.loads(out), "EXPANDING") if s["sql"].startswith("CREATE INDEX CONCURRENTLY")]
+    assert len(built) == 2 and all(s["locks"] == [] and s["held_ms"] > 0 for s in built)
+    assert max(s["held_ms"] for s in built) > 5  # over the budget, and still no broken promise
+
+
+VIEW = """\
+id: adult_view
+operations:
+  - {op: sql, table: users, up: "CREATE VIEW adult_users AS SELECT id, email FROM users WHERE age >= 18",
+     down: SELECT 1}
+"""
+DROPS_VIEW = """\
+id: drops_view
+operations:
+  - {op: sql, table: users, up: SELECT 1, down: DROP VIEW adult_users}
+"""
+TRIGGER = """\
+id: stamp
+operations:
+  - op: sql
+    table: users
+    up:
+      - "CREATE FUNCTION stamp_users() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$"
+      - CREATE TRIGGER users_stamp BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION stamp_users()
+    down: SELECT 1
+"""
+
+
+def test_rollback_check_names_a_view_left_behind_or_lost(zdm_database_url: str, tmp_path: Path) -> None:
+    setup(zdm_database_url, users_schema(20)).dispose()
+    code, out = rehearse(write(tmp_path, VIEW), "--db", zdm_database_url)
+    assert code == 1, out
+    assert "rollback: did NOT restore the snapshot" in out and "view adult_users: was absent, now present" in out
+
+    code, out = rehearse(write(tmp_path, RENAME), "--db", zdm_database_url)  # a view over the table is kept as it was
+    assert code == 0, out
+
+    code, out = rehearse(write(tmp_path, DROPS_VIEW), "--db", zdm_database_url)
+    assert code == 1, out
+    assert "view adult_users: was present, now absent" in out
+
+
+def test_rollback_check_names_a_trigger_and_function_left_behind(zdm_postgres_url: str, tmp_path: Path) -> None:
+    setup(zdm_postgres_url, users_schema(20)).dispose()
+    code, out = rehearse(write(tmp_path, TRIGGER), "--db", zdm_postgres_url, "--json")
+    assert code == 1, out
+    assert json.loads(out)["differences"] == ["function stamp_users(): was absent, now present",
+                                              "trigger users_stamp on users: was absent, now present"]
+
+
+def test_a_started_or_complete_plan_is_refused_with_its_state(zdm_postgres_url: str, tmp_path: Path) -> None:
+    engine = setup(zdm_postgres_url, users_schema(20))
+    plan = write(tmp_path, RENAME)
+
+    def refused() -> str:
+        result = CliRunner().invoke(main, ["rehearse", plan, "--db", zdm_postgres_url, "--quiet"])
+        assert result.exit_code == 2, result.output
+        return result.stderr
+
+    runner(engine).start(planfile.load(plan))
+    assert "plan 'rename_email' is already started (MIGRATING) in this database" in refused()
+    runner(engine).complete("rename_email")
+    assert "plan 'rename_email' is already complete in this database" in refused()
+    engine.dispose()
+
+
+def users_sql(url: str) -> sa.Engine:
+    """examples/users.sql, where users.name of row 3 is NULL."""
+    engine = db.create_engine(url)
+    lines = (EXAMPLES / "users.sql").read_text().splitlines()
+    with engine.begin() as connection:
+        for statement in "\n".join(line for line in lines if not line.lstrip().startswith("--")).split(";"):
+            if statement.strip():
+                connection.exec_driver_sql(statement)
+    return engine
+
+
+#: The fill as in examples/set_not_null.yaml, and a `down` that damages another column of the same rows.
+FILL_AND_LOSSY = """\
+id: fill_and_lossy
+operations:
+  - {op: set_not_null, table: users, column: name, fill: unknown}
+  - {op: sql, table: users, up: SELECT 1, down: "UPDATE users SET email = 'lost' WHERE id = 1"}
+"""
+
+
+def test_set_not_null_fill_is_kept_after_rollback_by_design(zdm_database_url: str, tmp_path: Path) -> None:
+    engine = users_sql(zdm_database_url)
+    code, out = rehearse(str(EXAMPLES / "set_not_null.yaml"), "--db", zdm_database_url, "--json")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["restored"] and report["differences"] == []
+    assert any(note.startswith("users.name: values filled by set_not_null fill are kept after rollback (by design)")
+               for note in report["notes"])
+    with engine.begin() as connection:
+        assert connection.exec_driver_sql("SELECT name FROM users WHERE id = 3").scalar() == "unknown"
+        connection.exec_driver_sql("UPDATE users SET name = NULL WHERE id = 3")
+    assert assert_reversible(zdm_database_url, EXAMPLES / "set_not_null.yaml").restored
+
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE users SET name = NULL WHERE id = 3")
+    code, out = rehearse(write(tmp_path, FILL_AND_LOSSY), "--db", zdm_database_url)
+    assert code == 1, out
+    assert "users: same 3 rows, but their values changed" in out and "users.name: values filled" in out
+    engine.dispose()

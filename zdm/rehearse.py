@@ -8,9 +8,11 @@ long and whether it rewrote a table, probes that the old and the new app shapes 
 write, rolls back and proves the snapshot is back. Optionally it then completes the plan.
 
 Locks are read from ``pg_locks`` for the runner's own backend right after each statement, while
-its transaction is still open, and count as held until that transaction commits. SQLite has no
-lock table to read: there each write transaction holds the database's write lock from its first
-statement to its commit, and that is what the report shows.
+its transaction is still open, and count as held until that transaction commits. A statement run
+outside a transaction has released its locks before they can be read: unless its kind is known to
+let writes through (CONCURRENTLY, VALIDATE CONSTRAINT), it counts as blocking writes while it ran.
+SQLite has no lock table to read: there each write transaction holds the database's write lock
+from its first statement to its commit, and that is what the report shows.
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import pglast
 import sqlalchemy as sa
+from pglast import ast
+from pglast.enums import AlterTableType
+from pglast.visitors import referenced_relations
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table as RichTable
@@ -36,6 +42,7 @@ from zdm import introspect, state
 from zdm.backfill import BackfillProgress
 from zdm.dialects import for_connection
 from zdm.model import ColumnType, Schema, Table
+from zdm.operations.set_not_null import SetNotNull
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 from zdm.planfile import PlanFile
 from zdm.runner import PlanStateError, Reporter, Runner, ZdmError
@@ -52,6 +59,11 @@ LOCK_MODES = (
 #: SQLite's single database write lock: every other writer waits while it is held.
 SQLITE_WRITE_LOCK = "DatabaseWriteLock"
 SQLITE_DATABASE = "(database)"
+#: The locks of a statement run outside a transaction, released before they could be read.
+UNREAD_LOCK = "UnreadLock"
+#: ALTER TABLE subcommands that take SHARE UPDATE EXCLUSIVE at most: reads and writes go on.
+WEAK_ALTERS = frozenset({AlterTableType.AT_ValidateConstraint, AlterTableType.AT_SetStatistics,
+                         AlterTableType.AT_ClusterOn, AlterTableType.AT_DropCluster})
 
 
 def lock_name(mode: str) -> str:
@@ -70,10 +82,48 @@ def describe_locks(locks: Iterable[Lock]) -> str:
 
 
 def blocks_writes(mode: str) -> bool:
-    """Stronger than SHARE UPDATE EXCLUSIVE: the app's writes queue behind it."""
-    if mode == SQLITE_WRITE_LOCK:
+    """Stronger than SHARE UPDATE EXCLUSIVE: the app's writes queue behind it (an unread lock may)."""
+    if mode in (SQLITE_WRITE_LOCK, UNREAD_LOCK):
         return True
     return mode in LOCK_MODES and LOCK_MODES.index(mode) > LOCK_MODES.index("ShareUpdateExclusiveLock")
+
+
+def lets_writes_through(action: str | dict[str, Any]) -> bool:
+    """Whether a statement's kind alone shows it takes no lock that blocks writes.
+
+    Outside a transaction its locks are gone before they can be read, so only its kind can
+    clear it: CONCURRENTLY index builds and drops, VALIDATE CONSTRAINT, plain VACUUM take at most
+    SHARE UPDATE EXCLUSIVE, and zdm's checks only read. Anything else, or SQL pglast cannot
+    parse, may have blocked writes.
+    """
+    if isinstance(action, dict):
+        return "check" in action
+    try:
+        parsed = pglast.parse_sql(action)
+    except pglast.parser.ParseError:
+        return False
+    return all(_weak(raw.stmt) for raw in parsed)
+
+
+def _weak(statement: ast.Node) -> bool:
+    if isinstance(statement, (ast.IndexStmt, ast.DropStmt)):
+        return bool(statement.concurrent)
+    if isinstance(statement, ast.ReindexStmt):
+        return any(option.defname == "concurrently" for option in statement.params or ())
+    if isinstance(statement, ast.VacuumStmt):
+        return not any(option.defname == "full" for option in statement.options or ())
+    if isinstance(statement, ast.AlterTableStmt):
+        return all(command.subtype in WEAK_ALTERS for command in statement.cmds or ())
+    return isinstance(statement, (ast.CreateStatsStmt, ast.VariableSetStmt))
+
+
+def unread_locks(action: str | dict[str, Any]) -> list[Lock]:
+    """What a statement outside a transaction may have blocked: the relations it names."""
+    try:
+        names = sorted(referenced_relations(action)) if isinstance(action, str) else []
+    except pglast.parser.ParseError:
+        names = []
+    return [Lock(name, UNREAD_LOCK) for name in names] or [Lock("(unknown)", UNREAD_LOCK)]
 
 
 # -- snapshot ---------------------------------------------------------------------------------
@@ -86,6 +136,8 @@ class Snapshot:
     #: table -> (row count, order-independent digest of every row)
     checksums: dict[str, tuple[int, str]]
     zdm_objects: list[str]
+    #: "view adult_users", "trigger audit on users", "function f(integer)" -> its definition.
+    objects: dict[str, str] = field(default_factory=dict)
 
 
 def user_tables(connection: sa.Connection) -> list[str]:
@@ -122,13 +174,16 @@ def _type_text(sa_type: sa.types.TypeEngine[Any], connection: sa.Connection) -> 
         return repr(sa_type)
 
 
-def table_checksum(connection: sa.Connection, name: str) -> tuple[int, str]:
+def table_checksum(connection: sa.Connection, name: str, leave_out: Iterable[str] = ()) -> tuple[int, str]:
     """Row count and a digest of every row that ignores row order (so no ORDER BY, no key needed).
 
     Each row hashes its values by column name; the digests are summed modulo 2**128, which a
-    lost, added or changed row moves, whatever order the rows come in.
+    lost, added or changed row moves, whatever order the rows come in. ``leave_out``: columns
+    whose values may differ by design.
     """
-    table = sa.table(name, *[sa.column(c["name"]) for c in sa.inspect(connection).get_columns(name)])
+    skipped = set(leave_out)
+    table = sa.table(name, *[sa.column(c["name"]) for c in sa.inspect(connection).get_columns(name)
+                             if c["name"] not in skipped])
     names = sorted(c.name for c in table.columns)
     total, count = 0, 0
     result = connection.execution_options(yield_per=5000).execute(sa.select(*[table.c[n] for n in names]))
@@ -139,15 +194,51 @@ def table_checksum(connection: sa.Connection, name: str) -> tuple[int, str]:
     return count, f"{total:032x}"
 
 
-def take_snapshot(connection: sa.Connection, tables: Iterable[str]) -> Snapshot:
+def take_snapshot(connection: sa.Connection, tables: Iterable[str],
+                  leave_out: dict[str, list[str]] | None = None) -> Snapshot:
+    """``leave_out``: table -> columns left out of its checksum (see `filled_columns`)."""
     existing = user_tables(connection)
     affected = [t for t in tables if t in existing]
     return Snapshot(
         tables=existing,
         shapes={t: table_shape(connection, t) for t in affected},
-        checksums={t: table_checksum(connection, t) for t in affected},
+        checksums={t: table_checksum(connection, t, (leave_out or {}).get(t, ())) for t in affected},
         zdm_objects=for_connection(connection).zdm_objects(connection),
+        objects=user_objects(connection),
     )
+
+
+#: The current schema's views, triggers and functions, zdm's own (``zdm_``) left to ``zdm_objects``.
+POSTGRES_OBJECTS = """
+SELECT CASE c.relkind WHEN 'm' THEN 'materialized view ' ELSE 'view ' END || c.relname, pg_get_viewdef(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('v', 'm') AND n.nspname = current_schema() AND c.relname NOT LIKE 'zdm\\_%'
+UNION ALL
+SELECT 'trigger ' || t.tgname || ' on ' || c.relname, pg_get_triggerdef(t.oid)
+FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT t.tgisinternal AND n.nspname = current_schema() AND t.tgname NOT LIKE 'zdm\\_%'
+UNION ALL
+SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')', p.prosrc
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = current_schema() AND p.proname NOT LIKE 'zdm\\_%'
+AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                AND d.deptype = 'e')
+"""
+SQLITE_OBJECTS = """
+SELECT type || ' ' || name || CASE type WHEN 'trigger' THEN ' on ' || tbl_name ELSE '' END, sql
+FROM sqlite_master WHERE type IN ('view', 'trigger') AND name NOT LIKE 'zdm\\_%' ESCAPE '\\'
+"""
+
+
+def user_objects(connection: sa.Connection) -> dict[str, str]:
+    """The app's views, triggers and functions: a ``down`` must drop what its ``up`` created.
+
+    Definitions are compared with quotes and spacing evened out: SQLite rewrites a view's text
+    when a table it names is renamed, and renaming back leaves the names quoted.
+    """
+    query = POSTGRES_OBJECTS if connection.dialect.name == "postgresql" else SQLITE_OBJECTS
+    rows = connection.execute(sa.text(query))
+    return {str(r[0]): " ".join((r[1] or "").replace('"', "").split()) for r in rows}
 
 
 def snapshot_differences(before: Snapshot, after: Snapshot) -> list[str]:
@@ -156,6 +247,13 @@ def snapshot_differences(before: Snapshot, after: Snapshot) -> list[str]:
     if before.tables != after.tables:
         gone, new = sorted(set(before.tables) - set(after.tables)), sorted(set(after.tables) - set(before.tables))
         found.append(f"tables differ: missing {gone}, new {new}")
+    for name in sorted(set(before.objects) | set(after.objects)):
+        was, now = before.objects.get(name), after.objects.get(name)
+        if was is None or now is None:
+            found.append(f"{name}: was {'absent' if was is None else 'present'}, now "
+                         f"{'absent' if now is None else 'present'}")
+        elif was != now:
+            found.append(f"{name}: definition changed")
     for name, shape in before.shapes.items():
         now = after.shapes.get(name)
         if now is None:
@@ -300,6 +398,8 @@ class Tracer(Reporter):
         if self.dialect == "postgresql":
             if own_transaction:  # committed already: its locks are gone; it held them while it ran
                 trace.traced, trace.held_ms = False, seconds * 1000
+                if not lets_writes_through(action):
+                    trace.locks = unread_locks(action)
             else:
                 taken = [lock for lock in self._read_locks(connection) if (lock.relation, lock.mode) not in self._held]
                 trace.locks = taken
@@ -489,9 +589,8 @@ class Rehearsal:
         for phase in self.phases:
             for trace in phase.statements:
                 if trace.breaks_budget(self.lock_budget_ms):
-                    locks = describe_locks([lock for lock in trace.locks if blocks_writes(lock.mode)])
-                    found.append(Violation("lock", f"{phase.phase}: {first_line(trace.sql)}: held {locks} for "
-                                                   f"{trace.held_ms:,.0f} ms (budget {self.lock_budget_ms:,g} ms)"))
+                    found.append(Violation("lock", f"{phase.phase}: {first_line(trace.sql)}: {_held(trace)} "
+                                                   f"(budget {self.lock_budget_ms:,g} ms)"))
                 for table in filter(self.rewrite_too_big, trace.rewrote):
                     found.append(Violation("rewrite", f"{phase.phase}: {first_line(trace.sql)}: rewrote {table} "
                                                       f"({self.rows[table]:,} rows > {self.max_rewrite_rows:,})"))
@@ -528,6 +627,16 @@ class Rehearsal:
         }
 
 
+def _held(trace: StatementTrace) -> str:
+    """What a statement over the budget held and how long; unread locks say why they count."""
+    blocking = [lock for lock in trace.locks if blocks_writes(lock.mode)]
+    if all(lock.mode == UNREAD_LOCK for lock in blocking):
+        names = ", ".join(lock.relation for lock in blocking)
+        return (f"ran {trace.held_ms:,.0f} ms outside a transaction, where its locks on {names} cannot be read, "
+                "and nothing shows that it lets writes through")
+    return f"held {describe_locks(blocking)} for {trace.held_ms:,.0f} ms"
+
+
 def rehearse(
     engine: sa.Engine,
     plan_file: PlanFile,
@@ -547,18 +656,15 @@ def rehearse(
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     dialect = engine.dialect.name
+    refuse_started(engine, plan_file.id)  # before the plan is checked against a schema it already changed
     runner = Runner(engine, overrides=overrides)
     runner.plan(plan_file)  # bad input fails here, before any snapshot or change
-    with engine.connect() as connection:
-        found = state.load(connection, plan_file.id)
-    if found is not None and found[0].phase is not Phase.ROLLED_BACK:
-        raise PlanStateError(f"plan {plan_file.id!r} is {found[0].phase.value} in this database: rehearse it on "
-                             "one where it has not started (or was rolled back)")
     budget = lock_budget_ms or overrides.get("lock_timeout_ms") or plan_file.settings.lock_timeout_ms
+    filled = filled_columns(plan_file)
     with engine.connect() as connection:
         tables = affected_tables(connection, plan_file)
         original = introspect.read_schema(connection, tables)
-        before = take_snapshot(connection, tables)
+        before = take_snapshot(connection, tables, filled)
         tracer = Tracer(dialect, tables, reporter)
         tracer.watch(connection)
         connection.rollback()
@@ -569,6 +675,8 @@ def rehearse(
     if dialect != "postgresql":
         result.notes.append(f"{dialect}: no lock tracing; each write transaction holds the database write lock "
                             "from its first statement to its commit, shown as DATABASE WRITE")
+    result.notes += [f"{table}.{column}: values filled by set_not_null fill are kept after rollback (by design); "
+                     "the row checksums leave this column out" for table, names in filled.items() for column in names]
 
     can_probe = probes and _baseline(engine, result, original, final, budget)
     started = _run(result, tracer, lambda: runner.start(plan_file))
@@ -577,7 +685,7 @@ def rehearse(
     if started:
         _run(result, tracer, lambda: runner.rollback(plan_file.id))
     with engine.connect() as connection:
-        result.differences = snapshot_differences(before, take_snapshot(connection, tables))
+        result.differences = snapshot_differences(before, take_snapshot(connection, tables, filled))
         connection.rollback()
     result.restored = not result.differences
 
@@ -593,6 +701,27 @@ def rehearse(
                 if can_probe:
                     _probe_shapes(engine, result, "COMPLETE", original, final, budget, ("new",))
     return result
+
+
+def refuse_started(engine: sa.Engine, plan_id: str) -> None:
+    """A plan started or complete here has changed the schema: rehearsing it again proves nothing."""
+    with engine.connect() as connection:
+        found = state.load(connection, plan_id)
+    if found is None or found[0].phase is Phase.ROLLED_BACK:
+        return
+    phase = found[0].phase
+    what = "already complete" if phase is Phase.COMPLETE else f"already started ({phase.value})"
+    raise PlanStateError(f"plan {plan_id!r} is {what} in this database: rehearse it on one where it has not "
+                         "started (or was rolled back)")
+
+
+def filled_columns(plan_file: PlanFile) -> dict[str, list[str]]:
+    """Columns whose NULLs a ``set_not_null`` ``fill`` replaces: a rollback cannot tell them apart, so keeps them."""
+    found: dict[str, list[str]] = {}
+    for operation in plan_file.operations:
+        if isinstance(operation, SetNotNull) and operation.fill is not None:
+            found.setdefault(operation.table, []).append(operation.column)
+    return found
 
 
 def affected_tables(connection: sa.Connection, plan_file: PlanFile) -> list[str]:
@@ -707,9 +836,13 @@ def print_report(result: Rehearsal, console: Console) -> None:
             )
         console.print()
         console.print(table)
-    if any(not t.traced and t.locks for phase in result.phases for t in phase.statements):
+    traces = [t for phase in result.phases for t in phase.statements]
+    if any(not t.traced and t.locks for t in traces):
         console.print("[dim]* known from the statement's kind (backfill batches, SQLite), "
                       "not read from the database[/]")
+    if any(lock.mode == UNREAD_LOCK for t in traces for lock in t.locks):
+        console.print("[dim]UNREAD: run outside a transaction, its locks were released before they could be "
+                      "read; it counts as blocking writes for as long as it ran[/]")
     if result.probes:
         console.print()
         probes = RichTable(title="[bold]probes[/] (each in a transaction rolled back)", title_justify="left",
