@@ -232,10 +232,11 @@ def test_apply_rolls_back_when_contract_fails(zdm_database_url: str) -> None:
 
 
 class TerminateRunnerLock(Reporter):
-    """The server closes the runner lock's idle connection in the middle of the backfill."""
+    """The server closes the runner lock's idle connection in the middle of the backfill; with
+    ``rival``, another session takes the lock before the runner can take it again."""
 
-    def __init__(self, url: str) -> None:
-        self.url, self.batches = url, 0
+    def __init__(self, url: str, rival: sa.Connection | None = None) -> None:
+        self.url, self.rival, self.batches = url, rival, 0
 
     def backfill(self, progress: Any) -> None:
         self.batches += 1
@@ -245,19 +246,36 @@ class TerminateRunnerLock(Reporter):
                 connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
                                            "'advisory' AND objid = :k AND granted"), {"k": state.ADVISORY_LOCK_KEY})
             admin.dispose()
+            if self.rival is not None:
+                self.rival.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": state.ADVISORY_LOCK_KEY})
+                self.rival.commit()
 
 
-def test_a_lost_runner_lock_stops_the_runner_with_its_state_saved(zdm_postgres_url: str) -> None:
-    """Without its lock a runner could work beside another one: it stops, and resumes later."""
+def test_a_runner_lock_lost_to_another_runner_stops_the_runner(zdm_postgres_url: str) -> None:
+    """Without its lock a runner could work beside another one: it stops with its state saved."""
     model = users_schema(200)
     engine = setup(zdm_postgres_url, model)
     plan = planfile.parse(RENAME)
-    with pytest.raises(MigrationFailed, match=r"runner lock was lost.*`zdm start` resumes"):
-        Runner(engine, TerminateRunnerLock(zdm_postgres_url), {"batch_size": 20, "batch_target_ms": 1}).start(plan)
+    overrides = {"batch_size": 20, "batch_target_ms": 1}
+    rival_engine = sa.create_engine(zdm_postgres_url, connect_args={"application_name": "other-runner"})
+    lost = r"another runner holds it now .*'other-runner'.*`zdm start` resumes"
+    with rival_engine.connect() as rival, pytest.raises(MigrationFailed, match=lost):
+        Runner(engine, TerminateRunnerLock(zdm_postgres_url, rival), overrides).start(plan)
+    rival_engine.dispose()
     with engine.connect() as connection:
         stopped, checkpoint = state.load(connection, plan.id)
     assert stopped.phase is Phase.MIGRATING and 0 < checkpoint["rows_done"] < 200
     runner(engine).start(plan)  # resumes from the checkpoint
+    apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING)
+    assert_agrees(engine, model)
+
+
+def test_a_runner_lock_lost_with_its_session_is_taken_again(zdm_postgres_url: str) -> None:
+    """A closed idle session (a restart, idle_session_timeout) is no reason to stop while no one else runs."""
+    model = users_schema(200)
+    engine = setup(zdm_postgres_url, model)
+    plan = planfile.parse(RENAME)
+    Runner(engine, TerminateRunnerLock(zdm_postgres_url), {"batch_size": 20, "batch_target_ms": 1}).start(plan)
     apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING)
     assert_agrees(engine, model)
 
@@ -279,3 +297,28 @@ def test_resuming_with_another_plan_file_is_refused(zdm_database_url: str) -> No
 class StopMidBackfill(Reporter):
     def backfill(self, progress: Any) -> None:
         raise KeyboardInterrupt
+
+
+class LocksAtChecks(Reporter):
+    """The locks zdm's own transaction holds on users when each data check has just run."""
+
+    def __init__(self) -> None:
+        self.held: list[set[str]] = []
+
+    def executed(self, connection: sa.Connection, action: Any, seconds: float) -> None:
+        if isinstance(action, dict) and "check" in action:
+            self.held.append(set(connection.execute(sa.text(
+                "SELECT mode FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'relation' "
+                "AND relation = 'users'::regclass")).scalars()))
+
+
+def test_contract_checks_scan_before_any_lock_is_taken(zdm_postgres_url: str) -> None:
+    """In one contract transaction, a type change's check must not scan under a rename's ACCESS EXCLUSIVE."""
+    engine = setup(zdm_postgres_url, users_schema(30))
+    plan = planfile.parse({"id": "two", "operations": [
+        {"op": "rename_column", "table": "users", "column": "email", "new_name": "email_address"},
+        {"op": "alter_column", "table": "users", "column": "code", "type": "INTEGER"}]})
+    runner(engine).start(plan)
+    locks = LocksAtChecks()
+    Runner(engine, locks).complete(plan.id)
+    assert locks.held and all("AccessExclusiveLock" not in held for held in locks.held), locks.held

@@ -93,9 +93,10 @@ def runner_lock(engine: sa.Engine) -> Iterator[Callable[[], None]]:
 
     PostgreSQL: a session advisory lock, released by the server if the runner dies.
     SQLite: an flock on a file beside the database (its real path: a symlink is the same file),
-    released by the kernel if the runner dies. Yields a check that raises RunnerLockLost once
-    the lock is gone: the advisory lock lives on an idle connection that the server may close
-    (``idle_session_timeout``, ``pg_terminate_backend``), and the runner must not go on unguarded.
+    released by the kernel if the runner dies. Yields a check to run before each transaction:
+    the advisory lock lives on an idle connection that the server may close (a restart,
+    ``idle_session_timeout``, ``pg_terminate_backend``). The check takes the lock again on a new
+    session when it is free, and raises RunnerLockLost when another runner has it.
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
@@ -109,13 +110,15 @@ def runner_lock(engine: sa.Engine) -> Iterator[Callable[[], None]]:
                     held = connection.scalar(sa.text(
                         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND granted "
                         "AND pid = pg_backend_pid()"), {"k": ADVISORY_LOCK_KEY})
+                    if not held:  # its session is gone: take it again, unless another runner was quicker
+                        held = connection.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
                     connection.commit()
                 except sa.exc.DBAPIError:
-                    connection.rollback()  # an invalidated connection: the unlock below reconnects, finds none
-                    held = 0
+                    connection.rollback()  # the caller retries a lost connection; the next check reconnects
+                    raise
                 if not held:
-                    raise RunnerLockLost("the runner lock was lost with its database connection (closed by the "
-                                         "server or the network), so another runner could start: zdm stopped")
+                    raise RunnerLockLost("the runner lock was lost with its database connection, and another "
+                                         f"runner holds it now ({_holder(connection)}): zdm stopped")
 
             try:
                 yield still_held
@@ -123,10 +126,10 @@ def runner_lock(engine: sa.Engine) -> Iterator[Callable[[], None]]:
                 try:
                     connection.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
                     connection.commit()
-                except sa.exc.DBAPIError as exc:
-                    # A lost connection took its session, and the lock with it: nothing to release.
-                    if not exc.connection_invalidated:
-                        raise
+                except sa.exc.DBAPIError:
+                    # A lost connection took its session, and the lock with it; any other failure:
+                    # closing the session releases the lock, so it must not go back to the pool.
+                    connection.invalidate()
         return
     database = engine.url.database
     if not database or database == ":memory:":

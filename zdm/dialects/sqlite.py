@@ -8,6 +8,7 @@ Alembic's batch mode, which knows how to carry constraints and indexes across.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -116,8 +117,19 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
                                      ondelete=key.get("on_delete"))
     connection.exec_driver_sql("PRAGMA legacy_alter_table = OFF")
     for sql in triggers:
+        _refuse_dropped_columns(sql, dropped)
         connection.exec_driver_sql(sql)
     _check_views(connection)
+
+
+def _refuse_dropped_columns(trigger_sql: str, dropped: set[str]) -> None:
+    """SQLite's own DROP COLUMN refuses a column a trigger uses; a rebuild must too, or the app's
+    next write would fail on the re-created trigger."""
+    for column in dropped:
+        if re.search(rf'(?<![\w"]){re.escape(column)}(?![\w"])|"{re.escape(column)}"', trigger_sql, re.I):
+            name = re.search(r"TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\S+)", trigger_sql, re.I)
+            raise RuntimeError(f"trigger {name.group(1) if name else '?'} uses column {column}: drop or change "
+                               "the trigger first")
 
 
 def _default_as_written(_inspector: Any, _table: sa.Table, column: dict[str, Any]) -> None:
