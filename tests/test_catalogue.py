@@ -401,3 +401,21 @@ def test_sqlite_rebuild_refuses_to_drop_a_column_a_trigger_uses(zdm_sqlite_url: 
     model.add_table(Table("audit", [Column("msg", ColumnType.TEXT)]))
     model.table("audit").insert({"msg": "flag 0"})
     assert_agrees(engine, model)
+
+
+def test_a_step_outside_a_transaction_is_applied_and_undone(zdm_database_url: str) -> None:
+    """transactional: false must still commit (SQLite's BEGIN IMMEDIATE once swallowed it)."""
+    model = users_schema(5)
+    engine = setup(zdm_database_url, model)
+    plan = _plan({"op": "sql", "table": "users", "up": "UPDATE users SET age = age + 1",
+                  "down": "UPDATE users SET age = age - 1", "transactional": False})
+    original = [row["age"] for row in model.table("users").sorted_rows()]
+
+    def ages() -> list[int]:
+        with engine.connect() as connection:
+            return list(connection.execute(sa.text("SELECT age FROM users ORDER BY id")).scalars())
+
+    runner(engine).start(plan)
+    assert ages() == [age + 1 for age in original]
+    runner(engine).rollback(plan.id)
+    assert ages() == original

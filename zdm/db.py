@@ -45,7 +45,10 @@ def _sqlite_autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _sqlite_begin(connection: sa.Connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # An AUTOCOMMIT connection (a step with transactional: false) gets no transaction: nothing
+    # would commit it, and its statements would be rolled back when the connection closes.
+    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 #: What SQLAlchemy's text() takes for a bind parameter (its own pattern): ``:name``, not ``::`` casts.
