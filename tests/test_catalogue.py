@@ -419,3 +419,20 @@ def test_a_step_outside_a_transaction_is_applied_and_undone(zdm_database_url: st
     assert ages() == [age + 1 for age in original]
     runner(engine).rollback(plan.id)
     assert ages() == original
+
+
+def test_json_defaults(zdm_database_url: str) -> None:
+    """SQLAlchemy renders no JSON literal: a JSON default must still reach both databases intact."""
+    model = users_schema(2)
+    engine = setup(zdm_database_url, model)
+    runner(engine).apply(_plan(
+        {"op": "create_table", "table": "prefs", "columns": [
+            {"name": "id", "type": "INTEGER", "primary_key": True},
+            {"name": "data", "type": "JSON", "default": {"theme": "dark", "n": [1, 2]}}]},
+        {"op": "add_column", "table": "users", "column": "settings", "type": "JSON", "default": {"beta": False}},
+    ))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO prefs (id) VALUES (1)")
+        data = connection.execute(sa.select(sa.column("data", sa.JSON)).select_from(sa.table("prefs"))).scalar()
+        settings = connection.execute(sa.select(sa.column("settings", sa.JSON)).select_from(sa.table("users"))).all()
+    assert data == {"theme": "dark", "n": [1, 2]} and settings == [({"beta": False},), ({"beta": False},)]

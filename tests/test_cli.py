@@ -102,6 +102,8 @@ BAD_PLANS = {
     "unknown_table": ("id: x\noperations:\n  - op: drop_column\n    table: accounts\n    column: c\n",
                       "table 'accounts' does not exist"),
     "no_operations": ("id: x\noperations: []\n", "has no operations"),
+    "timestamp_offset": ("id: x\noperations:\n  - {op: add_column, table: users, column: seen, type: TIMESTAMP, "
+                         "default: '2024-03-01T12:00:00+05:30'}\n", "has a UTC offset"),
     "bad_id": ("id: 'x y'\noperations: []\n", "id: String should match pattern"),
 }
 

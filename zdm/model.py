@@ -43,6 +43,8 @@ class ColumnType(enum.StrEnum):
         if self is ColumnType.TIMESTAMP:
             if isinstance(value, str):
                 value = dt.datetime.fromisoformat(value)
+                if value.tzinfo is not None:  # the databases would drop the offset without a word
+                    raise ValueError(f"{value.isoformat()} has a UTC offset, which a TIMESTAMP does not keep")
             return value.replace(tzinfo=None) if isinstance(value, dt.datetime) else value
         if self is ColumnType.JSON:
             return json.loads(value) if isinstance(value, str) else value

@@ -6,11 +6,13 @@ database, then after every phase compare what the database holds with what the m
 
 from __future__ import annotations
 
+import json
+
 import sqlalchemy as sa
 
 from zdm import introspect
 from zdm.dialects import SA_TYPES
-from zdm.model import Schema, Table
+from zdm.model import ColumnType, Schema, Table
 
 
 def sa_table(table: Table, metadata: sa.MetaData | None = None) -> sa.Table:
@@ -18,7 +20,9 @@ def sa_table(table: Table, metadata: sa.MetaData | None = None) -> sa.Table:
     for column in table.columns.values():
         default = None
         if column.default is not None:
-            default = sa.literal(column.type.coerce(column.default), SA_TYPES[column.type]())
+            value = column.type.coerce(column.default)
+            default = (sa.literal(json.dumps(value), sa.Text()) if column.type is ColumnType.JSON  # no JSON literal
+                       else sa.literal(value, SA_TYPES[column.type]()))
         columns.append(sa.Column(
             column.name,
             SA_TYPES[column.type](),

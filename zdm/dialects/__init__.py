@@ -8,6 +8,7 @@ SQLAlchemy dialect's preparer, never pasted into SQL as they came.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,6 +172,8 @@ class Dialect:
 
     def literal(self, value: Any, column_type: ColumnType) -> str:
         """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""
+        if column_type is ColumnType.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
+            return self.sql(sa.literal(json.dumps(value), sa.Text()))
         return self.sql(sa.literal(value, self.column_type(column_type)))
 
     # -- what subclasses provide ---------------------------------------------------------------

@@ -18,7 +18,7 @@ from zdm import transforms
 from zdm.db import sql_text
 from zdm.dialects import Sync
 from zdm.model import Column, ColumnType, Link, Schema
-from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.operations.base import Compiler, Identifier, Operation, default_problem
 from zdm.plan import Backfill, MigrationStep, Phase
 
 
@@ -60,11 +60,8 @@ class AddColumn(Operation):
                 errors.append(f"table {self.table!r} has no column {self.from_column!r}")
             elif not table.primary_key:
                 errors.append(f"table {self.table!r} has no primary key; the backfill needs one")
-        if self.default is not None:
-            try:
-                self.type.coerce(self.default)
-            except (TypeError, ValueError):
-                errors.append(f"default {self.default!r} is not a valid {self.type.value}")
+        if problem := default_problem(self.default, self.type):
+            errors.append(problem)
         return errors
 
     # -- phases -------------------------------------------------------------------------------

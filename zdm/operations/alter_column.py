@@ -24,7 +24,7 @@ from pydantic import model_validator
 
 from zdm import transforms
 from zdm.model import Column, ColumnType, Schema
-from zdm.operations.base import Compiler, Identifier
+from zdm.operations.base import Compiler, Identifier, default_problem
 from zdm.operations.dual_column import DualColumn
 from zdm.transforms import Transform
 
@@ -92,12 +92,8 @@ class AlterColumn(DualColumn):
                 and old is not self.type:
             return [f"no default conversion from {old.value} to {self.type.value}: give up_transform and "
                     f"down_transform (known: {', '.join(sorted(transforms.TRANSFORMS))})"]
-        if self.default is not None:
-            try:
-                self.type.coerce(self.default)
-            except (TypeError, ValueError):
-                return [f"default {self.default!r} is not a valid {self.type.value}"]
-        return []
+        problem = default_problem(self.default, self.type)
+        return [problem] if problem else []
 
     def up(self, schema: Schema) -> Transform:
         return transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])

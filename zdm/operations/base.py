@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from zdm.dialects import Dialect
-from zdm.model import Schema
+from zdm.model import ColumnType, Schema
 from zdm.plan import MigrationStep, Phase
 
 IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
@@ -38,6 +38,15 @@ def _plain_identifier(value: str) -> str:
 
 
 Identifier = Annotated[str, AfterValidator(_plain_identifier), Field(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]
+
+
+def default_problem(value: Any, column_type: ColumnType) -> str | None:
+    """Why ``value`` cannot be a default of ``column_type``; None when it can (or there is none)."""
+    try:
+        column_type.coerce(value)
+    except (TypeError, ValueError) as exc:
+        return f"default {value!r} is not a valid {column_type.value} ({exc})"
+    return None
 
 
 @dataclass

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from zdm.model import Column, ColumnType, Schema, Table
-from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.operations.base import Compiler, Identifier, Operation, default_problem
 from zdm.plan import MigrationStep, Phase
 
 
@@ -42,7 +42,10 @@ class CreateTable(Operation):
         return f"create table {self.table} ({', '.join(c.name for c in self.columns)})"
 
     def check(self, schema: Schema) -> list[str]:
-        return [f"table {self.table!r} already exists"] if schema.has_table(self.table) else []
+        if schema.has_table(self.table):
+            return [f"table {self.table!r} already exists"]
+        problems = [(c.name, problem) for c in self.columns if (problem := default_problem(c.default, c.type))]
+        return [f"column {name!r}: {problem}" for name, problem in problems[:1]]
 
     def touches(self) -> set[tuple[str, str]]:
         return set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from zdm.model import Schema
-from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.operations.base import Compiler, Identifier, Operation, default_problem
 from zdm.operations.set_default import default_steps, default_to_model
 from zdm.plan import MigrationStep, Phase
 
@@ -33,12 +33,8 @@ class DropColumn(Operation):
             return [f"{self.table}.{self.column} is part of the primary key"]
         if len(table.columns) == 1:
             return [f"{self.column!r} is the only column of {self.table!r}; drop the table instead"]
-        if self.default is not None:
-            try:
-                table.column(self.column).type.coerce(self.default)
-            except (TypeError, ValueError):
-                return [f"default {self.default!r} is not a valid {table.column(self.column).type.value}"]
-        return []
+        problem = default_problem(self.default, table.column(self.column).type)
+        return [problem] if problem else []
 
     def warnings(self, schema: Schema) -> list[str]:
         if self.check(schema) or self.default is not None:

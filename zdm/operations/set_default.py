@@ -12,7 +12,7 @@ from pydantic import model_validator
 
 from zdm.dialects.sqlite import rebuild_action
 from zdm.model import Schema
-from zdm.operations.base import Compiler, Identifier, Operation
+from zdm.operations.base import Compiler, Identifier, Operation, default_problem
 from zdm.plan import MigrationStep, Phase
 
 
@@ -57,11 +57,8 @@ class SetDefault(Operation):
         if errors := self.column_check(schema, self.column):
             return errors
         column_type = schema.table(self.table).column(self.column).type
-        try:
-            column_type.coerce(self.default)
-        except (TypeError, ValueError):
-            return [f"default {self.default!r} is not a valid {column_type.value}"]
-        return []
+        problem = default_problem(self.default, column_type)
+        return [problem] if problem else []
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
         column_type = c.schema.table(self.table).column(self.column).type
