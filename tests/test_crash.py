@@ -321,3 +321,31 @@ def test_index_built_outside_a_transaction_is_tracked_while_in_flight(zdm_postgr
                     "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_name_ix'::regclass").scalar()
                 recorded, checkpoint = state.load(connection, plan.id)
             assert valid and recorded.is_started and checkpoint == {}
+
+
+def test_status_tells_a_running_backfill_from_an_interrupted_one(zdm_database_url: str, tmp_path: Path) -> None:
+    setup(zdm_database_url, users_schema(ROWS)).dispose()
+    plan_path = tmp_path / "crash.json"
+    plan_path.write_text(json.dumps(PLAN))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zdm.cli", "start", str(plan_path), "--db", zdm_database_url, "--json",
+         "--batch-size", "20", "--batch-target-ms", "2", "--batch-pause-ms", "100"],  # seconds of backfill
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    try:
+        for line in process.stderr:
+            if line.startswith("{") and json.loads(line)["event"] == "backfill":
+                break
+        running = zdm("status", "--db", zdm_database_url).stdout
+        records = json.loads(zdm("status", "--json", "--db", zdm_database_url).stdout)
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    assert "(a runner is at work: pid " in running and "(interrupted)" not in running, running
+    expected = f"pid {process.pid}" if zdm_database_url.startswith("sqlite") else "application_name 'zdm'"
+    assert expected in records[0]["runner"]  # PostgreSQL names the runner's backend
+    engine = sa.create_engine(zdm_database_url)
+    wait_for_runner_gone(engine)
+    engine.dispose()
+    assert "(interrupted)" in zdm("status", "--db", zdm_database_url).stdout

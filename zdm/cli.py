@@ -23,7 +23,7 @@ from zdm.model import ModelError
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 from zdm.report import HumanReporter, JsonReporter, describe_progress
 from zdm.runner import Reporter, Runner, ZdmError, describe_action
-from zdm.state import RunnerBusy
+from zdm.state import RunnerBusy, runner_at_work
 
 USAGE, RUNTIME, INTERRUPTED = 2, 1, 130
 
@@ -215,18 +215,20 @@ def apply(plan_path: str, url: str, quiet: bool, as_json: bool, show_sql: bool, 
 @handles_errors
 def status(plan_id: str | None, url: str, as_json: bool) -> None:
     """What ran: phase, progress, backfill checkpoint and history of each plan."""
-    records = Runner(connect(url)).status()
+    engine = connect(url)
+    records = Runner(engine).status()
     if plan_id is not None:
         records = [r for r in records if r[0].id == plan_id]
         if not records:
             fail(f"no plan {plan_id!r} in this database", USAGE)
+    runner = runner_at_work(engine)
     if as_json:
-        click.echo(json.dumps([{**p.to_dict(), "checkpoint": c} for p, c in records], indent=2))
+        click.echo(json.dumps([{**p.to_dict(), "checkpoint": c, "runner": runner} for p, c in records], indent=2))
         return
     if not records:
         click.echo("no zdm plans in this database")
     for plan, checkpoint in records:
-        click.echo(format_status(plan, checkpoint))
+        click.echo(format_status(plan, checkpoint, runner))
 
 
 @main.command()
@@ -332,7 +334,8 @@ def format_plan(plan: MigrationPlan, runner: Runner) -> str:
     return "\n".join(lines)
 
 
-def format_status(plan: MigrationPlan, checkpoint: dict[str, Any]) -> str:
+def format_status(plan: MigrationPlan, checkpoint: dict[str, Any], runner: str | None = None) -> str:
+    """``runner``: who holds the runner lock now; a plan mid-way is then at work, not interrupted."""
     done = sum(1 for s in plan.steps if s.executed)
     lines = [f"{plan.id}: {plan.phase.value}, {done}/{len(plan.steps)} steps ({plan.progress:.0f}%) — {plan.title}"]
     if plan.is_started:
@@ -343,7 +346,8 @@ def format_status(plan: MigrationPlan, checkpoint: dict[str, Any]) -> str:
         step = plan.steps[checkpoint["step"]]
         table = step.backfill.table if step.backfill else "?"
         lines.append("  " + describe_progress(BackfillProgress(
-            table, checkpoint["rows_done"], checkpoint["rows_total"], 0.0, None, 0, 0.0)) + " (interrupted)")
+            table, checkpoint["rows_done"], checkpoint["rows_total"], 0.0, None, 0, 0.0))
+                     + (f" (a runner is at work: {runner})" if runner else " (interrupted)"))
     if checkpoint.get("outside_transaction"):
         lines.append(f"  in flight: {plan.steps[checkpoint['step']].description} (outside a transaction: "
                      f"`zdm start` runs it again, `zdm rollback {plan.id}` undoes it)")

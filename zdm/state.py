@@ -149,6 +149,24 @@ def runner_lock(engine: sa.Engine) -> Iterator[Callable[[], None]]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def runner_at_work(engine: sa.Engine) -> str | None:
+    """Who holds the runner lock now (for `zdm status`), or None when no runner is at work."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            holder = _holder(connection)
+        return None if holder == "holder unknown" else holder
+    database = engine.url.database
+    if not database or database == ":memory:" or not os.path.exists(f"{os.path.realpath(database)}.zdm-lock"):
+        return None
+    with open(f"{os.path.realpath(database)}.zdm-lock") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"pid {handle.read().strip() or '?'}"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 def _holder(connection: sa.Connection) -> str:
     row = connection.execute(
         sa.text(
