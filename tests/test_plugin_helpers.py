@@ -126,3 +126,10 @@ def test_alembic_stairway_catches_a_forgetful_downgrade(zdm_database_url: str, t
     with pytest.raises(AssertionError, match="revision d4: its downgrade does not give the schema back") as failure:
         assert_alembic_stairway(config, url=zdm_database_url)
     assert "ix_accounts_nickname" in str(failure.value)
+
+
+def test_alembic_stairway_walks_the_zdm_example_environment(zdm_database_url: str) -> None:
+    """Two zdm revisions on one table need the first completed before the second starts, as a deploy would."""
+    config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
+    assert assert_alembic_stairway(config, url=zdm_database_url) == [
+        "0001_create_users", "0002_add_email_lower", "0003_rename_email", "0004_score_bigint", "0005_name_not_null"]

@@ -804,7 +804,9 @@ def assert_alembic_stairway(config: AlembicConfig | str | Path, url: str | None 
     ``config`` is an Alembic Config or the path of an alembic.ini; ``url`` (optional) replaces
     its ``sqlalchemy.url``, which the script directory's env.py must use. Run it on an empty
     database (a fixture's) with a linear history (one head). Returns the revision ids checked,
-    oldest first.
+    oldest first. zdm revisions are completed (``-x zdm=complete``, as the next deploy would)
+    before the next revision is walked: their plans wait in MIGRATING after an upgrade, and zdm
+    runs one plan per table at a time. Without zdm in env.py the extra argument is ignored.
     """
     __tracebackhide__ = True
     from alembic.command import downgrade, upgrade
@@ -838,10 +840,22 @@ def assert_alembic_stairway(config: AlembicConfig | str | Path, url: str | None 
             _same_schema(before, _schema_shapes(engine), f"{name}: its downgrade")
             run(f"{name}: upgrade after its downgrade", lambda r=revision.revision: upgrade(config, r))
             _same_schema(upgraded, _schema_shapes(engine), f"{name}: upgrading again")
-            before = upgraded
+            run(f"{name}: complete", lambda r=revision.revision: upgrade(_with_x(config, "zdm=complete"), r))
+            before = _schema_shapes(engine)
     finally:
         engine.dispose()
     return [revision.revision for revision in revisions]
+
+
+def _with_x(config: AlembicConfig, argument: str) -> AlembicConfig:
+    """A copy of ``config`` with one more ``-x`` argument."""
+    from argparse import Namespace
+    from copy import copy
+
+    extended = copy(config)
+    extended.cmd_opts = Namespace(**{**vars(config.cmd_opts or Namespace()),
+                                     "x": [*(getattr(config.cmd_opts, "x", None) or []), argument]})
+    return extended
 
 
 def _schema_shapes(engine: Engine) -> dict[str, dict[str, Any]]:
