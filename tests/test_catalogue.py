@@ -436,3 +436,49 @@ def test_json_defaults(zdm_database_url: str) -> None:
         data = connection.execute(sa.select(sa.column("data", sa.JSON)).select_from(sa.table("prefs"))).scalar()
         settings = connection.execute(sa.select(sa.column("settings", sa.JSON)).select_from(sa.table("users"))).all()
     assert data == {"theme": "dark", "n": [1, 2]} and settings == [({"beta": False},), ({"beta": False},)]
+
+
+RICH_SQLITE = [
+    "CREATE TABLE teams (id INTEGER PRIMARY KEY, name TEXT)",
+    "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL COLLATE NOCASE, name TEXT, big INTEGER, "
+    "team_id INTEGER REFERENCES teams(id) ON DELETE CASCADE)",
+    "CREATE UNIQUE INDEX users_email_uq ON users (email)",
+    "CREATE INDEX users_lower_name_ix ON users (lower(name))",
+    "CREATE INDEX users_name_desc_ix ON users (name DESC)",
+    "CREATE INDEX users_big_ix ON users (big) WHERE big > 0",
+    "INSERT INTO teams VALUES (1, 't')",
+    "INSERT INTO users VALUES (1, 'a@x', 'A', NULL, 1)",
+]
+
+
+@pytest.mark.parametrize("then", ["complete", "rollback"])
+def test_sqlite_rebuilds_keep_collations_key_actions_and_indexes_as_written(zdm_sqlite_url: str, then: str) -> None:
+    """Reflection misses COLLATE, ON DELETE, expression indexes and sort orders; a rebuild must not."""
+    engine = db.create_engine(zdm_sqlite_url)
+    with engine.begin() as connection:
+        for statement in RICH_SQLITE:
+            connection.exec_driver_sql(statement)
+
+    def indexes() -> dict[str, str]:
+        with engine.connect() as connection:
+            return dict(connection.exec_driver_sql(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL").all())
+
+    original = indexes()
+    run = runner(engine)
+    if then == "complete":  # set NOT NULL rebuilds the table at contract
+        plan = _plan({"op": "set_not_null", "table": "users", "column": "big", "fill": 0})
+        run.start(plan)
+        run.complete(plan.id)
+    else:  # a rename rebuilds it at start (email NULL for the new app) and back at rollback
+        plan = _plan({"op": "rename_column", "table": "users", "column": "email", "new_name": "login"})
+        run.start(plan)
+        run.rollback(plan.id)
+    assert indexes() == original
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:  # still case-insensitive
+        connection.exec_driver_sql("INSERT INTO users (id, email, big) VALUES (2, 'A@X', 1)")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:  # PRAGMA outside BEGIN
+        connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+        connection.exec_driver_sql("DELETE FROM teams WHERE id = 1")
+        assert connection.exec_driver_sql("SELECT count(*) FROM users").scalar() == 0  # still cascades
+    engine.dispose()

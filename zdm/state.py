@@ -172,7 +172,7 @@ def _holder(connection: sa.Connection) -> str:
         sa.text(
             "SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l "
             "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-            "AND l.objid = :k AND l.granted LIMIT 1"
+            "AND l.objid = :k AND l.granted AND a.datname = current_database() LIMIT 1"
         ),
         {"k": ADVISORY_LOCK_KEY},
     ).first()

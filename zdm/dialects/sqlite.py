@@ -9,6 +9,7 @@ Alembic's batch mode, which knows how to carry constraints and indexes across.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,31 +64,30 @@ def describe_rebuild(spec: dict[str, Any], quote: Any) -> str:
 def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     """Rebuild the live table to the new shape, keeping what Alembic's batch mode would lose.
 
-    Batch mode re-creates reflected indexes even on a dropped column, omits unnamed CHECK
-    constraints and AUTOINCREMENT, and DROP TABLE takes the table's triggers along; each is
-    handed back to it here.
+    Batch mode copies the table as SQLAlchemy reflects it, and reflection misses a column's
+    COLLATE, a foreign key's ON DELETE / ON UPDATE, AUTOINCREMENT and expression indexes, reads
+    an index's sort order as plain, and hands defaults and CHECK conditions to sa.text (a
+    ``:word`` in them would become NULL); DROP TABLE takes the table's triggers along. zdm
+    reflects the table itself, mends it from the table's own SQL, and puts back every index
+    and trigger as it was written.
     """
-    name, dropped = spec["table"], set(spec["drop"])
-    inspector = sa.inspect(connection)
-    table_sql = connection.execute(
-        sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"), {"t": name}
-    ).scalar_one()
-    triggers = connection.execute(
-        sa.text("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"), {"t": name}
-    ).scalars().all()
-    checks = inspector.get_check_constraints(name)
-    unnamed_checks = [sa.CheckConstraint(sql_text(c["sqltext"])) for c in checks if c["name"] is None]
-    # Batch mode copies named CHECKs through sa.text, which would turn a ':word' in them into NULL.
-    named_checks = {c["name"]: c["sqltext"] for c in checks if c["name"] and escape_binds(c["sqltext"]) != c["sqltext"]}
-    stale = [ix["name"] for ix in inspector.get_indexes(name) if dropped & set(ix["column_names"])]
+    name, dropped = spec["table"], set(spec["drop"]) | set(spec.get("renames", {}))
+    table_sql = _master_sql(connection, "table", name)[name]
+    triggers = _master_sql(connection, "trigger", name).values()
+    indexes = _master_sql(connection, "index", name)
+    with warnings.catch_warnings():  # expression indexes are not reflected: they are put back below
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
+        source = sa.Table(name, sa.MetaData(), autoload_with=connection,
+                          listeners=[("column_reflect", _default_as_written)])
+    _mend(source, table_sql, sa.inspect(connection).get_check_constraints(name))
+    stale = [ix.name for ix in source.indexes if dropped & {c.name for c in ix.columns}]
     table_kwargs = {"sqlite_autoincrement": True} if "AUTOINCREMENT" in table_sql.upper() else {}
     operations = Operations(MigrationContext.configure(connection))
     # While the old table is gone, a modern RENAME re-checks every view naming it and fails;
     # the legacy rename does not. The views are checked once the new table stands, below.
     connection.exec_driver_sql("PRAGMA legacy_alter_table = ON")
-    with operations.batch_alter_table(name, recreate="always", table_args=tuple(unnamed_checks),
-                                      table_kwargs=table_kwargs,
-                                      reflect_kwargs={"listeners": [("column_reflect", _default_as_written)]}) as batch:
+    with operations.batch_alter_table(name, recreate="always", copy_from=source,
+                                      table_kwargs=table_kwargs) as batch:
         for index in [*stale, *spec.get("drop_indexes", [])]:
             batch.drop_index(index)
         for column in spec["drop"]:
@@ -106,16 +106,19 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
             batch.alter_column(old, new_column_name=new)
         for index in spec.get("create_indexes", []):
             batch.create_index(index["name"], index["columns"], unique=index["unique"])
-        for check_name, condition in named_checks.items():
-            if check_name not in spec.get("drop_constraints", []):
-                batch.drop_constraint(check_name)
-                batch.create_check_constraint(check_name, sql_text(condition))
         for check in spec.get("create_checks", []):
             batch.create_check_constraint(check["name"], sql_text(check["condition"]))
         for key in spec.get("create_foreign_keys", []):
             batch.create_foreign_key(key["name"], key["ref_table"], key["columns"], key["ref_columns"],
                                      ondelete=key.get("on_delete"))
     connection.exec_driver_sql("PRAGMA legacy_alter_table = OFF")
+    rebuilt = _master_sql(connection, "index", name)
+    for index, sql in indexes.items():  # as written: an expression, a sort order, a collation
+        if index in spec.get("drop_indexes", []) or _uses_any(sql, dropped) or rebuilt.get(index) == sql:
+            continue  # dropped on purpose, changed with its column, or kept as it was
+        if index in rebuilt:
+            connection.exec_driver_sql(f"DROP INDEX {connection.dialect.identifier_preparer.quote(index)}")
+        connection.exec_driver_sql(sql)
     for sql in triggers:
         _refuse_dropped_columns(sql, dropped)
         connection.exec_driver_sql(sql)
@@ -126,10 +129,72 @@ def _refuse_dropped_columns(trigger_sql: str, dropped: set[str]) -> None:
     """SQLite's own DROP COLUMN refuses a column a trigger uses; a rebuild must too, or the app's
     next write would fail on the re-created trigger."""
     for column in dropped:
-        if re.search(rf'(?<![\w"]){re.escape(column)}(?![\w"])|"{re.escape(column)}"', trigger_sql, re.I):
+        if _uses_any(trigger_sql, {column}):
             name = re.search(r"TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\S+)", trigger_sql, re.I)
             raise RuntimeError(f"trigger {name.group(1) if name else '?'} uses column {column}: drop or change "
                                "the trigger first")
+
+
+def _uses_any(sql: str, columns: set[str]) -> bool:
+    return any(re.search(rf'(?<![\w"]){re.escape(column)}(?![\w"])|"{re.escape(column)}"', sql, re.I)
+               for column in columns)
+
+
+def _master_sql(connection: sa.Connection, kind: str, table: str) -> dict[str, str]:
+    """name -> SQL of the table's objects of ``kind`` in sqlite_master (indexes SQLite made itself have none)."""
+    rows = connection.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = :k AND tbl_name = :t "
+                                      "AND sql IS NOT NULL"), {"k": kind, "t": table})
+    return {name: sql for name, sql in rows}
+
+
+def _mend(table: sa.Table, table_sql: str, checks: list[dict[str, Any]]) -> None:
+    """Put back what reflection missed, read from the table's own CREATE TABLE."""
+    for constraint in [c for c in table.constraints if isinstance(c, sa.CheckConstraint)]:
+        table.constraints.remove(constraint)
+    for check in checks:  # sa.text would read a ':word' in the condition as a bind parameter
+        table.append_constraint(sa.CheckConstraint(sql_text(check["sqltext"]), name=check["name"]))
+    actions = {}
+    for item in _definition_items(table_sql):
+        head = item.split(None, 1)[0].strip('"`[]')
+        if head.upper() in ("CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"):
+            keys = re.search(r"FOREIGN\s+KEY\s*\(([^)]*)\)", item, re.I)
+            if keys:
+                actions[frozenset(k.strip().strip('"`[]') for k in keys.group(1).split(","))] = item
+            continue
+        if head in table.c:
+            collation = re.search(r"\bCOLLATE\s+(\w+|\"[^\"]+\")", item, re.I)
+            if collation and hasattr(table.c[head].type, "collation"):
+                table.c[head].type.collation = collation.group(1).strip('"')
+            if re.search(r"\bREFERENCES\b", item, re.I):
+                actions[frozenset([head])] = item
+    for key in table.foreign_key_constraints:
+        item = actions.get(frozenset(key.column_keys), "")
+        for event in ("DELETE", "UPDATE"):
+            action = re.search(rf"\bON\s+{event}\s+(SET\s+NULL|SET\s+DEFAULT|CASCADE|RESTRICT|NO\s+ACTION)",
+                               item, re.I)
+            if action:
+                setattr(key, f"on{event.lower()}", " ".join(action.group(1).upper().split()))
+
+
+def _definition_items(table_sql: str) -> list[str]:
+    """The column definitions and table constraints of a CREATE TABLE, split at top-level commas."""
+    body = table_sql[table_sql.index("(") + 1: table_sql.rindex(")")]
+    items, current, depth, quote = [], [], 0, ""
+    for char in body:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"`[":
+            quote = "]" if char == "[" else char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    return [*items, "".join(current).strip()]
 
 
 def _default_as_written(_inspector: Any, _table: sa.Table, column: dict[str, Any]) -> None:
