@@ -381,3 +381,23 @@ def test_a_column_with_a_volatile_default_is_refused(zdm_database_url: str, kind
     with pytest.raises(PlanInvalid, match=r"orders.ticket has a default that changes on every call"):
         runner(engine).start(plan)
     assert zdm_objects(engine) == []
+
+
+def test_a_rename_keeps_the_column_collation(zdm_database_url: str) -> None:
+    from zdm import db
+
+    engine = db.create_engine(zdm_database_url)
+    postgres = engine.dialect.name == "postgresql"
+    collation = '"C"' if postgres else "NOCASE"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT COLLATE {collation})")
+        connection.exec_driver_sql("INSERT INTO people VALUES (1, 'a@x')")
+    runner(engine).apply(planfile.parse({"id": "login", "operations": [
+        {"op": "rename_column", "table": "people", "column": "email", "new_name": "login"}]}))
+    with engine.connect() as connection:
+        if postgres:
+            found = connection.exec_driver_sql("SELECT collation_name FROM information_schema.columns "
+                                               "WHERE table_name = 'people' AND column_name = 'login'").scalar()
+            assert found == "C"
+        else:  # NOCASE: the comparison still ignores case
+            assert connection.exec_driver_sql("SELECT count(*) FROM people WHERE login = 'A@X'").scalar() == 1

@@ -149,6 +149,10 @@ class Dialect:
         """Every index of ``table`` as the CREATE INDEX statement the database keeps for it."""
         raise NotImplementedError
 
+    def column_collations(self, connection: sa.Connection, table: str) -> dict[str, str]:
+        """Collations reflection leaves out of the column types (none on PostgreSQL)."""
+        return {}
+
     # -- DDL ----------------------------------------------------------------------------------
     def add_column(self, table: str, column: sa.Column[Any]) -> str:
         return self.sql(AddColumn(table, column))

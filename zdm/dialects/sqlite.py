@@ -162,9 +162,9 @@ def _mend(table: sa.Table, table_sql: str, checks: list[dict[str, Any]]) -> None
                 actions[frozenset(k.strip().strip('"`[]') for k in keys.group(1).split(","))] = item
             continue
         if head in table.c:
-            collation = re.search(r"\bCOLLATE\s+(\w+|\"[^\"]+\")", item, re.I)
+            collation = _collation(item)
             if collation and hasattr(table.c[head].type, "collation"):
-                table.c[head].type.collation = collation.group(1).strip('"')
+                table.c[head].type.collation = collation
             if re.search(r"\bREFERENCES\b", item, re.I):
                 actions[frozenset([head])] = item
     for key in table.foreign_key_constraints:
@@ -174,6 +174,11 @@ def _mend(table: sa.Table, table_sql: str, checks: list[dict[str, Any]]) -> None
                                item, re.I)
             if action:
                 setattr(key, f"on{event.lower()}", " ".join(action.group(1).upper().split()))
+
+
+def _collation(column_definition: str) -> str | None:
+    found = re.search(r"\bCOLLATE\s+(\w+|\"[^\"]+\")", column_definition, re.I)
+    return found.group(1).strip('"') if found else None
 
 
 def _definition_items(table_sql: str) -> list[str]:
@@ -270,6 +275,14 @@ class SQLiteDialect(Dialect):
     def drop_column(self, table: str, name: str) -> list[Any]:
         # Native DROP COLUMN refuses indexed or constrained columns; a rebuild does not.
         return [rebuild_action(table, drop=[name])]
+
+    def column_collations(self, connection: sa.Connection, table: str) -> dict[str, str]:
+        """Read from the table's SQL: SQLite's reflection does not report a column's COLLATE."""
+        collations = {}
+        for item in _definition_items(_master_sql(connection, "table", table)[table]):
+            if collation := _collation(item):
+                collations[item.split(None, 1)[0].strip('"`[]')] = collation
+        return collations
 
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         rows = connection.execute(sa.text(  # an index behind a UNIQUE constraint has no SQL: it is plain

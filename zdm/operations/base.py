@@ -69,6 +69,9 @@ class Compiler:
         if self.connection is not None and sa.inspect(self.connection).has_table(table):
             for info in sa.inspect(self.connection).get_columns(table):
                 if info["name"] == column:
+                    collation = self.dialect.column_collations(self.connection, table).get(column)
+                    if collation and hasattr(info["type"], "collation"):
+                        info["type"].collation = collation
                     return info
         modelled = self.schema.table(table).column(column)
         default = None if modelled.default is None else self.dialect.literal(modelled.default, modelled.type)
