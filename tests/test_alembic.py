@@ -290,10 +290,7 @@ def downgrade():
 
 def test_failed_start_leaves_alembic_on_the_previous_revision(zdm_database_url: str, tmp_path: Path) -> None:
     url = zdm_database_url
-    (tmp_path / "versions").mkdir()
-    shutil.copy(ROOT / "alembic" / "env.py", tmp_path / "env.py")
-    shutil.copy(ROOT / "alembic" / "versions" / "0001_create_users.py", tmp_path / "versions")
-    (tmp_path / "versions" / "0002_name_required.py").write_text(NAME_REQUIRED)
+    _project(tmp_path, ("0002_name_required.py", NAME_REQUIRED))
 
     with pytest.raises(CommandError, match="name is NULL in rows"):
         upgrade(url, "head", scripts=tmp_path)

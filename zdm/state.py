@@ -103,7 +103,8 @@ def runner_lock(engine: sa.Engine) -> Iterator[Callable[[], None]]:
             got = connection.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
             connection.commit()
             if not got:
-                raise RunnerBusy(f"another zdm runner is working on this database ({_holder(connection)})")
+                raise RunnerBusy(f"another zdm runner is working on this database "
+                                 f"({_holder(connection) or 'holder unknown'})")
 
             def still_held() -> None:
                 try:
@@ -117,8 +118,9 @@ def runner_lock(engine: sa.Engine) -> Iterator[Callable[[], None]]:
                     connection.rollback()  # the caller retries a lost connection; the next check reconnects
                     raise
                 if not held:
+                    holder = _holder(connection) or "holder unknown"
                     raise RunnerLockLost("the runner lock was lost with its database connection, and another "
-                                         f"runner holds it now ({_holder(connection)}): zdm stopped")
+                                         f"runner holds it now ({holder}): zdm stopped")
 
             try:
                 yield still_held
@@ -131,16 +133,18 @@ def runner_lock(engine: sa.Engine) -> Iterator[Callable[[], None]]:
                     # closing the session releases the lock, so it must not go back to the pool.
                     connection.invalidate()
         return
-    database = engine.url.database
-    if not database or database == ":memory:":
+    lock_file = _lock_file(engine)
+    if lock_file is None:
         yield lambda: None
         return
-    database = os.path.realpath(database)
-    with open(f"{database}.zdm-lock", "w") as handle:
+    with open(lock_file, "a+") as handle:  # not "w": that would erase the holder's PID before the lock is tried
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunnerBusy(f"another zdm runner is working on {database} (lock file {handle.name})") from None
+            raise RunnerBusy(f"another zdm runner is working on {engine.url.database} "
+                             f"(lock file {handle.name})") from None
+        handle.seek(0)
+        handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
         try:
@@ -153,12 +157,11 @@ def runner_at_work(engine: sa.Engine) -> str | None:
     """Who holds the runner lock now (for `zdm status`), or None when no runner is at work."""
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
-            holder = _holder(connection)
-        return None if holder == "holder unknown" else holder
-    database = engine.url.database
-    if not database or database == ":memory:" or not os.path.exists(f"{os.path.realpath(database)}.zdm-lock"):
+            return _holder(connection)
+    lock_file = _lock_file(engine)
+    if lock_file is None or not os.path.exists(lock_file):
         return None
-    with open(f"{os.path.realpath(database)}.zdm-lock") as handle:
+    with open(lock_file) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -167,7 +170,13 @@ def runner_at_work(engine: sa.Engine) -> str | None:
     return None
 
 
-def _holder(connection: sa.Connection) -> str:
+def _lock_file(engine: sa.Engine) -> str | None:
+    """SQLite's runner lock file, beside the database's real path (a symlink is the same database)."""
+    database = engine.url.database
+    return None if not database or database == ":memory:" else f"{os.path.realpath(database)}.zdm-lock"
+
+
+def _holder(connection: sa.Connection) -> str | None:
     row = connection.execute(
         sa.text(
             "SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l "
@@ -177,6 +186,6 @@ def _holder(connection: sa.Connection) -> str:
         {"k": ADVISORY_LOCK_KEY},
     ).first()
     if row is None:
-        return "holder unknown"
+        return None
     since = f"{row.backend_start:%Y-%m-%d %H:%M:%S}"
     return f"pid {row.pid}, application_name {row.application_name!r}, connected since {since}"
