@@ -45,6 +45,7 @@ from zdm.model import ColumnType, Schema, Table
 from zdm.operations.set_not_null import SetNotNull
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 from zdm.planfile import PlanFile
+from zdm.risks import option_on
 from zdm.runner import PlanStateError, Reporter, Runner, ZdmError
 
 #: A rewrite of a table with more rows than this breaks the promise (``--max-rewrite-rows``).
@@ -109,9 +110,9 @@ def _weak(statement: ast.Node) -> bool:
     if isinstance(statement, (ast.IndexStmt, ast.DropStmt)):
         return bool(statement.concurrent)
     if isinstance(statement, ast.ReindexStmt):
-        return any(option.defname == "concurrently" for option in statement.params or ())
+        return option_on(statement.params, "concurrently")
     if isinstance(statement, ast.VacuumStmt):
-        return not any(option.defname == "full" for option in statement.options or ())
+        return not option_on(statement.options, "full")
     if isinstance(statement, ast.AlterTableStmt):
         return all(command.subtype in WEAK_ALTERS for command in statement.cmds or ())
     return isinstance(statement, (ast.CreateStatsStmt, ast.VariableSetStmt))

@@ -103,11 +103,11 @@ def _statement_risks(statement: ast.Node, table: str, old_app_running: bool) -> 
     if isinstance(statement, ast.RefreshMatViewStmt) and not statement.concurrent:
         return [f"REFRESH MATERIALIZED VIEW {table} without CONCURRENTLY blocks reads of {table} until it is "
                 "rebuilt: use REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a unique index on the view)"]
-    if isinstance(statement, ast.VacuumStmt) and _option(statement.options, "full"):
+    if isinstance(statement, ast.VacuumStmt) and option_on(statement.options, "full"):
         return ["VACUUM FULL rewrites its tables under an ACCESS EXCLUSIVE lock"]
     if isinstance(statement, ast.ClusterStmt):
         return [f"CLUSTER rewrites {table} under an ACCESS EXCLUSIVE lock"]
-    if isinstance(statement, ast.ReindexStmt) and not _option(statement.params, "concurrently"):
+    if isinstance(statement, ast.ReindexStmt) and not option_on(statement.params, "concurrently"):
         return ["REINDEX without CONCURRENTLY blocks writes while it rebuilds: use REINDEX ... CONCURRENTLY "
                 "with transactional: false"]
     if isinstance(statement, ast.LockStmt) and statement.mode >= SHARE_LOCK:
@@ -240,7 +240,7 @@ def _walk(node: object) -> Iterable[ast.Node]:
             yield from _walk(item)
 
 
-def _option(options: tuple[ast.DefElem, ...] | None, name: str) -> bool:
+def option_on(options: tuple[ast.DefElem, ...] | None, name: str) -> bool:
     """Whether option ``name`` is on: bare (``FULL``), or with a value PostgreSQL reads as true."""
     return any(option.defname == name and not _off(option.arg) for option in options or ())
 

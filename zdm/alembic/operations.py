@@ -17,6 +17,7 @@ is no database to read the table from: ``existing_type``, ``existing_nullable`` 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from typing import Any
 
@@ -129,7 +130,11 @@ def _method(name: str, operation_class: type[Operation]) -> Any:
     namespace: dict[str, Any] = {}
     exec(source, namespace)  # field names are identifiers from the catalogue, never user input
     function = namespace[f"{PREFIX}{name}"]
-    function.__doc__ = f"zdm: {(operation_class.__doc__ or name).strip().splitlines()[0]}"
+    # help(op.zdm_rename_column) shows what the operation does in each phase: its module says it.
+    function.__doc__ = (sys.modules[operation_class.__module__].__doc__ or f"zdm: {name}").strip() + (
+        "\n\nArguments are the plan file's fields (see the README's Operations table); existing_type, "
+        "existing_nullable, existing_server_default and existing_primary_key describe the table for "
+        "offline (--sql) runs.")
     return classmethod(function)
 
 
