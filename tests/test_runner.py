@@ -322,3 +322,21 @@ def test_contract_checks_scan_before_any_lock_is_taken(zdm_postgres_url: str) ->
     locks = LocksAtChecks()
     Runner(engine, locks).complete(plan.id)
     assert locks.held and all("AccessExclusiveLock" not in held for held in locks.held), locks.held
+
+
+def test_undoing_a_step_outside_a_transaction_keeps_the_lock_budget(zdm_postgres_url: str) -> None:
+    """DROP INDEX CONCURRENTLY waits for every transaction on the table: under the budget, not forever."""
+    engine = setup(zdm_postgres_url, users_schema(20))
+    plan = planfile.parse({"id": "name-ix", "operations": [
+        {"op": "create_index", "table": "users", "name": "users_name_ix", "columns": ["name"]}]})
+    runner(engine).start(plan)
+    blocker = sa.create_engine(zdm_postgres_url, connect_args={"application_name": "long-report"})
+    with blocker.connect() as connection:
+        connection.exec_driver_sql("SELECT count(*) FROM users")  # a transaction stays open on users
+        with pytest.raises(MigrationFailed, match=r"no lock within 100 ms after 2 tries.*'long-report'"):
+            runner(engine, lock_timeout_ms=100, lock_retries=1).rollback(plan.id)
+        connection.rollback()
+    blocker.dispose()
+    runner(engine).rollback(plan.id)
+    with engine.connect() as connection:
+        assert "users_name_ix" not in {ix["name"] for ix in sa.inspect(connection).get_indexes("users")}

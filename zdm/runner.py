@@ -412,9 +412,13 @@ class Runner:
                 continue
             self._undo_group(plan, group)
             group = []
-            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+
+            def undo(connection: sa.Connection, step: MigrationStep = step) -> None:
                 for action in step.compensate:
                     self._execute(connection, action)
+
+            self.reporter.step(step)
+            self._transaction(undo, f"compensate {step.description}", autocommit=True)  # under the lock budget
             self._undo_group(plan, [step], run=False)
         self._undo_group(plan, group)
         plan.transition(Phase.ROLLED_BACK, state.now(), note)
