@@ -255,9 +255,9 @@ class DualColumn(Operation):
                     f"index {name!r} on {self.table}.{self.column} {problem}, which zdm cannot copy onto "
                     f"{self.shadow}: drop it before this change and create it again after"
                 )
-        uniques = [u for u in inspector.get_unique_constraints(self.table) if self.column in u["column_names"]]
         with warnings.catch_warnings():  # expression indexes are not reflected: the check above saw them
             warnings.simplefilter("ignore", sa.exc.SAWarning)
+            uniques = [u for u in inspector.get_unique_constraints(self.table) if self.column in u["column_names"]]
             indexes = [ix for ix in inspector.get_indexes(self.table)
                        if self.column in ix["column_names"] and not ix.get("duplicates_constraint")]
         found = [(u["name"], u["column_names"], True, True) for u in uniques]
