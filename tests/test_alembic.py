@@ -434,3 +434,28 @@ def test_plain_alembic_project_behaves_as_before(zdm_database_url: str, tmp_path
     assert "zdm_migrations" not in tables(url)
     alembic.command.downgrade(plain_config(wired, url), "base")
     assert tables(url) == {"alembic_version"}
+
+
+VARCHAR = """\
+    import sqlalchemy as sa
+    from alembic import op
+
+    revision, down_revision = "0002_code", "0001_create_users"
+
+    def upgrade():
+        op.zdm_add_column("users", "code", sa.String(200))
+
+    def downgrade():
+        op.zdm_rollback()
+    """
+
+
+def test_a_type_zdm_would_not_create_as_written_is_refused(zdm_database_url: str, tmp_path: Path) -> None:
+    """VARCHAR(200) created as TEXT would drop the length without a word."""
+    url = zdm_database_url
+    scripts = _project(tmp_path, ("0002_code.py", VARCHAR))
+    upgrade(url, "0001_create_users", scripts=scripts)
+    before = shape(url)
+    with pytest.raises(CommandError, match=r"op.zdm_add_column\(\): zdm declares only TEXT.*String\(length=200\)"):
+        upgrade(url, "head", scripts=scripts)
+    assert shape(url) == before and current(url, scripts) == "0001_create_users"

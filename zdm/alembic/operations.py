@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from zdm import introspect
 from zdm.alembic import runtime
 from zdm.alembic.offline import Hints
+from zdm.model import ColumnType
 from zdm.operations import AnyOperation, Operation
 
 PREFIX = "zdm_"
@@ -49,8 +50,11 @@ class ZdmOperation(MigrateOperation):
         if hints.existing_primary_key is not None:
             hints = dataclasses.replace(hints, existing_primary_key=tuple(hints.existing_primary_key))
         operation_class = _operation_classes()[name]
-        given = {key: _plain(value) for key, value in arguments.items()
-                 if value is not None or _takes_none(operation_class, key)}
+        try:
+            given = {key: _plain(value) for key, value in arguments.items()
+                     if value is not None or _takes_none(operation_class, key)}
+        except ValueError as exc:
+            raise runtime.ZdmAlembicError(f"op.{PREFIX}{name}(): {exc}") from None
         try:
             operation = operation_class.model_validate({"op": name, **given})
         except ValidationError as exc:
@@ -78,12 +82,23 @@ class ZdmRollback(MigrateOperation):
 
 
 def _plain(value: Any) -> Any:
-    """A SQLAlchemy type becomes the zdm type name; other values pass through."""
+    """A SQLAlchemy type becomes the zdm type name; other values pass through.
+
+    Only a type zdm creates exactly as written: ``sa.String(200)`` would become TEXT and a
+    timezone-aware DateTime a TIMESTAMP without one, silently.
+    """
     if isinstance(value, type) and issubclass(value, sa.types.TypeEngine):
         value = value()
-    if isinstance(value, sa.types.TypeEngine):
-        return introspect.column_type(value).value
-    return value
+    if not isinstance(value, sa.types.TypeEngine):
+        return value
+    declared = introspect.column_type(value)
+    inexact = (declared is ColumnType.OTHER or getattr(value, "length", None) or getattr(value, "timezone", False)
+               or getattr(value, "collation", None) or isinstance(value, sa.SmallInteger))
+    if inexact:
+        raise ValueError(f"zdm declares only {', '.join(t.value for t in ColumnType if t is not ColumnType.OTHER)} "
+                         f"columns, and {value!r} is not one of them (a length, a time zone, a collation or "
+                         "another type would be lost): use one of these, or a plain Alembic op")
+    return declared.value
 
 
 def _operation_classes() -> dict[str, type[Operation]]:
