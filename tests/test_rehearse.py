@@ -324,3 +324,15 @@ def test_set_not_null_fill_is_kept_after_rollback_by_design(zdm_database_url: st
     assert code == 1, out
     assert "users: same 3 rows, but their values changed" in out and "users.name: values filled" in out
     engine.dispose()
+
+
+def test_rolling_back_drop_not_null_scans_without_blocking_writes(zdm_postgres_url: str, tmp_path: Path) -> None:
+    """SET NOT NULL alone would scan the table under ACCESS EXCLUSIVE: the rollback validates a check first."""
+    setup(zdm_postgres_url, users_schema(50)).dispose()
+    plan = write(tmp_path, "id: dnn\noperations:\n  - {op: drop_not_null, table: users, column: email}\n")
+    code, out = rehearse(plan, "--db", zdm_postgres_url, "--json")
+    assert code == 0, out
+    undo = [s["sql"] for s in statements(json.loads(out), "ROLLED_BACK")]
+    kinds = [next((k for k in ("NOT VALID", "VALIDATE", "SET NOT NULL", "DROP CONSTRAINT") if k in sql), "check")
+             for sql in undo]
+    assert kinds == ["check", "DROP CONSTRAINT", "NOT VALID", "VALIDATE", "SET NOT NULL", "DROP CONSTRAINT"], undo

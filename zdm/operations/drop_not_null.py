@@ -1,7 +1,10 @@
 """drop_not_null: the new app may write NULL; the old app never notices.
 
 expand   PostgreSQL: DROP NOT NULL (metadata only, brief lock). SQLite: a rebuild.
-         Undone by SET NOT NULL after checking that nobody wrote NULL meanwhile.
+         Undone after checking that nobody wrote NULL meanwhile. On PostgreSQL each undo
+         statement commits by itself, so that the scan happens under VALIDATE's SHARE UPDATE
+         EXCLUSIVE lock, not under SET NOT NULL's ACCESS EXCLUSIVE one: CHECK (col IS NOT NULL)
+         NOT VALID, VALIDATE, SET NOT NULL (which trusts the check), drop the check.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ class DropNotNull(Operation):
                                 f"rows with NULL in {self.table}.{self.column} were written since expand; "
                                 "fill them before rolling back")
         if c.is_postgres:
-            forward = [d.drop_not_null(self.table, self.column)]
-            compensate = [no_nulls, d.set_not_null(self.table, self.column)]
-        else:
-            forward = [rebuild_action(self.table, alter={self.column: {"nullable": True}})]
-            compensate = [no_nulls, rebuild_action(self.table, alter={self.column: {"nullable": False}})]
-        return [MigrationStep(Phase.EXPANDING, self.describe(), forward=forward, compensate=compensate)]
+            add, validate, drop = d.not_null_check(self.table, self.column, self.sync_name(c.plan_id, self.column))
+            undo = [no_nulls, drop, add, validate, d.set_not_null(self.table, self.column), drop]
+            return [MigrationStep(Phase.EXPANDING, self.describe(), forward=[d.drop_not_null(self.table, self.column)],
+                                  compensate=undo, transactional=False)]
+        nullable, not_null = ({self.column: {"nullable": value}} for value in (True, False))
+        return [MigrationStep(Phase.EXPANDING, self.describe(), forward=[rebuild_action(self.table, alter=nullable)],
+                              compensate=[no_nulls, rebuild_action(self.table, alter=not_null)])]
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
         if phase in (Phase.EXPANDING, Phase.ROLLED_BACK):
