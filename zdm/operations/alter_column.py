@@ -96,10 +96,13 @@ class AlterColumn(DualColumn):
         return [problem] if problem else []
 
     def up(self, schema: Schema) -> Transform:
-        return transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])
+        chosen = transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])
+        return transforms.within_integer(chosen) if self.type is ColumnType.INTEGER else chosen
 
     def down(self, schema: Schema) -> Transform:
-        return transforms.get(self._pair(schema.table(self.table).column(self.column).type)[1])
+        old = schema.table(self.table).column(self.column).type
+        chosen = transforms.get(self._pair(old)[1])
+        return transforms.within_integer(chosen) if old is ColumnType.INTEGER else chosen
 
     def shadow_type(self, c: Compiler) -> sa.types.TypeEngine[Any]:
         return c.dialect.column_type(self.type)
