@@ -241,16 +241,24 @@ def _indexes(engine: Any) -> dict[str, tuple[tuple[str, ...], bool]]:
     return found
 
 
+def _accounts(url: str, *statements: str) -> Any:
+    """An engine on a fresh accounts table, after ``statements`` (indexes, rows)."""
+    from zdm import db
+
+    engine = db.create_engine(url)
+    with engine.begin() as connection:
+        for statement in (ACCOUNTS, *statements):
+            connection.exec_driver_sql(statement)
+    return engine
+
+
+ROWS = "INSERT INTO accounts VALUES (1, 'a@x', 'A', 30), (2, 'b@x', 'B', 40)"
+
+
 def test_rename_carries_indexes_and_unique_constraints(zdm_database_url: str) -> None:
     import sqlalchemy as sa
 
-    from zdm import db
-
-    engine = db.create_engine(zdm_database_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(ACCOUNTS)
-        connection.exec_driver_sql("CREATE INDEX accounts_email_name_ix ON accounts (email, name)")
-        connection.exec_driver_sql("INSERT INTO accounts VALUES (1, 'a@x', 'A', 30), (2, 'b@x', 'B', 40)")
+    engine = _accounts(zdm_database_url, "CREATE INDEX accounts_email_name_ix ON accounts (email, name)", ROWS)
     original = _indexes(engine)
     plan = planfile.parse({"id": "login", "operations": [
         {"op": "rename_column", "table": "accounts", "column": "email", "new_name": "login"}]})
@@ -274,13 +282,8 @@ def test_rename_carries_indexes_and_unique_constraints(zdm_database_url: str) ->
 
 
 def test_drop_indexed_column(zdm_database_url: str) -> None:
-    from zdm import db
-
-    engine = db.create_engine(zdm_database_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(ACCOUNTS)
-        connection.exec_driver_sql("CREATE INDEX accounts_email_name_ix ON accounts (email, name)")
-        connection.exec_driver_sql("CREATE INDEX accounts_name_ix ON accounts (name)")
+    engine = _accounts(zdm_database_url, "CREATE INDEX accounts_email_name_ix ON accounts (email, name)",
+                       "CREATE INDEX accounts_name_ix ON accounts (name)")
     plan = planfile.parse({"id": "drop-name", "operations": [
         {"op": "drop_column", "table": "accounts", "column": "name"}]})
     runner(engine).apply(plan)
@@ -290,13 +293,7 @@ def test_drop_indexed_column(zdm_database_url: str) -> None:
 
 def test_two_renames_of_indexed_columns_in_one_plan(zdm_database_url: str) -> None:
     """Each column's index copies get names of their own."""
-    from zdm import db
-
-    engine = db.create_engine(zdm_database_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(ACCOUNTS)
-        connection.exec_driver_sql("CREATE INDEX accounts_name_ix ON accounts (name)")
-        connection.exec_driver_sql("INSERT INTO accounts VALUES (1, 'a@x', 'A', 30), (2, 'b@x', 'B', 40)")
+    engine = _accounts(zdm_database_url, "CREATE INDEX accounts_name_ix ON accounts (name)", ROWS)
     original = _indexes(engine)
     plan = planfile.parse({"id": "two", "operations": [
         {"op": "rename_column", "table": "accounts", "column": "email", "new_name": "login"},
@@ -331,13 +328,9 @@ def _refuses_to_carry(url: str, statement: str, problem: str) -> None:
     """An index copied as plain btree would change the app silently: the rename is refused first."""
     import sqlalchemy as sa
 
-    from zdm import db
     from zdm.runner import PlanInvalid
 
-    engine = db.create_engine(url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(ACCOUNTS)
-        connection.exec_driver_sql(statement)
+    engine = _accounts(url, statement)
     before = _indexes(engine)
     plan = planfile.parse({"id": "name", "operations": [
         {"op": "rename_column", "table": "accounts", "column": "name", "new_name": "full_name"}]})
@@ -359,12 +352,9 @@ def test_what_a_rename_cannot_carry_on_postgresql(zdm_postgres_url: str, stateme
 
 
 def test_a_check_on_the_renamed_column_is_refused(zdm_database_url: str) -> None:
-    from zdm import db
     from zdm.runner import PlanInvalid
 
-    engine = db.create_engine(zdm_database_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql(ACCOUNTS)
+    engine = _accounts(zdm_database_url)
     plan = planfile.parse({"id": "age", "operations": [
         {"op": "rename_column", "table": "accounts", "column": "age", "new_name": "years"}]})
     with pytest.raises(PlanInvalid, match=r"check constraint .* on accounts uses age.*drop_constraint"):
