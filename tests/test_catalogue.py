@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from support import App, assert_agrees, runner, setup, users_schema, zdm_objects
+from support import App, Phase, apply_phases, assert_agrees, runner, setup, users_schema, zdm_objects
 from test_operations import Case, run_cycle
 
 from zdm import db, planfile
@@ -484,3 +484,22 @@ def test_sqlite_rebuilds_keep_collations_key_actions_and_indexes_as_written(zdm_
         connection.exec_driver_sql("DELETE FROM teams WHERE id = 1")
         assert connection.exec_driver_sql("SELECT count(*) FROM users").scalar() == 0  # still cascades
     engine.dispose()
+
+
+def test_a_type_change_carries_the_column_indexes(zdm_database_url: str) -> None:
+    """The new column takes the old one's name at contract, and its indexes theirs."""
+    model = users_schema(10)
+    engine = setup(zdm_database_url, model)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE INDEX users_code_ix ON users (code)")
+        connection.exec_driver_sql("CREATE UNIQUE INDEX users_code_id_uq ON users (code, id)")
+    plan = _plan({"op": "alter_column", "table": "users", "column": "code", "type": "INTEGER"})
+    runner(engine).start(plan)
+    runner(engine).complete(plan.id)
+    apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING)
+    assert_agrees(engine, model)
+    with engine.connect() as connection:
+        indexes = sa.inspect(connection).get_indexes("users")
+    found = {ix["name"]: (ix["column_names"], bool(ix["unique"])) for ix in indexes}
+    assert found == {"users_code_ix": (["code"], False), "users_code_id_uq": (["code", "id"], True)}
+    assert zdm_objects(engine) == []

@@ -71,7 +71,8 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     reflects the table itself, mends it from the table's own SQL, and puts back every index
     and trigger as it was written.
     """
-    name, dropped = spec["table"], set(spec["drop"]) | set(spec.get("renames", {}))
+    name, dropped = spec["table"], set(spec["drop"])
+    gone = dropped | set(spec.get("renames", {}))  # names the new table no longer has
     table_sql = _master_sql(connection, "table", name)[name]
     triggers = _master_sql(connection, "trigger", name).values()
     indexes = _master_sql(connection, "index", name)
@@ -104,8 +105,11 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
             batch.drop_constraint(constraint)
         for old, new in spec.get("renames", {}).items():
             batch.alter_column(old, new_column_name=new)
+        # Batch mode keys a renamed column by its old name: an index on it names that one.
+        renamed_from = {new: old for old, new in spec.get("renames", {}).items()}
         for index in spec.get("create_indexes", []):
-            batch.create_index(index["name"], index["columns"], unique=index["unique"])
+            columns = [renamed_from.get(column, column) for column in index["columns"]]
+            batch.create_index(index["name"], columns, unique=index["unique"])
         for check in spec.get("create_checks", []):
             batch.create_check_constraint(check["name"], sql_text(check["condition"]))
         for key in spec.get("create_foreign_keys", []):
@@ -114,13 +118,13 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     connection.exec_driver_sql("PRAGMA legacy_alter_table = OFF")
     rebuilt = _master_sql(connection, "index", name)
     for index, sql in indexes.items():  # as written: an expression, a sort order, a collation
-        if index in spec.get("drop_indexes", []) or _uses_any(sql, dropped) or rebuilt.get(index) == sql:
+        if index in spec.get("drop_indexes", []) or _uses_any(sql, gone) or rebuilt.get(index) == sql:
             continue  # dropped on purpose, changed with its column, or kept as it was
         if index in rebuilt:
             connection.exec_driver_sql(f"DROP INDEX {connection.dialect.identifier_preparer.quote(index)}")
         connection.exec_driver_sql(sql)
     for sql in triggers:
-        _refuse_dropped_columns(sql, dropped)
+        _refuse_dropped_columns(sql, gone)
         connection.exec_driver_sql(sql)
     _check_views(connection)
 
