@@ -329,7 +329,7 @@ def test_status_tells_a_running_backfill_from_an_interrupted_one(zdm_database_ur
     plan_path.write_text(json.dumps(PLAN))
     process = subprocess.Popen(
         [sys.executable, "-m", "zdm.cli", "start", str(plan_path), "--db", zdm_database_url, "--json",
-         "--batch-size", "20", "--batch-target-ms", "2", "--batch-pause-ms", "100"],  # seconds of backfill
+         "--batch-size", "20", "--batch-target-ms", "2", "--batch-pause-ms", "300"],  # 10 s of backfill or more
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     try:
