@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +104,15 @@ def index_copy_problem(definition: str, column: str) -> str | None:
         if element.ordering or element.nulls_ordering:
             return "sorts a column DESC or NULLS FIRST/LAST"
     return None
+
+
+def mentions(sql: str, column: str) -> bool:
+    """Whether SQL text (a CHECK, a trigger body) names ``column``, bare or quoted.
+
+    A text match, for SQL that no parser here reads whole (SQLite's triggers): it may also see
+    the name inside a string literal, which errs on the side of refusing.
+    """
+    return re.search(rf'(?<![\w"]){re.escape(column)}(?![\w"])|"{re.escape(column)}"', sql, re.I) is not None
 
 
 def _names_column(node: object, column: str) -> bool:

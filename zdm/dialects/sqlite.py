@@ -17,7 +17,7 @@ from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
 from zdm.db import escape_binds, sql_text
-from zdm.dialects import Dialect, Sync, object_name, takes_other
+from zdm.dialects import Dialect, Sync, mentions, object_name, takes_other
 
 
 def rebuild_action(
@@ -118,7 +118,8 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     connection.exec_driver_sql("PRAGMA legacy_alter_table = OFF")
     rebuilt = _master_sql(connection, "index", name)
     for index, sql in indexes.items():  # as written: an expression, a sort order, a collation
-        if index in spec.get("drop_indexes", []) or _uses_any(sql, gone) or rebuilt.get(index) == sql:
+        changed_with_its_column = any(mentions(sql, column) for column in gone)
+        if index in spec.get("drop_indexes", []) or changed_with_its_column or rebuilt.get(index) == sql:
             continue  # dropped on purpose, changed with its column, or kept as it was
         if index in rebuilt:
             connection.exec_driver_sql(f"DROP INDEX {connection.dialect.identifier_preparer.quote(index)}")
@@ -133,15 +134,10 @@ def _refuse_dropped_columns(trigger_sql: str, dropped: set[str]) -> None:
     """SQLite's own DROP COLUMN refuses a column a trigger uses; a rebuild must too, or the app's
     next write would fail on the re-created trigger."""
     for column in dropped:
-        if _uses_any(trigger_sql, {column}):
+        if mentions(trigger_sql, column):
             name = re.search(r"TRIGGER\s+(?:IF\s+NOT\s+EXISTS\s+)?(\S+)", trigger_sql, re.I)
             raise RuntimeError(f"trigger {name.group(1) if name else '?'} uses column {column}: drop or change "
                                "the trigger first")
-
-
-def _uses_any(sql: str, columns: set[str]) -> bool:
-    return any(re.search(rf'(?<![\w"]){re.escape(column)}(?![\w"])|"{re.escape(column)}"', sql, re.I)
-               for column in columns)
 
 
 def _master_sql(connection: sa.Connection, kind: str, table: str) -> dict[str, str]:

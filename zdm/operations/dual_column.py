@@ -18,7 +18,6 @@ contract check the conversions again, drop the triggers and the old column; the 
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm import transforms
-from zdm.dialects import Sync, index_copy_problem, object_name
+from zdm.dialects import Sync, index_copy_problem, mentions, object_name
 from zdm.dialects.sqlite import rebuild_action
 from zdm.model import Column, ColumnType, Link, Schema, Table
 from zdm.operations.base import Compiler, Operation
@@ -135,9 +134,8 @@ class DualColumn(Operation):
         (SQLite); zdm cannot rewrite the condition for the new column, so the author does it."""
         if c.connection is None:
             return
-        mentions = re.compile(rf'(?<![\w"]){re.escape(self.column)}(?![\w"])|"{re.escape(self.column)}"', re.I)
         for check in sa.inspect(c.connection).get_check_constraints(self.table):
-            if mentions.search(check["sqltext"]):
+            if mentions(check["sqltext"], self.column):
                 name = repr(check["name"]) if check["name"] else "(unnamed)"
                 raise ValueError(
                     f"check constraint {name} on {self.table} uses {self.column}, which zdm cannot carry onto "
