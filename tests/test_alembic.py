@@ -197,27 +197,23 @@ def _project(tmp_path: Path, *revisions: tuple[str, str]) -> Path:
     shutil.copy(ROOT / "alembic" / "env.py", tmp_path / "env.py")
     shutil.copy(ROOT / "alembic" / "versions" / "0001_create_users.py", tmp_path / "versions")
     for name, source in revisions:
-        (tmp_path / "versions" / name).write_text(textwrap.dedent(source))
+        (tmp_path / "versions" / name).write_text(source)
     return tmp_path
 
 
-TWO_ON_USERS = """\
-    from alembic import op
-
-    revision, down_revision = "0002_two", "0001_create_users"
-
-    def upgrade():
-        op.zdm_add_column("users", "nick", "TEXT")
-        op.zdm_create_index("users", "users_email_ix", ["email"])
-
-    def downgrade():
-        op.zdm_rollback()
-    """
+def _revision(revision: str, *upgrade: str) -> tuple[str, str]:
+    """A revision after 0001 whose upgrade() runs ``upgrade`` and whose downgrade() rolls zdm back."""
+    body = "\n".join(f"    {line}" for line in upgrade)
+    return f"{revision}.py", (f"import sqlalchemy as sa\nfrom alembic import op\n\n"
+                              f"revision, down_revision = {revision!r}, '0001_create_users'\n\n\n"
+                              f"def upgrade():\n{body}\n\n\ndef downgrade():\n    op.zdm_rollback()\n")
 
 
 def test_two_operations_of_one_revision_on_one_table_start_nothing(zdm_database_url: str, tmp_path: Path) -> None:
     url = zdm_database_url
-    scripts = _project(tmp_path, ("0002_two.py", TWO_ON_USERS))
+    scripts = _project(tmp_path, _revision(
+        "0002_two", 'op.zdm_add_column("users", "nick", "TEXT")',
+        'op.zdm_create_index("users", "users_email_ix", ["email"])'))
     upgrade(url, "0001_create_users", scripts=scripts)
     before = shape(url), rows(url, "id", "name")
     with pytest.raises(CommandError, match=r"put the two operations in two revisions.*0002_two was rolled back"):
@@ -227,23 +223,11 @@ def test_two_operations_of_one_revision_on_one_table_start_nothing(zdm_database_
     assert (shape(url), rows(url, "id", "name")) == before and leftovers(url) == []
 
 
-TWO_TABLES = """\
-    from alembic import op
-
-    revision, down_revision = "0002_teams", "0001_create_users"
-
-    def upgrade():
-        op.zdm_create_table("teams", [{"name": "id", "type": "INTEGER", "primary_key": True}])
-        op.zdm_add_column("users", "team_id", "INTEGER")
-
-    def downgrade():
-        op.zdm_rollback()
-    """
-
-
 def test_a_downgrade_undoes_all_of_a_revision_or_nothing(zdm_database_url: str, tmp_path: Path) -> None:
     url = zdm_database_url
-    scripts = _project(tmp_path, ("0002_teams.py", TWO_TABLES))
+    scripts = _project(tmp_path, _revision(
+        "0002_teams", 'op.zdm_create_table("teams", [{"name": "id", "type": "INTEGER", "primary_key": True}])',
+        'op.zdm_add_column("users", "team_id", "INTEGER")'))
     upgrade(url, "head", scripts=scripts)
     zdm("complete", "0002_teams", "--db", url, "--quiet")  # one of the revision's two plans completed
     with pytest.raises(CommandError, match=r"zdm plan 0002_teams ran its contract phase.*nothing was rolled back"):
@@ -273,24 +257,10 @@ def test_offline_prints_expand_and_migrate_with_compensation(zdm_database_url: s
     assert tables(url) == set()  # offline never touches the database
 
 
-NAME_REQUIRED = """\
-from alembic import op
-
-revision, down_revision = "0002_name_required", "0001_create_users"
-
-
-def upgrade():
-    op.zdm_set_not_null("users", "name")  # rows 4 and 8 have no name, and no fill is given
-
-
-def downgrade():
-    op.zdm_rollback()
-"""
-
-
 def test_failed_start_leaves_alembic_on_the_previous_revision(zdm_database_url: str, tmp_path: Path) -> None:
     url = zdm_database_url
-    _project(tmp_path, ("0002_name_required.py", NAME_REQUIRED))
+    _project(tmp_path, _revision(  # rows 4 and 8 have no name, and no fill is given
+        "0002_name_required", 'op.zdm_set_not_null("users", "name")'))
 
     with pytest.raises(CommandError, match="name is NULL in rows"):
         upgrade(url, "head", scripts=tmp_path)
@@ -303,24 +273,11 @@ def test_failed_start_leaves_alembic_on_the_previous_revision(zdm_database_url: 
     assert_agree(url, "0002_name_required", "MIGRATING", tmp_path)
 
 
-ADD_BIO = """\
-    import sqlalchemy as sa
-    from alembic import op
-
-    revision, down_revision = "0002_bio", "0001_create_users"
-
-    def upgrade():
-        op.zdm_add_column("users", "bio", sa.Text(), existing_type=sa.Text(), existing_nullable=True,
-                          existing_primary_key=["id"])
-
-    def downgrade():
-        op.zdm_rollback()
-    """
-
-
 def test_offline_hints_of_a_new_column_describe_the_table_not_the_column(tmp_path: Path) -> None:
     """An offline run that starts after the table was created learns it from the hints alone."""
-    scripts = _project(tmp_path, ("0002_bio.py", ADD_BIO))
+    scripts = _project(tmp_path, _revision(
+        "0002_bio", 'op.zdm_add_column("users", "bio", sa.Text(), existing_type=sa.Text(), existing_nullable=True, '
+        'existing_primary_key=["id"])'))
     out = io.StringIO()
     alembic.command.upgrade(config("sqlite:///never-opened.db", out=out, scripts=scripts),
                             "0001_create_users:head", sql=True)
@@ -436,24 +393,10 @@ def test_plain_alembic_project_behaves_as_before(zdm_database_url: str, tmp_path
     assert tables(url) == {"alembic_version"}
 
 
-VARCHAR = """\
-    import sqlalchemy as sa
-    from alembic import op
-
-    revision, down_revision = "0002_code", "0001_create_users"
-
-    def upgrade():
-        op.zdm_add_column("users", "code", sa.String(200))
-
-    def downgrade():
-        op.zdm_rollback()
-    """
-
-
 def test_a_type_zdm_would_not_create_as_written_is_refused(zdm_database_url: str, tmp_path: Path) -> None:
     """VARCHAR(200) created as TEXT would drop the length without a word."""
     url = zdm_database_url
-    scripts = _project(tmp_path, ("0002_code.py", VARCHAR))
+    scripts = _project(tmp_path, _revision("0002_code", 'op.zdm_add_column("users", "code", sa.String(200))'))
     upgrade(url, "0001_create_users", scripts=scripts)
     before = shape(url)
     with pytest.raises(CommandError, match=r"op.zdm_add_column\(\): zdm declares only TEXT.*String\(length=200\)"):
