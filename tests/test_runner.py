@@ -243,8 +243,10 @@ class TerminateRunnerLock(Reporter):
         if self.batches == 2:
             admin = sa.create_engine(self.url)
             with admin.begin() as connection:
-                connection.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = "
-                                           "'advisory' AND objid = :k AND granted"), {"k": state.ADVISORY_LOCK_KEY})
+                connection.execute(sa.text(  # this database's runner only: tests run beside each other
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k "
+                    "AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+                    {"k": state.ADVISORY_LOCK_KEY})
             admin.dispose()
             if self.rival is not None:
                 self.rival.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": state.ADVISORY_LOCK_KEY})
