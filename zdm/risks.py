@@ -227,17 +227,18 @@ def volatile(expression: str) -> bool:
 
 def _calls(expression: ast.Node | None, names: frozenset[str]) -> bool:
     """Whether ``expression`` calls one of ``names`` anywhere inside it."""
-    return any(isinstance(node, ast.FuncCall) and node.funcname[-1].sval in names for node in _walk(expression))
+    return any(isinstance(node, ast.FuncCall) and node.funcname[-1].sval in names for node in walk(expression))
 
 
-def _walk(node: object) -> Iterable[ast.Node]:
+def walk(node: object) -> Iterable[ast.Node]:
+    """Every node of a parsed statement, ``node`` first."""
     if isinstance(node, ast.Node):
         yield node
         for name in node:
-            yield from _walk(getattr(node, name))
+            yield from walk(getattr(node, name))
     elif isinstance(node, tuple):
         for item in node:
-            yield from _walk(item)
+            yield from walk(item)
 
 
 def option_on(options: tuple[ast.DefElem, ...] | None, name: str) -> bool:

@@ -19,6 +19,7 @@ from alembic.ddl.base import AddColumn, DropColumn
 from sqlalchemy.engine import Dialect as SADialect
 
 from zdm.model import ColumnType
+from zdm.risks import walk
 from zdm.transforms import Transform
 
 SA_TYPES: dict[ColumnType, type[sa.types.TypeEngine[Any]]] = {
@@ -115,17 +116,11 @@ def mentions(sql: str, column: str) -> bool:
     return re.search(rf'(?<![\w"]){re.escape(column)}(?![\w"])|"{re.escape(column)}"', sql, re.I) is not None
 
 
-def _names_column(node: object, column: str) -> bool:
+def _names_column(statement: pglast.ast.Node, column: str) -> bool:
     """Whether ``column`` appears anywhere in a parsed statement (an index element or a reference)."""
-    if isinstance(node, pglast.ast.IndexElem) and node.name == column:
-        return True
-    if isinstance(node, pglast.ast.ColumnRef) and getattr(node.fields[-1], "sval", None) == column:
-        return True
-    if isinstance(node, pglast.ast.Node):
-        return any(_names_column(getattr(node, attribute), column) for attribute in node)
-    if isinstance(node, tuple):
-        return any(_names_column(item, column) for item in node)
-    return False
+    return any((isinstance(node, pglast.ast.IndexElem) and node.name == column)
+               or (isinstance(node, pglast.ast.ColumnRef) and getattr(node.fields[-1], "sval", None) == column)
+               for node in walk(statement))
 
 
 class Dialect:
