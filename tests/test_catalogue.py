@@ -11,7 +11,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from support import App, Phase, apply_phases, assert_agrees, runner, setup, users_schema, zdm_objects
+from support import (
+    App,
+    Phase,
+    apply_phases,
+    assert_agrees,
+    learn_catalogue,
+    runner,
+    setup,
+    users_schema,
+    zdm_objects,
+)
 from test_operations import Case, run_cycle
 
 from zdm import db, planfile
@@ -493,6 +503,7 @@ def test_a_type_change_carries_the_column_indexes(zdm_database_url: str) -> None
     with engine.begin() as connection:
         connection.exec_driver_sql("CREATE INDEX users_code_ix ON users (code)")
         connection.exec_driver_sql("CREATE UNIQUE INDEX users_code_id_uq ON users (code, id)")
+    learn_catalogue(engine, model)
     plan = _plan({"op": "alter_column", "table": "users", "column": "code", "type": "INTEGER"})
     runner(engine).start(plan)
     runner(engine).complete(plan.id)

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from support import App, Phase, apply_phases, assert_agrees, rollback_model, runner, setup, users_schema, zdm_objects
 
 from zdm import planfile, state
+from zdm.model import Index
 from zdm.runner import PlanStateError, Reporter, Runner
 from zdm.testing import ServerSource, fresh_postgres_database
 
@@ -172,10 +173,9 @@ def run_trial(trial: Trial, reset: Any) -> None:
     rng = random.Random(trial.number)
     reset(trial.url)
     model = users_schema(ROWS)
+    model.table("users").indexes["users_email_ix"] = Index(("email",))
     original = model.copy()
     engine = setup(trial.url, model)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("CREATE INDEX users_email_ix ON users (email)")
     dialect = engine.dialect.name
     plan = planfile.parse(PLAN)
     try:

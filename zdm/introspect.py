@@ -1,19 +1,26 @@
 """The live database read back into the reference model.
 
 Validation checks a plan against what is really there, and tests compare the database with the
-model through the very same reading, so a difference means one of them is wrong.
+model through the very same reading, so a difference means one of them is wrong. Objects zdm owns
+while a plan is in flight (``zdm_*`` indexes and constraints, the ``zdm_migrations`` table) are not
+part of the user's schema and are left out.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import pglast
 import sqlalchemy as sa
+from pglast import ast
 
-from zdm.model import Column, ColumnType, ModelError, Schema, Table
+from zdm.model import Column, ColumnType, ForeignKey, Index, ModelError, Schema, SqlDefault, Table
 
 #: Tables zdm owns; never part of the user's schema.
 INTERNAL_TABLES = frozenset({"zdm_migrations"})
+#: The prefix of every index, constraint, trigger and function zdm creates.
+ZDM_PREFIX = "zdm_"
 
 
 def column_type(sa_type: sa.types.TypeEngine[Any]) -> ColumnType:
@@ -33,7 +40,32 @@ def column_type(sa_type: sa.types.TypeEngine[Any]) -> ColumnType:
     return ColumnType.OTHER
 
 
+def _constant(sql: str) -> bool:
+    """Whether a default, as the database reports it, is a constant (a literal, maybe cast)."""
+    try:
+        node: Any = pglast.parse_sql(f"SELECT {sql}")[0].stmt.targetList[0].val
+    except (pglast.parser.ParseError, AttributeError, IndexError):
+        return False
+    while isinstance(node, ast.TypeCast) or (isinstance(node, ast.A_Expr) and node.lexpr is None):
+        node = node.arg if isinstance(node, ast.TypeCast) else node.rexpr
+    return isinstance(node, ast.A_Const)
+
+
+def default_value(connection: sa.Connection, sql: str | None, ctype: ColumnType) -> Any:
+    """A column's default as the model holds it: a constant is evaluated by the database itself
+    (so ``'anon'::text`` and ``'anon'`` both read ``anon``); anything else stays SQL."""
+    if sql is None:
+        return None
+    if not _constant(sql):
+        return SqlDefault(sql)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
+        value = connection.execute(sa.select(sa.literal_column(f"({sql})"))).scalar()
+    return ctype.coerce(value)
+
+
 def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> Table:
+    """The live table as the model sees it: columns, the catalogue around them and (with ``rows``) its rows."""
     inspector = sa.inspect(connection)
     if not inspector.has_table(name):
         raise ModelError(f"no table {name!r}")
@@ -43,11 +75,43 @@ def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> T
         ctype = column_type(info["type"])
         key = info["name"] in primary_key
         # SQLite reports INTEGER PRIMARY KEY as nullable; no key column is, in either database.
-        column = Column(info["name"], ctype, nullable=bool(info["nullable"]) and not key, primary_key=key)
+        column = Column(info["name"], ctype, nullable=bool(info["nullable"]) and not key, primary_key=key,
+                        default=default_value(connection, info.get("default"), ctype),
+                        comment=info.get("comment"))
         table.columns[column.name] = column
+    _read_catalogue(inspector, table)
     if rows:
         table.rows = read_rows(connection, name)
     return table
+
+
+def _ours(name: str | None) -> bool:
+    return name is not None and name.startswith(ZDM_PREFIX)
+
+
+def _read_catalogue(inspector: sa.Inspector, table: Table) -> None:
+    name = table.name
+    with warnings.catch_warnings():  # expression indexes are not reflected (and SQLAlchemy says so)
+        warnings.simplefilter("ignore", sa.exc.SAWarning)
+        uniques = inspector.get_unique_constraints(name)
+        indexes = inspector.get_indexes(name)
+    table.uniques = {u["name"] or f"(unnamed unique {', '.join(u['column_names'])})": tuple(u["column_names"])
+                     for u in uniques if not _ours(u["name"])}
+    table.indexes = {ix["name"]: Index(tuple(c for c in ix["column_names"] if c), bool(ix["unique"]))
+                     for ix in indexes if ix["name"] and not _ours(ix["name"])
+                     and not ix.get("duplicates_constraint") and None not in ix["column_names"]}
+    table.checks = {c["name"] or f"(unnamed check {c['sqltext']})": c["sqltext"]
+                    for c in inspector.get_check_constraints(name) if not _ours(c["name"])}
+    table.foreign_keys = {
+        fk["name"] or f"(unnamed foreign key {', '.join(fk['constrained_columns'])})": ForeignKey(
+            tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]),
+            _on_delete(fk.get("options", {}).get("ondelete")))
+        for fk in inspector.get_foreign_keys(name) if not _ours(fk["name"])}
+
+
+def _on_delete(action: str | None) -> str | None:
+    action = " ".join(action.upper().split()) if action else None
+    return None if action == "NO ACTION" else action
 
 
 def live_table(connection: sa.Connection, name: str) -> sa.Table:

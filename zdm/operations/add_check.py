@@ -61,4 +61,10 @@ class AddCheck(Operation):
         )]
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """Constraints refuse bad writes; they change no row or column: nothing to model."""
+        """Enforced from expand on PostgreSQL (NOT VALID still checks new writes), from migrate on SQLite."""
+        table = schema.table(self.table)
+        added_in = Phase.MIGRATING if dialect == "sqlite" else Phase.EXPANDING
+        if phase is added_in:
+            table.checks[self.name] = self.condition
+        elif phase is Phase.ROLLED_BACK:
+            table.checks.pop(self.name, None)

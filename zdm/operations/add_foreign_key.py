@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from pydantic import Field, model_validator
 
 from zdm.dialects.sqlite import rebuild_action
-from zdm.model import Schema
+from zdm.model import ForeignKey, Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.plan import MigrationStep, Phase, check_action
 
@@ -76,4 +76,11 @@ class AddForeignKey(Operation):
                               compensate=[rebuild_action(self.table, drop_constraints=[self.name])])]
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """Nothing to model."""
+        """Enforced from expand on PostgreSQL (NOT VALID still checks new writes), from migrate on SQLite."""
+        table = schema.table(self.table)
+        added_in = Phase.MIGRATING if dialect == "sqlite" else Phase.EXPANDING
+        if phase is added_in:
+            table.foreign_keys[self.name] = ForeignKey(tuple(self.columns), self.ref_table, tuple(self.ref_columns),
+                                                       None if self.on_delete == "NO ACTION" else self.on_delete)
+        elif phase is Phase.ROLLED_BACK:
+            table.foreign_keys.pop(self.name, None)

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from zdm.dialects import object_name
-from zdm.model import Schema
+from zdm.model import Index, Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.operations.create_index import duplicates, existing_indexes
 from zdm.plan import MigrationStep, Phase, check_action
@@ -51,4 +51,13 @@ class AddUnique(Operation):
         ]
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """Nothing to model."""
+        """A UNIQUE constraint on PostgreSQL; a unique index on SQLite (its ALTER TABLE adds no constraint)."""
+        table = schema.table(self.table)
+        if phase is Phase.EXPANDING:
+            if dialect == "sqlite":
+                table.indexes[self.name] = Index(tuple(self.columns), unique=True)
+            else:
+                table.uniques[self.name] = tuple(self.columns)
+        elif phase is Phase.ROLLED_BACK:
+            table.indexes.pop(self.name, None)
+            table.uniques.pop(self.name, None)

@@ -13,7 +13,7 @@ from typing import Literal
 import sqlalchemy as sa
 from pydantic import Field
 
-from zdm.model import Schema
+from zdm.model import Index, Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.plan import MigrationStep, Phase, check_action
 
@@ -61,4 +61,8 @@ class CreateIndex(Operation):
                               transactional=not d.concurrent_indexes)]
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """Indexes change speed, not rows or columns: nothing to model."""
+        table = schema.table(self.table)
+        if phase is Phase.EXPANDING:
+            table.indexes[self.name] = Index(tuple(self.columns), self.unique)
+        elif phase is Phase.ROLLED_BACK:
+            table.indexes.pop(self.name, None)

@@ -50,4 +50,7 @@ class DropConstraint(Operation):
         return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=forward)]
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """Nothing to model."""
+        if phase is Phase.CONTRACTING:
+            table = schema.table(self.table)
+            for catalogue in (table.uniques, table.checks, table.foreign_keys, table.indexes):
+                catalogue.pop(self.name, None)

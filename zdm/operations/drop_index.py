@@ -33,7 +33,8 @@ class DropIndex(Operation):
                               transactional=not d.concurrent_indexes)]
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """Nothing to model."""
+        if phase is Phase.CONTRACTING:
+            schema.table(self.table).indexes.pop(self.name, None)
 
     def touches(self) -> set[tuple[str, str]]:
         return set()
