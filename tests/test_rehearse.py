@@ -78,8 +78,6 @@ def test_rename_rehearsal_keeps_every_promise_on_postgresql(zdm_postgres_url: st
     assert 0 < add_column["held_ms"] < 500
     backfill = statements(report, "MIGRATING")[0]
     assert backfill["rows"] == 120 and not backfill["traced"]
-    validate = next(s for s in statements(report, "MIGRATING") if "VALIDATE" in s["sql"])
-    assert validate["locks"] == [{"relation": "users", "mode": "ShareUpdateExclusiveLock"}]
     assert not any(s["rewrote"] for p in report["phases"] for s in p["statements"])
     assert [(p["moment"], p["shape"], p["ok"]) for p in report["probes"]] == [
         ("MIGRATING", "old", True), ("MIGRATING", "new", True)]

@@ -124,8 +124,8 @@ def test_contract_failure_keeps_the_plan_migrating(zdm_database_url: str) -> Non
     run = runner(engine)
     run.start(plan)
     apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING)
-    with engine.begin() as connection:  # a view on the old column makes DROP COLUMN fail
-        connection.exec_driver_sql("CREATE VIEW user_emails AS SELECT id, email FROM users")
+    with engine.begin() as connection:  # a view on the new column, which contract drops: DROP COLUMN fails
+        connection.exec_driver_sql("CREATE VIEW user_emails AS SELECT id, email_address FROM users")
     with pytest.raises(MigrationFailed, match=r"CONTRACTING failed.*MIGRATING again"):
         run.complete(plan.id)
     with engine.connect() as connection:
@@ -222,11 +222,13 @@ def test_columns_of_types_zdm_does_not_declare_are_carried(zdm_database_url: str
 def test_apply_rolls_back_when_contract_fails(zdm_database_url: str) -> None:
     model = users_schema(30)
     engine = setup(zdm_database_url, model)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("CREATE VIEW user_emails AS SELECT id, email FROM users")
+    with engine.begin() as connection:  # a view on the column the plan drops: DROP COLUMN fails
+        connection.exec_driver_sql("CREATE VIEW user_flags AS SELECT id, legacy_flag FROM users")
     before_the_plan = "rolled back: the database is as it was before the plan started"
+    plan = planfile.parse({"id": "rename-and-drop", "operations": [
+        *RENAME["operations"], {"op": "drop_column", "table": "users", "column": "legacy_flag"}]})
     with pytest.raises(MigrationFailed, match=rf"^CONTRACTING failed: .*; {before_the_plan}$"):
-        runner(engine).apply(planfile.parse(RENAME))
+        runner(engine).apply(plan)
     assert_agrees(engine, model)
     assert zdm_objects(engine) == []
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pglast
@@ -37,8 +37,16 @@ class Sync:
     """Keep column ``b`` equal to ``up(a)`` and, when ``down`` is given, ``a`` equal to ``down(b)``.
 
     This is the dual-write promise of the expand phase: the old app writes ``a``, the new app
-    writes ``b``, both read correct values. The defaults tell an insert that named a column
-    from one that let the database fill it.
+    writes ``b``, both read correct values, whatever else a write touches. The rules, the same in
+    both dialects and in the reference model (``zdm.model.Link``):
+
+    - insert: ``b`` still at its default (``b_default``; NULL without one) means the writer left
+      ``b`` out, so ``b`` takes ``up(a)``; otherwise the writer named ``b`` (only the new app knows
+      it), so ``a`` takes ``down(b)``. An explicit NULL is a value like any other.
+    - update: a changed ``a`` wins (``b`` takes ``up(a)``); else a changed ``b`` that is not
+      already ``up(a)`` gives ``a`` its ``down(b)`` (so the backfill's own write never bounces back);
+      else, with ``fill_unreached``, a row the backfill has not reached yet (``b`` NULL, ``a`` set)
+      gets ``b`` on any write, so an app's write to an unrelated column brings it up to date.
     """
 
     name: str
@@ -48,21 +56,57 @@ class Sync:
     b: str
     up: Transform
     down: Transform | None
-    a_default: str | None = None
+    #: ``b``'s default as SQL, or None.
     b_default: str | None = None
+    fill_unreached: bool = False
+    #: SQLite: ``a`` is NOT NULL for the apps, but expand relaxed it so the new app may leave it out
+    #: (SQLite's triggers cannot fill it before the check). The triggers refuse NULL instead.
+    a_not_null: bool = False
 
 
-def takes_other(mine: str, my_default: str | None, other: str, other_default: str | None,
-                is_: str, is_not: str) -> str:
-    """SQL: on insert, column ``mine`` should take its value from ``other``.
+@dataclass(frozen=True)
+class UserTrigger:
+    """A trigger the user made on a table, and whether its code names a column."""
 
-    True when ``mine`` is NULL, or still holds its default while ``other`` was set to
-    something else: the app named ``other`` and let the database fill ``mine``.
+    name: str
+    #: Fires BEFORE, FOR EACH ROW, on INSERT or UPDATE: it may change NEW before zdm's trigger sees it.
+    edits_rows: bool
+    #: Its code (the trigger function's body on PostgreSQL, the trigger's SQL on SQLite) names the column.
+    names_column: bool
+    function: str | None = None
+
+
+@dataclass
+class ColumnFacts:
+    """What hangs on a column besides its type and rows, read from the live catalog.
+
+    A change that replaces the column (alter_column) must carry each of these onto the new one, or
+    refuse before anything runs; a rename in place keeps them all, but for code that names the
+    column (trigger functions).
     """
-    if my_default is None:
-        return f"{mine} {is_} NULL"
-    other_set = f"{other} {is_not} {other_default}" if other_default else f"{other} {is_not} NULL"
-    return f"({mine} {is_} NULL OR ({mine} {is_} {my_default} AND {other_set}))"
+
+    default: str | None = None
+    comment: str | None = None
+    not_null: bool = False
+    #: ``ALTER COLUMN ... SET STATISTICS`` when not the default.
+    statistics: int | None = None
+    #: ``ALTER COLUMN ... SET STORAGE`` when not the type's own.
+    storage: str | None = None
+    #: Column privileges: (grantee, privilege, grantable).
+    grants: list[tuple[str, str, bool]] = field(default_factory=list)
+    #: The sequence the column owns (serial), schema-qualified as the database names it.
+    sequence: str | None = None
+    #: "ALWAYS" or "BY DEFAULT" for an identity column.
+    identity: str | None = None
+    #: Constraints of the table that use the column: name -> (kind, definition); kind is PostgreSQL's
+    #: contype: c (check), u (unique), f (foreign key), p (primary key), x (exclusion).
+    constraints: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: Foreign keys of other tables that reference the column: (table, name, definition).
+    referenced_by: list[tuple[str, str, str]] = field(default_factory=list)
+    #: Other objects that use the column and go with it (views, rules, policies, generated columns,
+    #: publications, statistics, column triggers), described by the database.
+    dependents: list[str] = field(default_factory=list)
+    triggers: list[UserTrigger] = field(default_factory=list)
 
 
 def object_name(prefix: str, *parts: str) -> str:
@@ -152,6 +196,10 @@ class Dialect:
     # -- reading the live schema ---------------------------------------------------------------
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         """Every index of ``table`` as the CREATE INDEX statement the database keeps for it."""
+        raise NotImplementedError
+
+    def column_facts(self, connection: sa.Connection, table: str, column: str) -> ColumnFacts:
+        """What hangs on ``table.column`` besides its type and rows (see ColumnFacts)."""
         raise NotImplementedError
 
     def column_collations(self, connection: sa.Connection, table: str) -> dict[str, str]:

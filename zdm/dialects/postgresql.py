@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from zdm.dialects import Dialect, Sync, object_name, takes_other
+from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, mentions, object_name
 
 
 class PostgresDialect(Dialect):
@@ -21,6 +21,57 @@ class PostgresDialect(Dialect):
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
             "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass(:t)"), {"t": self.quote(table)})
         return {name: sql for name, sql in rows}
+
+    def column_facts(self, connection: sa.Connection, table: str, column: str) -> ColumnFacts:
+        """Read from pg_attribute, pg_constraint, pg_depend and pg_trigger (PostgreSQL's own record
+        of what depends on the column, so nothing is guessed from names)."""
+        relation = self.quote(table)
+        row = connection.execute(sa.text(
+            "SELECT a.attnum, a.attnotnull, a.attidentity, NULLIF(a.attstattarget, -1) AS statistics, "
+            "CASE WHEN a.attstorage <> t.typstorage THEN a.attstorage END AS storage, "
+            "col_description(a.attrelid, a.attnum) AS comment, pg_get_expr(d.adbin, d.adrelid) AS default, "
+            "pg_get_serial_sequence(:t, a.attname) AS sequence "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+            "WHERE a.attrelid = to_regclass(:t) AND a.attname = :c AND NOT a.attisdropped"),
+            {"t": relation, "c": column}).one()
+        facts = ColumnFacts(default=row.default, comment=row.comment, not_null=row.attnotnull,
+                            statistics=row.statistics, sequence=row.sequence,
+                            identity={"a": "ALWAYS", "d": "BY DEFAULT"}.get(row.attidentity),
+                            storage={"p": "PLAIN", "e": "EXTERNAL", "m": "MAIN", "x": "EXTENDED"}.get(row.storage))
+        key = {"t": relation, "n": row.attnum}
+        facts.grants = [(grantee, privilege, grantable) for grantee, privilege, grantable in connection.execute(sa.text(
+            "SELECT CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END, acl.privilege_type, "
+            "acl.is_grantable FROM pg_attribute a, aclexplode(a.attacl) acl "
+            "LEFT JOIN pg_roles r ON r.oid = acl.grantee "
+            "WHERE a.attrelid = to_regclass(:t) AND a.attnum = :n ORDER BY 1, 2"), key)]
+        for name, kind, relid, definition in connection.execute(sa.text(
+                "SELECT conname, contype, conrelid, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE (conrelid = to_regclass(:t) AND :n = ANY(conkey)) "
+                "OR (confrelid = to_regclass(:t) AND :n = ANY(confkey) AND conrelid <> to_regclass(:t))"), key):
+            if relid == connection.scalar(sa.text("SELECT to_regclass(:t)::oid"), key):
+                facts.constraints[name] = (kind, definition)
+            else:
+                child = connection.scalar(sa.text("SELECT relname FROM pg_class WHERE oid = :o"), {"o": relid})
+                facts.referenced_by.append((child, name, definition))
+        # Views and rules, policies, generated columns, publications, statistics and column triggers
+        # that use the column; its own default, sequence, indexes and constraints are read above.
+        facts.dependents = list(connection.execute(sa.text(
+            "SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid) FROM pg_depend d "
+            "WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(:t) AND d.refobjsubid = :n "
+            "AND d.classid IN ('pg_rewrite'::regclass, 'pg_policy'::regclass, 'pg_publication_rel'::regclass, "
+            "'pg_statistic_ext'::regclass, 'pg_trigger'::regclass) "
+            "OR (d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(:t) AND d.refobjsubid = :n "
+            "AND d.classid = 'pg_attrdef'::regclass AND d.objid NOT IN (SELECT oid FROM pg_attrdef "
+            "WHERE adrelid = to_regclass(:t) AND adnum = :n)) ORDER BY 1"), key).scalars())
+        for name, kind, function, source in connection.execute(sa.text(
+                "SELECT t.tgname, t.tgtype, p.oid::regprocedure::text, p.prosrc FROM pg_trigger t "
+                "JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = to_regclass(:t) AND NOT t.tgisinternal "
+                "AND t.tgname NOT LIKE 'zdm\\_%' ORDER BY t.tgname"), key):
+            row_level, before, on_insert, on_update = (bool(kind & bit) for bit in (1, 2, 4, 16))
+            facts.triggers.append(UserTrigger(name, row_level and before and (on_insert or on_update),
+                                              mentions(source or "", column), function))
+        return facts
 
     def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[str]:
         # CONCURRENTLY never blocks writes; a failed try leaves an INVALID index behind, which
@@ -42,35 +93,29 @@ class PostgresDialect(Dialect):
 
     def sync_triggers(self, sync: Sync) -> tuple[list[str], list[str]]:
         # A BEFORE trigger edits NEW in place: no second UPDATE, so no recursion, and the value
-        # is there before NOT NULL and CHECK constraints are tested.
+        # is there before NOT NULL and CHECK constraints are tested. The rules are Sync's.
         q = self.quote
         fn = q(object_name("zdm_fn", sync.name))
         trigger = q(object_name("zdm_tg", sync.name))
         table = q(sync.table)
-        new_a, new_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}"
+        new_a, new_b, old_a, old_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}", f"OLD.{q(sync.a)}", f"OLD.{q(sync.b)}"
         up = self.expr(sync.up, new_a)
 
-        def text(value: str | None) -> str | None:
+        def text(value: str) -> str:
             # Compare text forms: json has no equality operator, text forms work for every type.
-            return None if value is None else f"({value})::text"
+            return f"({value})::text"
 
-        same, differs = "IS NOT DISTINCT FROM", "IS DISTINCT FROM"
-        b_from_a = takes_other(text(new_b), text(sync.b_default), text(new_a), text(sync.a_default), same, differs)
-        insert = [f"    IF {b_from_a} THEN", f"      {new_b} := {up};"]
-        update = [
-            f"  ELSIF {text(new_a)} IS DISTINCT FROM {text(f'OLD.{q(sync.a)}')} THEN",
-            f"    {new_b} := {up};",
-        ]
+        left_out = f"{new_b} IS NULL" if sync.b_default is None else \
+            f"{text(new_b)} IS NOT DISTINCT FROM {text(sync.b_default)}"
+        insert = [f"    IF {left_out} THEN", f"      {new_b} := {up};"]
+        update = [f"  ELSIF {text(new_a)} IS DISTINCT FROM {text(old_a)} THEN", f"    {new_b} := {up};"]
         if sync.down is not None:
             down = self.expr(sync.down, new_b)
-            a_from_b = takes_other(text(new_a), text(sync.a_default), text(new_b), text(sync.b_default), same, differs)
-            insert += [f"    ELSIF {a_from_b} THEN", f"      {new_a} := {down};"]
-            # The guard skips a write that is already consistent, such as the backfill's.
-            update += [
-                f"  ELSIF {text(new_b)} IS DISTINCT FROM {text(f'OLD.{q(sync.b)}')} "
-                f"AND {text(new_b)} IS DISTINCT FROM {text(up)} THEN",
-                f"    {new_a} := {down};",
-            ]
+            insert += ["    ELSE", f"      {new_a} := {down};"]
+            update += [f"  ELSIF {text(new_b)} IS DISTINCT FROM {text(old_b)} "
+                       f"AND {text(new_b)} IS DISTINCT FROM {text(up)} THEN", f"    {new_a} := {down};"]
+        if sync.fill_unreached:
+            update += [f"  ELSIF {new_b} IS NULL AND {new_a} IS NOT NULL THEN", f"    {new_b} := {up};"]
         body = "\n".join(
             ["BEGIN", "  IF TG_OP = 'INSERT' THEN", *insert, "    END IF;", *update, "  END IF;",
              "  RETURN NEW;", "END"]

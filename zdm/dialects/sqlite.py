@@ -17,7 +17,7 @@ from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 
 from zdm.db import escape_binds, sql_text
-from zdm.dialects import Dialect, Sync, mentions, object_name, takes_other
+from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, mentions, object_name
 
 
 def rebuild_action(
@@ -74,7 +74,7 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     name, dropped = spec["table"], set(spec["drop"])
     gone = dropped | set(spec.get("renames", {}))  # names the new table no longer has
     table_sql = _master_sql(connection, "table", name)[name]
-    triggers = _master_sql(connection, "trigger", name).values()
+    triggers = _master_sql(connection, "trigger", name)
     indexes = _master_sql(connection, "index", name)
     with warnings.catch_warnings():  # expression indexes are not reflected: they are put back below
         warnings.simplefilter("ignore", sa.exc.SAWarning)
@@ -116,6 +116,9 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
             batch.create_foreign_key(key["name"], key["ref_table"], key["columns"], key["ref_columns"],
                                      ondelete=key.get("on_delete"))
     connection.exec_driver_sql("PRAGMA legacy_alter_table = OFF")
+    # Names the new table no longer has (a type change drops a column and gives its name to another:
+    # what was written for that name fits again).
+    gone -= {column["name"] for column in sa.inspect(connection).get_columns(name)}
     rebuilt = _master_sql(connection, "index", name)
     for index, sql in indexes.items():  # as written: an expression, a sort order, a collation
         changed_with_its_column = any(mentions(sql, column) for column in gone)
@@ -124,7 +127,9 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
         if index in rebuilt:
             connection.exec_driver_sql(f"DROP INDEX {connection.dialect.identifier_preparer.quote(index)}")
         connection.exec_driver_sql(sql)
-    for sql in triggers:
+    for trigger, sql in triggers.items():
+        if trigger.startswith("zdm_") and any(mentions(sql, column) for column in gone):
+            continue  # the plan's own trigger on a column its contract drops: its step drops it anyway
         _refuse_dropped_columns(sql, gone)
         connection.exec_driver_sql(sql)
     _check_views(connection)
@@ -223,29 +228,42 @@ class SQLiteDialect(Dialect):
     name = "sqlite"
 
     def sync_triggers(self, sync: Sync) -> tuple[list[str], list[str]]:
-        # AFTER triggers that UPDATE the row again: SQLite cannot edit NEW. Each guard skips a
-        # write that is already consistent, so the triggers never chase each other.
+        # AFTER triggers that UPDATE the row again: SQLite cannot edit NEW. The rules are Sync's;
+        # each guard skips a write that is already consistent, so the triggers never chase each other.
         q = self.quote
         table = q(sync.table)
-        new_a, new_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}"
-        old_a, old_b = f"OLD.{q(sync.a)}", f"OLD.{q(sync.b)}"
+        new_a, new_b, old_a, old_b = f"NEW.{q(sync.a)}", f"NEW.{q(sync.b)}", f"OLD.{q(sync.a)}", f"OLD.{q(sync.b)}"
         row = " AND ".join(f"{q(k)} = NEW.{q(k)}" for k in sync.key)
         up = self.expr(sync.up, new_a)
-        b_from_a = takes_other(new_b, sync.b_default, new_a, sync.a_default, "IS", "IS NOT")
-        names = {part: q(object_name("zdm_tg", sync.name, part)) for part in ("ins", "a", "b")}
+        default = sync.b_default or "NULL"
+        names = {part: q(object_name("zdm_tg", sync.name, part)) for part in ("ins", "a", "b", "fill", "nn", "nnu")}
 
-        insert_body = [f"UPDATE {table} SET {q(sync.b)} = {up} WHERE {row} AND {b_from_a};"]
+        insert_body = [f"UPDATE {table} SET {q(sync.b)} = {up} WHERE {row} AND {new_b} IS {default};"]
         create_b: list[str] = []
         if sync.down is not None:
             down = self.expr(sync.down, new_b)
-            a_from_b = takes_other(new_a, sync.a_default, new_b, sync.b_default, "IS", "IS NOT")
-            insert_body.append(
-                f"UPDATE {table} SET {q(sync.a)} = {down} WHERE {row} AND NOT ({b_from_a}) AND {a_from_b};"
-            )
+            insert_body.append(f"UPDATE {table} SET {q(sync.a)} = {down} WHERE {row} AND {new_b} IS NOT {default};")
             create_b.append(
                 f"CREATE TRIGGER {names['b']} AFTER UPDATE OF {q(sync.b)} ON {table} "
                 f"WHEN {new_b} IS NOT {old_b} AND {new_a} IS {old_a} AND {new_b} IS NOT {up} "
                 f"BEGIN UPDATE {table} SET {q(sync.a)} = {down} WHERE {row}; END"
+            )
+            if sync.a_not_null:
+                # What a would hold once the triggers ran; NULL is refused as SQLite's NOT NULL would.
+                refuse = f"BEGIN SELECT RAISE(ABORT, 'NOT NULL constraint failed: {sync.table}.{sync.a}'); END"
+                create_b += [
+                    f"CREATE TRIGGER {names['nn']} BEFORE INSERT ON {table} "
+                    f"WHEN (CASE WHEN {new_b} IS {default} THEN {new_a} ELSE {down} END) IS NULL {refuse}",
+                    f"CREATE TRIGGER {names['nnu']} BEFORE UPDATE OF {q(sync.a)}, {q(sync.b)} ON {table} "
+                    f"WHEN (CASE WHEN {new_a} IS NOT {old_a} THEN {new_a} "
+                    f"WHEN {new_b} IS NOT {old_b} AND {new_b} IS NOT {up} THEN {down} ELSE {new_a} END) IS NULL "
+                    f"{refuse}",
+                ]
+        if sync.fill_unreached:
+            create_b.append(
+                f"CREATE TRIGGER {names['fill']} AFTER UPDATE ON {table} "
+                f"WHEN {old_b} IS NULL AND {new_b} IS NULL AND {new_a} IS NOT NULL AND {new_a} IS {old_a} "
+                f"BEGIN UPDATE {table} SET {q(sync.b)} = {up} WHERE {row}; END"
             )
         create = [
             f"CREATE TRIGGER {names['ins']} AFTER INSERT ON {table} BEGIN {' '.join(insert_body)} END",
@@ -254,10 +272,8 @@ class SQLiteDialect(Dialect):
             f"BEGIN UPDATE {table} SET {q(sync.b)} = {up} WHERE {row}; END",
             *create_b,
         ]
-        drop = [f"DROP TRIGGER IF EXISTS {names[part]}" for part in ("b", "a", "ins")]
-        if sync.down is None:
-            drop = drop[1:]
-        return create, drop
+        made = [name for name in names.values() if any(f"TRIGGER {name} " in sql for sql in create)]
+        return create, [f"DROP TRIGGER IF EXISTS {name}" for name in reversed(made)]
 
     def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
                       ) -> tuple[list[str], list[str]]:
@@ -272,9 +288,47 @@ class SQLiteDialect(Dialect):
         ]
         return create, [f"DROP TRIGGER IF EXISTS {names[part]}" for part in ("upd", "ins")]
 
+    def null_guard(self, name: str, table: str, column: str) -> tuple[list[str], list[str]]:
+        """(create, drop) triggers refusing NULL in ``column`` as NOT NULL would: SQLite's twin of
+        PostgreSQL's NOT VALID check, which holds for new writes until contract sets NOT NULL."""
+        q = self.quote
+        names = {part: q(object_name("zdm_tg", name, part)) for part in ("nni", "nnu")}
+        refuse = f"BEGIN SELECT RAISE(ABORT, 'NOT NULL constraint failed: {table}.{column}'); END"
+        create = [
+            f"CREATE TRIGGER {names['nni']} BEFORE INSERT ON {q(table)} WHEN NEW.{q(column)} IS NULL {refuse}",
+            f"CREATE TRIGGER {names['nnu']} BEFORE UPDATE OF {q(column)} ON {q(table)} "
+            f"WHEN NEW.{q(column)} IS NULL {refuse}",
+        ]
+        return create, [f"DROP TRIGGER IF EXISTS {n}" for n in reversed(names.values())]
+
     def drop_column(self, table: str, name: str) -> list[Any]:
         # Native DROP COLUMN refuses indexed or constrained columns; a rebuild does not.
         return [rebuild_action(table, drop=[name])]
+
+    def column_facts(self, connection: sa.Connection, table: str, column: str) -> ColumnFacts:
+        """Read from sqlite_master and the table PRAGMAs. SQLite has no comments, grants, storage,
+        statistics targets or sequences per column; AUTOINCREMENT belongs to the table."""
+        info = next(c for c in sa.inspect(connection).get_columns(table) if c["name"] == column)
+        facts = ColumnFacts(default=info.get("default"), not_null=not info["nullable"])
+        for other in sa.inspect(connection).get_table_names():
+            for key in sa.inspect(connection).get_foreign_keys(other):
+                if key["referred_table"] == table and column in key["referred_columns"]:
+                    columns = ", ".join(key["constrained_columns"])
+                    facts.referenced_by.append((other, key["name"] or "(unnamed)", columns))
+        for name, sql in connection.execute(sa.text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'view' AND sql IS NOT NULL")):
+            if mentions(sql, column):
+                facts.dependents.append(f"view {name}")
+        generated = connection.exec_driver_sql(f"PRAGMA table_xinfo({self.quote(table)})").all()
+        table_sql = _master_sql(connection, "table", table)[table]
+        for item in _definition_items(table_sql):
+            name = item.split(None, 1)[0].strip('"`[]')
+            if any(g[1] == name and g[6] in (2, 3) for g in generated) and mentions(item.split(None, 1)[1], column):
+                facts.dependents.append(f"generated column {name}")
+        for name, sql in _master_sql(connection, "trigger", table).items():
+            if not name.startswith("zdm_"):
+                facts.triggers.append(UserTrigger(name, False, mentions(sql, column)))
+        return facts
 
     def column_collations(self, connection: sa.Connection, table: str) -> dict[str, str]:
         """Read from the table's SQL: SQLite's reflection does not report a column's COLLATE."""

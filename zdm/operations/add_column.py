@@ -80,7 +80,6 @@ class AddColumn(Operation):
             b=self.column,
             up=transforms.get(self.transform),
             down=None,
-            a_default=c.reflected_column(self.table, self.from_column).get("default"),
             b_default=self._default_sql(c),
         )
 

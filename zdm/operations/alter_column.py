@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from pydantic import model_validator
 
 from zdm import transforms
-from zdm.model import Column, ColumnType, Schema
+from zdm.model import Column, ColumnType, Schema, SqlDefault
 from zdm.operations.base import Compiler, Identifier, default_problem
 from zdm.operations.dual_column import DualColumn
 from zdm.transforms import Transform
@@ -92,8 +92,14 @@ class AlterColumn(DualColumn):
                 and old is not self.type:
             return [f"no default conversion from {old.value} to {self.type.value}: give up_transform and "
                     f"down_transform (known: {', '.join(sorted(transforms.TRANSFORMS))})"]
-        problem = default_problem(self.default, self.type)
-        return [problem] if problem else []
+        if problem := default_problem(self.default, self.type):
+            return [problem]
+        old_default = schema.table(self.table).column(self.column).default
+        if self.default is None and old_default is not None and not isinstance(old_default, SqlDefault) \
+                and self.up(schema).apply(old_default) is None:
+            return [f"the default {old_default!r} of {self.table}.{self.column} does not convert to {self.type.value}: "
+                    "give `default`"]
+        return []
 
     def up(self, schema: Schema) -> Transform:
         chosen = transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])
@@ -110,8 +116,26 @@ class AlterColumn(DualColumn):
     def model_type(self, old: Column) -> ColumnType:
         return self.type
 
-    def final_default(self, c: Compiler) -> str | None:
-        return None if self.default is None else c.dialect.literal(self.type.coerce(self.default), self.type)
+    @property
+    def two_way(self) -> bool:
+        """Without a new name, both app versions write the old column until complete: the shadow only follows."""
+        return self.new_name is not None
 
-    def final_model_default(self, old: Column) -> Any:
-        return self.default
+    def final_default(self, c: Compiler) -> str | None:
+        """``default`` when given, else the old default carried over: a constant converted by ``up``, an
+        expression (a sequence, ``now()``) as written."""
+        if self.default is not None:
+            return c.dialect.literal(self.type.coerce(self.default), self.type)
+        default = self._facts(c).default
+        if default is None:
+            return None
+        value = c.schema.table(self.table).column(self.column).default
+        if isinstance(value, SqlDefault) or value is None:
+            return default
+        return c.dialect.literal(self.type.coerce(self.up(c.schema).apply(value)), self.type)
+
+    def final_model_default(self, schema: Schema) -> Any:
+        if self.default is not None:
+            return self.default
+        value = schema.table(self.table).column(self.column).default
+        return value if isinstance(value, SqlDefault) else self.up(schema).apply(value)

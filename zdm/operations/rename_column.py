@@ -3,9 +3,10 @@
 The dual-column path (see dual_column.py) with plain copies both ways:
 
 expand   add the new column and dual-write triggers (SQLite: relax the old NOT NULL).
-migrate  backfill; copy the old column's indexes and unique constraints.
-contract drop the triggers and the old column; the new column takes its NOT NULL, default
-         and index names.
+migrate  backfill; copy the old column's indexes onto the new one, for the new app's queries.
+contract drop the triggers and the new column, and rename the old one in place: it keeps
+         everything it had (default, NOT NULL, comment, constraints, foreign keys both ways,
+         indexes, grants, sequence, views) and its position in the table.
 """
 
 from __future__ import annotations
@@ -31,3 +32,7 @@ class RenameColumn(DualColumn):
     @property
     def final_name(self) -> str:
         return self.new_name
+
+    @property
+    def keeps_old_column(self) -> bool:
+        return True

@@ -50,6 +50,10 @@ class SetNotNull(Operation):
     def _name(self, c: Compiler) -> str:
         return self.sync_name(c.plan_id, self.column, "nn")
 
+    def _check_name(self, schema: Schema) -> str:
+        """The model's name for the rule that refuses NULL before contract (zdm-owned, so never compared)."""
+        return f"zdm_nn_{self.table}_{self.column}"
+
     def _fill_sql(self, c: Compiler) -> str:
         column_type = c.schema.table(self.table).column(self.column).type
         return c.dialect.literal(column_type.coerce(self.fill), column_type)
@@ -80,6 +84,10 @@ class SetNotNull(Operation):
                               forward=[self._no_nulls(c), add], compensate=[drop]),
                 MigrationStep(Phase.MIGRATING, f"validate {self.column} IS NOT NULL", forward=[validate]),
             ]
+        elif self.fill is None:  # the fill trigger keeps NULL out; without one, writes of NULL are refused
+            create, drop = d.null_guard(self._name(c), self.table, self.column)
+            steps.append(MigrationStep(Phase.MIGRATING, f"refuse NULL in {self.column} (triggers)",
+                                       forward=[self._no_nulls(c), *create], compensate=drop))
         else:
             steps.append(MigrationStep(Phase.MIGRATING, f"no NULL left in {self.column}", forward=[self._no_nulls(c)]))
         return steps
@@ -94,6 +102,8 @@ class SetNotNull(Operation):
             _, _, drop_check = d.not_null_check(self.table, self.column, self._name(c))
             forward += [d.set_not_null(self.table, self.column), drop_check]
         else:
+            if self.fill is None:
+                forward += d.null_guard(self._name(c), self.table, self.column)[1]
             forward += [self._no_nulls(c), rebuild_action(self.table, alter={self.column: {"nullable": False}})]
         return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=forward)]
 
@@ -102,12 +112,15 @@ class SetNotNull(Operation):
         table = schema.table(self.table)
         if phase is Phase.EXPANDING and self.fill is not None:
             table.fills[self.column] = self.fill
-        elif phase is Phase.MIGRATING and self.fill is not None:
-            column_type = table.column(self.column).type
-            for row in table.rows:
-                if row[self.column] is None:
-                    row[self.column] = column_type.coerce(self.fill)
+        elif phase is Phase.MIGRATING:
+            if self.fill is not None:
+                column_type = table.column(self.column).type
+                for row in table.rows:
+                    if row[self.column] is None:
+                        row[self.column] = column_type.coerce(self.fill)
+            table.checks[self._check_name(schema)] = f"{self.column} IS NOT NULL"  # refuses NULL from now on
         elif phase in (Phase.CONTRACTING, Phase.ROLLED_BACK):
             table.fills.pop(self.column, None)
+            table.checks.pop(self._check_name(schema), None)
             if phase is Phase.CONTRACTING:
                 table.column(self.column).nullable = False
