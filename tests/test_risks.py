@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pglast
 import pytest
 import sqlalchemy as sa
 from support import assert_agrees, setup, users_schema
 from test_cli import snapshot, zdm
 
+from zdm import db, planfile
+from zdm.db import run_sql
 from zdm.risks import lock_risks
+from zdm.runner import PlanInvalid, Runner
 
 RISKY = [
     ("ALTER TABLE users ALTER COLUMN score TYPE text", "op alter_column"),
@@ -167,3 +171,236 @@ def test_a_blocking_down_is_refused_too(zdm_postgres_url: str, tmp_path: Path) -
     code, _, err = zdm("start", path, "--db", zdm_postgres_url)
     assert code == 2 and "ALTER COLUMN score TYPE can rewrite users" in err, err
     assert snapshot(zdm_postgres_url) == before
+
+
+# -- What a name stands for is read from the live catalog --------------------------------------
+# `new_token()` and `positive_int` are only names to a parser: the first may be a VOLATILE user
+# function, the second a domain with a CHECK, and either makes ADD COLUMN rewrite the table. Every
+# label below is measured on the same server: the statement runs on a scratch copy of acct, and a
+# new relfilenode is a rewrite; a SHARE lock on the copy blocks writes while its rows are checked.
+
+CATALOG = [
+    "CREATE SCHEMA app",
+    "CREATE FUNCTION new_token() RETURNS text LANGUAGE plpgsql VOLATILE AS $$ BEGIN RETURN md5(random()::text); END $$",
+    # No volatility clause: VOLATILE, PostgreSQL's default. Not on the search_path.
+    "CREATE FUNCTION app.new_token() RETURNS text LANGUAGE plpgsql AS $$ BEGIN RETURN md5(random()::text); END $$",
+    "CREATE FUNCTION stable_token() RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN RETURN 'fixed'; END $$",
+    "CREATE FUNCTION immutable_token() RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN RETURN 'fixed'; END $$",
+    # VOLATILE by declaration, but a SQL body PostgreSQL inlines to a constant: it decides no rewrite.
+    "CREATE FUNCTION inlined_one() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
+    "CREATE FUNCTION noisy_plus(int, int) RETURNS int LANGUAGE plpgsql VOLATILE AS $$ BEGIN RETURN $1 + $2; END $$",
+    "CREATE OPERATOR <+> (LEFTARG = int, RIGHTARG = int, FUNCTION = noisy_plus)",
+    "CREATE SEQUENCE token_seq",
+    "CREATE DOMAIN positive_int AS int CHECK (VALUE > 0)",
+    "CREATE DOMAIN app.required_int AS int NOT NULL",
+    "CREATE DOMAIN over_positive AS positive_int",
+    "CREATE DOMAIN plain_int AS int",
+    "CREATE DOMAIN amount AS int",
+    "ALTER DOMAIN amount ADD CONSTRAINT amount_sane CHECK (VALUE > -1000) NOT VALID",
+    "CREATE TABLE acct (id int PRIMARY KEY, n int, label text, balance amount)",
+    "INSERT INTO acct SELECT g, g, 'x', g FROM generate_series(1, 50) g",
+]
+#: (statement on {t}, the risk's hint or None for none, what PostgreSQL 15 is measured to do).
+LIVE = [
+    ("ALTER TABLE {t} ADD COLUMN token text DEFAULT new_token()", "(new_token() is VOLATILE) rewrites acct", "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN token text DEFAULT app.new_token()", "(app.new_token() is VOLATILE) rewrites",
+     "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN token text DEFAULT upper(new_token())", "(new_token() is VOLATILE)", "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN token int DEFAULT 1 <+> 2", "(noisy_plus(integer,integer) is VOLATILE)", "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN token bigint DEFAULT nextval('token_seq')", "(nextval(regclass) is VOLATILE)",
+     "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN token text DEFAULT stable_token()", None, None),
+    ("ALTER TABLE {t} ADD COLUMN token text DEFAULT immutable_token()", None, None),
+    ("ALTER TABLE {t} ADD COLUMN token int DEFAULT inlined_one()", None, None),
+    ("ALTER TABLE {t} ADD COLUMN token text DEFAULT 'a:b 50%'", None, None),
+    ("ALTER TABLE {t} ADD COLUMN score positive_int", "of domain positive_int (CHECK ((VALUE > 0))) rewrites acct",
+     "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN score positive_int DEFAULT 5", "add it as integer, then use op add_check", "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN score app.required_int DEFAULT 5", "of domain app.required_int (NOT NULL)", "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN score over_positive", "of domain over_positive (CHECK ((VALUE > 0)))", "rewrite"),
+    ("ALTER TABLE {t} ADD COLUMN score plain_int DEFAULT 5", None, None),
+    ("ALTER TABLE {t} ADD COLUMN score positive_int[]", None, None),  # an array of it: no check of the rows
+    ("ALTER TABLE {t} ALTER COLUMN n TYPE positive_int", "ALTER COLUMN n TYPE can rewrite acct", "rewrite"),
+    ("ALTER TABLE {t} ALTER COLUMN label SET DEFAULT new_token()", None, None),  # only new rows call it
+    ("ALTER DOMAIN amount ADD CONSTRAINT positive CHECK (VALUE > 0)", "checks every row of acct.balance under a SHARE "
+     "lock", "share lock"),
+    ("ALTER DOMAIN amount SET NOT NULL", "ALTER DOMAIN amount SET NOT NULL checks every row of acct.balance",
+     "share lock"),
+    ("ALTER DOMAIN amount VALIDATE CONSTRAINT amount_sane", "put the rule in a table CHECK", "share lock"),
+    ("ALTER DOMAIN amount ADD CONSTRAINT positive CHECK (VALUE > 0) NOT VALID", None, None),
+    ("ALTER DOMAIN plain_int SET NOT NULL", None, None),  # no column of that type: nothing to check
+    # What the same step creates is judged by its declaration: the server does not know it yet.
+    ("CREATE FUNCTION fresh() RETURNS text LANGUAGE sql AS $$ SELECT 'x' || random() $$; "
+     "ALTER TABLE {t} ADD COLUMN token text DEFAULT fresh()", "(this step creates fresh() VOLATILE)", "rewrite"),
+    ("CREATE FUNCTION fresh() RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN RETURN 'x'; END $$; "
+     "ALTER TABLE {t} ADD COLUMN token text DEFAULT fresh()", None, None),
+    ("CREATE FUNCTION fresh() RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN RETURN 'x'; END $$; "
+     "ALTER TABLE {t} ADD COLUMN token text DEFAULT fresh() || new_token()", "(new_token() is VOLATILE)", "rewrite"),
+    ("CREATE DOMAIN percent AS int CHECK (VALUE BETWEEN 0 AND 100); ALTER TABLE {t} ADD COLUMN p percent",
+     "of domain percent (CHECK (value BETWEEN 0 AND 100), created by this step)", "rewrite"),
+    ("CREATE DOMAIN tag AS text; ALTER TABLE {t} ADD COLUMN t tag DEFAULT 'a'", None, None),
+    ("CREATE TYPE mood AS ENUM ('ok', 'sad'); ALTER TABLE {t} ADD COLUMN m mood DEFAULT 'ok'", None, None),
+    ("CREATE DOMAIN fresh_int AS int; ALTER DOMAIN fresh_int ADD CONSTRAINT c CHECK (VALUE > 0)", None, None),
+]
+
+
+@pytest.fixture
+def catalog_url(zdm_postgres_url: str) -> str:
+    """acct, with user functions, domains and an operator whose names say nothing of what they do."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        for statement in CATALOG:
+            connection.exec_driver_sql(statement)
+    engine.dispose()
+    return zdm_postgres_url
+
+
+def measured(connection: sa.Connection, statements: str) -> str | None:
+    """What ``statements`` do to a scratch copy of acct, measured, then rolled back.
+
+    "rewrite": the copy got a new relfilenode; "share lock": the statements took a lock on it that
+    blocks writes (ALTER DOMAIN checking its rows); None: neither.
+    """
+    connection.exec_driver_sql("CREATE TABLE scratch (LIKE acct INCLUDING ALL)")
+    connection.exec_driver_sql("INSERT INTO scratch SELECT * FROM acct")
+    connection.commit()  # the copy's own CREATE INDEX took a SHARE lock: measure in a transaction of its own
+    try:
+        before = connection.exec_driver_sql("SELECT pg_relation_filenode('scratch')").scalar()
+        for statement in pglast.split(statements.format(t="scratch")):
+            run_sql(connection, statement)
+        after = connection.exec_driver_sql("SELECT pg_relation_filenode('scratch')").scalar()
+        modes = set(connection.exec_driver_sql(
+            "SELECT mode FROM pg_locks WHERE locktype = 'relation' AND relation = 'scratch'::regclass "
+            "AND pid = pg_backend_pid()").scalars())
+    finally:
+        connection.rollback()
+        connection.exec_driver_sql("DROP TABLE scratch")
+        connection.commit()
+    if after != before:
+        return "rewrite"
+    return "share lock" if "ShareLock" in modes else None
+
+
+@pytest.mark.parametrize(("statements", "hint", "effect"), LIVE)
+def test_the_live_catalog_says_what_a_name_does(catalog_url: str, statements: str, hint: str | None,
+                                                effect: str | None) -> None:
+    engine = sa.create_engine(catalog_url)
+    with engine.connect() as connection:
+        risks = lock_risks([statements.format(t="acct")], old_app_running=True, connection=connection)
+        assert risks == [] if hint is None else len(risks) == 1 and hint in risks[0], risks
+        assert measured(connection, statements) == effect
+    engine.dispose()
+
+
+def _acct_state(url: str) -> tuple[object, ...]:
+    """Every table; acct's columns, rows and file on disk: what a refused plan leaves alone."""
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        inspector = sa.inspect(connection)
+        found = (sorted(inspector.get_table_names()),
+                 [(column["name"], str(column["type"])) for column in inspector.get_columns("acct")],
+                 connection.exec_driver_sql("SELECT * FROM acct ORDER BY id").all(),
+                 connection.exec_driver_sql("SELECT pg_relation_filenode('acct')").scalar())
+    engine.dispose()
+    return found
+
+
+def _sql_plan(up: str, down: str) -> planfile.PlanFile:
+    return planfile.parse({"id": "raw", "operations": [{"op": "sql", "table": "acct", "up": up, "down": down}]})
+
+
+@pytest.mark.parametrize(("up", "message"), [
+    ("ALTER TABLE acct ADD COLUMN token text DEFAULT new_token()",
+     "ADD COLUMN token with a volatile default (new_token() is VOLATILE) rewrites acct under an ACCESS EXCLUSIVE "
+     "lock: add it without the default, then backfill"),
+    ("ALTER TABLE acct ADD COLUMN score positive_int",
+     "ADD COLUMN score of domain positive_int (CHECK ((VALUE > 0))) rewrites acct under an ACCESS EXCLUSIVE lock, "
+     "checking every row against the domain: add it as integer, then use op add_check"),
+])
+def test_a_name_that_rewrites_is_refused_through_a_plan(catalog_url: str, up: str, message: str) -> None:
+    """The two statements the name list let through: refused before anything runs, exit 2."""
+    engine = db.create_engine(catalog_url)
+    before = _acct_state(catalog_url)
+    with pytest.raises(PlanInvalid) as refused:
+        Runner(engine).start(_sql_plan(up, "ALTER TABLE acct DROP COLUMN IF EXISTS token, DROP COLUMN IF EXISTS score"))
+    assert refused.value.exit_code == 2
+    assert message in str(refused.value) and "assume_safe: true" in str(refused.value), refused.value
+    assert _acct_state(catalog_url) == before
+    engine.dispose()
+
+
+@pytest.mark.parametrize("up", [
+    "ALTER TABLE acct ADD COLUMN token text DEFAULT stable_token()",
+    "ALTER TABLE acct ADD COLUMN token text DEFAULT immutable_token()",
+    "ALTER TABLE acct ADD COLUMN score plain_int DEFAULT 5",
+])
+def test_a_name_that_does_not_rewrite_runs_through_a_plan(catalog_url: str, up: str) -> None:
+    """A STABLE or IMMUTABLE default, a domain without constraints: the plan runs, and acct keeps its file."""
+    engine = db.create_engine(catalog_url)
+    before = _acct_state(catalog_url)
+    Runner(engine).start(_sql_plan(up, "ALTER TABLE acct DROP COLUMN IF EXISTS token, DROP COLUMN IF EXISTS score"))
+    started = _acct_state(catalog_url)
+    assert len(started[1]) == len(before[1]) + 1 and started[3] == before[3]  # a new column, the same file
+    Runner(engine).rollback("raw")
+    assert _acct_state(catalog_url)[1:] == before[1:]  # (zdm's state table stays)
+    engine.dispose()
+
+
+def test_asking_the_server_leaves_the_connection_as_it_was(catalog_url: str) -> None:
+    """The probe's temporary table, its timeout and any error it meets stay in a rolled-back savepoint."""
+    statements = ["ALTER TABLE acct ADD COLUMN token text DEFAULT new_token()",
+                  "ALTER TABLE acct ADD COLUMN x text DEFAULT no_such_function()",  # the probe fails here
+                  "ALTER TABLE acct ADD COLUMN score positive_int"]
+    engine = sa.create_engine(catalog_url)
+    with engine.connect() as connection:
+        assert len(lock_risks(statements, old_app_running=True, connection=connection)) == 3
+        assert not connection.in_transaction()  # not in one before: none left open
+        connection.exec_driver_sql("SET statement_timeout = '7s'")
+        assert connection.in_transaction()
+        risks = lock_risks(statements, old_app_running=True, connection=connection)
+        assert "no_such_function() does not exist yet, and a function is VOLATILE unless declared" in risks[1]
+        assert connection.in_transaction()  # the caller's transaction goes on, not aborted
+        assert connection.exec_driver_sql("SHOW statement_timeout").scalar() == "7s"
+        assert connection.exec_driver_sql("SELECT to_regclass('pg_temp.zdm_rewrite_probe')").scalar() is None
+        assert connection.exec_driver_sql("SELECT count(*) FROM acct").scalar() == 50
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        # No savepoint to roll back: no probe, but the catalog is still read by name.
+        assert len(lock_risks(statements, old_app_running=True, connection=connection)) == 3
+        assert connection.exec_driver_sql("SELECT to_regclass('pg_temp.zdm_rewrite_probe')").scalar() is None
+    engine.dispose()
+
+
+def test_offline_the_names_zdm_knows_and_the_step_s_own_declarations_decide() -> None:
+    """Alembic --sql has no database to ask: a user function's name says nothing, and passes."""
+    def offline(statement: str) -> list[str]:
+        return lock_risks([statement], old_app_running=True)
+
+    assert offline("ALTER TABLE acct ADD COLUMN token text DEFAULT new_token()") == []
+    assert offline("ALTER TABLE acct ADD COLUMN score positive_int") == []
+    assert "(clock_timestamp() is VOLATILE)" in offline("ALTER TABLE acct ADD COLUMN t timestamptz "
+                                                         "DEFAULT clock_timestamp()")[0]
+    assert "(this step creates new_token() VOLATILE)" in offline(
+        "CREATE FUNCTION new_token() RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$; "
+        "ALTER TABLE acct ADD COLUMN token text DEFAULT new_token()")[0]
+    assert "of domain positive_int (CHECK (value > 0), created by this step)" in offline(
+        "CREATE DOMAIN positive_int AS int CHECK (VALUE > 0); ALTER TABLE acct ADD COLUMN score positive_int")[0]
+    assert "checks every row of every column of that type" in offline("ALTER DOMAIN amount SET NOT NULL")[0]
+
+
+def test_a_function_an_earlier_step_creates_is_taken_for_volatile(catalog_url: str) -> None:
+    """The plan is judged before its first step runs, so the server cannot know what step 1 creates:
+    a function is VOLATILE unless declared otherwise, and created in the same step its declaration is read."""
+    engine = db.create_engine(catalog_url)
+    create = "CREATE FUNCTION later_token() RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN RETURN 'x'; END $$"
+    add = "ALTER TABLE acct ADD COLUMN token text DEFAULT later_token()"
+    drop = "ALTER TABLE acct DROP COLUMN IF EXISTS token"
+    before = _acct_state(catalog_url)
+    plan = planfile.parse({"id": "raw", "operations": [
+        {"op": "sql", "up": create, "down": "DROP FUNCTION later_token()"},
+        {"op": "sql", "table": "acct", "up": add, "down": drop}]})
+    with pytest.raises(PlanInvalid, match=r"later_token\(\) does not exist yet, and a function is VOLATILE unless"):
+        Runner(engine).start(plan)
+    assert _acct_state(catalog_url) == before
+    Runner(engine).start(_sql_plan(f"{create}; {add}", f"{drop}; DROP FUNCTION later_token()"))
+    assert _acct_state(catalog_url)[3] == before[3]  # STABLE as declared: no rewrite
+    engine.dispose()

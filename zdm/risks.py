@@ -261,7 +261,8 @@ def _alter_domain_risks(statement: ast.AlterDomainStmt, catalog: Catalog) -> lis
     users = catalog.domain_users(domain)
     if users == []:  # no column holds a value of it: nothing to check
         return []
-    where = "every column of that type" if users is None else ", ".join(users)
+    where = ("every column of that type" if users is None
+             else ", ".join(users[:3]) + (f" (and {len(users) - 3} more)" if len(users) > 3 else ""))
     also = " (adding it NOT VALID only defers that to VALIDATE CONSTRAINT, which takes the same lock)"
     return [f"ALTER DOMAIN {domain} {checked[subtype]} checks every row of {where} under a SHARE lock that blocks "
             f"writes{also if subtype == 'C' else ''}: put the rule in a table CHECK instead, with op add_check"]
@@ -400,7 +401,7 @@ class Catalog:
         if default is not None:
             definition += f" DEFAULT {_deparse(default)}"
         filenode = f"SELECT pg_relation_filenode('{PROBE}')"
-        with self._scratch() as connection:
+        with self._scratch(probe=True) as connection:
             if connection is None:
                 return None
             try:
@@ -418,7 +419,7 @@ class Catalog:
                 volatile = connection.exec_driver_sql(PROBE_VOLATILE).scalars().all()
             except sa.exc.DBAPIError:  # a name the server does not know yet, a default that fails...
                 return None
-        why = " and ".join(f"{name} is VOLATILE" for name in volatile) or "PostgreSQL rewrites the table for it"
+        why = " and ".join(f"{name} is VOLATILE" for name in volatile) or "PostgreSQL reports a rewrite for it"
         return Rewrite("volatile", why)
 
     def volatile_call(self, call: ast.FuncCall) -> str | None:
@@ -476,16 +477,19 @@ class Catalog:
                 return None
 
     @contextmanager
-    def _scratch(self) -> Iterator[sa.Connection | None]:
-        """The connection inside a savepoint that is always rolled back; None offline or in autocommit.
+    def _scratch(self, *, probe: bool = False) -> Iterator[sa.Connection | None]:
+        """The connection inside a savepoint that is always rolled back; None offline.
 
         The caller's transaction goes on as before (an error inside stays inside), and a connection
-        that was not in one is left without one.
+        that was not in one is left without one. An autocommit connection has no savepoint to roll
+        back: it serves the catalog reads as it is, and no probe.
         """
         connection = self.connection
-        if (connection is None or connection.dialect.name != "postgresql"
-                or getattr(connection.connection.dbapi_connection, "autocommit", False)):
+        if connection is None or connection.dialect.name != "postgresql":
             yield None
+            return
+        if getattr(connection.connection.dbapi_connection, "autocommit", False):
+            yield None if probe else connection
             return
         outer = None if connection.in_transaction() else connection.begin()
         savepoint = connection.begin_nested()
