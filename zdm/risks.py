@@ -336,9 +336,9 @@ class Catalog:
     SQL functions, a domain with a CHECK or NOT NULL, a cast through a volatile function...), so
     zdm asks the server: it adds the same column, type and default to an empty temporary table
     inside a savepoint that is always rolled back, and sees whether the table got a new file. The
-    table is empty, so a volatile default is never evaluated for a row: nothing of the author's
-    runs. The system catalog then says why (the stored default's functions, ``pg_type``,
-    ``pg_constraint``).
+    table is empty, so a volatile default is never called (a stable or immutable one is, once, as
+    the real statement would). The system catalog then says why (the stored default's functions,
+    ``pg_type``, ``pg_constraint``).
 
     What the same statements create (CREATE FUNCTION, CREATE DOMAIN) the server does not know yet:
     it is judged by its declaration, and a function is VOLATILE unless declared otherwise. When the
