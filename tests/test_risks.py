@@ -8,6 +8,7 @@ and the operation that does it safely, unless the author vouches with `assume_sa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pglast
@@ -20,6 +21,7 @@ from zdm import db, planfile
 from zdm.db import run_sql
 from zdm.risks import lock_risks
 from zdm.runner import PlanInvalid, Runner
+from zdm.testing import ServerSource, fresh_postgres_database
 
 RISKY = [
     ("ALTER TABLE users ALTER COLUMN score TYPE text", "op alter_column"),
@@ -244,15 +246,28 @@ LIVE = [
 ]
 
 
-@pytest.fixture
-def catalog_url(zdm_postgres_url: str) -> str:
+def _build_catalog(url: str) -> str:
     """acct, with user functions, domains and an operator whose names say nothing of what they do."""
-    engine = sa.create_engine(zdm_postgres_url)
+    engine = sa.create_engine(url)
     with engine.begin() as connection:
         for statement in CATALOG:
             connection.exec_driver_sql(statement)
     engine.dispose()
-    return zdm_postgres_url
+    return url
+
+
+@pytest.fixture
+def catalog_url(zdm_postgres_url: str) -> str:
+    """A database of its own, for a test that runs a plan in it."""
+    return _build_catalog(zdm_postgres_url)
+
+
+@pytest.fixture(scope="module")
+def shared_catalog_url(zdm_postgres_server: ServerSource) -> Iterator[str]:
+    """One database for the tests that only read it, or change it and roll back."""
+    assert zdm_postgres_server.url is not None
+    with fresh_postgres_database(zdm_postgres_server.url) as url:
+        yield _build_catalog(url)
 
 
 def measured(connection: sa.Connection, statements: str) -> str | None:
@@ -282,9 +297,9 @@ def measured(connection: sa.Connection, statements: str) -> str | None:
 
 
 @pytest.mark.parametrize(("statements", "hint", "effect"), LIVE)
-def test_the_live_catalog_says_what_a_name_does(catalog_url: str, statements: str, hint: str | None,
+def test_the_live_catalog_says_what_a_name_does(shared_catalog_url: str, statements: str, hint: str | None,
                                                 effect: str | None) -> None:
-    engine = sa.create_engine(catalog_url)
+    engine = sa.create_engine(shared_catalog_url)
     with engine.connect() as connection:
         risks = lock_risks([statements.format(t="acct")], old_app_running=True, connection=connection)
         assert risks == [] if hint is None else len(risks) == 1 and hint in risks[0], risks
@@ -346,12 +361,12 @@ def test_a_name_that_does_not_rewrite_runs_through_a_plan(catalog_url: str, up: 
     engine.dispose()
 
 
-def test_asking_the_server_leaves_the_connection_as_it_was(catalog_url: str) -> None:
+def test_asking_the_server_leaves_the_connection_as_it_was(shared_catalog_url: str) -> None:
     """The probe's temporary table, its timeout and any error it meets stay in a rolled-back savepoint."""
     statements = ["ALTER TABLE acct ADD COLUMN token text DEFAULT new_token()",
                   "ALTER TABLE acct ADD COLUMN x text DEFAULT no_such_function()",  # the probe fails here
                   "ALTER TABLE acct ADD COLUMN score positive_int"]
-    engine = sa.create_engine(catalog_url)
+    engine = sa.create_engine(shared_catalog_url)
     with engine.connect() as connection:
         assert len(lock_risks(statements, old_app_running=True, connection=connection)) == 3
         assert not connection.in_transaction()  # not in one before: none left open
