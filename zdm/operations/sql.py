@@ -55,8 +55,9 @@ class RawSql(Operation):
         undo = [] if self.down is None else [self.down] if isinstance(self.down, str) else self.down
         if c.is_postgres and not self.assume_safe:
             # `down` runs at rollback, when only what `up` added goes: a drop there is the undo.
-            risks = [*lock_risks(listed, old_app_running=phase is not Phase.CONTRACTING),
-                     *lock_risks(undo, old_app_running=False)]
+            # The live catalogue says what the statements' functions and types are (None offline).
+            risks = [*lock_risks(listed, old_app_running=phase is not Phase.CONTRACTING, connection=c.connection),
+                     *lock_risks(undo, old_app_running=False, connection=c.connection)]
             if risks:
                 more = f" (and {len(risks) - 1} more)" if len(risks) > 1 else ""
                 raise ValueError(f"{self.describe()}: {risks[0]}{more}; if you know it is harmless here, set "
