@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from zdm import transforms
 from zdm.dialects import Sync, index_copy_problem, mentions, object_name
 from zdm.dialects.sqlite import rebuild_action
+from zdm.introspect import describe_reference, referencing_foreign_keys
 from zdm.model import Column, ColumnType, Link, Schema, Table
 from zdm.operations.base import Compiler, Operation
 from zdm.plan import Backfill, MigrationStep, Phase, check_action
@@ -141,6 +142,13 @@ class DualColumn(Operation):
                     f"check constraint {name} on {self.table} uses {self.column}, which zdm cannot carry onto "
                     f"{self.shadow}: drop it before this change (drop_constraint) and add it again after (add_check)")
 
+    def _refuse_referenced(self, c: Compiler) -> None:
+        """Another table's foreign key to the column would stop resolving once it is dropped at contract
+        (PostgreSQL refuses the DROP, SQLite fails every insert with 'foreign key mismatch')."""
+        for key in referencing_foreign_keys(c.connection, self.table, self.column) if c.connection else []:
+            raise ValueError(f"{describe_reference(key, self.table)}, which zdm cannot move onto {self.shadow}: drop "
+                             "that foreign key before this change and add it again after")
+
     def _refuse_a_volatile_default(self, c: Compiler) -> None:
         """The triggers tell a value left at its default by comparing it with the default: a default
         that changes on every call (a sequence, a random uuid) would make the two columns differ."""
@@ -153,6 +161,7 @@ class DualColumn(Operation):
     def expand(self, c: Compiler) -> list[MigrationStep]:
         d, q = c.dialect, c.dialect.quote
         self._refuse_checks_on_the_column(c)
+        self._refuse_referenced(c)
         self._refuse_a_volatile_default(c)
         steps = []
         if self._needs_try_json(c):
@@ -236,8 +245,8 @@ class DualColumn(Operation):
             forward = [rebuild_action(
                 self.table, drop=[self.column], alter={self.shadow: final}, renames=renames,
                 drop_indexes=[copy.temporary for copy in copies],
-                create_indexes=[{"name": copy.final, "columns": copy.columns, "unique": copy.unique}
-                                for copy in copies],
+                create_indexes=[{"name": copy.final, "columns": copy.columns, "unique": copy.unique,
+                                 "constraint": copy.constraint} for copy in copies],
             )]
         steps.append(MigrationStep(CONTRACTING, f"drop {self.table}.{self.column}; "
                                    f"{self.final_name} takes its place", forward=forward))
