@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 import sqlalchemy as sa
@@ -152,7 +153,7 @@ def rebuild_refusal(connection: sa.Connection, spec: dict[str, Any], *, strict: 
     if table.has_rowid and not set(_ROWID_NAMES) - _lower(_columns(connection, name, stored=False)):
         return (f"cannot rebuild table {name}: its columns named rowid, _rowid_ and oid hide the row ids, which "
                 "a rebuild must copy; rename one of them first")
-    references = referencing_foreign_keys(connection, name)
+    references = referencing_foreign_keys(connection, name) if spec["drop"] else []
     for column in spec["drop"]:
         found = table.column(column)
         if found is None:
@@ -197,43 +198,27 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
     """
     if problem := rebuild_refusal(connection, spec):
         raise RebuildRefused(problem)
-    name = spec["table"]
-    q = connection.dialect.identifier_preparer.quote
-    old_sql = _master_sql(connection, "table", name)[name]
-    table = _read_table(old_sql)
-    dropped = {column.lower() for column in spec["drop"]}
-    renames = spec.get("renames", {})
+    name, q = spec["table"], connection.dialect.identifier_preparer.quote
+    table = _read_table(_master_sql(connection, "table", name)[name])
+    dropped = _lower(spec["drop"])
     new_sql = _new_table_sql(table, spec, q)
-    indexes = {index: sql for index, sql in _master_sql(connection, "index", name).items()
-               if index not in spec.get("drop_indexes", []) and not _index_names(sql) & dropped}
+    indexes = [sql for index, sql in _master_sql(connection, "index", name).items()
+               if index not in spec.get("drop_indexes", []) and not _index_names(sql) & dropped]
     triggers = list(_master_sql(connection, "trigger", name).values())
     checked = [name, *sorted({key["table"] for key in referencing_foreign_keys(connection, name)} - {name})]
-    problems_before = _foreign_key_problems(connection, checked)
-    sequence = _sequence(connection, name)
-    statistics = _statistics(connection, name)
-    copied = [column for column in _columns(connection, name) if column.lower() not in dropped]
-    if table.has_rowid:
-        copied.insert(0, next(alias for alias in _ROWID_NAMES
-                              if alias not in _lower(_columns(connection, name, stored=False))))
-    columns = ", ".join(map(q, copied))
+    problems, broken_views = _foreign_key_problems(connection, checked), _broken_views(connection)
+    sequence, statistics = _sequence(connection, name), _statistics(connection, name)
+    columns_before = _column_facts(connection, name)
 
-    aside = q(object_name("zdm_rebuild", name))
     legacy = connection.exec_driver_sql("PRAGMA legacy_alter_table").scalar()
     connection.exec_driver_sql("PRAGMA legacy_alter_table = ON")
-    connection.exec_driver_sql(f"ALTER TABLE {q(name)} RENAME TO {aside}")
-    connection.exec_driver_sql(new_sql)
-    # OR ABORT: a column's own ON CONFLICT IGNORE / REPLACE must not skip or change a row here.
-    connection.exec_driver_sql(f"INSERT OR ABORT INTO {q(name)} ({columns}) SELECT {columns} FROM {aside}")
-    rows = (connection.exec_driver_sql(f"SELECT count(*) FROM {aside}").scalar(),
-            connection.exec_driver_sql(f"SELECT count(*) FROM {q(name)}").scalar())
-    if rows[0] != rows[1]:
-        raise RuntimeError(f"rebuild of {name} copied {rows[1]} of its {rows[0]} rows")
-    connection.exec_driver_sql(f"DROP TABLE {aside}")
-    for sql in [*indexes.values(), *triggers]:  # as written: an expression, a sort order, a collation
-        connection.exec_driver_sql(sql)
-    connection.exec_driver_sql(f"PRAGMA legacy_alter_table = {int(legacy)}")
-
-    for old, new in renames.items():
+    try:
+        _copy(connection, name, new_sql, table.has_rowid, dropped)
+        for sql in [*indexes, *triggers]:  # as written: an expression, a sort order, a collation
+            connection.exec_driver_sql(sql)
+    finally:  # a connection setting, which a rolled back transaction would not undo
+        connection.exec_driver_sql(f"PRAGMA legacy_alter_table = {int(legacy)}")
+    for old, new in spec.get("renames", {}).items():
         connection.exec_driver_sql(f"ALTER TABLE {q(name)} RENAME COLUMN {q(old)} TO {q(new)}")
     for index in spec.get("create_indexes", []):
         if not index.get("constraint"):  # a UNIQUE constraint is part of the new CREATE TABLE
@@ -242,10 +227,61 @@ def run_rebuild(connection: sa.Connection, spec: dict[str, Any]) -> None:
                 sa.Index(index["name"], *[holder.c[c] for c in index["columns"]], unique=index["unique"])))
     _restore_sequence(connection, name, sequence)
     _restore_statistics(connection, name, statistics)
-    _check_views(connection)
-    if new := _foreign_key_problems(connection, checked) - problems_before:
+
+    if views := sorted(_broken_views(connection).items() - broken_views.items()):
+        raise RuntimeError(f"view {views[0][0]!r} depends on the change: {views[0][1]}")
+    if new_problems := _foreign_key_problems(connection, checked) - problems:
         raise RuntimeError(f"after the rebuild of {name}, PRAGMA foreign_key_check reports "
-                           f"{_describe_problems(new)}: the phase is rolled back")
+                           f"{_describe_problems(new_problems)}: the phase is rolled back")
+    if changed := _unexpected_changes(columns_before, _column_facts(connection, name), spec):
+        raise RuntimeError(f"the rebuild of {name} changed column {changed} (a zdm bug, please report it): "
+                           "the phase is rolled back")
+
+
+def _copy(connection: sa.Connection, name: str, new_sql: str, has_rowid: bool, dropped: set[str]) -> None:
+    """Steps of SQLite's recipe: the old table goes aside, the new one takes its name and every
+    row (with its rowid, so rowids a row is known by stay the same), the old one is dropped."""
+    q = connection.dialect.identifier_preparer.quote
+    copied = [column for column in _columns(connection, name) if column.lower() not in dropped]
+    if has_rowid:
+        hidden = _lower(_columns(connection, name, stored=False))
+        copied.insert(0, next(alias for alias in _ROWID_NAMES if alias not in hidden))
+    columns, aside = ", ".join(map(q, copied)), q(object_name("zdm_rebuild", name))
+    connection.exec_driver_sql(f"ALTER TABLE {q(name)} RENAME TO {aside}")
+    connection.exec_driver_sql(new_sql)
+    # OR ABORT: a column's own ON CONFLICT IGNORE / REPLACE must not skip or change a row here.
+    connection.exec_driver_sql(f"INSERT OR ABORT INTO {q(name)} ({columns}) SELECT {columns} FROM {aside}")
+    counts = [connection.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar() for t in (aside, q(name))]
+    if counts[0] != counts[1]:
+        raise RuntimeError(f"the rebuild of {name} copied {counts[1]} of its {counts[0]} rows")
+    connection.exec_driver_sql(f"DROP TABLE {aside}")
+
+
+def _column_facts(connection: sa.Connection, table: str) -> list[tuple[Any, ...]]:
+    """(name, declared type, notnull, default, pk, hidden) of each column, as SQLite reads them."""
+    return [tuple(row) for row in connection.execute(sa.text(
+        'SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(:t)'), {"t": table})]
+
+
+def _unexpected_changes(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]], spec: dict[str, Any]
+                        ) -> str | None:
+    """A column whose definition the rebuild changed beyond what ``spec`` asked: a guard on the text edits."""
+    renames = {old.lower(): new for old, new in spec.get("renames", {}).items()}
+    nullable = {column.lower(): change["nullable"] for column, change in spec["alter"].items() if "nullable" in change}
+    # a new default is checked by SQLite's own parser; it reports it in its own way
+    new_default = {renames.get(column.lower(), column).lower()
+                   for column, change in spec["alter"].items() if "server_default" in change}
+    expected = [(renames.get(name.lower(), name), declared,
+                 int(not nullable[name.lower()]) if name.lower() in nullable else notnull, default, pk, hidden)
+                for name, declared, notnull, default, pk, hidden in before if name.lower() not in _lower(spec["drop"])]
+
+    def compared(facts: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
+        return facts and (*facts[:3], None if facts[0].lower() in new_default else facts[3], *facts[4:])
+
+    for want, got in zip_longest(expected, after):
+        if compared(want) != compared(got):
+            return f"{(want or got)[0]}: {got} where {want} was expected"
+    return None
 
 
 _ROWID_NAMES = ("rowid", "_rowid_", "oid")
@@ -343,15 +379,15 @@ def _describe_problems(problems: Counter[tuple[Any, ...]]) -> str:
     return "; ".join(described) + more
 
 
-def _check_views(connection: sa.Connection) -> None:
-    """A view using a dropped column must fail the phase, as DROP COLUMN does on PostgreSQL."""
-    views = connection.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'view'")).scalars().all()
-    preparer = connection.dialect.identifier_preparer
-    for view in views:
+def _broken_views(connection: sa.Connection) -> dict[str, str]:
+    """Views that fail to read, with why: after a rebuild, one that used a dropped column."""
+    broken = {}
+    for view in connection.execute(sa.text("SELECT name FROM sqlite_master WHERE type = 'view'")).scalars().all():
         try:
-            connection.exec_driver_sql(f"SELECT * FROM {preparer.quote(view)} LIMIT 0")
+            connection.exec_driver_sql(f"SELECT * FROM {connection.dialect.identifier_preparer.quote(view)} LIMIT 0")
         except sa.exc.OperationalError as exc:
-            raise RuntimeError(f"view {view!r} depends on the change: {exc.orig}") from None
+            broken[view] = str(exc.orig)
+    return broken
 
 
 # -- reading SQLite's CREATE TABLE ---------------------------------------------------------------
@@ -433,7 +469,7 @@ def _index_names(index_sql: str) -> set[str]:
     """The names an index's columns, expressions and WHERE clause use."""
     tokens = _tokens(index_sql)
     on = next(k for k, token in enumerate(tokens) if token.word == "ON")
-    return _names(tokens[on + 2:])
+    return _names(tokens[next(k for k in range(on, len(tokens)) if tokens[k].text == "("):])
 
 
 def _split(tokens: list[_Token]) -> list[list[_Token]]:
