@@ -94,12 +94,10 @@ CARRIED = (
     "(PRAGMA foreign_key_check, before and after, in the same transaction)",
 )
 
-#: What a dropped column takes along, as PostgreSQL's DROP COLUMN does: its indexes, and the
-#: UNIQUE, CHECK and FOREIGN KEY constraints that name it. Everything else that uses it is
-#: refused (see rebuild_refusal).
-
 #: What a rebuild refuses, before anything runs (at compile time, through check_rebuild, and
-#: again at the start of run_rebuild): it cannot carry these.
+#: again at the start of run_rebuild): it cannot carry these. A dropped column takes along what
+#: PostgreSQL's DROP COLUMN takes: its indexes and the UNIQUE, CHECK and FOREIGN KEY constraints
+#: that name it; what else uses it is refused.
 REFUSED = (
     "a connection with PRAGMA foreign_keys=ON: dropping the old table would run ON DELETE actions",
     "a virtual table, or the shadow table of one: its content lives in its module",
@@ -539,7 +537,7 @@ class _Cursor:
             self.group()
         while True:
             if self.accept("ON"):
-                self.take("DELETE", "UPDATE")
+                self.take("DELETE", "UPDATE", "INSERT")
                 if self.accept("SET"):
                     self.take("NULL", "DEFAULT")
                 elif self.accept("NO"):
@@ -638,6 +636,18 @@ def _constraint(cursor: _Cursor, table: bool) -> _Clause:
     return _Clause(kind, name, cursor.tokens[first:cursor.i], cursor.tokens[core:cursor.i], columns)
 
 
+def _starts_constraint(cursor: _Cursor) -> bool:
+    """Whether a column constraint starts here (GENERATED and AS are also plain words that may
+    name a type)."""
+    word = cursor.word()
+    if word == "GENERATED":
+        return cursor.word(1) == "ALWAYS"
+    if word == "AS":
+        following = cursor.peek(1)
+        return following is not None and following.text == "("
+    return word in _COLUMN_CONSTRAINTS
+
+
 def _column_list(group: list[_Token]) -> list[str]:
     return [part[0].identifier for part in _split(group[1:-1]) if part]
 
@@ -727,8 +737,8 @@ def _read_item(tokens: list[_Token]) -> _Item:
         return _Item(tokens, None, constraints)
     name = cursor.take()
     type_end, typed = name.end, False
-    while (token := cursor.peek()) is not None and token.kind in ("word", "quoted") \
-            and token.word not in _COLUMN_CONSTRAINTS:
+    while (token := cursor.peek()) is not None and token.kind in ("word", "quoted", "string") \
+            and not _starts_constraint(cursor):
         type_end, typed = cursor.take().end, True
     if typed and cursor.text() == "(":
         type_end = cursor.group()[-1].end
