@@ -224,6 +224,22 @@ def test_int_primary_key_stays_apart_from_the_rowid_and_integer_primary_key_stay
     through_rebuilds(engine, "b", apart)
 
 
+@carries("declared types as written")
+def test_unusual_type_spellings(zdm_sqlite_url: str) -> None:
+    """A type SQLite takes is a type zdm keeps, however it is spelled."""
+    engine = _engine(zdm_sqlite_url, "CREATE TABLE odd (id INTEGER PRIMARY KEY, email TEXT NOT NULL, a generated, "
+                     "b 'weird type', c \"quoted type\", d DOUBLE PRECISION, e DECIMAL(10, -2), f, g UNSIGNED BIG INT, "
+                     "h INTEGER REFERENCES odd ON INSERT CASCADE MATCH FULL NOT DEFERRABLE INITIALLY IMMEDIATE)")
+    types = "SELECT name, type FROM pragma_table_info('odd') WHERE name NOT LIKE 'email%'"
+    original = rows(engine, types)
+    assert original[1:4] == [("a", "generated"), ("b", "weird type"), ("c", "quoted type")]
+
+    def check(moment: str) -> None:
+        assert rows(engine, types) == original
+
+    through_rebuilds(engine, "odd", check)
+
+
 @carries("COLLATE")
 def test_collations(rich: sa.Engine) -> None:
     def check(moment: str) -> None:
@@ -602,6 +618,11 @@ REFUSALS = {
     "generated_column": (["CREATE TABLE g (id INTEGER PRIMARY KEY, a TEXT, b TEXT AS (upper(a)))"],
                          {"op": "drop_column", "table": "g", "column": "a"},
                          r"cannot drop g.a: generated column b uses it; drop or change b first"),
+    "virtual_table": (["CREATE VIRTUAL TABLE docs USING fts5(title, body)"],
+                      {"op": "drop_column", "table": "docs", "column": "body"}, "docs: it is a virtual table"),
+    "shadow_table": (["CREATE VIRTUAL TABLE docs USING fts5(title, body)"],
+                     {"op": "drop_column", "table": "docs_content", "column": "c1"},
+                     "docs_content: it is the shadow table of a virtual table"),
     "hidden_rowid": (["CREATE TABLE h (id TEXT PRIMARY KEY, rowid TEXT, _rowid_ TEXT, oid TEXT, email TEXT NOT NULL)"],
                      {"op": "drop_not_null", "table": "h", "column": "email"},
                      "its columns named rowid, _rowid_ and oid hide the row ids"),
@@ -631,3 +652,13 @@ def test_a_named_unique_constraint_can_be_dropped(zdm_sqlite_url: str) -> None:
     runner(engine).apply(planfile.parse({"id": "uq", "operations": [
         {"op": "drop_constraint", "table": "parent", "name": "parent_code_uq"}]}))
     assert master(engine, "parent") == {("table", "parent"): "CREATE TABLE parent (id INTEGER PRIMARY KEY, code TEXT)"}
+
+
+def test_a_mismatch_that_was_there_before_does_not_fail_a_rebuild(zdm_sqlite_url: str) -> None:
+    """foreign_key_check raises 'foreign key mismatch' for a key that was already broken: only a
+    new one is the rebuild's doing."""
+    engine = _engine(zdm_sqlite_url, "CREATE TABLE parent (id INTEGER PRIMARY KEY, code TEXT, email TEXT NOT NULL)",
+                     "CREATE TABLE child (id INTEGER PRIMARY KEY, parent_code TEXT REFERENCES parent (code))",
+                     "INSERT INTO parent VALUES (1, 'a', 'x')")
+    through_rebuilds(engine, "parent", lambda moment: None)
+    assert [c for c, in rows(engine, "SELECT name FROM pragma_table_info('parent')")] == ["id", "code", "email_address"]
