@@ -26,7 +26,7 @@ from test_operations import Case, run_cycle
 
 from zdm import db, planfile
 from zdm.model import Column, ColumnType, Table
-from zdm.runner import MigrationFailed
+from zdm.runner import MigrationFailed, PlanInvalid
 
 
 def _filled(app: App, base: int) -> None:
@@ -400,14 +400,15 @@ def test_an_index_behind_a_constraint_is_dropped_as_the_constraint(zdm_postgres_
 
 
 def test_sqlite_rebuild_refuses_to_drop_a_column_a_trigger_uses(zdm_sqlite_url: str) -> None:
-    """SQLite's DROP COLUMN refuses it; the rebuild must too, or the app's next write would fail."""
+    """SQLite's DROP COLUMN refuses it; the rebuild must too, or the app's next write would fail.
+    It is refused before anything runs."""
     model = users_schema(3)
     engine = setup(zdm_sqlite_url, model)
     with engine.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE audit (msg TEXT)")
         connection.exec_driver_sql("CREATE TRIGGER users_flag_audit AFTER UPDATE ON users BEGIN "
                                    "INSERT INTO audit (msg) VALUES ('flag ' || coalesce(NEW.legacy_flag, '?')); END")
-    with pytest.raises(MigrationFailed, match="trigger users_flag_audit uses column legacy_flag"):
+    with pytest.raises(PlanInvalid, match="trigger users_flag_audit uses column legacy_flag"):
         runner(engine).apply(_plan({"op": "drop_column", "table": "users", "column": "legacy_flag"}))
     App(engine, model).update(1, {"name": "still works"})
     model.add_table(Table("audit", [Column("msg", ColumnType.TEXT)]))

@@ -160,3 +160,33 @@ def server_default(connection: sa.Connection, table: str, column: str) -> str | 
         if info["name"] == column:
             return info.get("default")
     raise ModelError(f"table {table!r} has no column {column!r}")
+
+
+def referencing_foreign_keys(connection: sa.Connection, table: str, column: str | None = None
+                             ) -> list[dict[str, Any]]:
+    """Foreign keys, of any table (``table`` itself included), that reference ``table``.
+
+    Only those that reference ``column`` when it is given. Each is SQLAlchemy's reflected
+    foreign key, with its ``table`` added and ``referred_columns`` filled in (a bare
+    ``REFERENCES parent`` means the parent's primary key). Works on both databases: an operation
+    that renames, retypes or drops a column calls it at compile time and refuses what it finds,
+    since those foreign keys would stop resolving.
+    """
+    inspector = sa.inspect(connection)
+    found = []
+    for child in inspector.get_table_names():
+        for key in inspector.get_foreign_keys(child):
+            elsewhere = key.get("referred_schema") not in (None, inspector.default_schema_name)
+            if key["referred_table"] != table or elsewhere:
+                continue
+            referred = key["referred_columns"] or inspector.get_pk_constraint(table)["constrained_columns"]
+            if column is None or column in referred:
+                found.append({**key, "table": child, "referred_columns": referred})
+    return found
+
+
+def describe_reference(key: dict[str, Any], table: str) -> str:
+    """'foreign key child_fk of child (parent_code) references parent (code)'"""
+    name = f" {key['name']}" if key.get("name") else ""
+    return (f"foreign key{name} of {key['table']} ({', '.join(key['constrained_columns'])}) references "
+            f"{table} ({', '.join(key['referred_columns'])})")

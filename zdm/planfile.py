@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zdm import introspect
 from zdm.dialects import for_connection, for_name
+from zdm.dialects.sqlite import check_rebuild
 from zdm.model import Schema
 from zdm.operations import AnyOperation, Compiler
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
@@ -163,6 +164,10 @@ def compile_plan(
     for phase in STEP_PHASES:
         for operation, compiler in zip(plan.operations, compilers, strict=True):
             steps += _phase_steps(operation, phase, compiler)
+    if connection is not None:  # what a SQLite rebuild cannot carry is refused before anything runs
+        for action in [action for step in steps for action in (*step.forward, *step.compensate)]:
+            if isinstance(action, dict) and "rebuild" in action:
+                check_rebuild(connection, action["rebuild"])
     return MigrationPlan(id=plan.id, title=plan.title or plan.id, steps=steps, phase=Phase.PENDING,
                          source=plan.model_dump(mode="json"))
 

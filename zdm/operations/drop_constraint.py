@@ -29,6 +29,13 @@ def existing_constraints(c: Compiler, table: str) -> set[str]:
     return (found | existing_indexes(c, table)) - {None}
 
 
+def unique_constraints(c: Compiler, table: str) -> set[str]:
+    """Names of the table's UNIQUE constraints (on SQLite, part of the CREATE TABLE: no DROP INDEX drops them)."""
+    if c.connection is None or not sa.inspect(c.connection).has_table(table):
+        return set()
+    return {u["name"] for u in sa.inspect(c.connection).get_unique_constraints(table) if u["name"]}
+
+
 class DropConstraint(Operation):
     op: Literal["drop_constraint"] = "drop_constraint"
     name: Identifier
@@ -43,7 +50,7 @@ class DropConstraint(Operation):
             raise ValueError(f"table {self.table!r} has no constraint {self.name!r}")
         if c.is_postgres:
             forward = [d.drop_constraint(self.table, self.name)]
-        elif self.name in existing_indexes(c, self.table):
+        elif self.name in existing_indexes(c, self.table) - unique_constraints(c, self.table):
             forward = d.drop_index(self.name, self.table)
         else:
             forward = [rebuild_action(self.table, drop_constraints=[self.name])]

@@ -444,31 +444,22 @@ class DualColumn(Operation):
         return c.dialect.quote(f"{self.table}_{self.shadow}_seq"[:63])
 
     def _contract_replace_sqlite(self, c: Compiler) -> list[MigrationStep]:
-        """A type change on SQLite: one rebuild drops the old column and gives the shadow its name; every
-        index, check, trigger and view written for the old name fits again. A new name comes last,
-        through SQLite's own RENAME COLUMN, which renames it everywhere."""
+        """A type change on SQLite: one rebuild gives the old column the new declared type and the
+        shadow's values, and drops the shadow. The column keeps its name, place, and everything
+        written for it (indexes, constraints, foreign keys both ways, triggers, views); a new name
+        comes last, through SQLite's own RENAME COLUMN, which renames it everywhere."""
         q = c.dialect.quote
         facts = self._facts(c)
         converted: list[Any] = [] if self.up(c.schema).identity else [self._all_converted(c)]
-        final = {"nullable": not facts.not_null, "server_default": self.final_default(c)}
-        forward: list[Any] = [*converted, *self._drop_triggers(c), rebuild_action(
-            self.table, drop=[self.column], alter={self.shadow: final}, renames={self.shadow: self.column},
-            drop_indexes=[copy.temporary for copy in self._index_copies(c)],
-            create_foreign_keys=[{**key, "columns": [self.shadow if n == self.column else n for n in key["columns"]]}
-                                 for key in self._foreign_keys_from(c)])]
-        if self.final_name != self.column:
-            forward.append(f"ALTER TABLE {q(self.table)} RENAME COLUMN {q(self.column)} TO {q(self.final_name)}")
-        return [MigrationStep(CONTRACTING, f"drop {self.table}.{self.column}; {self.shadow} takes its place "
-                              f"as {self.final_name}", forward=forward)]
-
-    def _foreign_keys_from(self, c: Compiler) -> list[dict[str, Any]]:
-        """SQLite: the foreign keys of the old column, which its rebuild drops with it."""
-        if c.connection is None:
-            return []
-        return [{"name": key["name"], "columns": key["constrained_columns"], "ref_table": key["referred_table"],
-                 "ref_columns": key["referred_columns"], "on_delete": key.get("options", {}).get("ondelete")}
-                for key in sa.inspect(c.connection).get_foreign_keys(self.table)
-                if self.column in key["constrained_columns"]]
+        declared = self.shadow_type(c).compile(dialect=c.dialect.sa)
+        final = {"type": declared, "values_from": self.shadow, "nullable": not facts.not_null,
+                 "server_default": self.final_default(c)}
+        renames = {self.column: self.final_name} if self.final_name != self.column else {}
+        forward: list[Any] = [*converted, *self._drop_triggers(c)]
+        forward += [f"DROP INDEX IF EXISTS {q(copy.temporary)}" for copy in self._index_copies(c)]
+        forward.append(rebuild_action(self.table, drop=[self.shadow], alter={self.column: final}, renames=renames))
+        return [MigrationStep(CONTRACTING, f"{self.table}.{self.column} takes the type and values of "
+                              f"{self.shadow} as {self.final_name}", forward=forward)]
 
     def _index_copies(self, c: Compiler) -> list[IndexCopy]:
         """PostgreSQL: every index of the old column, rewritten for the shadow (a type change needs them all,
