@@ -272,7 +272,9 @@ class Runner:
             self._run_phase(plan, Phase.CONTRACTING, {})
         except Exception as exc:
             reason = _reason(exc)
-            if not any(s.executed for s in plan.steps_of(Phase.CONTRACTING)):
+            done = [s for s in plan.steps_of(Phase.CONTRACTING) if s.executed]
+            if all(s.compensate for s in done):  # nothing dropped yet: what contract added can go again
+                self._undo_contract(plan, done)
                 self._transition(plan, Phase.MIGRATING, note=f"contract failed: {reason}")
                 raise MigrationFailed(
                     f"CONTRACTING failed: {reason}; nothing was dropped, the plan is MIGRATING again "
@@ -280,6 +282,18 @@ class Runner:
                 ) from exc
             raise MigrationFailed(f"CONTRACTING failed: {reason}; run `zdm complete {plan.id}` again") from exc
         self._transition(plan, Phase.COMPLETE)
+
+    def _undo_contract(self, plan: MigrationPlan, steps: list[MigrationStep]) -> None:
+        """Undo contract steps that only added (constraints on the new column), newest first, so that
+        the next ``complete`` runs them again."""
+        for step in reversed(steps):
+            def undo(connection: sa.Connection, step: MigrationStep = step) -> None:
+                for action in step.compensate:
+                    self._execute(connection, action)
+                step.executed = False
+                state.save(connection, plan)
+
+            self._transaction(undo, f"compensate {step.description}")
 
     def _transition(self, plan: MigrationPlan, phase: Phase, note: str = "") -> None:
         plan.transition(phase, state.now(), note)
@@ -401,7 +415,7 @@ class Runner:
         checkpoint = checkpoint or {}
         in_flight = checkpoint.get("step") if checkpoint.get("outside_transaction") else None
         done = [s for i, s in enumerate(plan.steps) if (s.executed or i == in_flight) and not s.rolled_back]
-        if any(s.phase is Phase.CONTRACTING for s in done):
+        if any(s.phase is Phase.CONTRACTING and not s.compensate for s in done):
             raise PlanStateError(f"plan {plan.id!r} already ran contract steps; it cannot be rolled back")
         if plan.phase is not Phase.ROLLED_BACK:
             self.reporter.phase(plan, Phase.ROLLED_BACK)

@@ -200,11 +200,6 @@ class DualColumn(Operation):
                 what_kind = "primary key" if kind == "p" else "exclusion constraint"
                 raise ValueError(f"{what_kind} {name} uses {what}; zdm does not change it: drop it before this change "
                                  "and add it again after")
-        if not c.is_postgres:
-            for child, name, _ in facts.referenced_by:
-                if self.final_name != self.column:
-                    raise ValueError(f"foreign key {name} of {child} references {what}, which SQLite cannot point "
-                                     f"at {self.final_name}: drop it before this change and add it again after")
 
     def _sync_name(self, c: Compiler) -> str:
         return self.sync_name(c.plan_id, self.shadow)
@@ -400,7 +395,8 @@ class DualColumn(Operation):
             steps += [
                 MigrationStep(CONTRACTING, f"constraints of {self.column} on {self.shadow} (NOT VALID)",
                               forward=add, compensate=drop),
-                MigrationStep(CONTRACTING, f"validate the constraints on {self.shadow}", forward=validate),
+                MigrationStep(CONTRACTING, f"validate the constraints on {self.shadow}", forward=validate,
+                              compensate=drop),
             ]
         swap: list[Any] = [*converted, *self._drop_triggers(c)]
         swap += [d.drop_constraint(copy.table, copy.final) for copy in copies if copy.table != self.table]
