@@ -74,6 +74,9 @@ class UserTrigger:
     #: Its code (the trigger function's body on PostgreSQL, the trigger's SQL on SQLite) names the column.
     names_column: bool
     function: str | None = None
+    #: The function's planner cost (PostgreSQL): setting it again makes every session recompile the
+    #: function, whose cached plans still expect the column's old type.
+    cost: float | None = None
 
 
 @dataclass

@@ -64,13 +64,13 @@ class PostgresDialect(Dialect):
             "OR (d.refclassid = 'pg_class'::regclass AND d.refobjid = to_regclass(:t) AND d.refobjsubid = :n "
             "AND d.classid = 'pg_attrdef'::regclass AND d.objid NOT IN (SELECT oid FROM pg_attrdef "
             "WHERE adrelid = to_regclass(:t) AND adnum = :n)) ORDER BY 1"), key).scalars())
-        for name, kind, function, source in connection.execute(sa.text(
-                "SELECT t.tgname, t.tgtype, p.oid::regprocedure::text, p.prosrc FROM pg_trigger t "
+        for name, kind, function, source, cost in connection.execute(sa.text(
+                "SELECT t.tgname, t.tgtype, p.oid::regprocedure::text, p.prosrc, p.procost FROM pg_trigger t "
                 "JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = to_regclass(:t) AND NOT t.tgisinternal "
                 "AND t.tgname NOT LIKE 'zdm\\_%' ORDER BY t.tgname"), key):
             row_level, before, on_insert, on_update = (bool(kind & bit) for bit in (1, 2, 4, 16))
             facts.triggers.append(UserTrigger(name, row_level and before and (on_insert or on_update),
-                                              mentions(source or "", column), function))
+                                              mentions(source or "", column), function, cost))
         return facts
 
     def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[str]:

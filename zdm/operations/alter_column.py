@@ -111,7 +111,12 @@ class AlterColumn(DualColumn):
         return transforms.within_integer(chosen) if old is ColumnType.INTEGER else chosen
 
     def shadow_type(self, c: Compiler) -> sa.types.TypeEngine[Any]:
-        return c.dialect.column_type(self.type)
+        """The new type, with the old column's collation where both types take one."""
+        new = c.dialect.column_type(self.type)
+        collation = getattr(c.live_type(self.table, self.column), "collation", None)
+        if collation and hasattr(new, "collation"):
+            new.collation = collation
+        return new
 
     def model_type(self, old: Column) -> ColumnType:
         return self.type

@@ -184,7 +184,7 @@ class DualColumn(Operation):
             # the shadow out of step.
             renamed = self.final_name != self.column
             fires_after_ours = trigger.edits_rows and trigger.name > object_name("zdm_tg", self._sync_name(c))
-            if trigger.names_column and (renamed or self.two_way or fires_after_ours) and c.is_postgres:
+            if trigger.names_column and (renamed or self.two_way or fires_after_ours):
                 function = f" (function {trigger.function})" if trigger.function else ""
                 raise ValueError(
                     f"trigger {trigger.name}{function} on {self.table} uses {self.column}, which zdm cannot keep in "
@@ -431,6 +431,10 @@ class DualColumn(Operation):
         for grantee, privilege, grantable in facts.grants:
             option = " WITH GRANT OPTION" if grantable else ""
             swap.append(f"GRANT {privilege} ({q(self.final_name)}) ON {table} TO {grantee}{option}")
+        for function, cost in sorted({(t.function, t.cost) for t in facts.triggers if t.names_column and t.function}):
+            # PL/pgSQL sessions keep plans made for the old type ("type of parameter ... does not match
+            # that when preparing the plan"); an ALTER FUNCTION makes them compile the function again.
+            swap.append(f"ALTER FUNCTION {function} COST {cost:g}")
         steps.append(MigrationStep(CONTRACTING, f"drop {self.table}.{self.column}; {self.shadow} takes its place "
                                    f"as {self.final_name}", forward=swap))
         return steps
