@@ -147,7 +147,8 @@ class Client:
         insert = (postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert)(
             self._sa(list(values)))
         changes = {n: insert.excluded[n] for n in values if n != "id"}
-        statement = insert.values(values).on_conflict_do_update(index_elements=["id"], set_=changes)
+        statement = (insert.values(values).on_conflict_do_update(index_elements=["id"], set_=changes) if changes
+                     else insert.values(values).on_conflict_do_nothing(index_elements=["id"]))
         self._write(f"upsert {values}", lambda c: c.execute(statement),
                     lambda: self.model.upsert(self.view.name, values, {n: values[n] for n in changes}),
                     values["id"])

@@ -247,10 +247,12 @@ class Table:
         self._fill(row)
         return row
 
-    def check_row(self, row: dict[str, Any], named: set[str], replacing: dict[str, Any] | None = None) -> None:
+    def check_row(self, row: dict[str, Any], named: set[str], replacing: dict[str, Any] | None = None,
+                  *, unique: bool = True) -> None:
         """Raise ConstraintViolation if ``row`` breaks NOT NULL, a key, a uniqueness rule or a check.
 
-        ``replacing``: the row's previous version, when ``row`` is an update of it.
+        ``replacing``: the row's previous version, when ``row`` is an update of it. ``unique``: False
+        for the row an upsert proposes, which both databases check for all but uniqueness first.
         """
         for column in self.columns.values():
             if row[column.name] is None and not column.nullable:
@@ -259,7 +261,7 @@ class Table:
         for link in self.links:
             if not link.a_nullable and row[link.a] is None:
                 raise ConstraintViolation("not null", f"column {self.name}.{link.a} cannot be NULL")
-        for name, columns in self.unique_rules().items():
+        for name, columns in self.unique_rules().items() if unique else ():
             values = tuple(row[c] for c in columns)
             if None in values:
                 continue  # NULLs never collide
@@ -522,6 +524,8 @@ class Schema:
         """INSERT ... ON CONFLICT (key) DO UPDATE SET ``update``."""
         target = self.table(table)
         key = {k: target.column(k).type.coerce(values[k]) for k in target.primary_key}
+        # PostgreSQL and SQLite check the proposed row's NOT NULL and CHECKs before they look for a conflict.
+        target.check_row(target.new_row(values), named=set(values), unique=False)
         if target.find(key) is None:
             self.insert(table, values)
         elif update:
