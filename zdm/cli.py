@@ -496,8 +496,13 @@ def watch_plan(invocation: Invocation, engine: sa.Engine, plan_id: str | None, i
     if record.activity == "interrupted" and record.plan.phase is watched:
         raise CommandFailed("not_running", f"plan {plan_id} is not being run: it stopped during {watched.value}; "
                             f"{status_module.resume_hint(record.plan)}", RUNTIME, **payload)
-    left = (f"left {watched.value}: now {record.plan.phase.value}" if record.plan.phase is not watched
-            else f"{watched.value} done: {status_module.steps_text(record)}, {record.activity}")
+    if record.plan.phase is not watched:
+        left = f"left {watched.value}, now {record.plan.phase.value}"
+    elif record.activity == "waiting":
+        left = (f"{watched.value} done, waiting: deploy the new app, then `zdm complete {plan_id}` "
+                f"(or `zdm rollback {plan_id}`)")
+    else:
+        left = f"{watched.value}, {record.activity}"
     invocation.result(payload, f"{plan_id}: {left}")
 
 

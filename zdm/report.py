@@ -179,6 +179,7 @@ class HumanReporter(WatchesStatements):
         self._step(step)
         self._stop_bar()
         self.console.print(f"  • {escape(step.description)}")
+        self._last_line = time.monotonic()  # a log line every line_every_s into a backfill, not at its first batch
 
     def statement(self, sql: str) -> None:
         if self.show_sql:
