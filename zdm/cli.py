@@ -385,7 +385,8 @@ def plan_command(invocation: Invocation, plan_path: str, url: str, as_json: bool
     from zdm.runner import Reporter, Runner
 
     plan_file = load_plan_file(plan_path)
-    runner = Runner(connect(url), Reporter() if as_json else make_reporter(invocation, False, False))  # warnings
+    # The plan's warnings go to stderr as notes; with --json there is no line of text anywhere.
+    runner = Runner(connect(url), Reporter() if as_json else make_reporter(invocation, False, False))
     plan = runner.plan(plan_file)
     invocation.result({"dialect": runner.dialect.name, "plan": plan.to_dict()},
                       None if as_json else format_plan(plan, runner))
