@@ -58,7 +58,7 @@ def zdm(*args: str) -> Any:
 
 
 def zdm_phases(url: str) -> dict[str, str]:
-    return {plan["id"]: plan["phase"] for plan in json.loads(zdm("status", "--json", "--db", url))}
+    return {plan["id"]: plan["phase"] for plan in json.loads(zdm("status", "--json", "--db", url))["plans"]}
 
 
 def assert_agree(url: str, revision: str, phase: str, scripts: Path | None = None) -> None:

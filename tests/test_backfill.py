@@ -221,6 +221,6 @@ def test_progress_goes_to_stderr_as_json_lines_or_not_at_all(zdm_sqlite_url: str
     progress = [e for e in events if e["event"] == "backfill"]
     assert len(progress) >= 3 and progress[-1]["finished"] and progress[-1]["rows_done"] == 200
     assert {"rows_done", "rows_total", "rows_per_s", "eta_s", "batch_size", "batch_ms"} <= set(progress[0])
-    assert json.loads(done.stdout)["phase"] == "MIGRATING"  # stdout: the result only
+    assert json.loads(done.stdout)["plan"]["phase"] == "MIGRATING"  # stdout: the result only
     quiet = zdm("rollback", RENAME["id"], "--quiet")
     assert quiet.stderr == "" and "ROLLED_BACK" in quiet.stdout

@@ -66,8 +66,8 @@ def test_full_cycle_through_the_cli(zdm_database_url: str, plan_path: Path) -> N
 
     code, out, _ = zdm("status", "--db", zdm_database_url, "--json")
     assert code == 0
-    [record] = json.loads(out)
-    assert record["phase"] == "MIGRATING" and record["id"] == "rename_email"
+    [record] = json.loads(out)["plans"]
+    assert record["phase"] == "MIGRATING" and record["id"] == "rename_email" and record["activity"] == "waiting"
 
     code, out, _ = zdm("complete", "rename_email", "--db", zdm_database_url, "--quiet")
     assert code == 0 and "COMPLETE" in out
@@ -79,7 +79,7 @@ def test_json_output_is_machine_readable(zdm_database_url: str, plan_path: Path)
     setup(zdm_database_url, users_schema(20))
     code, out, err = zdm("apply", str(plan_path), "--db", zdm_database_url, "--json")
     assert code == 0
-    assert json.loads(out)["phase"] == "COMPLETE"
+    assert json.loads(out)["plan"]["phase"] == "COMPLETE"
     events = [json.loads(line)["event"] for line in err.splitlines()]
     assert {"phase", "step", "statement", "backfill"} <= set(events)
 
@@ -142,7 +142,7 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert code == 2 and "cannot read" in err  # the plan file is read before connecting
     (tmp_path / "p.yaml").write_text(RENAME_YAML)
     code, _, err = zdm("start", str(tmp_path / "p.yaml"), "--db", "mysql://x@localhost/db")
-    assert code == 1 and "supports postgresql and sqlite, not 'mysql'" in err
+    assert code == 2 and "supports postgresql and sqlite, not 'mysql'" in err
     for args, message in ((["start", str(tmp_path / "p.yaml")], "Missing option '--db'"),
                           (["start", str(tmp_path / "p.yaml"), "--db", "sqlite://", "--lock-timeout", "0"],
                            "Invalid value for '--lock-timeout'"),

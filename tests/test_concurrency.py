@@ -1,12 +1,15 @@
 """Dual-write triggers and the backfill under concurrent old- and new-version clients; lost connections.
 
-While the backfill of a rename (of a NOT NULL column) runs in small batches with a pause, client
-threads write as both app versions: old clients insert and update the old column, new clients
-(once expand has committed) the new one. Each client owns its keys, so the last value each wrote
-per key is known exactly, and every write is applied to the reference model too. Afterwards
-every row must hold its last writer's value in both columns and agree with the model. A counting
-trigger shows that no write echoed more than the dual-write design allows (no recursion) and that
-the backfill touched each original row at most once and no row inserted meanwhile.
+While the backfill of a rename (of a NOT NULL column) runs in batches, client threads write as
+both app versions: old clients insert and update the old column, new clients (once expand has
+committed) the new one. The overlap is paced, not timed: after each batch the backfill waits
+until every client has written again, so on a loaded machine (where a SQLite writer can sleep
+100 ms in the busy handler and lose the lock to the same busy clients again) the clients still
+write between every two batches. Each client owns its keys, so the last value each wrote per key
+is known exactly, and every write is applied to the reference model too. Afterwards every row
+must hold its last writer's value in both columns and agree with the model. A counting trigger
+shows that no write echoed more than the dual-write design allows (no recursion) and that the
+backfill touched each original row at most once and no row inserted meanwhile.
 """
 
 from __future__ import annotations
@@ -44,6 +47,26 @@ class Shared:
         self.updates: Counter[int] = Counter()
         self.inserted: set[int] = set()
         self.errors: list[BaseException] = []
+        #: Notified after every client write; the runner's hooks wait on it to pace the backfill.
+        self.wrote = threading.Condition()
+        #: Set when the backfill has begun: each client's next write is an insert, beyond its range.
+        self.backfilling = threading.Event()
+        #: Each client's writes when the hooks began waiting for the next round (see ``ahead``).
+        self.marks: dict[int, int] = {}
+
+    def wait_for_writes(self, clients: list[Client], marks: list[int]) -> None:
+        """Until every client has written since ``marks`` (or one has failed): pacing, not a timing guess."""
+        with self.wrote:
+            self.marks = {c.number: m for c, m in zip(clients, marks, strict=True)}
+            done = self.wrote.wait_for(
+                lambda: self.errors or all(c.writes > m for c, m in zip(clients, marks, strict=True)), timeout=120)
+            self.marks = {}
+        assert done, f"clients stopped writing: {[c.writes for c in clients]} since {marks}"
+
+    def ahead(self, client: Client) -> bool:
+        """The client has written in this round: it should let the others have the write lock."""
+        mark = self.marks.get(client.number)
+        return mark is not None and client.writes > mark
 
 
 class Client(threading.Thread):
@@ -56,6 +79,7 @@ class Client(threading.Thread):
         self.column = "email" if version == "old" else "email_address"
         self.rng = random.Random(number)
         self.writes = 0
+        self.inserted_while_backfilling = False
 
     def run(self) -> None:
         try:
@@ -69,10 +93,13 @@ class Client(threading.Thread):
             self.engine.dispose()
 
     def write(self) -> None:
-        self.writes += 1
+        number = self.writes + 1
         table = sa.table("users", sa.column("id"), sa.column(self.column))
-        if self.rng.random() < 0.25:
-            key = 100_000 * (self.number + 1) + self.writes
+        insert = self.rng.random() < 0.25
+        if self.shared.backfilling.is_set() and not self.inserted_while_backfilling:
+            insert = self.inserted_while_backfilling = True  # a row beyond the backfill's range, surely
+        if insert:
+            key = 100_000 * (self.number + 1) + number
             value = f"{self.version}{self.number}-{key}-inserted"
             with self.engine.begin() as connection:
                 connection.execute(table.insert().values({"id": key, self.column: value}))
@@ -82,7 +109,7 @@ class Client(threading.Thread):
                 self.keys.append(key)
         else:
             key = self.rng.choice(self.keys)
-            value = f"{self.version}{self.number}-{key}-{self.writes}"
+            value = f"{self.version}{self.number}-{key}-{number}"
             with self.engine.begin() as connection:
                 updated = connection.execute(table.update().where(table.c.id == key).values({self.column: value}))
             assert updated.rowcount == 1
@@ -90,7 +117,12 @@ class Client(threading.Thread):
                 assert self.shared.model.table("users").update({"id": key}, {self.column: value}) == 1
                 self.shared.updates[key] += 1
         self.shared.expected[key] = value
-        time.sleep(0.001)
+        with self.shared.wrote:
+            self.writes = number
+            self.shared.wrote.notify_all()
+        # Let the other writers (and the runner) have SQLite's write lock: a waiting SQLite writer
+        # sleeps in the busy handler and can lose the lock to the same busy clients again and again.
+        time.sleep(0.01 if self.shared.ahead(self) else 0.001)
 
 
 def _client_options(url: str, name: str) -> dict[str, Any]:
@@ -100,12 +132,20 @@ def _client_options(url: str, name: str) -> dict[str, Any]:
 
 
 class ModelFollowsExpand(Reporter):
-    """Applies expand to the model the moment it has committed, then lets the new clients in."""
+    """Applies expand to the model the moment it has committed, then lets the new clients in.
 
-    def __init__(self, shared: Shared, plan: planfile.PlanFile, dialect: str, engine: sa.Engine) -> None:
+    After each backfill batch it waits until every client has written again, so the clients'
+    writes interleave with the batches however slow the machine is.
+    """
+
+    def __init__(self, shared: Shared, plan: planfile.PlanFile, dialect: str, engine: sa.Engine,
+                 clients: list[Client]) -> None:
         self.shared, self.plan, self.dialect, self.engine = shared, plan, dialect, engine
+        self.clients = clients
         self.batches = 0
         self.until = 0
+        #: Each client's writes when the first batch committed.
+        self.writes_at_first_batch: list[int] = []
 
     def phase(self, plan: MigrationPlan, phase: Phase) -> None:
         if phase is Phase.MIGRATING:
@@ -114,10 +154,16 @@ class ModelFollowsExpand(Reporter):
             self.shared.expanded.set()
 
     def backfill(self, progress: BackfillProgress) -> None:
+        if progress.finished:
+            return
         self.batches += 1
+        marks = [c.writes for c in self.clients]
         if self.batches == 1:
             with self.engine.connect() as connection:
                 self.until = state.load(connection, self.plan.id)[1]["until"][0]
+            self.writes_at_first_batch = marks
+            self.shared.backfilling.set()
+        self.shared.wait_for_writes(self.clients, marks)
 
 
 def _count_updates(engine: sa.Engine) -> None:
@@ -161,20 +207,26 @@ def test_old_and_new_clients_write_while_the_backfill_runs(zdm_database_url: str
     clients = [Client(zdm_database_url, shared, version, number,
                       [k for k in range(1, rows + 1) if k % len(CLIENTS) == number])
                for version, number in CLIENTS]
-    hooks = ModelFollowsExpand(shared, plan, dialect, engine)
+    hooks = ModelFollowsExpand(shared, plan, dialect, engine, clients)
     for client in clients:
         client.start()
-    time.sleep(0.05)  # old clients already writing when expand begins
+    old = [c for c in clients if c.version == "old"]
     try:
-        Runner(engine, hooks, {"batch_size": 10, "batch_target_ms": 2, "batch_pause_ms": 3}).start(plan)
-        time.sleep(0.1)  # and still writing after the backfill
+        shared.wait_for_writes(old, [0] * len(old))  # old clients already writing when expand begins
+        # A generous target: the batch size doubles from 10 each time, a handful of paced batches.
+        Runner(engine, hooks, {"batch_size": 10, "batch_target_ms": 1000}).start(plan)
+        after = [c.writes for c in clients]
+        shared.wait_for_writes(clients, after)  # and still writing after the backfill
     finally:
         shared.stop.set()
         for client in clients:
             client.join(30)
     assert not shared.errors, shared.errors
-    assert hooks.batches >= 10, "the backfill was too short to overlap the clients"
-    assert all(c.writes >= 10 for c in clients), [c.writes for c in clients]
+    # The batch size at most doubles from 10: 500 (800) rows take at least 6 (7) batches, and
+    # every client wrote after each of them.
+    assert hooks.batches >= 6, hooks.batches
+    assert all(c.writes >= first + hooks.batches for c, first in zip(clients, hooks.writes_at_first_batch,
+                                                                         strict=True)), [c.writes for c in clients]
 
     with engine.connect() as connection:
         found = {key: (old, new) for key, old, new in connection.exec_driver_sql(

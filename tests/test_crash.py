@@ -181,7 +181,7 @@ def run_trial(trial: Trial, reset: Any) -> None:
     try:
         start_and_kill(trial, rng)
         wait_for_runner_gone(engine)
-        records = json.loads(zdm("status", "--json", "--db", trial.url).stdout)
+        records = json.loads(zdm("status", "--json", "--db", trial.url).stdout)["plans"]
         record = records[0] if records else None
         trial.died_in = check_status_tells_the_truth(engine, record)
 
@@ -304,7 +304,7 @@ def test_index_built_outside_a_transaction_is_tracked_while_in_flight(zdm_postgr
     for then in ("rollback", "resume"):
         with pytest.raises(KeyboardInterrupt):
             Runner(engine, StopAfterIndexBuild()).start(plan)
-        (record,) = json.loads(zdm("status", "--json", "--db", zdm_postgres_url).stdout)
+        (record,) = json.loads(zdm("status", "--json", "--db", zdm_postgres_url).stdout)["plans"]
         assert record["checkpoint"] == {"step": 0, "outside_transaction": True}
         assert not record["steps"][0]["executed"]
         assert "in flight: create index users_name_ix" in zdm("status", "--db", zdm_postgres_url).stdout
@@ -337,7 +337,7 @@ def test_status_tells_a_running_backfill_from_an_interrupted_one(zdm_database_ur
             if line.startswith("{") and json.loads(line)["event"] == "backfill":
                 break
         running = zdm("status", "--db", zdm_database_url).stdout
-        records = json.loads(zdm("status", "--json", "--db", zdm_database_url).stdout)
+        records = json.loads(zdm("status", "--json", "--db", zdm_database_url).stdout)["plans"]
     finally:
         process.kill()
         process.wait()

@@ -51,7 +51,12 @@ operations:
 def rehearse(*args: str) -> tuple[int, str]:
     # A fixed width: the report's columns shrink to fit, and the tests read whole cells.
     result = CliRunner().invoke(main, ["rehearse", *args, "--quiet"], env={"COLUMNS": "200"})
-    return result.exit_code, result.stdout
+    if "--json" not in args:
+        return result.exit_code, result.stdout
+    document = json.loads(result.stdout)  # the rehearsal, inside zdm's JSON document
+    assert document["command"] == "rehearse" and document["ok"] is (result.exit_code == 0), document
+    assert document["exit_code"] == result.exit_code
+    return result.exit_code, json.dumps(document["rehearsal"])
 
 
 def write(tmp_path: Path, text: str) -> str:

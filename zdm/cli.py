@@ -1,9 +1,17 @@
 """The `zdm` command.
 
-Results go to stdout (``--json`` for machines), progress and diagnostics to stderr.
+Results go to stdout, progress and diagnostics to stderr. With ``--json`` every outcome, errors
+included, is one JSON document on stdout (``zdm/schemas/output.schema.json``), and progress is
+JSON lines on stderr.
+
 Exit codes: 0 success; 1 runtime failure (a statement failed and was compensated, the database
-is unreachable, another runner holds the lock); 2 bad input (plan file, unknown table or
-column, a command that does not fit the plan's phase, bad options); 130 interrupted (Ctrl-C).
+is unreachable, another runner holds the lock, a rehearsal found a broken promise); 2 bad input
+(plan file, database URL, unknown table or column, a command that does not fit the plan's phase,
+bad options); 130 interrupted by Ctrl-C (SIGINT); 143 stopped by SIGTERM. Interrupted runs keep
+their state and checkpoint, like a lost connection.
+
+Start-up time matters (every deploy step and every shell completion runs this), so this module
+imports click and nothing heavy: each command imports what it uses when it runs.
 """
 
 from __future__ import annotations
@@ -11,59 +19,213 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import click
-import sqlalchemy as sa
 
-from zdm import __version__, db, planfile
-from zdm.model import ModelError
-from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
-from zdm.report import HumanReporter, JsonReporter, describe_progress
-from zdm.runner import Reporter, Runner, ZdmError, describe_action
-from zdm.state import RunnerBusy, runner_at_work
+from zdm import __version__
 
-USAGE, RUNTIME, INTERRUPTED = 2, 1, 130
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
+    from zdm.plan import MigrationPlan
+    from zdm.runner import Reporter, Runner
 
-def fail(message: str, code: int) -> None:
-    click.echo(f"zdm: error: {' '.join(message.split())}", err=True)
-    sys.exit(code)
+USAGE, RUNTIME, INTERRUPTED, TERMINATED = 2, 1, 130, 143
 
 
-def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Every known failure becomes one line on stderr and its exit code, never a traceback."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python runs the signal handler: a run stops as it does on Ctrl-C."""
+
+
+class CommandFailed(Exception):
+    """An outcome a command reports as an error: ``kind`` (see ERROR_KINDS) and an exit code."""
+
+    def __init__(self, kind: str, message: str, exit_code: int, **extra: Any) -> None:
+        super().__init__(message)
+        self.kind, self.exit_code, self.extra = kind, exit_code, extra
+
+
+#: The ``error.kind`` of a JSON error document, and its exit code.
+ERROR_KINDS = {
+    "usage": (USAGE, "the command line: unknown command or option, missing or invalid value"),
+    "plan_file": (USAGE, "the plan file cannot be read or does not validate"),
+    "plan_invalid": (USAGE, "the plan does not fit the live schema, or a raw SQL step is unsafe"),
+    "plan_state": (USAGE, "the command does not fit the plan's phase, or no such plan"),
+    "database_url": (USAGE, "the database URL is malformed, names another database, or a driver zdm cannot load"),
+    "database_in_use": (USAGE, "zdm demo: the database has tables the demo did not make"),
+    "database": (RUNTIME, "the database is unreachable, or a statement failed outside a plan's steps"),
+    "runner_busy": (RUNTIME, "another zdm runner is working on this database"),
+    "failed": (RUNTIME, "a step failed (and was compensated), or no lock within the budget; the message says "
+                        "what state was left"),
+    "broken_promise": (RUNTIME, "zdm rehearse: a lock, rewrite, probe or rollback broke a promise"),
+    "not_running": (RUNTIME, "zdm status --watch: the plan stopped mid-phase and no runner is at work"),
+    "interrupted": (INTERRUPTED, "Ctrl-C (exit 130) or SIGTERM (exit 143); state and checkpoint are saved"),
+}
+
+
+# -- one invocation: its outcome on stdout ---------------------------------------------------------
+@dataclass
+class Invocation:
+    """What one command run reports, and what an interruption needs to record where the plan stopped."""
+
+    command: str | None
+    as_json: bool = False
+    #: Set once a command knows which stored plan it is running (start, complete, rollback, apply...).
+    url: str | None = None
+    plan_id: str | None = None
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def result(self, payload: dict[str, Any], text: str | None = None) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"command": self.command, "ok": True, "exit_code": 0, **payload}, indent=2,
+                                  default=str))
+        elif text is not None:
+            click.echo(text)
+
+    def fail(self, kind: str, message: str, exit_code: int, **extra: Any) -> None:
+        message = " ".join(message.split())
+        if self.as_json:
+            click.echo(json.dumps({"command": self.command, "ok": False, "exit_code": exit_code,
+                                   "error": {"kind": kind, "message": message}, **extra}, indent=2, default=str))
+        else:
+            click.echo(f"zdm: error: {message}", err=True)
+        sys.exit(exit_code)
+
+    def close(self) -> None:
+        for closer in self.closers:
+            closer()
+        self.closers.clear()
+
+
+def classify(exc: BaseException) -> tuple[str, str, int] | None:
+    """An exception zdm knows as (kind, message, exit code); None for a bug, which keeps its traceback.
+
+    Modules are looked up where already imported: an exception of a module no one imported cannot
+    have been raised, and importing it here would only slow every command down.
+    """
+    if isinstance(exc, CommandFailed):
+        return exc.kind, str(exc), exc.exit_code
+    modules = sys.modules
+    if (planfile := modules.get("zdm.planfile")) and isinstance(exc, planfile.PlanFileError):
+        return "plan_file", str(exc), USAGE
+    if (model := modules.get("zdm.model")) and isinstance(exc, model.ModelError):
+        return "plan_invalid", str(exc), USAGE
+    if runner := modules.get("zdm.runner"):
+        if isinstance(exc, runner.PlanInvalid):
+            return "plan_invalid", str(exc), exc.exit_code
+        if isinstance(exc, runner.PlanStateError):
+            return "plan_state", str(exc), exc.exit_code
+        if isinstance(exc, runner.ZdmError):
+            return "failed", str(exc), exc.exit_code
+    if db := modules.get("zdm.db"):
+        if isinstance(exc, db.BadDatabaseUrl):
+            return "database_url", str(exc), USAGE
+        if isinstance(exc, db.DatabaseUnavailable):
+            return "database", str(exc), RUNTIME
+    if (demo := modules.get("zdm.demo")) and isinstance(exc, demo.DemoRefused):
+        return "database_in_use", str(exc), USAGE
+    if (state := modules.get("zdm.state")) and isinstance(exc, state.RunnerBusy):
+        return "runner_busy", str(exc), RUNTIME
+    if sa_exc := modules.get("sqlalchemy.exc"):
+        if isinstance(exc, sa_exc.DBAPIError):
+            return "database", f"database error: {exc.orig}", RUNTIME
+        if isinstance(exc, sa_exc.SQLAlchemyError):
+            return "database", f"database error: {exc}", RUNTIME
+    return None
+
+
+def zdm_command(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Every known failure becomes one outcome (a ``zdm: error:`` line, or a JSON document) and its
+    exit code, never a traceback; Ctrl-C and SIGTERM record where the plan stopped."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        context = click.get_current_context()
+        invocation = Invocation(context.info_name, bool(kwargs.get("as_json")))
+        context.meta["zdm.invocation"] = invocation
         try:
-            return command(*args, **kwargs)
-        except (planfile.PlanFileError, ModelError) as exc:
-            fail(str(exc), USAGE)
-        except ZdmError as exc:
-            fail(str(exc), exc.exit_code)
-        except (db.DatabaseUnavailable, RunnerBusy) as exc:
-            fail(str(exc), RUNTIME)
-        except sa.exc.DBAPIError as exc:
-            fail(f"database error: {exc.orig}", RUNTIME)
-        except sa.exc.SQLAlchemyError as exc:
-            fail(f"database error: {exc}", RUNTIME)
+            return command(invocation, *args, **kwargs)
+        except KeyboardInterrupt as exc:
+            invocation.close()
+            interrupted(invocation, exc)
+        except Exception as exc:
+            invocation.close()
+            known = classify(exc)
+            if known is None:
+                raise
+            invocation.fail(*known, **(exc.extra if isinstance(exc, CommandFailed) else {}))
+        finally:
+            invocation.close()
 
     return wrapper
 
 
-def db_option(command: Callable[..., Any]) -> Callable[..., Any]:
+def interrupted(invocation: Invocation, exc: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: the runner has stopped where it was (its transaction rolled back, state and
+    checkpoint saved); note the interruption in the plan's history and say where it stands."""
+    if _main_thread():  # a second signal must not cut this short (Zdm.main restores the handlers)
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, signal.SIG_IGN)
+    terminated = isinstance(exc, Terminated)
+    reason = "SIGTERM" if terminated else "Ctrl-C"
+    code = TERMINATED if terminated else INTERRUPTED
+    where = ""
+    if invocation.url and invocation.plan_id:
+        try:
+            record = _record_interruption(invocation.url, invocation.plan_id, reason)
+        except Exception:  # the database may be the reason for stopping; the state is saved either way
+            record = None
+        if record is not None:
+            from zdm.status import resume_hint
+
+            where = (f": plan {record.plan.id} stopped during {record.plan.phase.value}, state and checkpoint "
+                     f"saved; `zdm status` shows it, {resume_hint(record.plan)}")
+        else:
+            where = f": `zdm status {invocation.plan_id}` shows where the plan stands"
+    invocation.fail("interrupted", f"interrupted by {reason}{where}", code)
+
+
+def _record_interruption(url: str, plan_id: str, reason: str) -> Any:
+    from zdm import db, state
+    from zdm.status import read
+
+    engine = db.create_engine(url)
+    try:
+        found = read(engine, plan_id)
+        if not found or found[0].activity != "interrupted":
+            return None  # not left mid-phase: nothing to resume
+        state.record_interruption(engine, plan_id, reason)
+        return found[0]
+    finally:
+        engine.dispose()
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    raise Terminated
+
+
+# -- options --------------------------------------------------------------------------------------
+def db_option(required: bool = True, help: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return click.option(
-        "--db", "url", envvar="ZDM_DATABASE_URL", required=True, metavar="URL",
-        help="SQLAlchemy URL, e.g. sqlite:///app.db or postgresql+psycopg://user@host/db ($ZDM_DATABASE_URL)",
-    )(command)
+        "--db", "url", envvar="ZDM_DATABASE_URL", required=required, metavar="URL",
+        help=help or "SQLAlchemy URL, e.g. sqlite:///app.db or postgresql://user@host/db ($ZDM_DATABASE_URL)",
+    )
+
+
+def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="The outcome as one JSON document on stdout, errors included.")(command)
 
 
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     command = click.option("--json", "as_json", is_flag=True,
-                           help="Result as JSON on stdout; progress as JSON lines on stderr.")(command)
+                           help="The outcome as one JSON document on stdout, errors included; progress as JSON "
+                                "lines on stderr.")(command)
     command = click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")(command)
     return click.option("--sql", "show_sql", is_flag=True, help="Print every statement as it runs.")(command)
 
@@ -82,15 +244,39 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def make_reporter(quiet: bool, as_json: bool, show_sql: bool) -> Reporter:
-    if quiet:
-        return Reporter()
-    if as_json:
-        return JsonReporter()
-    return HumanReporter(show_sql=show_sql)
+def plan_ids(*phases: str) -> Callable[[click.Context, click.Parameter, str], list[Any]]:
+    """Shell completion of plan ids from the database of ``--db`` (or $ZDM_DATABASE_URL), in these phases."""
+
+    def complete(context: click.Context, _parameter: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        url = context.params.get("url") or os.environ.get("ZDM_DATABASE_URL")
+        if not url:
+            return []
+        try:
+            engine = connect(url)
+            try:
+                from zdm import state
+
+                with engine.connect() as connection:
+                    if not connection.dialect.has_table(connection, state.migrations.name):
+                        return []
+                    rows = connection.execute(state.migrations.select().with_only_columns(
+                        state.migrations.c.id, state.migrations.c.phase)).all()
+            finally:
+                engine.dispose()
+        except Exception:  # completion must never print a traceback into the shell
+            return []
+        return [CompletionItem(row.id, help=row.phase) for row in sorted(rows)
+                if row.id.startswith(incomplete) and (not phases or row.phase in phases)]
+
+    return complete
 
 
+# -- helpers the commands share -------------------------------------------------------------------
 def connect(url: str) -> sa.Engine:
+    from zdm import db
+
     engine = db.create_engine(url)
     database = engine.url.database
     if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") and not os.path.exists(database):
@@ -100,179 +286,339 @@ def connect(url: str) -> sa.Engine:
     return engine
 
 
-def make_runner(url: str, quiet: bool, as_json: bool, show_sql: bool, **overrides: Any) -> Runner:
-    return Runner(connect(url), make_reporter(quiet, as_json, show_sql), overrides)
+def make_reporter(invocation: Invocation, quiet: bool, show_sql: bool, engine: sa.Engine | None = None) -> Reporter:
+    from zdm.report import HumanReporter, JsonReporter
+    from zdm.runner import Reporter
+
+    if quiet:
+        return Reporter()
+    reporter = JsonReporter(engine=engine) if invocation.as_json else HumanReporter(show_sql=show_sql, engine=engine)
+    invocation.closers.append(reporter.close)
+    return reporter
 
 
-def emit_result(plan: MigrationPlan, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(plan.to_dict(), indent=2))
-    elif plan.phase is Phase.ROLLED_BACK:
+def make_runner(invocation: Invocation, url: str, quiet: bool, show_sql: bool, **overrides: Any) -> Runner:
+    from zdm.runner import Runner
+
+    engine = connect(url)
+    invocation.url = url
+    return Runner(engine, make_reporter(invocation, quiet, show_sql, engine), overrides)
+
+
+def load_plan_file(path: str) -> Any:
+    from zdm import planfile
+
+    return planfile.load(path)
+
+
+def plan_result(invocation: Invocation, plan: MigrationPlan) -> None:
+    from zdm.status import plural
+
+    if plan.phase.value == "ROLLED_BACK":
         undone = sum(1 for s in plan.steps if s.rolled_back)
-        click.echo(f"{plan.id}: ROLLED_BACK ({undone} steps undone)")
+        text = f"{plan.id}: ROLLED_BACK ({plural(undone, 'step')} undone)"
     else:
         done = sum(1 for s in plan.steps if s.executed)
-        click.echo(f"{plan.id}: {plan.phase.value} ({done}/{len(plan.steps)} steps, {plan.progress:.0f}%)")
+        text = f"{plan.id}: {plan.phase.value} ({done}/{plural(len(plan.steps), 'step')}, {plan.progress:.0f}%)"
+    invocation.result({"plan": plan.to_dict()}, text)
 
 
 class Zdm(click.Group):
-    """click parses the command line; a usage error is still one ``zdm: error:`` line, and Ctrl-C
-    says where the plan stands instead of click's bare ``Aborted!``."""
+    """click parses the command line; a usage error is still one ``zdm: error:`` line (or a JSON
+    document with --json), and SIGTERM stops a run the way Ctrl-C does."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        if not kwargs.pop("standalone_mode", True):
-            return super().main(*args, standalone_mode=False, **kwargs)
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        argv = list(sys.argv[1:] if args is None else args)
+        options = argv[:argv.index("--")] if "--" in argv else argv
+        invocation = Invocation(next((a for a in options if a in self.commands), None), "--json" in options)
+        previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+        if _main_thread():
+            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(USAGE)
         except click.UsageError as exc:
             command = exc.ctx.command_path if exc.ctx else "zdm"
-            fail(f"{exc.format_message().rstrip('.')} (see `{command} --help`)", USAGE)
+            invocation.fail("usage", f"{exc.format_message().rstrip('.')} (see `{command} --help`)", USAGE)
         except click.ClickException as exc:
-            fail(exc.format_message(), exc.exit_code)
-        except click.Abort:
-            fail("interrupted: a plan stays where it stopped; `zdm status` shows it, `zdm start` resumes, "
-                 "`zdm rollback` undoes", INTERRUPTED)
+            invocation.fail("usage", exc.format_message(), exc.exit_code)
+        except click.Abort as exc:  # an interruption outside a command's own handling (while parsing)
+            terminated = isinstance(exc.__cause__, Terminated)
+            invocation.fail("interrupted", f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}",
+                            TERMINATED if terminated else INTERRUPTED)
+        finally:
+            if _main_thread():
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
         sys.exit(code if isinstance(code, int) else 0)
 
 
-# -- commands ---------------------------------------------------------------------------------
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# -- commands ---------------------------------------------------------------------------------------
 @click.group(cls=Zdm, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="zdm")
 def main() -> None:
-    """Zero-downtime schema migrations: expand, migrate, contract."""
+    """Zero-downtime schema migrations: expand, migrate, contract.
+
+    Shell completion (commands, options, plan ids from --db or $ZDM_DATABASE_URL):
+    eval "$(_ZDM_COMPLETE=bash_source zdm)" in ~/.bashrc (zsh_source, fish_source for those shells).
+    """
 
 
 @main.command("plan")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@db_option
-@click.option("--json", "as_json", is_flag=True, help="The compiled plan as JSON.")
-@handles_errors
-def plan_command(plan_path: str, url: str, as_json: bool) -> None:
+@db_option()
+@json_option
+@zdm_command
+def plan_command(invocation: Invocation, plan_path: str, url: str, as_json: bool) -> None:
     """Print each phase's forward and compensating SQL; changes nothing."""
-    plan_file = planfile.load(plan_path)
-    runner = Runner(connect(url), HumanReporter() if not as_json else Reporter())
+    from zdm.runner import Reporter, Runner
+
+    plan_file = load_plan_file(plan_path)
+    # The plan's warnings go to stderr as notes; with --json there is no line of text anywhere.
+    runner = Runner(connect(url), Reporter() if as_json else make_reporter(invocation, False, False))
     plan = runner.plan(plan_file)
-    if as_json:
-        click.echo(json.dumps(plan.to_dict(), indent=2))
-    else:
-        click.echo(format_plan(plan, runner))
+    invocation.result({"dialect": runner.dialect.name, "plan": plan.to_dict()},
+                      None if as_json else format_plan(plan, runner))
 
 
 @main.command()
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@db_option
+@db_option()
 @run_options
 @output_options
-@handles_errors
-def start(plan_path: str, url: str, quiet: bool, as_json: bool, show_sql: bool, **overrides: Any) -> None:
+@zdm_command
+def start(invocation: Invocation, plan_path: str, url: str, quiet: bool, as_json: bool, show_sql: bool,
+          **overrides: Any) -> None:
     """Run EXPANDING then MIGRATING; resumes a start that was interrupted."""
-    plan_file = planfile.load(plan_path)
-    plan = make_runner(url, quiet, as_json, show_sql, **overrides).start(plan_file)
-    emit_result(plan, as_json)
+    plan_file = load_plan_file(plan_path)
+    runner = make_runner(invocation, url, quiet, show_sql, **overrides)
+    invocation.plan_id = plan_file.id
+    plan_result(invocation, runner.start(plan_file))
 
 
 @main.command()
-@click.argument("plan_id")
-@db_option
+@click.argument("plan_id", shell_complete=plan_ids("MIGRATING", "CONTRACTING"))
+@db_option()
 @run_options
 @output_options
-@handles_errors
-def complete(plan_id: str, url: str, quiet: bool, as_json: bool, show_sql: bool, **overrides: Any) -> None:
+@zdm_command
+def complete(invocation: Invocation, plan_id: str, url: str, quiet: bool, as_json: bool, show_sql: bool,
+             **overrides: Any) -> None:
     """Run CONTRACTING once no deployed app uses the old shape."""
-    emit_result(make_runner(url, quiet, as_json, show_sql, **overrides).complete(plan_id), as_json)
+    runner = make_runner(invocation, url, quiet, show_sql, **overrides)
+    invocation.plan_id = plan_id
+    plan_result(invocation, runner.complete(plan_id))
 
 
 @main.command()
-@click.argument("plan_id")
-@db_option
+@click.argument("plan_id", shell_complete=plan_ids("EXPANDING", "MIGRATING", "CONTRACTING"))
+@db_option()
 @run_options
 @output_options
-@handles_errors
-def rollback(plan_id: str, url: str, quiet: bool, as_json: bool, show_sql: bool, **overrides: Any) -> None:
+@zdm_command
+def rollback(invocation: Invocation, plan_id: str, url: str, quiet: bool, as_json: bool, show_sql: bool,
+             **overrides: Any) -> None:
     """Undo a started plan: compensating SQL, newest step first."""
-    emit_result(make_runner(url, quiet, as_json, show_sql, **overrides).rollback(plan_id), as_json)
+    runner = make_runner(invocation, url, quiet, show_sql, **overrides)
+    invocation.plan_id = plan_id
+    plan_result(invocation, runner.rollback(plan_id))
 
 
 @main.command()
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@db_option
+@db_option()
 @run_options
 @output_options
-@handles_errors
-def apply(plan_path: str, url: str, quiet: bool, as_json: bool, show_sql: bool, **overrides: Any) -> None:
+@zdm_command
+def apply(invocation: Invocation, plan_path: str, url: str, quiet: bool, as_json: bool, show_sql: bool,
+          **overrides: Any) -> None:
     """Run every phase in one go (dev databases, single-version apps)."""
-    plan_file = planfile.load(plan_path)
-    emit_result(make_runner(url, quiet, as_json, show_sql, **overrides).apply(plan_file), as_json)
+    plan_file = load_plan_file(plan_path)
+    runner = make_runner(invocation, url, quiet, show_sql, **overrides)
+    invocation.plan_id = plan_file.id
+    plan_result(invocation, runner.apply(plan_file))
 
 
 @main.command()
-@click.argument("plan_id", required=False)
-@db_option
-@click.option("--json", "as_json", is_flag=True, help="Status as JSON.")
-@handles_errors
-def status(plan_id: str | None, url: str, as_json: bool) -> None:
-    """What ran: phase, progress, backfill checkpoint and history of each plan."""
+@click.argument("plan_id", required=False, shell_complete=plan_ids())
+@db_option()
+@click.option("--watch", "-w", is_flag=True,
+              help="Follow the plan live (phase, progress, rows/s, ETA) until it leaves its phase.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, metavar="S",
+              help="Seconds between two looks with --watch.")
+@json_option
+@zdm_command
+def status(invocation: Invocation, plan_id: str | None, url: str, watch: bool, interval: float,
+           as_json: bool) -> None:
+    """What ran: phase, progress, backfill checkpoint and history of each plan (or of plan ID)."""
+    from zdm.status import format_record, read
+
     engine = connect(url)
-    records = Runner(engine).status()
+    if watch:
+        return watch_plan(invocation, engine, plan_id, interval)
+    records = read(engine, plan_id)
     if plan_id is not None:
-        records = [r for r in records if r[0].id == plan_id]
         if not records:
-            fail(f"no plan {plan_id!r} in this database", USAGE)
-    runner = runner_at_work(engine)
-    if as_json:
-        click.echo(json.dumps([{**p.to_dict(), "checkpoint": c, "runner": runner} for p, c in records], indent=2))
+            raise CommandFailed("plan_state", f"no plan {plan_id!r} in this database", USAGE)
+        invocation.result({"plan": records[0].to_json()}, format_record(records[0]))
         return
+    invocation.result({"plans": [r.to_json() for r in records]},
+                      "\n".join(format_record(r) for r in records) or "no zdm plans in this database")
+
+
+def watch_plan(invocation: Invocation, engine: sa.Engine, plan_id: str | None, interval: float) -> None:
+    from zdm import status as status_module
+
+    if plan_id is None:
+        moving = [r.plan.id for r in status_module.read(engine) if r.activity in ("at_work", "interrupted")]
+        if len(moving) != 1:
+            raise CommandFailed("usage", "--watch needs a plan id" + (
+                f": {len(moving)} plans are in flight ({', '.join(moving)})" if moving else ""), USAGE)
+        plan_id = moving[0]
+    live = LiveLine(invocation.as_json)
+    try:
+        record, watched = status_module.watch(engine, plan_id, interval, live.show)
+    except LookupError:
+        raise CommandFailed("plan_state", f"no plan {plan_id!r} in this database", USAGE) from None
+    finally:
+        live.end()
+    payload = {"plan": record.to_json(), "watched_phase": watched.value}
+    if record.activity == "interrupted" and record.plan.phase is watched:
+        raise CommandFailed("not_running", f"plan {plan_id} is not being run: it stopped during {watched.value}; "
+                            f"{status_module.resume_hint(record.plan)}", RUNTIME, **payload)
+    if record.plan.phase is not watched:
+        left = f"left {watched.value}, now {record.plan.phase.value}"
+    elif record.activity == "waiting":
+        left = (f"{watched.value} done, waiting: deploy the new app, then `zdm complete {plan_id}` "
+                f"(or `zdm rollback {plan_id}`)")
+    else:
+        left = f"{watched.value}, {record.activity}"
+    invocation.result(payload, f"{plan_id}: {left}")
+
+
+class LiveLine:
+    """`status --watch` output: one line rewritten in place on a terminal, a line per change elsewhere,
+    JSON lines on stderr with --json (stdout then gets the final document only)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.terminal = not as_json and sys.stdout.isatty()
+        self.last = ""
+
+    def show(self, fields: dict[str, Any]) -> None:
+        from zdm.status import watch_text
+
+        if self.as_json:
+            click.echo(json.dumps({"event": "watch", **fields}), err=True)
+            return
+        text = watch_text(fields)
+        if self.terminal:
+            click.echo(f"\r\x1b[2K{text}", nl=False)
+        elif text != self.last:
+            click.echo(text)
+        self.last = text
+
+    def end(self) -> None:
+        if self.terminal and self.last:
+            click.echo()
+
+
+@main.command()
+@click.argument("plan_id", shell_complete=plan_ids())
+@db_option()
+@json_option
+@zdm_command
+def history(invocation: Invocation, plan_id: str, url: str, as_json: bool) -> None:
+    """Each phase a plan went through: its start, end and duration, interruptions included."""
+    from zdm.status import format_history, phase_periods, read
+
+    records = read(connect(url), plan_id)
     if not records:
-        click.echo("no zdm plans in this database")
-    for plan, checkpoint in records:
-        click.echo(format_status(plan, checkpoint, runner))
+        raise CommandFailed("plan_state", f"no plan {plan_id!r} in this database", USAGE)
+    plan = records[0].plan
+    invocation.result({"plan_id": plan.id, "title": plan.title, "phase": plan.phase.value,
+                       "phases": phase_periods(plan)}, format_history(records[0]))
 
 
 @main.command()
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.option("--db", "url", envvar="ZDM_DATABASE_URL", metavar="URL",
-              help="Also check against this database's live schema.")
-@handles_errors
-def validate(plan_path: str, url: str | None) -> None:
+@db_option(required=False, help="Also check against this database's live schema ($ZDM_DATABASE_URL).")
+@json_option
+@zdm_command
+def validate(invocation: Invocation, plan_path: str, url: str | None, as_json: bool) -> None:
     """Check a plan file (and, with --db, that it fits the live schema)."""
-    plan_file = planfile.load(plan_path)
+    from zdm.runner import Reporter, Runner
+
+    class Notes(Reporter):
+        def __init__(self) -> None:
+            self.notes: list[str] = []
+
+        def note(self, message: str) -> None:
+            self.notes.append(message)
+
+    plan_file = load_plan_file(plan_path)
+    notes = Notes()
     if url:
-        Runner(connect(url), HumanReporter()).plan(plan_file)
-    click.echo(f"{plan_path}: ok ({len(plan_file.operations)} operations)")
+        Runner(connect(url), notes).plan(plan_file)
+    for message in notes.notes if not as_json else []:
+        click.echo(f"  ! {message}", err=True)
+    count = len(plan_file.operations)
+    invocation.result({"plan_file": plan_path, "plan_id": plan_file.id, "operations": count,
+                       "checked_against_database": bool(url), "warnings": notes.notes},
+                      f"{plan_path}: ok ({count} operation{'' if count == 1 else 's'}"
+                      f"{', fits the database' if url else ''})")
 
 
 @main.command()
-def schema() -> None:
-    """Print the plan file's JSON Schema (for editors)."""
-    click.echo(json.dumps(planfile.json_schema(), indent=2))
+@click.option("--output", "which", flag_value="output",
+              help="The JSON Schema of what --json prints, instead of the plan file's.")
+@click.option("--plan", "which", flag_value="plan", default=True, hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Accepted for uniformity: a schema is JSON already.")
+@zdm_command
+def schema(invocation: Invocation, which: str, as_json: bool) -> None:
+    """Print the plan file's JSON Schema (for editors), or with --output that of --json's documents."""
+    from importlib.resources import files
+
+    click.echo(files("zdm.schemas").joinpath(f"{which}.schema.json").read_text(encoding="utf-8"), nl=False)
 
 
 @main.command()
-@click.option("--db", "url", metavar="URL", help="Database to run the demo in (default: a new SQLite file).")
+@click.option("--db", "url", metavar="URL",
+              help="Database to run the demo in (default: a new SQLite file). It must not have a users or "
+                   "zdm_migrations table the demo did not make.")
 @click.option("--rows", default=20_000, show_default=True, type=click.IntRange(min=1), help="Rows in the demo table.")
-@handles_errors
-def demo(url: str | None, rows: int) -> None:
+@json_option
+@zdm_command
+def demo(invocation: Invocation, url: str | None, rows: int, as_json: bool) -> None:
     """Walk through a rename phase by phase on a demo table, printing SQL and history."""
     from zdm.demo import run_demo
 
-    run_demo(url, rows)
+    invocation.result(run_demo(url, rows, as_json=as_json))
 
 
 @main.command()
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@db_option
+@db_option()
 @click.option("--complete", "and_complete", is_flag=True,
               help="After the rollback, start again and complete: the database is LEFT COMPLETED (new shape).")
 @click.option("--max-rewrite-rows", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Fail when a statement rewrites a table with more rows than this.")
 @run_options
 @output_options
-@handles_errors
-def rehearse(plan_path: str, url: str, and_complete: bool, max_rewrite_rows: int, quiet: bool, as_json: bool,
-             show_sql: bool, **overrides: Any) -> None:
+@zdm_command
+def rehearse(invocation: Invocation, plan_path: str, url: str, and_complete: bool, max_rewrite_rows: int,
+             quiet: bool, as_json: bool, show_sql: bool, **overrides: Any) -> None:
     """Rehearse a plan on a staging database: start, probe, roll back, prove nothing changed.
 
     Records each statement's locks (PostgreSQL: pg_locks), how long they were held and whether
@@ -291,25 +637,32 @@ def rehearse(plan_path: str, url: str, and_complete: bool, max_rewrite_rows: int
     from zdm.rehearse import print_report
     from zdm.rehearse import rehearse as run_rehearsal
 
-    plan_file = planfile.load(plan_path)
-    result = run_rehearsal(connect(url), plan_file, complete=and_complete, max_rewrite_rows=max_rewrite_rows,
-                           overrides=overrides, reporter=make_reporter(quiet, as_json, show_sql))
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
+    plan_file = load_plan_file(plan_path)
+    engine = connect(url)
+    invocation.url, invocation.plan_id = url, plan_file.id
+    result = run_rehearsal(engine, plan_file, complete=and_complete, max_rewrite_rows=max_rewrite_rows,
+                           overrides=overrides, reporter=make_reporter(invocation, quiet, show_sql, engine))
+    if not as_json:
         wide = sys.stdout.isatty() or "COLUMNS" in os.environ  # else a log: wider than rich's 80 columns
         print_report(result, Console(highlight=False, width=None if wide else 120))
     if not result.ok:
-        sys.exit(RUNTIME)
+        if not as_json:
+            sys.exit(RUNTIME)  # the report said why, on stdout
+        broken = len(result.to_dict().get("violations", []))
+        raise CommandFailed("broken_promise", f"rehearsal of {plan_file.id}: {broken} broken "
+                            f"promise{'' if broken == 1 else 's'}", RUNTIME, rehearsal=result.to_dict())
+    invocation.result({"rehearsal": result.to_dict()})
 
 
-# -- formatting -------------------------------------------------------------------------------
+# -- formatting -------------------------------------------------------------------------------------
 def action_text(action: str | dict[str, Any], runner: Runner) -> str:
+    from zdm.runner import describe_action
+
     text = describe_action(action, runner.dialect)
     return text if isinstance(action, dict) else text + ";"
 
 
-def format_step(step: MigrationStep, runner: Runner) -> list[str]:
+def format_step(step: Any, runner: Runner) -> list[str]:
     lines = [f"  -- {step.description}"]
     if step.backfill is not None:
         lines.append(f"  {step.backfill.describe()};")
@@ -323,37 +676,17 @@ def format_step(step: MigrationStep, runner: Runner) -> list[str]:
 
 
 def format_plan(plan: MigrationPlan, runner: Runner) -> str:
+    from zdm.plan import STEP_PHASES
+    from zdm.status import plural
+
     lines = [f"plan {plan.id}: {plan.title}  [{runner.dialect.name}]"]
     for phase in STEP_PHASES:
         steps = plan.steps_of(phase)
-        lines.append(f"\n{phase.value} ({len(steps)} steps)")
+        lines.append(f"\n{phase.value} ({plural(len(steps), 'step')})")
         if not steps:
             lines.append("  (nothing)")
         for step in steps:
             lines += format_step(step, runner)
-    return "\n".join(lines)
-
-
-def format_status(plan: MigrationPlan, checkpoint: dict[str, Any], runner: str | None = None) -> str:
-    """``runner``: who holds the runner lock now; a plan mid-way is then at work, not interrupted."""
-    done = sum(1 for s in plan.steps if s.executed)
-    lines = [f"{plan.id}: {plan.phase.value}, {done}/{len(plan.steps)} steps ({plan.progress:.0f}%) — {plan.title}"]
-    if plan.is_started:
-        lines.append(f"  started: deploy the new app, then `zdm complete {plan.id}` (or `zdm rollback {plan.id}`)")
-    if checkpoint.get("until") is not None:
-        from zdm.backfill import BackfillProgress
-
-        step = plan.steps[checkpoint["step"]]
-        table = step.backfill.table if step.backfill else "?"
-        lines.append("  " + describe_progress(BackfillProgress(
-            table, checkpoint["rows_done"], checkpoint["rows_total"], 0.0, None, 0, 0.0))
-                     + (f" (a runner is at work: {runner})" if runner else " (interrupted)"))
-    if checkpoint.get("outside_transaction"):
-        lines.append(f"  in flight: {plan.steps[checkpoint['step']].description} (outside a transaction: "
-                     f"`zdm start` runs it again, `zdm rollback {plan.id}` undoes it)")
-    for entry in plan.history:
-        note = f"  {entry.note}" if entry.note else ""
-        lines.append(f"  {entry.at}  {entry.phase.value}{note}")
     return "\n".join(lines)
 
 

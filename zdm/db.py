@@ -18,14 +18,18 @@ class DatabaseUnavailable(RuntimeError):
     """The database URL is malformed, uses an unsupported driver, or does not answer."""
 
 
+class BadDatabaseUrl(DatabaseUnavailable):
+    """The URL itself is wrong (malformed, another database, a driver zdm cannot load): bad input."""
+
+
 def create_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
     try:
         parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        raise DatabaseUnavailable(f"not a database URL: {str(url)!r}") from None
+    except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise BadDatabaseUrl(f"not a database URL: {shown_url(url)!r}") from None
     backend = parsed.get_backend_name()
     if backend not in ("postgresql", "sqlite"):
-        raise DatabaseUnavailable(f"zdm supports postgresql and sqlite, not {backend!r}")
+        raise BadDatabaseUrl(f"zdm supports postgresql and sqlite, not {backend!r}")
     if backend == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     connect_args: dict[str, Any] = {}
@@ -33,11 +37,23 @@ def create_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
     try:
         engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
     except (ImportError, sa.exc.ArgumentError) as exc:
-        raise DatabaseUnavailable(f"cannot use {parsed.render_as_string(hide_password=True)}: {exc}") from None
+        raise BadDatabaseUrl(f"cannot use {parsed.render_as_string(hide_password=True)}: {exc}") from None
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_autocommit_driver)
         event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+#: The password part of a URL that SQLAlchemy could not parse: ``scheme://user:PASSWORD@``.
+_PASSWORD = re.compile(r"(://[^/:@]*:)[^/@]*@")
+
+
+def shown_url(url: str | sa.URL) -> str:
+    """A URL as zdm prints it: without its password, even when it is malformed."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except (sa.exc.ArgumentError, ValueError):
+        return _PASSWORD.sub(r"\1***@", str(url))
 
 
 def _sqlite_autocommit_driver(dbapi_connection: Any, _record: Any) -> None:

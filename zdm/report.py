@@ -2,15 +2,21 @@
 
 Progress is a diagnostic, so it goes to stderr and a script reading stdout gets only the result.
 On a terminal the backfill shows a live bar; elsewhere (CI logs) a line every couple of seconds.
+A statement that runs long without batches (``CREATE INDEX CONCURRENTLY``, ``VALIDATE
+CONSTRAINT``, one waiting for a lock) gets a line every few seconds with its elapsed time and,
+on PostgreSQL, the phase and blocks done that ``pg_stat_progress_create_index`` reports.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
+import sqlalchemy as sa
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -18,6 +24,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from zdm.backfill import BackfillProgress
 from zdm.plan import MigrationPlan, MigrationStep, Phase
 from zdm.runner import Reporter
+from zdm.status import progress_text
 
 PHASE_STYLE = {
     Phase.EXPANDING: "bold cyan",
@@ -28,8 +35,134 @@ PHASE_STYLE = {
 }
 
 
-class HumanReporter(Reporter):
-    def __init__(self, console: Console | None = None, *, show_sql: bool = False, line_every_s: float = 2.0):
+#: Statements whose progress PostgreSQL reports in pg_stat_progress_create_index.
+INDEX_BUILDS = ("CREATE INDEX", "CREATE UNIQUE INDEX", "REINDEX")
+
+
+class LongStatements:
+    """Watches the statement running now; once it has run ``after_s``, reports it every ``every_s``.
+
+    One daemon thread for the whole run. ``show`` gets ``{"sql", "elapsed_s"}`` plus, on
+    PostgreSQL for an index build, what ``pg_stat_progress_create_index`` says about zdm's own
+    session (``phase``, ``blocks_done``, ``blocks_total``, ``tuples_done``, ``tuples_total``,
+    ``lockers_done``, ``lockers_total``). It reads that on a connection of its own.
+    """
+
+    def __init__(self, engine: sa.Engine | None, show: Callable[[dict[str, Any]], None], *,
+                 after_s: float = 2.0, every_s: float = 5.0) -> None:
+        self.engine, self.show = engine, show
+        self.after_s, self.every_s = after_s, every_s
+        self._changed = threading.Condition()
+        self._current: tuple[str, float] | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def begin(self, sql: str) -> None:
+        with self._changed:
+            self._current = (sql, time.monotonic())
+            self._changed.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="zdm-long-statements", daemon=True)
+                self._thread.start()
+
+    def end(self) -> None:
+        with self._changed:
+            self._current = None
+            self._changed.notify()
+
+    def close(self) -> None:
+        with self._changed:
+            self._current, self._closed = None, True
+            self._changed.notify()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        shown: tuple[str, float] | None = None  # the statement last reported, and when
+        with self._changed:
+            while not self._closed:
+                current = self._current
+                if current is None:
+                    self._changed.wait()
+                    continue
+                sql, started = current
+                due = started + self.after_s if shown is None or shown[0] != sql else shown[1] + self.every_s
+                now = time.monotonic()
+                if now < due:
+                    self._changed.wait(due - now)
+                    continue
+                self._changed.release()
+                try:
+                    fields = {"sql": sql, "elapsed_s": round(now - started, 1), **self._progress(sql)}
+                    if self._current is current:  # still the same statement: it did not end meanwhile
+                        self.show(fields)
+                except Exception:  # progress is a nicety: it must never stop the run
+                    pass
+                finally:
+                    self._changed.acquire()
+                shown = (sql, now)
+
+    def _progress(self, sql: str) -> dict[str, Any]:
+        if self.engine is None or self.engine.dialect.name != "postgresql":
+            return {}
+        if not sql.lstrip().upper().startswith(INDEX_BUILDS):
+            return {}
+        with self.engine.connect() as connection:
+            row = connection.execute(sa.text(
+                "SELECT p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total, "
+                "p.lockers_done, p.lockers_total FROM pg_stat_progress_create_index p "
+                "JOIN pg_stat_activity a ON a.pid = p.pid WHERE p.datid = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database()) AND a.application_name = 'zdm' "
+                "AND p.pid <> pg_backend_pid() LIMIT 1")).first()
+        return dict(row._mapping) if row is not None else {}
+
+
+def describe_long_statement(fields: dict[str, Any]) -> str:
+    sql = " ".join(fields["sql"].split())
+    text = f"still running after {fields['elapsed_s']:,.0f} s: {sql if len(sql) <= 80 else sql[:79] + '…'}"
+    if fields.get("phase"):
+        text += f" ({fields['phase']}"
+        if fields.get("blocks_total"):
+            done, total = fields["blocks_done"], fields["blocks_total"]
+            text += f", {done:,}/{total:,} blocks ({100.0 * done / total:.0f}%)"
+        elif fields.get("lockers_total"):
+            text += f", {fields['lockers_done']:,}/{fields['lockers_total']:,} sessions waited for"
+        text += ")"
+    return text
+
+
+class WatchesStatements(Reporter):
+    """What both reporters share: the long-statement watch, started by ``statement`` and ended by
+    whatever the runner reports next. A backfill's statement is its batches, which report themselves."""
+
+    def __init__(self, engine: sa.Engine | None, after_s: float, every_s: float) -> None:
+        self._long = LongStatements(engine, self.long_statement, after_s=after_s, every_s=every_s)
+        self._backfilling = False
+
+    def long_statement(self, fields: dict[str, Any]) -> None: ...
+
+    def watch(self, sql: str) -> None:
+        if not self._backfilling:
+            self._long.begin(sql)
+
+    def _step(self, step: MigrationStep) -> None:
+        self._long.end()
+        self._backfilling = step.backfill is not None
+
+    def executed(self, connection: sa.Connection, action: str | dict[str, Any], seconds: float) -> None:
+        self._long.end()
+
+    def committed(self) -> None:
+        self._long.end()
+
+    def close(self) -> None:
+        self._long.close()
+
+
+class HumanReporter(WatchesStatements):
+    def __init__(self, console: Console | None = None, *, show_sql: bool = False, line_every_s: float = 2.0,
+                 engine: sa.Engine | None = None, long_after_s: float = 2.0, long_every_s: float = 5.0):
+        super().__init__(engine, long_after_s, long_every_s)
         self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.show_sql = show_sql
         self.line_every_s = line_every_s
@@ -38,18 +171,26 @@ class HumanReporter(Reporter):
         self._last_line = 0.0
 
     def phase(self, plan: MigrationPlan, phase: Phase) -> None:
+        self._long.end()
         self._stop_bar()
         self.console.print(f"[{PHASE_STYLE.get(phase, 'bold')}]{phase.value}[/] {escape(plan.id)}")
 
     def step(self, step: MigrationStep) -> None:
+        self._step(step)
         self._stop_bar()
         self.console.print(f"  • {escape(step.description)}")
+        self._last_line = time.monotonic()  # a log line every line_every_s into a backfill, not at its first batch
 
     def statement(self, sql: str) -> None:
         if self.show_sql:
             self.console.print(f"[dim]{escape(_indent(sql))}[/]")
+        self.watch(sql)
+
+    def long_statement(self, fields: dict[str, Any]) -> None:
+        self.console.print(f"    {escape(describe_long_statement(fields))}")
 
     def note(self, message: str) -> None:
+        self._long.end()
         self._stop_bar()
         self.console.print(f"[yellow]  ! {escape(message)}[/]")
 
@@ -83,37 +224,45 @@ class HumanReporter(Reporter):
             self._progress, self._task = None, None
 
 
-class JsonReporter(Reporter):
+class JsonReporter(WatchesStatements):
     """One JSON object per line on stderr, for machines watching a run."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, *, engine: sa.Engine | None = None, long_after_s: float = 2.0,
+                 long_every_s: float = 5.0) -> None:
+        super().__init__(engine, long_after_s, long_every_s)
         self.stream = stream or sys.stderr
+        self._lock = threading.Lock()  # the long-statement thread writes too
 
     def _emit(self, event: str, **fields: Any) -> None:
-        self.stream.write(json.dumps({"event": event, **fields}) + "\n")
-        self.stream.flush()
+        with self._lock:
+            self.stream.write(json.dumps({"event": event, **fields}) + "\n")
+            self.stream.flush()
 
     def phase(self, plan: MigrationPlan, phase: Phase) -> None:
+        self._long.end()
         self._emit("phase", plan=plan.id, phase=phase.value)
 
     def step(self, step: MigrationStep) -> None:
+        self._step(step)
         self._emit("step", phase=step.phase.value, description=step.description)
 
     def statement(self, sql: str) -> None:
         self._emit("statement", sql=sql)
+        self.watch(sql)
+
+    def long_statement(self, fields: dict[str, Any]) -> None:
+        self._emit("long_statement", **fields)
 
     def backfill(self, progress: BackfillProgress) -> None:
         self._emit("backfill", **progress.__dict__)
 
     def note(self, message: str) -> None:
+        self._long.end()
         self._emit("note", message=message)
 
 
 def describe_progress(p: BackfillProgress) -> str:
-    percent = 100.0 * p.rows_done / p.rows_total if p.rows_total else 100.0
-    eta = "done" if p.finished else (f"ETA {p.eta_s:,.0f} s" if p.eta_s is not None else "ETA ?")
-    return (f"backfill {p.table}: {p.rows_done:,}/{p.rows_total:,} rows ({percent:.1f}%), "
-            f"{p.rows_per_s:,.0f} rows/s, {eta}, batch {p.batch_size:,}")
+    return progress_text(p.table, p.rows_done, p.rows_total, p.rows_per_s, p.eta_s, p.finished, p.batch_size)
 
 
 def _indent(sql: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from zdm.plan import MigrationPlan
+from zdm.plan import HistoryEntry, MigrationPlan
 
 metadata = sa.MetaData()
 migrations = sa.Table(
@@ -43,7 +43,8 @@ class RunnerLockLost(RunnerBusy):
 
 
 def now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    """A history timestamp: UTC, to the millisecond (phases of a small plan take less than a second)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def ensure_table(connection: sa.Connection) -> None:
@@ -85,6 +86,31 @@ def save_checkpoint(connection: sa.Connection, plan_id: str, checkpoint: dict[st
         .values(checkpoint=json.dumps(checkpoint),
                 updated_at=dt.datetime.now(dt.UTC).replace(tzinfo=None))
     )
+
+
+def record_interruption(engine: sa.Engine, plan_id: str, reason: str) -> bool:
+    """Note in a plan's history that its run was stopped (Ctrl-C, SIGTERM), for `zdm status` and `zdm history`.
+
+    Taken under the runner lock, after the interrupted runner released it: a runner that started
+    meanwhile owns the record, and then nothing is written (False). Only the history changes;
+    the phase and the checkpoint stay as the runner left them, so `zdm start` resumes.
+    """
+    try:
+        with runner_lock(engine), engine.begin() as connection:
+            found = load(connection, plan_id)
+            if found is None:
+                return False
+            plan, _ = found
+            plan.history.append(HistoryEntry(at=now(), phase=plan.phase, note=f"{INTERRUPTED}{reason}"))
+            connection.execute(migrations.update().where(migrations.c.id == plan_id).values(
+                plan=json.dumps(plan.to_dict()), updated_at=dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+    except RunnerBusy:
+        return False
+    return True
+
+
+#: How an interruption's history entry begins (it keeps the phase the run stopped in).
+INTERRUPTED = "interrupted: "
 
 
 @contextmanager
