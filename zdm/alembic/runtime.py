@@ -27,7 +27,6 @@ is refused and the first rolled back.
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -133,8 +132,6 @@ def run_migrations(context: EnvironmentContext, *, engine: sa.Engine | None = No
         assert migration_context.connection is not None
         session.url = migration_context.connection.engine.url
     token = _session.set(session)
-    migration_log = logging.getLogger("alembic.runtime.migration")
-    migration_log.addFilter(_quiet_inner_contexts)
     try:
         if not offline and mode == "complete":
             _contract_before_upgrading(migration_context, session)
@@ -146,7 +143,6 @@ def run_migrations(context: EnvironmentContext, *, engine: sa.Engine | None = No
                 f"`alembic -x zdm=complete upgrade head` or `zdm complete {plan_id}`; `alembic downgrade` "
                 "or `zdm rollback` undoes it")
     finally:
-        migration_log.removeFilter(_quiet_inner_contexts)
         _session.reset(token)
         if session.owns_engine and session.connected is not None:
             session.connected.dispose()
@@ -218,16 +214,6 @@ def running_revision() -> str:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _quiet_inner_contexts(record: logging.LogRecord) -> bool:
-    """Drop the INFO lines of the MigrationContexts zdm makes for SQLite table rebuilds.
-
-    Alembic logs "Context impl SQLiteImpl." and "Will assume non-transactional DDL." for every
-    MigrationContext. Its own are logged when env.py configures the context, before
-    ``run_migrations``; any later ones are zdm's, once per rebuild, between zdm's progress lines.
-    """
-    return record.msg not in ("Context impl %s.", "Will assume %s DDL.")
-
-
 def _current(what: str) -> Session:
     session = _session.get()
     if session is None:
