@@ -5,7 +5,10 @@ rewrites a big table, or a raw ``sql`` step's ``down`` may not undo its ``up``. 
 does not tell; running it does. A rehearsal snapshots the affected tables (shape and a checksum
 of every row), runs ``start`` with a tracer that records what each statement locked, for how
 long and whether it rewrote a table, probes that the old and the new app shapes both read and
-write, rolls back and proves the snapshot is back. Optionally it then completes the plan.
+write (right after expand, while the backfill has reached no row, and after start), rolls back
+and proves the snapshot is back. Optionally it then completes the plan. Before anything runs it
+notes the user objects (views, triggers, foreign keys, constraints) that use a column the plan
+renames, retypes or drops.
 
 Locks are read from ``pg_locks`` for the runner's own backend right after each statement, while
 its transaction is still open, and count as held until that transaction commits. A statement run
@@ -741,7 +744,8 @@ def rehearse(
     overrides: dict[str, Any] | None = None,
     reporter: Reporter | None = None,
 ) -> Rehearsal:
-    """Start, probe, roll back and compare; with ``complete``, then start again and complete.
+    """Start (probing between expand and the backfill), probe, roll back and compare; with ``complete``,
+    then start again and complete.
 
     Raises what the runner raises for bad input (PlanInvalid, PlanStateError) before anything
     runs; a failure while running is recorded in the result instead, so it is reported with the
