@@ -6,6 +6,13 @@ on it as fast as a short think time allows, timing every call. The change is the
 scenario: rename the NOT NULL, indexed column ``email`` to ``email_address``, make ``note`` NOT
 NULL (the old app still inserts NULLs), and index ``balance``.
 
+The clients write the way real apps do, not only the columns the change is about: updates of
+the renamed column, updates of an unrelated column (``last_seen = now()``, half of them on the
+last 1% of keys, which a backfill walking the key upwards reaches last, so during a backfill they
+meet rows it has not reached yet), inserts that name every column, and inserts that leave
+columns out and rely on their defaults (``balance``, ``last_seen``; the old app leaves ``note``
+out too). Errors are counted per kind of call.
+
 zdm                 `start` (expand, backfills, validations, CONCURRENTLY indexes), the deploy
                     (old clients switch to the new column), then `complete`.
 naive-transaction   Alembic's default on PostgreSQL: ADD COLUMN, one UPDATE per column, SET NOT
@@ -64,7 +71,13 @@ NAIVE = [
     ("DROP COLUMN email", "ALTER TABLE accounts DROP COLUMN email"),
 ]
 OLD_ONLY, BOTH, NEW_ONLY = 0, 1, 2  # which column the clients use: see Client.column
-READ, UPDATE, INSERT = 0, 1, 2
+READ, UPDATE, TOUCH, INSERT, INSERT_DEFAULTS = 0, 1, 2, 3, 4
+KINDS = {READ: "read", UPDATE: "update email", TOUCH: "update last_seen (unrelated)", INSERT: "insert every column",
+         INSERT_DEFAULTS: "insert leaving columns out"}
+#: Cumulative share of each kind of call.
+MIX = ((0.5, READ), (0.7, UPDATE), (0.85, TOUCH), (0.925, INSERT), (1.0, INSERT_DEFAULTS))
+#: The last keys a backfill reaches: half the unrelated updates go there.
+TAIL = 0.01
 
 
 # -- clients (separate processes: their timing must not share the runner's interpreter) -----------------
@@ -79,13 +92,19 @@ def client(conninfo: str, number: int, version: str, rows: int, mode: Any, ready
         return {
             READ: sql.SQL("SELECT id, {}, note FROM accounts WHERE id = %s").format(name),
             UPDATE: sql.SQL("UPDATE accounts SET {} = %s, balance = balance + 1 WHERE id = %s").format(name),
-            INSERT: sql.SQL("INSERT INTO accounts ({}, note) VALUES (%s, %s)").format(name),
+            TOUCH: sql.SQL("UPDATE accounts SET last_seen = now() WHERE id = %s"),
+            INSERT: sql.SQL("INSERT INTO accounts ({}, note, balance, last_seen) VALUES (%s, %s, 0, now())"
+                            ).format(name),
+            # The old app leaves note out as well (NULL); the new app knows it is required.
+            INSERT_DEFAULTS: sql.SQL("INSERT INTO accounts ({}) VALUES (%s)" if column == "email" else
+                                     "INSERT INTO accounts ({}, note) VALUES (%s, 'n')").format(name),
         }
 
     by_column = {"email": statements("email"), "email_address": statements("email_address")}
     rng = random.Random(number)
-    samples: list[tuple[float, float, int, bool, bool]] = []
-    errors: list[tuple[float, str]] = []
+    tail = max(1, rows - int(rows * TAIL) + 1)
+    samples: list[tuple[float, float, int, bool, bool, bool]] = []
+    errors: list[tuple[float, str, int]] = []
     connection = psycopg.connect(conninfo, autocommit=True, application_name=f"app-{version}-{number}")
     with ready.get_lock():
         ready.value += 1
@@ -93,24 +112,28 @@ def client(conninfo: str, number: int, version: str, rows: int, mode: Any, ready
         new = mode.value == NEW_ONLY or (version == "new" and mode.value == BOTH)
         sqls = by_column["email_address" if new else "email"]
         dice = rng.random()
-        kind = READ if dice < 0.6 else UPDATE if dice < 0.9 else INSERT
-        key = rng.randint(1, rows)
+        kind = next(k for share, k in MIX if dice < share)
+        key = rng.randint(tail, rows) if kind == TOUCH and rng.random() < 0.5 else rng.randint(1, rows)
+        email = f"new-{number}-{len(samples)}@example.com"
         started = time.monotonic()
         try:
             if kind == READ:
                 connection.execute(sqls[READ], (key,)).fetchone()
             elif kind == UPDATE:
                 connection.execute(sqls[UPDATE], (f"u{key}-{number}@example.com", key))
-            else:  # the old app leaves note NULL now and then; the new app knows it is required
-                note = None if not new and rng.random() < 0.5 else "n"
-                connection.execute(sqls[INSERT], (f"new-{number}-{len(samples)}@example.com", note))
+            elif kind == TOUCH:
+                connection.execute(sqls[TOUCH], (key,))
+            elif kind == INSERT:  # the old app leaves note NULL now and then; the new app knows it is required
+                connection.execute(sqls[INSERT], (email, None if not new and rng.random() < 0.5 else "n"))
+            else:
+                connection.execute(sqls[INSERT_DEFAULTS], (email,))
             ok = True
         except psycopg.Error as exc:
             ok = False
-            errors.append((started, " ".join(str(exc).split())[:160]))
+            errors.append((started, " ".join(str(exc).split())[:160], kind))
             if connection.broken:
                 connection = psycopg.connect(conninfo, autocommit=True, application_name=f"app-{version}-{number}")
-        samples.append((started, (time.monotonic() - started) * 1000, kind, ok, new))
+        samples.append((started, (time.monotonic() - started) * 1000, kind, ok, new, kind == TOUCH and key >= tail))
         time.sleep(think_ms / 1000)
     connection.close()
     results.put((number, samples, errors))
@@ -136,7 +159,7 @@ class Clients:
                 raise SystemExit("the client processes did not start")
             time.sleep(0.05)
 
-    def finish(self) -> tuple[list[tuple[float, float, int, bool, bool]], list[tuple[float, str]]]:
+    def finish(self) -> tuple[list[tuple[float, float, int, bool, bool, bool]], list[tuple[float, str, int]]]:
         self.stop.set()
         samples, errors = [], []
         for _ in self.processes:  # drain before joining, or a full pipe blocks the child forever
@@ -188,7 +211,7 @@ def reset(engine: sa.Engine, rows: int) -> None:
         connection.execute(sa.text("CREATE SCHEMA public"))
         connection.execute(sa.text(
             "CREATE TABLE accounts (id bigint GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, "
-            "email text NOT NULL, note text, balance integer NOT NULL DEFAULT 0)"))
+            "email text NOT NULL, note text, balance integer NOT NULL DEFAULT 0, last_seen timestamptz)"))
         connection.execute(sa.text(
             "INSERT INTO accounts (id, email, note) OVERRIDING SYSTEM VALUE "
             "SELECT g, 'user' || g || '@example.com', CASE WHEN g % 10 = 0 THEN NULL ELSE 'n' END "
@@ -277,9 +300,10 @@ def run_scenario(name: str, url: sa.URL, args: argparse.Namespace) -> dict[str, 
             **summarize(timeline, samples, errors)}
 
 
-def final_check(engine: sa.Engine, name: str, rows: int, samples: list[tuple[float, float, int, bool, bool]]) -> str:
+def final_check(engine: sa.Engine, name: str, rows: int,
+                samples: list[tuple[float, float, int, bool, bool, bool]]) -> str:
     """Nothing lost: every row there, in the final shape, every value filled."""
-    inserted = sum(1 for _, _, kind, ok, _ in samples if kind == INSERT and ok)
+    inserted = sum(1 for _, _, kind, ok, *_ in samples if kind in (INSERT, INSERT_DEFAULTS) and ok)
     with engine.connect() as connection:
         columns = {c["name"] for c in sa.inspect(connection).get_columns("accounts")}
         count = connection.execute(sa.text("SELECT count(*) FROM accounts")).scalar()
@@ -291,29 +315,37 @@ def final_check(engine: sa.Engine, name: str, rows: int, samples: list[tuple[flo
 
 
 # -- figures ------------------------------------------------------------------------------------------------
-def summarize(timeline: Timeline, samples: list[tuple[float, float, int, bool, bool]],
-              errors: list[tuple[float, str]]) -> dict[str, Any]:
+def summarize(timeline: Timeline, samples: list[tuple[float, float, int, bool, bool, bool]],
+              errors: list[tuple[float, str, int]]) -> dict[str, Any]:
     start = timeline.started
     bounds = [*[m[0] for m in timeline.marks[1:]], timeline.ended]
     phases = []
     for (since, label, migrating), until in zip(timeline.marks, bounds, strict=True):
         latencies = [ms for t, ms, *_ in samples if since <= t - start < until]
-        failed = [(t, message) for t, message in errors if since <= t - start < until]
+        failed = [(t, message) for t, message, _ in errors if since <= t - start < until]
         phases.append({"phase": label, "migrating": migrating, "from_s": round(since, 3), "to_s": round(until, 3),
                        **_stats(latencies),
                        "errors": len(failed), "error_samples": sorted({m for _, m in failed})[:3]})
     during = [ms for t, ms, *_ in samples if any(p["migrating"] and p["from_s"] <= t - start < p["to_s"]
                                                 for p in phases)]
     seconds: dict[int, list[float]] = {}
-    for t, ms, _, ok, _ in samples:
+    for t, ms, _, ok, *_ in samples:
         seconds.setdefault(int(t - start), []).append(ms if ok else -ms)
+    # zdm's backfills walk the key upwards: an unrelated update on the last keys meets a row not reached yet.
+    backfills = [p for p in phases if p["phase"].startswith("backfill")]
+    unreached = [ok for t, _, kind, ok, _, tail in samples
+                 if tail and any(p["from_s"] <= t - start < p["to_s"] for p in backfills)]
     return {
         "phases": phases,
         "during_migration": {**_stats(during), "errors": sum(p["errors"] for p in phases if p["migrating"])},
+        "by_kind": {name: {"ops": sum(1 for s in samples if s[2] == kind),
+                           "errors": sum(1 for e in errors if e[2] == kind)} for kind, name in KINDS.items()},
+        "unrelated_updates_during_backfill_on_last_keys": {"ops": len(unreached),
+                                                           "errors": sum(1 for ok in unreached if not ok)},
         "errors_total": len(errors),
         "per_second": [{"s": s, "ops": len(v), "errors": sum(1 for x in v if x < 0),
                         "max_ms": round(max(map(abs, v)), 1)} for s, v in sorted(seconds.items())],
-        "points": [(t - start, ms, ok) for t, ms, _, ok, _ in samples],  # for the plot, not the JSON
+        "points": [(t - start, ms, ok) for t, ms, _, ok, *_ in samples],  # for the plot, not the JSON
         "marks": timeline.marks,
     }
 
@@ -347,6 +379,12 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> lis
         d = r["during_migration"]
         lines.append(f"   during the migration (*): {d['ops']} ops, {d['errors']} errors, p50 {d['p50_ms']} ms, "
                      f"p99 {d['p99_ms']} ms, max {d['max_ms']} ms; client errors in the whole run: {r['errors_total']}")
+        lines.append("   calls (errors) in the whole run: " + ", ".join(
+            f"{name} {k['ops']} ({k['errors']})" for name, k in r["by_kind"].items()))
+        tail = r["unrelated_updates_during_backfill_on_last_keys"]
+        if r["name"] == "zdm":
+            lines.append(f"   unrelated updates on the last {TAIL:.0%} of keys during the backfills (rows not reached "
+                         f"yet): {tail['ops']} ({tail['errors']} errors)")
         lines.append(f"   afterwards: {r['check']}")
     zdm = next((r for r in results if r["name"] == "zdm"), None)
     if zdm is not None:

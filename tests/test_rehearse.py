@@ -85,7 +85,8 @@ def test_rename_rehearsal_keeps_every_promise_on_postgresql(zdm_postgres_url: st
     assert backfill["rows"] == 120 and not backfill["traced"]
     assert not any(s["rewrote"] for p in report["phases"] for s in p["statements"])
     assert [(p["moment"], p["shape"], p["ok"]) for p in report["probes"]] == [
-        ("MIGRATING", "old", True), ("MIGRATING", "new", True)]
+        ("after expand", "old", True), ("after expand", "new", True), ("MIGRATING", "old", True),
+        ("MIGRATING", "new", True)]
     assert_agrees(engine, model)
     assert zdm_objects(engine) == []
 
@@ -342,3 +343,141 @@ def test_rolling_back_drop_not_null_scans_without_blocking_writes(zdm_postgres_u
     kinds = [next((k for k in ("NOT VALID", "VALIDATE", "SET NOT NULL", "DROP CONSTRAINT") if k in sql), "check")
              for sql in undo]
     assert kinds == ["check", "DROP CONSTRAINT", "NOT VALID", "VALIDATE", "SET NOT NULL", "DROP CONSTRAINT"], undo
+
+
+def unrelated_update_fault(dialect: str) -> str:
+    """A plan that breaks an app's write to an unrelated column of a row the backfill has not reached.
+
+    ``add_column`` with ``from_column`` fills email_lower on insert, on a change of email and in the
+    backfill, not on a write to another column; the ``sql`` step then refuses a NULL email_lower on
+    any update: the shape of issue 9's fault (a zdm CHECK on the shadow, NOT VALID, before the backfill
+    filled it). After the backfill every row has its value, so only a probe before it can see it.
+    """
+    if dialect == "postgresql":
+        up = "ALTER TABLE users ADD CONSTRAINT email_lower_nn CHECK (email_lower IS NOT NULL) NOT VALID"
+        down = "ALTER TABLE users DROP CONSTRAINT email_lower_nn"
+    else:  # SQLite adds no constraint to a table: a trigger refuses the same rows
+        up = ("CREATE TRIGGER email_lower_nn BEFORE UPDATE ON users WHEN NEW.email_lower IS NULL "
+              "BEGIN SELECT RAISE(ABORT, 'email_lower_nn: email_lower is NULL'); END")
+        down = "DROP TRIGGER email_lower_nn"
+    return f"""\
+id: email_lower_checked
+operations:
+  - {{op: add_column, table: users, column: email_lower, type: TEXT, from_column: email, transform: lower}}
+  - op: sql
+    table: users
+    up: "{up}"
+    down: "{down}"
+    assume_safe: true
+"""
+
+
+def test_a_write_to_an_unrelated_column_of_an_unreached_row_is_probed(zdm_database_url: str, tmp_path: Path) -> None:
+    model = users_schema(120)
+    engine = setup(zdm_database_url, model)
+    plan = write(tmp_path, unrelated_update_fault(engine.dialect.name))
+    code, out = rehearse(plan, "--db", zdm_database_url, "--json")
+    assert code == 1, out
+    report = json.loads(out)
+    probes = {(p["moment"], p["shape"]): p for p in report["probes"]}
+    assert [p["ok"] for p in report["probes"]] == [False, False, True, True]
+    for shape in ("old", "new"):
+        failed = probes[("after expand", shape)]["detail"]
+        assert failed.startswith("update name of the row id=120: ") and "email_lower_nn" in failed, failed
+        assert probes[("MIGRATING", shape)]["detail"].startswith("read, update name of the row id=120, insert")
+    messages = [v["message"] for v in report["violations"] if v["kind"] == "probe"]
+    assert [m.split(":")[:3] for m in messages] == [
+        ["after expand", " the old shape of users failed", " update name of the row id=120"],
+        ["after expand", " the new shape of users failed", " update name of the row id=120"]]
+    assert report["restored"] and {v["kind"] for v in report["violations"]} == {"probe"}
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []
+
+    code, out = rehearse(plan, "--db", zdm_database_url)
+    assert code == 1, out
+    assert "FAILED: 2 broken promises" in out and "probe: after expand: the old shape of users failed: update name" \
+        in " ".join(out.split())
+    engine.dispose()
+
+
+#: A nullable column with a default: the new app's insert may leave its new name out.
+RENAME_NAME = """\
+id: rename_name
+operations:
+  - {op: rename_column, table: users, column: name, new_name: full_name}
+"""
+
+
+def test_probes_write_unrelated_columns_and_leave_optional_ones_out(zdm_database_url: str, tmp_path: Path) -> None:
+    """The rename keeps its promise with every probe: after expand no row is backfilled yet."""
+    model = users_schema(120)
+    engine = setup(zdm_database_url, model)
+    budget = ("--lock-timeout", "10000")  # about the probes, not this machine's disk (see the SQLite test)
+    for text, probe_column, unrelated in ((RENAME, "email", "name"), (RENAME_NAME, "name", "email")):
+        code, out = rehearse(write(tmp_path, text), "--db", zdm_database_url, "--json", *budget)
+        assert code == 0, out
+        report = json.loads(out)
+        assert [(p["moment"], p["shape"], p["ok"]) for p in report["probes"]] == [
+            ("after expand", "old", True), ("after expand", "new", True), ("MIGRATING", "old", True),
+            ("MIGRATING", "new", True)]
+        details = [p["detail"] for p in report["probes"]]
+        assert all(f"update {unrelated} of the row id=120, insert leaving out " in d for d in details), details
+        if probe_column == "name":  # optional: a second insert leaves it out as well
+            assert all("insert leaving out every optional column" in d for d in details), details
+        assert details[0].endswith(f"update {probe_column}, read back")
+        assert report["restored"]
+    assert_agrees(engine, model)
+    engine.dispose()
+
+
+DEPENDS = """\
+id: depends
+operations:
+  - {op: rename_column, table: users, column: email, new_name: email_address}
+  - {op: drop_column, table: users, column: legacy_flag}
+"""
+
+
+def test_the_report_names_user_objects_that_use_a_changed_column(zdm_database_url: str, tmp_path: Path) -> None:
+    engine = setup(zdm_database_url, users_schema(20))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE VIEW active_users AS SELECT id, email FROM users WHERE age >= 18")
+        connection.exec_driver_sql("CREATE VIEW flagged AS SELECT id FROM users WHERE legacy_flag")
+        if engine.dialect.name == "postgresql":
+            connection.exec_driver_sql("ALTER TABLE users ADD CONSTRAINT users_email_check CHECK (email <> '')")
+    code, out = rehearse(write(tmp_path, DEPENDS), "--db", zdm_database_url, "--json", "--lock-timeout", "10000")
+    assert code == 0, out
+    notes = [n for n in json.loads(out)["notes"] if "users." in n and "set_not_null" not in n]
+    expected = ["view active_users uses users.email (kept: renamed in place)",
+                "view flagged uses users.legacy_flag (complete fails while it uses the column: drop it first)"]
+    if engine.dialect.name == "postgresql":
+        expected.insert(1, "check constraint users_email_check uses users.email (kept: renamed in place)")
+    assert notes == expected
+
+    code, out = rehearse(write(tmp_path, DEPENDS), "--db", zdm_database_url, "--lock-timeout", "10000")
+    assert code == 0, out
+    assert "note: view active_users uses users.email (kept: renamed in place)" in out
+    engine.dispose()
+
+
+LOWER_EMAIL = """\
+CREATE FUNCTION lower_email() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN NEW.email := lower(NEW.email); RETURN NEW; END $$;
+CREATE TRIGGER users_lower_email BEFORE INSERT OR UPDATE ON users FOR EACH ROW EXECUTE FUNCTION lower_email()
+"""
+
+
+def test_a_plan_a_user_trigger_cannot_follow_is_refused_before_anything_runs(zdm_postgres_url: str,
+                                                                               tmp_path: Path) -> None:
+    engine = setup(zdm_postgres_url, users_schema(20))
+    with engine.begin() as connection:
+        connection.exec_driver_sql(LOWER_EMAIL)
+    result = CliRunner().invoke(main, ["rehearse", write(tmp_path, RENAME), "--db", zdm_postgres_url, "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "trigger users_lower_email (function lower_email()) on users uses " \
+        "email, which zdm cannot keep in step with email_address: drop the trigger before this change" in result.stderr
+    with engine.connect() as connection:
+        assert "zdm_migrations" not in sa.inspect(connection).get_table_names()
+        assert "email_address" not in {c["name"] for c in sa.inspect(connection).get_columns("users")}
+    engine.dispose()

@@ -5,7 +5,10 @@ rewrites a big table, or a raw ``sql`` step's ``down`` may not undo its ``up``. 
 does not tell; running it does. A rehearsal snapshots the affected tables (shape and a checksum
 of every row), runs ``start`` with a tracer that records what each statement locked, for how
 long and whether it rewrote a table, probes that the old and the new app shapes both read and
-write, rolls back and proves the snapshot is back. Optionally it then completes the plan.
+write (right after expand, while the backfill has reached no row, and after start), rolls back
+and proves the snapshot is back. Optionally it then completes the plan. Before anything runs it
+notes the user objects (views, triggers, foreign keys, constraints) that use a column the plan
+renames, retypes or drops.
 
 Locks are read from ``pg_locks`` for the runner's own backend right after each statement, while
 its transaction is still open, and count as held until that transaction commits. A statement run
@@ -25,7 +28,7 @@ import re
 import time
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,7 +44,10 @@ from rich.table import Table as RichTable
 from zdm import introspect, state
 from zdm.backfill import BackfillProgress
 from zdm.dialects import for_connection
-from zdm.model import ColumnType, Schema, Table
+from zdm.model import ColumnType, Schema, Table, condition_columns
+from zdm.operations.alter_column import AlterColumn
+from zdm.operations.drop_column import DropColumn
+from zdm.operations.rename_column import RenameColumn
 from zdm.operations.set_not_null import SetNotNull
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 from zdm.planfile import PlanFile
@@ -345,6 +351,8 @@ class Tracer(Reporter):
         #: relfilenode of each watched table: committed, and as the open transaction sees it.
         self._nodes: dict[str, int] = {}
         self._nodes_committed: dict[str, int] = {}
+        #: Run once when the next MIGRATING begins: expand has committed, the backfill has not begun.
+        self.before_backfill: Callable[[], None] | None = None
 
     def watch(self, connection: sa.Connection) -> None:
         """Remember the watched tables' storage before anything runs (PostgreSQL)."""
@@ -362,6 +370,9 @@ class Tracer(Reporter):
         self.end_transaction(committed=False)  # a transaction still open here failed
         self.phases.append(PhaseTrace(phase.value))
         self.inner.phase(plan, phase)
+        if phase is Phase.MIGRATING and self.before_backfill is not None:
+            probe_now, self.before_backfill = self.before_backfill, None
+            probe_now()
 
     def step(self, step: MigrationStep) -> None:
         self._step = step.description
@@ -460,11 +471,15 @@ class Tracer(Reporter):
 # -- probing both app versions ----------------------------------------------------------------
 @dataclass
 class Probe:
-    moment: str  # when it ran: before start, MIGRATING, COMPLETE
+    moment: str  # when it ran: before start, after expand, MIGRATING, COMPLETE
     shape: str  # "old" or "new"
     table: str
     ok: bool | None  # None: could not be judged (see detail)
     detail: str
+
+
+#: The probe moment between expand and the backfill: every row the table had is one the backfill has not reached.
+AFTER_EXPAND = "after expand"
 
 
 class CannotProbe(Exception):
@@ -488,12 +503,27 @@ def sample_value(column_type: ColumnType, n: int, token: str) -> Any:
     raise CannotProbe(f"no sample value for a column of type {column_type.value}")
 
 
-def probe(engine: sa.Engine, shape: Table, favour: Iterable[str], lock_timeout_ms: float) -> tuple[bool, str]:
-    """Read, insert, read back, update one row naming only ``shape``'s columns; roll it all back.
+@dataclass(frozen=True)
+class ProbePlan:
+    """What one probe of one app shape writes, chosen from what the plan changes."""
 
-    The row names the key, every required column and one probe column (a ``favour``-ed one,
-    such as the new name of a renamed column), the way an app of that version would.
-    Returns (ok, what was done or why it failed).
+    #: Columns tried first for the probe column (those only this shape knows, e.g. a new name).
+    favour: list[str]
+    #: Columns this shape has that the plan changes: an update of another column must leave them as they are.
+    changed: list[str]
+    #: Columns the plan neither changes nor uses, nor a constraint holds (best first): the app's unrelated
+    #: updates write them.
+    unrelated: list[str]
+
+
+def probe(engine: sa.Engine, shape: Table, plan: ProbePlan, lock_timeout_ms: float) -> tuple[bool, str]:
+    """Read, update, insert, read back, in one transaction rolled back; each write names only ``shape``'s columns.
+
+    The way an app of that version writes: an update of an unrelated column on an existing row
+    (the one with the highest key, which a backfill reaches last), an insert naming the key,
+    every required column and one probe column (a ``favour``-ed one, such as the new name of a
+    renamed column), an insert leaving every optional column to its default, and an update of
+    the probe column. Returns (ok, what was done or, naming the write, why it failed).
     """
     try:
         with engine.connect() as connection:
@@ -501,9 +531,11 @@ def probe(engine: sa.Engine, shape: Table, favour: Iterable[str], lock_timeout_m
             try:
                 for sql in for_connection(connection).begin(max(1, int(lock_timeout_ms))):
                     connection.exec_driver_sql(sql)
-                return True, _write_and_read(connection, shape, list(favour))
+                return True, _write_and_read(connection, shape, plan)
             finally:
                 transaction.rollback()
+    except ProbeFailed as exc:
+        return False, str(exc)
     except (sa.exc.SQLAlchemyError, ProbeMismatch) as exc:
         return False, _reason(exc)
 
@@ -512,33 +544,96 @@ class ProbeMismatch(Exception):
     """A column read back something other than what the probe wrote."""
 
 
-def _write_and_read(connection: sa.Connection, shape: Table, favour: list[str]) -> str:
+class ProbeFailed(Exception):
+    """A write of the probe failed; the message names the write, then the database's reason."""
+
+
+def _doing(what: str, work: Any) -> Any:
+    """Run one write of the probe; its failure names it."""
+    try:
+        return work()
+    except sa.exc.SQLAlchemyError as exc:
+        raise ProbeFailed(f"{what}: {_reason(exc)}") from exc
+
+
+def _write_and_read(connection: sa.Connection, shape: Table, plan: ProbePlan) -> str:
     token = uuid.uuid4().hex
     key = shape.primary_key
-    candidates = [n for n in [*favour, *shape.columns] if n in shape.columns and n not in key]
+    candidates = [n for n in [*plan.favour, *shape.columns] if n in shape.columns and n not in key]
     writable = [n for n in candidates if shape.columns[n].type is not ColumnType.OTHER]
     probe_column = writable[0] if writable else None
-    names = [*key, *[n for n in shape.columns if shape.columns[n].required and n not in key]]
-    if probe_column and probe_column not in names:
-        names.append(probe_column)
+    required = [*key, *[n for n in shape.columns if shape.columns[n].required and n not in key]]
+    names = [*required, *([probe_column] if probe_column and probe_column not in required else [])]
     live = introspect.live_table(connection, shape.name)
     missing = [n for n in shape.columns if n not in live.c]
     if missing:
         raise ProbeMismatch(f"no column {', '.join(missing)}")
-    connection.execute(sa.select(*[live.c[n] for n in shape.columns]).limit(1)).all()
-    values = {n: _key_value(connection, live, shape, n, token) if n in key
-              else sample_value(shape.columns[n].type, i, token) for i, n in enumerate(names)}
-    connection.execute(live.insert().values(values))
+    done = ["read"]
+    _doing("read", lambda: connection.execute(sa.select(*[live.c[n] for n in shape.columns]).limit(1)).all())
+    if key:
+        done += _update_unrelated(connection, live, shape, plan, probe_column, token)
+
+    def insert(named: list[str], token: str, what: str) -> dict[str, Any]:
+        values = {n: _key_value(connection, live, shape, n, token) if n in key
+                  else sample_value(shape.columns[n].type, i, token) for i, n in enumerate(named)}
+        _doing(what, lambda: connection.execute(live.insert().values(values)))
+        if key:
+            where = sa.and_(*[live.c[k] == values[k] for k in key])
+            _read_back(connection, live, shape, where, values, what)
+        return values
+
+    left_out = [n for n in shape.columns if n not in names]
+    what = f"insert leaving out {_some(left_out)}" if left_out else "insert"
+    values = insert(names, token, what)
+    done.append(what)
+    if names != required:  # the first insert named an optional column: leave every optional one out once
+        what = "insert leaving out every optional column"
+        insert(required, uuid.uuid4().hex, what)
+        done.append(what)
     if not key:
-        return "read, insert (no primary key: no read-back)"
-    where = sa.and_(*[live.c[k] == values[k] for k in key])
-    _read_back(connection, live, shape, where, values, "insert")
-    if probe_column is None:
-        return "read, insert, read back"
-    changed = {probe_column: sample_value(shape.columns[probe_column].type, len(names) + 1, token[::-1])}
-    connection.execute(live.update().where(where).values(changed))
-    _read_back(connection, live, shape, where, changed, "update")
-    return f"read, insert, update {probe_column}, read back"
+        return ", ".join([*done, "(no primary key: no read-back)"])
+    if probe_column is not None:
+        where = sa.and_(*[live.c[k] == values[k] for k in key])
+        changed = {probe_column: sample_value(shape.columns[probe_column].type, len(names) + 1, token[::-1])}
+        what = f"update {probe_column}"
+        _doing(what, lambda: connection.execute(live.update().where(where).values(changed)))
+        _read_back(connection, live, shape, where, changed, what)
+        done.append(what)
+    return ", ".join([*done, "read back"])
+
+
+def _update_unrelated(connection: sa.Connection, live: sa.Table, shape: Table, plan: ProbePlan,
+                      probe_column: str | None, token: str) -> list[str]:
+    """Update a column the plan does not touch on the existing row with the highest key.
+
+    A backfill walks the key upwards, so before it ends this row is one it has not reached:
+    the write must go through (no check of zdm may hold it back), read back what it wrote, and
+    leave the columns the plan changes as they were (a NULL may be filled: the write brings an
+    unreached row up to date).
+    """
+    choices = [n for n in plan.unrelated if n != probe_column] or plan.unrelated
+    if not choices:
+        return ["(no unrelated column to update)"]
+    column = choices[0]
+    key = shape.primary_key
+    kept = [n for n in plan.changed if n in live.c and n != column]
+    row = connection.execute(sa.select(*[live.c[n] for n in [*key, *kept]])
+                             .order_by(*[live.c[k].desc() for k in key]).limit(1)).first()
+    if row is None:
+        return ["(no row to update)"]
+    found = row._mapping
+    where = sa.and_(*[live.c[k] == found[k] for k in key])
+    what = f"update {column} of the row {', '.join(f'{k}={found[k]!r}' for k in key)}"
+    written = {column: sample_value(shape.columns[column].type, 7, token[::-1])}
+    _doing(what, lambda: connection.execute(live.update().where(where).values(written)))
+    expected = {**written, **{n: found[n] for n in kept if found[n] is not None}}
+    _read_back(connection, live, shape, where, expected, what)
+    return [what]
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _key_value(connection: sa.Connection, live: sa.Table, shape: Table, name: str, token: str) -> Any:
@@ -649,7 +744,8 @@ def rehearse(
     overrides: dict[str, Any] | None = None,
     reporter: Reporter | None = None,
 ) -> Rehearsal:
-    """Start, probe, roll back and compare; with ``complete``, then start again and complete.
+    """Start (probing between expand and the backfill), probe, roll back and compare; with ``complete``,
+    then start again and complete.
 
     Raises what the runner raises for bad input (PlanInvalid, PlanStateError) before anything
     runs; a failure while running is recorded in the result instead, so it is reported with the
@@ -666,6 +762,7 @@ def rehearse(
         tables = affected_tables(connection, plan_file)
         original = introspect.read_schema(connection, tables)
         before = take_snapshot(connection, tables, filled)
+        depending = dependency_notes(connection, plan_file, original)
         tracer = Tracer(dialect, tables, reporter)
         tracer.watch(connection)
         connection.rollback()
@@ -676,13 +773,19 @@ def rehearse(
     if dialect != "postgresql":
         result.notes.append(f"{dialect}: no lock tracing; each write transaction holds the database write lock "
                             "from its first statement to its commit, shown as DATABASE WRITE")
+    result.notes += depending
     result.notes += [f"{table}.{column}: values filled by set_not_null fill are kept after rollback (by design); "
                      "the row checksums leave this column out" for table, names in filled.items() for column in names]
 
-    can_probe = probes and _baseline(engine, result, original, final, budget)
+    used = plan_columns(plan_file)
+    can_probe = probes and _baseline(engine, result, original, final, budget, used)
+    if can_probe:  # after expand, before the backfill: no row reached yet, so unrelated writes meet unreached rows
+        tracer.before_backfill = lambda: _probe_shapes(engine, result, AFTER_EXPAND, original, final, budget,
+                                                       ("old", "new"), used)
     started = _run(result, tracer, lambda: runner.start(plan_file))
+    tracer.before_backfill = None
     if started and can_probe:
-        _probe_shapes(engine, result, "MIGRATING", original, final, budget, ("old", "new"))
+        _probe_shapes(engine, result, "MIGRATING", original, final, budget, ("old", "new"), used)
     if started:
         _run(result, tracer, lambda: runner.rollback(plan_file.id))
     with engine.connect() as connection:
@@ -700,7 +803,7 @@ def rehearse(
             if again and _run(result, tracer, lambda: runner.complete(plan_file.id)):
                 result.completed = True
                 if can_probe:
-                    _probe_shapes(engine, result, "COMPLETE", original, final, budget, ("new",))
+                    _probe_shapes(engine, result, "COMPLETE", original, final, budget, ("new",), used)
     return result
 
 
@@ -714,6 +817,88 @@ def refuse_started(engine: sa.Engine, plan_id: str) -> None:
     what = "already complete" if phase is Phase.COMPLETE else f"already started ({phase.value})"
     raise PlanStateError(f"plan {plan_id!r} is {what} in this database: rehearse it on one where it has not "
                          "started (or was rolled back)")
+
+
+#: PostgreSQL's contype letters.
+CONSTRAINT_KINDS = {"c": "check constraint", "u": "unique constraint", "f": "foreign key", "p": "primary key",
+                    "x": "exclusion constraint"}
+
+
+def dependency_notes(connection: sa.Connection, plan_file: PlanFile, schema: Schema) -> list[str]:
+    """For each column the plan renames, retypes or drops, the user objects that use it and what becomes of them.
+
+    Read from the live catalog (``Dialect.column_facts``) before anything runs. What zdm cannot carry
+    was refused already, when the plan was compiled; these notes are for the reviewer, who may own
+    a view or a trigger the deploy should know about.
+    """
+    dialect = for_connection(connection)
+    notes = []
+    for operation in plan_file.operations:
+        if not isinstance(operation, RenameColumn | AlterColumn | DropColumn):
+            continue
+        table = schema.tables.get(operation.table)
+        if table is None or operation.column not in table.columns:
+            continue  # a column an earlier operation of the plan adds: nothing uses it yet
+        facts = dialect.column_facts(connection, operation.table, operation.column)
+        column = f"{operation.table}.{operation.column}"
+        fate = _fate(operation, dialect.name)
+        described = []
+        for dependent in facts.dependents:
+            described.append((_dependent_name(dependent), f"uses {column}",
+                              "statistics" if dependent.startswith("statistics object") else "dependent"))
+        for trigger in facts.triggers:
+            name = f"trigger {trigger.name} on {operation.table}"
+            if trigger.names_column and f"trigger {trigger.name} on table {operation.table}" not in facts.dependents:
+                function = f" (function {trigger.function})" if trigger.function else ""
+                described.append((name + function, f"names {column} in its code", "trigger"))
+        for child, name, _definition in facts.referenced_by:
+            what = f"a foreign key of {child}" if name == "(unnamed)" else f"foreign key {name} of {child}"
+            described.append((what, f"references {column}", "referenced_by"))
+        for name, (kind, _definition) in facts.constraints.items():
+            described.append((f"{CONSTRAINT_KINDS.get(kind, 'constraint')} {name}", f"uses {column}", "constraint"))
+        notes += [f"{what} {verb} ({fate(kind)})" for what, verb, kind in described]
+    return notes
+
+
+def _dependent_name(described: str) -> str:
+    """PostgreSQL's description of a dependent object, as a reviewer names it."""
+    if match := re.fullmatch(r"rule _RETURN on (view|materialized view) (.+)", described):
+        return f"{match[1]} {match[2]}"
+    if match := re.fullmatch(r"default value for column (.+) of table (.+)", described):
+        return f"generated column {match[2]}.{match[1]}"  # a generated column's expression is its "default"
+    return described
+
+
+def _fate(operation: RenameColumn | AlterColumn | DropColumn, dialect: str) -> Callable[[str], str]:
+    """What becomes of an object of a kind (dependent, statistics, trigger, referenced_by, constraint) that uses
+    the column, once the plan is complete."""
+    if isinstance(operation, RenameColumn):
+        return lambda kind: "kept: renamed in place"
+    if isinstance(operation, AlterColumn):
+        if dialect == "sqlite":  # one rebuild retypes the column where it is
+            renamed = f", then renamed to {operation.new_name}" if operation.new_name else ""
+            return lambda kind: f"kept: the column is retyped in place{renamed}"
+        new_type = operation.type.value
+
+        def replaced(kind: str) -> str:
+            if kind in ("constraint", "referenced_by"):
+                return f"carried to the new {new_type} column"
+            if kind == "trigger":
+                return f"kept: the column keeps its name, its type becomes {new_type}"
+            return f"the column is replaced by a {new_type} copy at complete"
+
+        return replaced
+
+    def dropped(kind: str) -> str:
+        if kind == "constraint":
+            return "dropped with the column at complete"
+        if kind == "statistics":
+            return "loses the column at complete"
+        if kind == "trigger":
+            return "breaks once complete drops the column: change it first"
+        return "complete fails while it uses the column: drop it first"
+
+    return dropped
 
 
 def filled_columns(plan_file: PlanFile) -> dict[str, list[str]]:
@@ -760,13 +945,14 @@ def _shapes(original: Schema, final: Schema) -> list[tuple[str, Table | None, Ta
     return [(n, original.tables.get(n), final.tables.get(n)) for n in names]
 
 
-def _baseline(engine: sa.Engine, result: Rehearsal, original: Schema, final: Schema, budget: float) -> bool:
+def _baseline(engine: sa.Engine, result: Rehearsal, original: Schema, final: Schema, budget: float,
+              used: dict[str, set[str]]) -> bool:
     """Probe the old shape before anything runs: a probe that fails even now cannot judge the plan."""
-    for name, old, _ in _shapes(original, final):
+    for name, old, new in _shapes(original, final):
         if old is None:
             continue
         try:
-            ok, detail = probe(engine, old, [], budget)
+            ok, detail = probe(engine, old, probe_plan(original, old, new, used.get(name, set())), budget)
         except CannotProbe as exc:
             ok, detail = False, str(exc)
         if not ok:
@@ -776,19 +962,61 @@ def _baseline(engine: sa.Engine, result: Rehearsal, original: Schema, final: Sch
 
 
 def _probe_shapes(engine: sa.Engine, result: Rehearsal, moment: str, original: Schema, final: Schema,
-                  budget: float, shapes: tuple[str, ...]) -> None:
+                  budget: float, shapes: tuple[str, ...], used: dict[str, set[str]]) -> None:
     for name, old, new in _shapes(original, final):
         for label, shape, other in (("old", old, new), ("new", new, old)):
             if label not in shapes or shape is None:
                 continue
-            # Prefer the columns only this version knows: they are the ones the plan changes.
-            favour = [c for c in shape.columns if other is None or c not in other.columns]
             try:
-                ok, detail = probe(engine, shape, favour, budget)
+                ok, detail = probe(engine, shape, probe_plan(original, shape, other, used.get(name, set())), budget)
             except CannotProbe as exc:
                 result.probes.append(Probe(moment, label, name, None, str(exc)))
                 continue
             result.probes.append(Probe(moment, label, name, ok, detail))
+
+
+def probe_plan(original: Schema, shape: Table, other: Table | None, used: set[str]) -> ProbePlan:
+    """What to write in ``shape``, given the other version's shape of the same table and the columns
+    the plan names on it."""
+    # Prefer the columns only this version knows: they are the ones the plan changes.
+    favour = [c for c in shape.columns if other is None or c not in other.columns]
+    changed = [c for c in shape.columns
+               if other is not None and (c not in other.columns or other.columns[c] != shape.columns[c])]
+    held = constrained_columns(original, shape)
+    unrelated = [c for c, column in shape.columns.items()
+                 if not column.primary_key and column.type is not ColumnType.OTHER
+                 and c not in changed and c not in used and c not in held]
+    return ProbePlan(favour, changed, unrelated)
+
+
+def constrained_columns(schema: Schema, shape: Table) -> set[str]:
+    """Columns a made-up value could break a constraint of: CHECKs, UNIQUEs, foreign keys both ways."""
+    found = {c for condition in shape.checks.values() for c in condition_columns(condition)}
+    found |= {c for columns in shape.uniques.values() for c in columns}
+    found |= {c for index in shape.indexes.values() if index.unique for c in index.columns}
+    found |= {c for key in shape.foreign_keys.values() for c in key.columns}
+    found |= {c for table in schema.tables.values() for key in table.foreign_keys.values()
+              if key.ref_table == shape.name for c in key.ref_columns}
+    return found
+
+
+def plan_columns(plan_file: PlanFile) -> dict[str, set[str]]:
+    """table -> the columns the plan's operations name there (changed, read from, indexed, checked)."""
+    found: dict[str, set[str]] = {}
+    for operation in plan_file.operations:
+        table = getattr(operation, "table", None)
+        if table is None:
+            continue
+        names = {column for _, column in operation.touches()}
+        read = [getattr(operation, "from_column", None), *(getattr(operation, "columns", None) or [])]
+        names |= {name for name in read if isinstance(name, str)}  # create_table's columns are not names
+        condition = getattr(operation, "condition", None)
+        if isinstance(condition, str):
+            names |= condition_columns(condition)
+        found.setdefault(table, set()).update(names)
+        if isinstance(getattr(operation, "ref_table", None), str):
+            found.setdefault(operation.ref_table, set()).update(getattr(operation, "ref_columns", None) or [])
+    return found
 
 
 def first_line(sql: str, width: int = 70) -> str:
