@@ -19,13 +19,11 @@ import enum
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pglast
-from pglast import ast
-from pglast.stream import RawStream
+from zdm.sqltree import condition_columns, rename_in_condition
 
 
 class ModelError(ValueError):
@@ -371,43 +369,7 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (0, "") if value is None else (1, value if not isinstance(value, dict | list) else str(value))
 
 
-# -- SQL conditions, read by PostgreSQL's parser and evaluated by SQLite ------------------------
-def _expression(condition: str) -> ast.Node:
-    return pglast.parse_sql(f"SELECT {condition}")[0].stmt.targetList[0].val
-
-
-def condition_columns(condition: str) -> set[str]:
-    """The column names a condition reads."""
-    try:
-        expression = _expression(condition)
-    except pglast.parser.ParseError:
-        return set()
-    return {node.fields[-1].sval for node in _nodes(expression)
-            if isinstance(node, ast.ColumnRef) and isinstance(node.fields[-1], ast.String)}
-
-
-def rename_in_condition(condition: str, old: str, new: str) -> str:
-    """``condition`` reading column ``new`` wherever it read ``old``."""
-    if old not in condition_columns(condition):
-        return condition
-    expression = _expression(condition)
-    for node in _nodes(expression):
-        if isinstance(node, ast.ColumnRef) and isinstance(node.fields[-1], ast.String) \
-                and node.fields[-1].sval == old:
-            node.fields = (*node.fields[:-1], ast.String(sval=new))
-    return RawStream()(expression)
-
-
-def _nodes(node: object) -> Iterable[ast.Node]:
-    if isinstance(node, ast.Node):
-        yield node
-        for name in node:
-            yield from _nodes(getattr(node, name))
-    elif isinstance(node, tuple):
-        for item in node:
-            yield from _nodes(item)
-
-
+# -- CHECK conditions, evaluated by SQLite --------------------------------------------------------
 @functools.cache
 def _evaluator() -> sqlite3.Connection:
     return sqlite3.connect(":memory:", check_same_thread=False)

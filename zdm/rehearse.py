@@ -44,7 +44,7 @@ from rich.table import Table as RichTable
 from zdm import introspect, state
 from zdm.backfill import BackfillProgress
 from zdm.dialects import for_connection
-from zdm.model import ColumnType, Schema, Table, condition_columns
+from zdm.model import ColumnType, Schema, Table
 from zdm.operations.alter_column import AlterColumn
 from zdm.operations.drop_column import DropColumn
 from zdm.operations.rename_column import RenameColumn
@@ -53,6 +53,7 @@ from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 from zdm.planfile import PlanFile
 from zdm.risks import option_on
 from zdm.runner import PlanStateError, Reporter, Runner, ZdmError
+from zdm.sqltree import condition_columns
 
 #: A rewrite of a table with more rows than this breaks the promise (``--max-rewrite-rows``).
 DEFAULT_MAX_REWRITE_ROWS = 10_000

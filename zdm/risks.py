@@ -26,6 +26,7 @@ from pglast.enums import AlterTableType, ConstrType, ObjectType
 from pglast.stream import RawStream
 
 from zdm.db import run_sql
+from zdm.sqltree import walk
 
 #: Functions whose default makes ADD COLUMN rewrite the table (a fresh value per row): what zdm
 #: goes by offline, when it cannot ask the database.
@@ -518,17 +519,6 @@ def volatile(expression: str, connection: sa.Connection | None = None) -> bool:
         return False
     catalog = Catalog(connection)
     return any(isinstance(node, ast.FuncCall) and catalog.volatile_call(node) for node in walk(parsed[0].stmt))
-
-
-def walk(node: object) -> Iterable[ast.Node]:
-    """Every node of a parsed statement, ``node`` first."""
-    if isinstance(node, ast.Node):
-        yield node
-        for name in node:
-            yield from walk(getattr(node, name))
-    elif isinstance(node, tuple):
-        for item in node:
-            yield from walk(item)
 
 
 def option_on(options: tuple[ast.DefElem, ...] | None, name: str) -> bool:

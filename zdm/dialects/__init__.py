@@ -19,7 +19,7 @@ from alembic.ddl.base import AddColumn, DropColumn
 from sqlalchemy.engine import Dialect as SADialect
 
 from zdm.model import ColumnType
-from zdm.risks import walk
+from zdm.sqltree import column_names
 from zdm.transforms import Transform
 
 SA_TYPES: dict[ColumnType, type[sa.types.TypeEngine[Any]]] = {
@@ -134,7 +134,7 @@ def index_copy_problem(definition: str, column: str) -> str | None:
         statement = pglast.parse_sql(definition)[0].stmt
     except pglast.parser.ParseError:
         return "has a definition zdm cannot read"
-    if not _names_column(statement, column):
+    if column not in column_names(statement):
         return None
     if (statement.accessMethod or "btree") != "btree":
         return f"is a {statement.accessMethod} index"
@@ -161,13 +161,6 @@ def mentions(sql: str, column: str) -> bool:
     the name inside a string literal, which errs on the side of refusing.
     """
     return re.search(rf'(?<![\w"]){re.escape(column)}(?![\w"])|"{re.escape(column)}"', sql, re.I) is not None
-
-
-def _names_column(statement: pglast.ast.Node, column: str) -> bool:
-    """Whether ``column`` appears anywhere in a parsed statement (an index element or a reference)."""
-    return any((isinstance(node, pglast.ast.IndexElem) and node.name == column)
-               or (isinstance(node, pglast.ast.ColumnRef) and getattr(node.fields[-1], "sval", None) == column)
-               for node in walk(statement))
 
 
 class Dialect:

@@ -46,12 +46,11 @@ from zdm.model import (
     Schema,
     SqlDefault,
     Table,
-    condition_columns,
-    rename_in_condition,
 )
 from zdm.operations.base import Compiler, Operation
 from zdm.plan import Backfill, MigrationStep, Phase, check_action
-from zdm.risks import volatile, walk
+from zdm.risks import volatile
+from zdm.sqltree import column_names, condition_columns, rename_column, rename_in_condition, walk
 from zdm.transforms import TRY_JSON_PG, Transform
 
 EXPANDING, MIGRATING, CONTRACTING = Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING
@@ -77,24 +76,6 @@ class ConstraintCopy:
     final: str  # its name, which the copy takes at contract
     temporary: str
     definition: str  # e.g. CHECK ((length(code_zdm_new) > 0)), FOREIGN KEY (...) REFERENCES ...
-
-
-def rewrite_column(statement_sql: str, column: str, shadow: str) -> ast.Node:
-    """A parsed statement (an index or constraint definition) naming ``shadow`` wherever it named
-    ``column``: index elements, expressions, WHERE and INCLUDE clauses, key column lists."""
-    statement = pglast.parse_sql(statement_sql)[0].stmt
-    for node in walk(statement):
-        if isinstance(node, ast.IndexElem) and node.name == column:
-            node.name = shadow
-        elif isinstance(node, ast.ColumnRef) and isinstance(node.fields[-1], ast.String) \
-                and node.fields[-1].sval == column:
-            node.fields = (*node.fields[:-1], ast.String(sval=shadow))
-        elif isinstance(node, ast.Constraint):
-            for attribute in ("keys", "fk_attrs", "pk_attrs", "including"):
-                names = getattr(node, attribute)
-                if names:
-                    setattr(node, attribute, tuple(ast.String(sval=shadow) if n.sval == column else n for n in names))
-    return statement
 
 
 class DualColumn(Operation):
@@ -358,7 +339,8 @@ class DualColumn(Operation):
         for name, (kind, definition) in facts.constraints.items():
             if kind in ("c", "f"):
                 number += 1
-                statement = rewrite_column(f"ALTER TABLE t ADD {definition}", self.column, self.shadow)
+                statement = rename_column(pglast.parse_sql(f"ALTER TABLE t ADD {definition}")[0].stmt,
+                                          self.column, self.shadow)
                 copies.append(ConstraintCopy(self.table, name, self._temporary("zdm_cc", c, number),
                                              RawStream()(statement.cmds[0].def_)))
         for child, name, definition in facts.referenced_by:
@@ -478,7 +460,7 @@ class DualColumn(Operation):
                                                                                        self.table).items())):
             statement = pglast.parse_sql(definition)[0].stmt
             if not any(isinstance(n, ast.IndexElem | ast.ColumnRef) for n in walk(statement)) or \
-                    self.column not in _column_names(statement):
+                    self.column not in column_names(statement):
                 continue
             if name in self._primary_key_indexes(c):
                 continue
@@ -486,7 +468,7 @@ class DualColumn(Operation):
             plain = index_copy_problem(definition, self.column) is None
             columns = [e.name for e in statement.indexParams if e.name] if plain else []
             if c.is_postgres:
-                copy = rewrite_column(definition, self.column, self.shadow)
+                copy = rename_column(pglast.parse_sql(definition)[0].stmt, self.column, self.shadow)
                 copy.idxname, copy.concurrent, copy.if_not_exists = temporary, True, False
                 sql = RawStream()(copy)
             elif plain:
@@ -570,13 +552,4 @@ class DualColumn(Operation):
         table.links.remove(link)
         return link
 
-
-def _column_names(statement: ast.Node) -> set[str]:
-    names = set()
-    for node in walk(statement):
-        if isinstance(node, ast.IndexElem) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.ColumnRef) and isinstance(node.fields[-1], ast.String):
-            names.add(node.fields[-1].sval)
-    return names
 

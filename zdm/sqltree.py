@@ -1,0 +1,77 @@
+"""SQL read with PostgreSQL's own parser (pglast): walk a statement, find and rename the columns it names.
+
+One place for what several modules need from a parse tree: the risk check walks statements, the
+reference model reads CHECK conditions, a type change rewrites index and constraint definitions
+for the new column. Rewritten SQL is rendered by pglast, never pasted together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pglast
+from pglast import ast
+from pglast.stream import RawStream
+
+
+def walk(node: object) -> Iterable[ast.Node]:
+    """Every node of a parsed statement, ``node`` first."""
+    if isinstance(node, ast.Node):
+        yield node
+        for name in node:
+            yield from walk(getattr(node, name))
+    elif isinstance(node, tuple):
+        for item in node:
+            yield from walk(item)
+
+
+def column_names(node: ast.Node) -> set[str]:
+    """The column names a parsed statement or expression uses: references and index elements."""
+    names = set()
+    for found in walk(node):
+        if isinstance(found, ast.IndexElem) and found.name:
+            names.add(found.name)
+        elif isinstance(found, ast.ColumnRef) and isinstance(found.fields[-1], ast.String):
+            names.add(found.fields[-1].sval)
+    return names
+
+
+def rename_column(node: ast.Node, old: str, new: str) -> ast.Node:
+    """``node``, changed in place to name ``new`` wherever it named ``old``: references, index
+    elements (with WHERE and INCLUDE clauses) and the key lists of constraints."""
+    for found in walk(node):
+        if isinstance(found, ast.IndexElem) and found.name == old:
+            found.name = new
+        elif isinstance(found, ast.ColumnRef) and isinstance(found.fields[-1], ast.String) \
+                and found.fields[-1].sval == old:
+            found.fields = (*found.fields[:-1], ast.String(sval=new))
+        elif isinstance(found, ast.Constraint):
+            for attribute in ("keys", "fk_attrs", "pk_attrs", "including"):
+                names = getattr(found, attribute)
+                if names:
+                    setattr(found, attribute, tuple(ast.String(sval=new) if n.sval == old else n for n in names))
+    return node
+
+
+def expression(sql: str) -> ast.Node:
+    """One SQL expression, parsed (raises pglast.parser.ParseError)."""
+    return pglast.parse_sql(f"SELECT {sql}")[0].stmt.targetList[0].val
+
+
+def condition_columns(condition: str) -> set[str]:
+    """The column names a condition (a CHECK, a WHERE clause) reads; none when it does not parse."""
+    try:
+        return column_names(expression(condition))
+    except pglast.parser.ParseError:
+        return set()
+
+
+def rename_in_condition(condition: str, old: str, new: str) -> str:
+    """``condition`` reading column ``new`` wherever it read ``old``."""
+    if old not in condition_columns(condition):
+        return condition
+    return RawStream()(rename_column(expression(condition), old, new))
+
+
+def render(node: ast.Node) -> str:
+    return RawStream()(node)
