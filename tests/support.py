@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm import db, introspect, oracle, planfile
+from zdm.dialects import for_name
 from zdm.model import Column, ColumnType, Schema, Table
 from zdm.plan import STEP_PHASES, Phase
 from zdm.runner import Runner
@@ -82,12 +83,12 @@ def zdm_objects(engine: sa.Engine) -> list[str]:
 def apply_phases(plan: planfile.PlanFile, model: Schema, dialect: str, *phases: Phase) -> None:
     for phase in phases:
         for operation in plan.operations:
-            operation.apply_to_model(model, phase, dialect)
+            operation.apply_to_model(model, phase, for_name(dialect))
 
 
 def rollback_model(plan: planfile.PlanFile, model: Schema, dialect: str) -> None:
     for operation in reversed(plan.operations):
-        operation.apply_to_model(model, Phase.ROLLED_BACK, dialect)
+        operation.apply_to_model(model, Phase.ROLLED_BACK, for_name(dialect))
 
 
 def runner(engine: sa.Engine, **overrides: Any) -> Runner:

@@ -242,7 +242,8 @@ def test_offline_prints_expand_and_migrate_with_compensation(zdm_database_url: s
     alembic.command.upgrade(config(url, out=out), "head", sql=True)
     script = out.getvalue()
     assert re.search(r"^ALTER TABLE users ADD COLUMN email_address TEXT;$", script, re.M)
-    assert re.search(r"^--   ALTER TABLE users DROP COLUMN email_address$", script, re.M)  # compensation
+    assert re.search(r"^--   (ALTER TABLE users DROP COLUMN email_address|rebuild table users .*drop email_address)",
+                     script, re.M)  # the compensation: SQLite drops a column through a rebuild
     assert re.search(r"^UPDATE users SET email_address = email WHERE", script, re.M)  # the backfill
     assert not re.search(r"^ALTER TABLE users DROP COLUMN email;", script, re.M)  # contract: on request
     assert "-x zdm=contract" in script

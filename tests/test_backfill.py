@@ -38,7 +38,7 @@ class Batches(Reporter):
         if progress.finished:
             return
         with self.engine.connect() as connection:
-            self.checkpoints.append(state.load(connection, self.plan_id)[1])
+            self.checkpoints.append(state.load(connection, self.plan_id)[1].to_dict())
         if self.during is not None:
             self.during(len(self.checkpoints))
         if self.stop_after is not None and len(self.checkpoints) == self.stop_after:
@@ -164,7 +164,8 @@ def _interrupt(zdm_database_url: str, rows: int = 300) -> tuple[sa.Engine, Any, 
     with pytest.raises(KeyboardInterrupt):
         Runner(engine, watch, {"batch_size": 20, "batch_target_ms": 1}).start(plan)
     with engine.connect() as connection:
-        recorded, checkpoint = state.load(connection, plan.id)
+        recorded, stored = state.load(connection, plan.id)
+    checkpoint = stored.to_dict()
     # the state row tells the truth: expand done, backfill part-way, exactly up to the checkpoint
     assert recorded.phase is Phase.MIGRATING and not recorded.is_started
     assert checkpoint == watch.checkpoints[-1] and 0 < checkpoint["rows_done"] < rows
@@ -189,6 +190,7 @@ def test_an_interrupted_backfill_resumes_from_its_checkpoint(zdm_database_url: s
     assert_agrees(engine, model)
     with engine.connect() as connection:
         recorded, left = state.load(connection, plan.id)
+        left = left.to_dict()
     assert recorded.is_started and left == {}
     assert [h.phase for h in recorded.history] == [Phase.EXPANDING, Phase.MIGRATING]  # resumed, not redone
 
@@ -203,6 +205,7 @@ def test_an_interrupted_backfill_rolls_back(zdm_database_url: str) -> None:
     assert zdm_objects(engine) == []
     with engine.connect() as connection:
         recorded, checkpoint = state.load(connection, plan.id)
+        checkpoint = checkpoint.to_dict()
     assert recorded.phase is Phase.ROLLED_BACK and checkpoint == {}
 
 

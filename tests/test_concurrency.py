@@ -160,7 +160,7 @@ class ModelFollowsExpand(Reporter):
         marks = [c.writes for c in self.clients]
         if self.batches == 1:
             with self.engine.connect() as connection:
-                self.until = state.load(connection, self.plan.id)[1]["until"][0]
+                self.until = state.load(connection, self.plan.id)[1].until[0]
             self.writes_at_first_batch = marks
             self.shared.backfilling.set()
         self.shared.wait_for_writes(self.clients, marks)
@@ -319,6 +319,7 @@ def test_a_connection_lost_mid_backfill_is_retried_and_the_backfill_finishes(zdm
     assert_agrees(engine, model)  # no batch skipped: every row backfilled, the NOT NULL check validated
     with engine.connect() as connection:
         recorded, checkpoint = state.load(connection, plan.id)
+        checkpoint = checkpoint.to_dict()
     assert recorded.is_started and checkpoint == {}
 
 
@@ -350,6 +351,7 @@ def test_a_database_that_stays_away_stops_the_backfill_with_its_checkpoint_intac
 
     with engine.connect() as connection:
         recorded, checkpoint = state.load(connection, plan.id)
+        checkpoint = checkpoint.to_dict()
         filled = set(connection.exec_driver_sql("SELECT id FROM users WHERE email_address IS NOT NULL").scalars())
     # stopped, not compensated: expand stays, the checkpoint names exactly the rows done
     assert recorded.phase is Phase.MIGRATING and not recorded.is_started

@@ -33,6 +33,8 @@ import sqlalchemy as sa
 from support import App, Phase, apply_phases, assert_agrees, rollback_model, runner, setup, users_schema, zdm_objects
 
 from zdm import planfile, state
+from zdm.actions import Statement
+from zdm.dialects.postgresql import ADVISORY_LOCK_KEY
 from zdm.model import Index
 from zdm.runner import PlanStateError, Reporter, Runner
 from zdm.testing import ServerSource, fresh_postgres_database
@@ -98,8 +100,9 @@ def wait_for_runner_gone(engine: sa.Engine) -> None:
     deadline = time.monotonic() + 10
     with engine.connect() as connection:
         while connection.scalar(sa.text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND granted"),
-                {"k": state.ADVISORY_LOCK_KEY}):
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
+                {"k": ADVISORY_LOCK_KEY}):
             assert time.monotonic() < deadline, "the killed runner's lock was never released"
             connection.rollback()
             time.sleep(0.02)
@@ -207,6 +210,7 @@ def run_trial(trial: Trial, reset: Any) -> None:
             assert_agrees(engine, model)
             with engine.connect() as connection:
                 after, checkpoint = state.load(connection, "crash")
+                checkpoint = checkpoint.to_dict()
             assert after.is_started and checkpoint == {}
             assert list(zdm_indexes(engine).values()) == [True]
         else:
@@ -284,6 +288,7 @@ def test_status_of_a_plan_killed_mid_backfill_says_so(tmp_path: Path) -> None:
     text = zdm("status", "--db", url).stdout
     with engine.connect() as connection:
         _, checkpoint = state.load(connection, "crash")
+        checkpoint = checkpoint.to_dict()
     assert f"{checkpoint['rows_done']:,}/{ROWS:,} rows" in text and "(interrupted)" in text
     assert "crash: MIGRATING" in text
 
@@ -291,8 +296,8 @@ def test_status_of_a_plan_killed_mid_backfill_says_so(tmp_path: Path) -> None:
 class StopAfterIndexBuild(Reporter):
     """Ctrl-C right after CREATE INDEX CONCURRENTLY ran, before zdm could record it."""
 
-    def executed(self, connection: sa.Connection, action: str | dict[str, Any], seconds: float) -> None:
-        if isinstance(action, str) and action.startswith("CREATE INDEX CONCURRENTLY"):
+    def executed(self, connection: sa.Connection, action: Any, seconds: float) -> None:
+        if isinstance(action, Statement) and action.sql.startswith("CREATE INDEX CONCURRENTLY"):
             raise KeyboardInterrupt
 
 
@@ -320,6 +325,7 @@ def test_index_built_outside_a_transaction_is_tracked_while_in_flight(zdm_postgr
                 valid = connection.exec_driver_sql(
                     "SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_name_ix'::regclass").scalar()
                 recorded, checkpoint = state.load(connection, plan.id)
+                checkpoint = checkpoint.to_dict()
             assert valid and recorded.is_started and checkpoint == {}
 
 

@@ -9,6 +9,7 @@ import pytest
 from support import users_schema
 
 from zdm import planfile
+from zdm.actions import Statement
 from zdm.plan import Backfill, IllegalTransition, MigrationPlan, MigrationStep, Phase
 
 ALL = list(Phase)
@@ -34,11 +35,11 @@ def test_transitions(source: Phase, target: Phase) -> None:
 
 
 def test_progress_and_round_trip() -> None:
-    steps = [MigrationStep(Phase.EXPANDING, "a", ["SQL 1"], ["UNDO 1"], executed=True),
+    steps = [MigrationStep(Phase.EXPANDING, "a", [Statement("SQL 1")], [Statement("UNDO 1")], executed=True),
              MigrationStep(Phase.MIGRATING, "b", backfill=Backfill("t", ["id"], {"b": "a"}, "b IS NULL")),
-             MigrationStep(Phase.CONTRACTING, "c", ["SQL 3"])]
+             MigrationStep(Phase.CONTRACTING, "c", [Statement("SQL 3")])]
     plan = MigrationPlan("p", "title", steps, phase=Phase.MIGRATING)
-    assert plan.progress == 33.3 and not plan.is_complete and not plan.is_started
+    assert plan.progress == 33.3 and plan.phase is not Phase.COMPLETE and not plan.is_started
     steps[1].executed = True
     assert plan.is_started
     again = MigrationPlan.from_dict(json.loads(json.dumps(plan.to_dict())))

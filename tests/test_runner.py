@@ -10,6 +10,8 @@ import sqlalchemy as sa
 from support import App, Phase, apply_phases, assert_agrees, runner, setup, users_schema, zdm_objects
 
 from zdm import oracle, planfile, state
+from zdm.actions import DataCheck
+from zdm.dialects.postgresql import ADVISORY_LOCK_KEY
 from zdm.runner import MigrationFailed, PlanInvalid, PlanStateError, Reporter, Runner
 from zdm.state import RunnerBusy
 
@@ -52,6 +54,7 @@ def test_failure_during_migrate_compensates_everything(zdm_database_url: str) ->
     assert zdm_objects(engine) == []
     with engine.connect() as connection:
         recorded, checkpoint = state.load(connection, plan.id)
+        checkpoint = checkpoint.to_dict()
         triggers = connection.exec_driver_sql(
             "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal" if engine.dialect.name == "postgresql"
             else "SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars().all()
@@ -147,10 +150,10 @@ def test_second_runner_is_refused(zdm_database_url: str) -> None:
     plan = planfile.parse(RENAME)
     if engine.dialect.name == "postgresql":
         with engine.connect() as holder:
-            holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": state.ADVISORY_LOCK_KEY})
+            holder.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
             with pytest.raises(RunnerBusy, match=r"another zdm runner .*pid \d+"):
                 runner(engine).start(plan)
-            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": state.ADVISORY_LOCK_KEY})
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
     else:
         with open(f"{engine.url.database}.zdm-lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -248,10 +251,10 @@ class TerminateRunnerLock(Reporter):
                 connection.execute(sa.text(  # this database's runner only: tests run beside each other
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = :k "
                     "AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
-                    {"k": state.ADVISORY_LOCK_KEY})
+                    {"k": ADVISORY_LOCK_KEY})
             admin.dispose()
             if self.rival is not None:
-                self.rival.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": state.ADVISORY_LOCK_KEY})
+                self.rival.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
                 self.rival.commit()
 
 
@@ -268,6 +271,7 @@ def test_a_runner_lock_lost_to_another_runner_stops_the_runner(zdm_postgres_url:
     rival_engine.dispose()
     with engine.connect() as connection:
         stopped, checkpoint = state.load(connection, plan.id)
+        checkpoint = checkpoint.to_dict()
     assert stopped.phase is Phase.MIGRATING and 0 < checkpoint["rows_done"] < 200
     runner(engine).start(plan)  # resumes from the checkpoint
     apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING)
@@ -310,7 +314,7 @@ class LocksAtChecks(Reporter):
         self.held: list[set[str]] = []
 
     def executed(self, connection: sa.Connection, action: Any, seconds: float) -> None:
-        if isinstance(action, dict) and "check" in action:
+        if isinstance(action, DataCheck):
             self.held.append(set(connection.execute(sa.text(
                 "SELECT mode FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'relation' "
                 "AND relation = 'users'::regclass")).scalars()))

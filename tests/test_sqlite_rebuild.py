@@ -18,7 +18,8 @@ import sqlalchemy as sa
 from support import runner, zdm_objects
 
 from zdm import db, planfile
-from zdm.dialects.sqlite import CARRIED, rebuild_action, run_rebuild
+from zdm.actions import Rebuild
+from zdm.dialects.sqlite_rebuild import CARRIED, run_rebuild
 from zdm.runner import MigrationFailed, PlanInvalid
 
 MOMENTS = ("start", "rollback", "start again", "complete")
@@ -606,11 +607,11 @@ def test_a_rebuild_that_leaves_orphans_fails_and_old_orphans_do_not(zdm_sqlite_u
                      "INSERT INTO other VALUES (1, 1), (2, 42)")
     child = master(engine, "child")
     with engine.begin() as connection:  # an orphan that was there before is not the rebuild's doing
-        run_rebuild(connection, rebuild_action("child", alter={"parent_code": {"nullable": False}})["rebuild"])
+        run_rebuild(connection, Rebuild("child", alter={"parent_code": {"nullable": False}}))
     with pytest.raises(RuntimeError, match=r"PRAGMA foreign_key_check reports row 2 of other references a missing "
                                            r"row of parent"), engine.begin() as connection:
         key = {"name": "other_parent_fk", "columns": ["parent_id"], "ref_table": "parent", "ref_columns": ["id"]}
-        run_rebuild(connection, rebuild_action("other", create_foreign_keys=[key])["rebuild"])
+        run_rebuild(connection, Rebuild("other", create_foreign_keys=[key]))
     assert "other_parent_fk" not in master(engine, "other")[("table", "other")]
     assert master(engine, "child") != child  # the first rebuild went through: NOT NULL
 

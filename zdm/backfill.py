@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from zdm import introspect
 from zdm.db import sql_text
-from zdm.plan import Backfill
+from zdm.plan import Backfill, Checkpoint
+
+if TYPE_CHECKING:
+    from zdm.dialects import Dialect
+    from zdm.execution import Executor
 
 MIN_BATCH, MAX_BATCH = 10, 100_000
 
@@ -36,14 +40,6 @@ class BackfillProgress:
     batch_size: int
     batch_ms: float
     finished: bool = False
-
-
-@dataclass
-class BackfillSettings:
-    batch_size: int = 1000
-    target_ms: int = 100
-    pause_ms: int = 0
-    statement_timeout_ms: int = 10_000
 
 
 def _key_after(key: list[sa.Column[Any]], last: list[Any]) -> sa.ColumnElement[bool]:
@@ -74,35 +70,23 @@ def reflect(connection: sa.Connection, spec: Backfill) -> sa.Table:
     return introspect.live_table(connection, spec.table)
 
 
-def plan_range(connection: sa.Connection, table: sa.Table, spec: Backfill) -> dict[str, Any]:
+def plan_range(connection: sa.Connection, table: sa.Table, spec: Backfill, step: int, dialect: Dialect
+               ) -> Checkpoint:
     """The key range to visit (fixed when the backfill begins) and an estimate of its rows."""
     key = [table.c[k] for k in spec.key]
     last_row = connection.execute(sa.select(*key).order_by(*[k.desc() for k in key]).limit(1)).first()
-    return {"last_key": None, "until": _json_key(last_row) if last_row else None,
-            "rows_done": 0, "rows_total": estimate_rows(connection, table)}
+    return Checkpoint(step=step, until=_json_key(last_row) if last_row else None,
+                      rows_total=dialect.estimate_rows(connection, table))
 
 
-def estimate_rows(connection: sa.Connection, table: sa.Table) -> int:
-    """PostgreSQL's planner estimate when the table has statistics: counting a huge table would
-    scan all of it before the first batch. Otherwise (SQLite, never analyzed) an exact count."""
-    if connection.dialect.name == "postgresql":
-        name = connection.dialect.identifier_preparer.quote(table.name)
-        estimate = connection.scalar(sa.text("SELECT reltuples FROM pg_class WHERE oid = to_regclass(:t)"),
-                                     {"t": name})
-        if estimate is not None and estimate > 0:
-            return int(estimate)
-    return int(connection.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
-
-
-def run_batch(
-    connection: sa.Connection, table: sa.Table, spec: Backfill, checkpoint: dict[str, Any], batch_size: int
-) -> tuple[dict[str, Any], int]:
+def run_batch(connection: sa.Connection, table: sa.Table, spec: Backfill, checkpoint: Checkpoint, batch_size: int
+              ) -> tuple[Checkpoint, int]:
     """One batch inside the caller's transaction; returns the new checkpoint and rows visited."""
-    until = checkpoint["until"]
-    if until is None or checkpoint["last_key"] == until:
+    until = checkpoint.until
+    if until is None or checkpoint.last_key == until:
         return checkpoint, 0
     key = [table.c[k] for k in spec.key]
-    last = checkpoint["last_key"]
+    last = checkpoint.last_key
     in_range = [_key_upto(key, until)]
     if last is not None:
         in_range.append(_key_after(key, last))
@@ -120,8 +104,43 @@ def run_batch(
     if spec.pending:
         update = update.where(sql_text(spec.pending))
     connection.execute(update)
-    new = dict(checkpoint, last_key=upper, rows_done=checkpoint["rows_done"] + int(visited))
-    return new, int(visited)
+    return replace(checkpoint, last_key=upper, rows_done=checkpoint.rows_done + int(visited)), int(visited)
+
+
+def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int, what: str, batch_size: int,
+        batch_target_ms: int, batch_pause_ms: int, save: Callable[[sa.Connection, Checkpoint], None]) -> Checkpoint:
+    """The whole backfill of one step, batch after batch, each in a transaction of its own that also
+    commits the checkpoint (``save``); resumes from ``checkpoint`` when it is this step's. Reports
+    progress after each batch. Returns the final checkpoint."""
+    reporter, dialect = executor.reporter, executor.dialect
+    table = executor.transaction(lambda connection: reflect(connection, spec), what)
+    if checkpoint.step != step or checkpoint.outside_transaction:
+        checkpoint = executor.transaction(lambda connection: plan_range(connection, table, spec, step, dialect), what)
+    size = max(1, batch_size)
+    rate = Rate(checkpoint.rows_done)
+    while True:
+        started = time.monotonic()
+
+        def batch(connection: sa.Connection, size: int = size, at: Checkpoint = checkpoint) -> tuple[Checkpoint, int]:
+            for sql in dialect.batch_timeout(max(10 * batch_target_ms, 5000)):
+                connection.exec_driver_sql(sql)
+            new, visited = run_batch(connection, table, spec, at, size)
+            if visited:
+                save(connection, new)
+            return new, visited
+
+        # The checkpoint in memory moves only once its batch has committed: a batch lost with
+        # its connection is retried from the same key, not skipped.
+        checkpoint, visited = executor.transaction(batch, what)
+        elapsed_ms = (time.monotonic() - started) * 1000
+        if not visited:
+            break
+        reporter.backfill(rate.progress(spec.table, checkpoint, size, elapsed_ms))
+        size = next_batch_size(size, elapsed_ms, batch_target_ms)
+        if batch_pause_ms:
+            time.sleep(batch_pause_ms / 1000)
+    reporter.backfill(rate.progress(spec.table, checkpoint, size, 0.0, finished=True))
+    return checkpoint
 
 
 def next_batch_size(current: int, elapsed_ms: float, target_ms: int) -> int:
@@ -142,13 +161,11 @@ class Rate:
         self.started = time.monotonic()
         self.start_done = done
 
-    def progress(self, table: str, checkpoint: dict[str, Any], size: int, batch_ms: float,
+    def progress(self, table: str, checkpoint: Checkpoint, size: int, batch_ms: float,
                  finished: bool = False) -> BackfillProgress:
         elapsed = max(time.monotonic() - self.started, 1e-6)
-        done, total = checkpoint["rows_done"], max(checkpoint["rows_total"], checkpoint["rows_done"])
+        done, total = checkpoint.rows_done, max(checkpoint.rows_total, checkpoint.rows_done)
         rate = (done - self.start_done) / elapsed
         eta = (total - done) / rate if rate > 0 else None
         return BackfillProgress(table, done, total, rate, 0.0 if finished else eta, size, batch_ms, finished)
 
-
-Reporter = Callable[[BackfillProgress], None]

@@ -32,6 +32,7 @@ from zdm import __version__
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from zdm.actions import Action
     from zdm.plan import MigrationPlan
     from zdm.runner import Reporter, Runner
 
@@ -276,12 +277,11 @@ def plan_ids(*phases: str) -> Callable[[click.Context, click.Parameter, str], li
 # -- helpers the commands share -------------------------------------------------------------------
 def connect(url: str) -> sa.Engine:
     from zdm import db
+    from zdm.dialects import for_connection
 
     engine = db.create_engine(url)
-    database = engine.url.database
-    if engine.dialect.name == "sqlite" and database not in (None, "", ":memory:") and not os.path.exists(database):
-        # SQLite would create an empty database and zdm would report on it: a typo must not look fine.
-        raise db.DatabaseUnavailable(f"no SQLite database at {database}")
+    if missing := for_connection(engine).missing_database(engine.url):
+        raise db.DatabaseUnavailable(missing)
     db.check_connection(engine)
     return engine
 
@@ -655,11 +655,11 @@ def rehearse(invocation: Invocation, plan_path: str, url: str, and_complete: boo
 
 
 # -- formatting -------------------------------------------------------------------------------------
-def action_text(action: str | dict[str, Any], runner: Runner) -> str:
-    from zdm.runner import describe_action
+def action_text(action: Action, runner: Runner) -> str:
+    from zdm.actions import Statement
 
-    text = describe_action(action, runner.dialect)
-    return text if isinstance(action, dict) else text + ";"
+    text = action.describe(runner.dialect)
+    return text + ";" if isinstance(action, Statement) else text
 
 
 def format_step(step: Any, runner: Runner) -> list[str]:

@@ -1,9 +1,4 @@
-"""Engines that behave the way the runner needs on both databases.
-
-pysqlite starts transactions lazily and only before DML, so a phase made of DDL would run in
-autocommit. The documented SQLAlchemy recipe below hands transaction control back to us, and
-BEGIN IMMEDIATE takes SQLite's write lock up front instead of failing halfway through a phase.
-"""
+"""Engines that behave the way the runner needs (the dialect says how), and SQL run as written."""
 
 from __future__ import annotations
 
@@ -11,7 +6,6 @@ import re
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
 
 class DatabaseUnavailable(RuntimeError):
@@ -27,20 +21,18 @@ def create_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
         parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise BadDatabaseUrl(f"not a database URL: {shown_url(url)!r}") from None
-    backend = parsed.get_backend_name()
-    if backend not in ("postgresql", "sqlite"):
-        raise BadDatabaseUrl(f"zdm supports postgresql and sqlite, not {backend!r}")
-    if backend == "postgresql" and parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    connect_args: dict[str, Any] = {}
-    connect_args = {"application_name": "zdm", "connect_timeout": 10} if backend == "postgresql" else {"timeout": 30}
+    from zdm.dialects import for_name
+
     try:
-        engine = sa.create_engine(parsed, connect_args=connect_args, **kwargs)
+        dialect = for_name(parsed.get_backend_name())
+    except ValueError as exc:
+        raise BadDatabaseUrl(str(exc)) from None
+    parsed = dialect.engine_url(parsed)
+    try:
+        engine = sa.create_engine(parsed, connect_args=dialect.connect_args(), **kwargs)
     except (ImportError, sa.exc.ArgumentError) as exc:
         raise BadDatabaseUrl(f"cannot use {parsed.render_as_string(hide_password=True)}: {exc}") from None
-    if backend == "sqlite":
-        event.listen(engine, "connect", _sqlite_autocommit_driver)
-        event.listen(engine, "begin", _sqlite_begin)
+    dialect.configure_engine(engine)
     return engine
 
 
@@ -54,17 +46,6 @@ def shown_url(url: str | sa.URL) -> str:
         return sa.make_url(url).render_as_string(hide_password=True)
     except (sa.exc.ArgumentError, ValueError):
         return _PASSWORD.sub(r"\1***@", str(url))
-
-
-def _sqlite_autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
-    dbapi_connection.isolation_level = None
-
-
-def _sqlite_begin(connection: sa.Connection) -> None:
-    # An AUTOCOMMIT connection (a step with transactional: false) gets no transaction: nothing
-    # would commit it, and its statements would be rolled back when the connection closes.
-    if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 #: What SQLAlchemy's text() takes for a bind parameter (its own pattern): ``:name``, not ``::`` casts.

@@ -11,9 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-import pglast
 import sqlalchemy as sa
-from pglast import ast
 
 from zdm.model import Column, ColumnType, ForeignKey, Index, ModelError, Schema, SqlDefault, Table
 
@@ -42,6 +40,9 @@ def column_type(sa_type: sa.types.TypeEngine[Any]) -> ColumnType:
 
 def _constant(sql: str) -> bool:
     """Whether a default, as the database reports it, is a constant (a literal, maybe cast)."""
+    import pglast
+    from pglast import ast
+
     try:
         node: Any = pglast.parse_sql(f"SELECT {sql}")[0].stmt.targetList[0].val
     except (pglast.parser.ParseError, AttributeError, IndexError):

@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zdm.sqltree import condition_columns, rename_in_condition
-
 
 class ModelError(ValueError):
     """A change the model refuses (missing or duplicate column, missing required value...)."""
@@ -195,6 +193,8 @@ class Table:
             row.pop(name, None)
         self.indexes = {n: ix for n, ix in self.indexes.items() if name not in ix.columns}
         self.uniques = {n: cols for n, cols in self.uniques.items() if name not in cols}
+        from zdm.sqltree import condition_columns
+
         self.checks = {n: cond for n, cond in self.checks.items() if name not in condition_columns(cond)}
         self.foreign_keys = {n: fk for n, fk in self.foreign_keys.items() if name not in fk.columns}
         return column
@@ -214,6 +214,8 @@ class Table:
 
         self.indexes = {n: Index(renamed(ix.columns), ix.unique) for n, ix in self.indexes.items()}
         self.uniques = {n: renamed(cols) for n, cols in self.uniques.items()}
+        from zdm.sqltree import rename_in_condition
+
         self.checks = {n: rename_in_condition(cond, old, new) for n, cond in self.checks.items()}
         self.foreign_keys = {n: ForeignKey(renamed(fk.columns), fk.ref_table, fk.ref_columns, fk.on_delete)
                              for n, fk in self.foreign_keys.items()}
@@ -341,6 +343,8 @@ class Table:
         Columns with their type, NULL-ability, default and comment; indexes; UNIQUE, CHECK and
         FOREIGN KEY constraints (a check by the columns it reads: its text differs by database).
         """
+        from zdm.sqltree import condition_columns
+
         return {
             "columns": {c.name: (c.type.value, c.nullable, _default_text(c), c.comment)
                         for c in self.columns.values()},

@@ -12,6 +12,9 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from zdm import actions
+from zdm.actions import Action
+
 
 class Phase(enum.StrEnum):
     PENDING = "PENDING"
@@ -61,21 +64,48 @@ class Backfill:
         return f"UPDATE {self.table} SET {sets} WHERE ({keys}) IN <next batch by key>{where}"
 
 
-def check_action(query: str, problem: str) -> dict[str, Any]:
-    """An action that fails the phase, naming sample rows, when ``query`` returns any row.
+@dataclass
+class Checkpoint:
+    """Where a run stopped, stored with the plan: a backfill's progress (``until`` is the last key
+    that existed when it began, ``last_key`` the last one done), or a step in flight outside a
+    transaction. Keys are lists of the key columns' values, as JSON holds them."""
 
-    It guards data, not shape: unconvertible values, NULLs before NOT NULL, orphans before a
-    foreign key. Placed first in the contract transaction, it also catches rows written late.
-    """
-    return {"check": {"query": query, "problem": problem}}
+    #: The step's index in the plan's steps.
+    step: int | None = None
+    outside_transaction: bool = False
+    last_key: list[Any] | None = None
+    until: list[Any] | None = None
+    rows_done: int = 0
+    rows_total: int = 0
+    #: Why the backfill waits now, when it does (for `zdm status`).
+    throttling: str | None = None
+
+    @property
+    def backfilling(self) -> bool:
+        return self.step is not None and not self.outside_transaction
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form: ``{}`` when nothing is in flight."""
+        if self.step is None:
+            return {}
+        if self.outside_transaction:
+            return {"step": self.step, "outside_transaction": True}
+        stored = {"step": self.step, "last_key": self.last_key, "until": self.until,
+                  "rows_done": self.rows_done, "rows_total": self.rows_total}
+        return {**stored, "throttling": self.throttling} if self.throttling else stored
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Checkpoint:
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**known)
 
 
 @dataclass
 class MigrationStep:
     phase: Phase
     description: str
-    forward: list[str] = field(default_factory=list)
-    compensate: list[str] = field(default_factory=list)
+    forward: list[Action] = field(default_factory=list)
+    compensate: list[Action] = field(default_factory=list)
     backfill: Backfill | None = None
     #: False for statements PostgreSQL refuses inside a transaction (CREATE INDEX CONCURRENTLY).
     transactional: bool = True
@@ -83,14 +113,18 @@ class MigrationStep:
     rolled_back: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["phase"] = self.phase.value
-        return data
+        return {"phase": self.phase.value, "description": self.description,
+                "forward": [action.to_json() for action in self.forward],
+                "compensate": [action.to_json() for action in self.compensate],
+                "backfill": None if self.backfill is None else asdict(self.backfill),
+                "transactional": self.transactional, "executed": self.executed, "rolled_back": self.rolled_back}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MigrationStep:
         data = dict(data)
         data["phase"] = Phase(data["phase"])
+        data["forward"] = [actions.from_json(a) for a in data.get("forward", [])]
+        data["compensate"] = [actions.from_json(a) for a in data.get("compensate", [])]
         if data.get("backfill"):
             data["backfill"] = Backfill(**data["backfill"])
         return cls(**data)
@@ -134,10 +168,6 @@ class MigrationPlan:
             return 0.0
         done = sum(1 for s in self.steps if s.executed)
         return round(100.0 * done / len(self.steps), 1)
-
-    @property
-    def is_complete(self) -> bool:
-        return self.phase is Phase.COMPLETE
 
     @property
     def is_started(self) -> bool:

@@ -18,13 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zdm import introspect
 from zdm.dialects import for_connection, for_name
-from zdm.dialects.sqlite import check_rebuild
 from zdm.model import ColumnType, Schema
 from zdm.operations import AnyOperation, Compiler
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
-
-#: Operations whose contract deletes data.
-DATA_LOSS = frozenset({"drop_column", "drop_table"})
 
 #: More operations than this in one plan is allowed, but deserves a second look.
 MANY_OPERATIONS = 10
@@ -133,12 +129,12 @@ def check(plan: PlanFile, schema: Schema) -> list[Problem]:
             break
         problems += [Problem("warning", f"{where}: {w}") for w in operation.warnings(working)]
         for phase in STEP_PHASES:
-            operation.apply_to_model(working, phase, "generic")
+            operation.apply_to_model(working, phase, for_name("generic"))
     if len(plan.operations) > MANY_OPERATIONS:
         problems.append(Problem("warning", f"{len(plan.operations)} operations in one plan: many steps are "
                                 "slower to review and to roll back; consider splitting it"))
-    destructive = [op for op in plan.operations if op.op in DATA_LOSS]
-    additive = [op for op in plan.operations if op.op not in DATA_LOSS]
+    destructive = [op for op in plan.operations if op.deletes_data]
+    additive = [op for op in plan.operations if not op.deletes_data]
     if destructive and not additive:
         problems.append(Problem("warning", "the plan only contracts (drops) without expanding: data-loss "
                                 "risk; make sure no deployed app version still uses what it drops"))
@@ -166,17 +162,21 @@ def compile_plan(
         sql_dialect, working = for_name(dialect), schema.copy()
     compilers = []
     for operation in plan.operations:
-        compilers.append(Compiler(sql_dialect, connection, working.copy(), plan.id))
+        compiler = Compiler(sql_dialect, connection, working.copy(), plan.id)
+        if errors := operation.check_live(compiler):
+            raise ValueError(errors[0])
+        compilers.append(compiler)
         for phase in STEP_PHASES:
-            operation.apply_to_model(working, phase, sql_dialect.name)
+            operation.apply_to_model(working, phase, sql_dialect)
     steps: list[MigrationStep] = []
     for phase in STEP_PHASES:
         for operation, compiler in zip(plan.operations, compilers, strict=True):
             steps += _phase_steps(operation, phase, compiler)
-    if connection is not None:  # what a SQLite rebuild cannot carry is refused before anything runs
-        for action in [action for step in steps for action in (*step.forward, *step.compensate)]:
-            if isinstance(action, dict) and "rebuild" in action:
-                check_rebuild(connection, action["rebuild"])
+    for step in steps:
+        step.forward, step.compensate = sql_dialect.combine(step.forward), sql_dialect.combine(step.compensate)
+        if connection is not None:  # what an action cannot do to the live table is refused before anything runs
+            for action in (*step.forward, *step.compensate):
+                action.check(connection, sql_dialect)
     return MigrationPlan(id=plan.id, title=plan.title or plan.id, steps=steps, phase=Phase.PENDING,
                          source=plan.model_dump(mode="json"))
 

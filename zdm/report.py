@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import sqlalchemy as sa
 from rich.console import Console
@@ -23,8 +23,10 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from zdm.backfill import BackfillProgress
 from zdm.plan import MigrationPlan, MigrationStep, Phase
-from zdm.runner import Reporter
 from zdm.status import progress_text
+
+if TYPE_CHECKING:
+    from zdm.actions import Action
 
 PHASE_STYLE = {
     Phase.EXPANDING: "bold cyan",
@@ -35,8 +37,21 @@ PHASE_STYLE = {
 }
 
 
-#: Statements whose progress PostgreSQL reports in pg_stat_progress_create_index.
-INDEX_BUILDS = ("CREATE INDEX", "CREATE UNIQUE INDEX", "REINDEX")
+class Reporter:
+    """What a run tells the outside world (the runner, rehearse, Alembic call it). The base reports nothing."""
+
+    def phase(self, plan: MigrationPlan, phase: Phase) -> None: ...
+    def step(self, step: MigrationStep) -> None: ...
+    def statement(self, sql: str) -> None: ...
+    def backfill(self, progress: BackfillProgress) -> None: ...
+    def note(self, message: str) -> None: ...
+
+    def executed(self, connection: sa.Connection, action: Action, seconds: float) -> None:
+        """After each action, on its still-open connection (a lock tracer reads pg_locks here)."""
+
+    def committed(self) -> None:
+        """After each transaction zdm commits (locks taken inside it are released now)."""
+
 
 
 class LongStatements:
@@ -103,18 +118,11 @@ class LongStatements:
                 shown = (sql, now)
 
     def _progress(self, sql: str) -> dict[str, Any]:
-        if self.engine is None or self.engine.dialect.name != "postgresql":
+        if self.engine is None:
             return {}
-        if not sql.lstrip().upper().startswith(INDEX_BUILDS):
-            return {}
-        with self.engine.connect() as connection:
-            row = connection.execute(sa.text(
-                "SELECT p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total, "
-                "p.lockers_done, p.lockers_total FROM pg_stat_progress_create_index p "
-                "JOIN pg_stat_activity a ON a.pid = p.pid WHERE p.datid = (SELECT oid FROM pg_database "
-                "WHERE datname = current_database()) AND a.application_name = 'zdm' "
-                "AND p.pid <> pg_backend_pid() LIMIT 1")).first()
-        return dict(row._mapping) if row is not None else {}
+        from zdm.dialects import for_connection
+
+        return for_connection(self.engine).statement_progress(self.engine, sql)
 
 
 def describe_long_statement(fields: dict[str, Any]) -> str:

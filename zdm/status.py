@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm import state
-from zdm.plan import HistoryEntry, MigrationPlan, Phase
+from zdm.plan import Checkpoint, HistoryEntry, MigrationPlan, Phase
 
 #: What is happening to a plan, as `zdm status` tells it (``activity`` in --json).
 ACTIVITIES = {
@@ -36,7 +36,7 @@ class Record:
     """A plan as stored, its checkpoint, and who holds the runner lock now (None: nobody)."""
 
     plan: MigrationPlan
-    checkpoint: dict[str, Any]
+    checkpoint: Checkpoint
     runner: str | None = None
 
     @property
@@ -74,7 +74,7 @@ class Record:
             "interrupted": None if stopped is None or self.activity != "interrupted" else {
                 "at": stopped.at, "phase": stopped.phase.value,
                 "reason": stopped.note.removeprefix(state.INTERRUPTED)},
-            "checkpoint": self.checkpoint,
+            "checkpoint": self.checkpoint.to_dict(),
         }
 
 
@@ -128,14 +128,14 @@ def format_record(record: Record) -> str:
     lines = [f"{plan.id}: {plan.phase.value}, {steps_text(record)} — {plan.title}"]
     if record.activity == "waiting":
         lines.append(f"  started: deploy the new app, then `zdm complete {plan.id}` (or `zdm rollback {plan.id}`)")
-    backfilling = checkpoint.get("until") is not None and "step" in checkpoint
-    if backfilling:
-        step = plan.steps[checkpoint["step"]]
+    backfilling = checkpoint.until is not None and checkpoint.step is not None
+    if backfilling and checkpoint.step is not None:
+        step = plan.steps[checkpoint.step]
         table = step.backfill.table if step.backfill else "?"
-        lines.append("  " + progress_text(table, checkpoint["rows_done"], checkpoint["rows_total"], None, None)
+        lines.append("  " + progress_text(table, checkpoint.rows_done, checkpoint.rows_total, None, None)
                      + (f" (a runner is at work: {record.runner})" if record.runner else " (interrupted)"))
-    if checkpoint.get("outside_transaction"):
-        lines.append(f"  in flight: {plan.steps[checkpoint['step']].description} (outside a transaction: "
+    if checkpoint.outside_transaction and checkpoint.step is not None:
+        lines.append(f"  in flight: {plan.steps[checkpoint.step].description} (outside a transaction: "
                      f"`zdm start` runs it again, `zdm rollback {plan.id}` undoes it)")
     if record.activity == "interrupted":
         stopped = record.interruption
@@ -232,11 +232,11 @@ def watch_fields(record: Record, rate: Rate, at: float) -> dict[str, Any]:
     fields: dict[str, Any] = {"plan": plan.id, "phase": plan.phase.value, "activity": record.activity,
                               "steps_done": record.steps_done, "steps_total": len(plan.steps),
                               "step": None, "rows_done": None, "rows_total": None, "rows_per_s": None, "eta_s": None,
-                              "throttling": checkpoint.get("throttling", checkpoint.get("throttle"))}
-    if "step" in checkpoint and checkpoint["step"] < len(plan.steps):
-        fields["step"] = plan.steps[checkpoint["step"]].description
-    if checkpoint.get("until") is not None:
-        done, total = checkpoint["rows_done"], max(checkpoint["rows_total"], checkpoint["rows_done"])
+                              "throttling": checkpoint.throttling}
+    if checkpoint.step is not None and checkpoint.step < len(plan.steps):
+        fields["step"] = plan.steps[checkpoint.step].description
+    if checkpoint.until is not None:
+        done, total = checkpoint.rows_done, max(checkpoint.rows_total, checkpoint.rows_done)
         per_s = rate.add(at, done)
         fields.update(rows_done=done, rows_total=total, rows_per_s=None if per_s is None else round(per_s, 1),
                       eta_s=round((total - done) / per_s, 1) if per_s else None)

@@ -738,7 +738,7 @@ def assert_completes(
             runner.plan(plan_file)  # an invalid plan fails here, before the model is asked about it
             with engine.connect() as connection:
                 tables = affected_tables(connection, plan_file)
-                predicted = final_model(plan_file, introspect.read_schema(connection, tables), engine.dialect.name)
+                predicted = final_model(plan_file, introspect.read_schema(connection, tables), for_connection(engine))
             runner.start(plan_file)
             runner.complete(plan_file.id)
         except ZdmError as exc:

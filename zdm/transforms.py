@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -26,53 +25,17 @@ BIGINT_RANGE = (-(2**63), 2**63 - 1)
 
 
 class SafeInteger(FunctionElement[Any]):
-    """Text -> integer, NULL when the text is not an integer."""
+    """Text -> integer, NULL when the text is not an integer. Each dialect compiles it (zdm.dialects)."""
 
     inherit_cache = True
     type = sa.BigInteger()
 
 
-@compiles(SafeInteger, "postgresql")
-def _safe_integer_pg(element: SafeInteger, compiler: Any, **kw: Any) -> str:
-    value = compiler.process(next(iter(element.clauses)), **kw)
-    return rf"CASE WHEN {value} ~ '^\s*[-+]?[0-9]{{1,18}}\s*$' THEN CAST({value} AS BIGINT) END"
-
-
-@compiles(SafeInteger, "sqlite")
-def _safe_integer_sqlite(element: SafeInteger, compiler: Any, **kw: Any) -> str:
-    # No REGEXP here: it is not built into SQLite, and the app's connections would lack it.
-    value = compiler.process(next(iter(element.clauses)), **kw)
-    digits = f"ltrim(trim({value}), '+-')"
-    return (f"CASE WHEN length({digits}) BETWEEN 1 AND 18 AND {digits} NOT GLOB '*[^0-9]*' "
-            f"AND length(trim({value})) - length({digits}) <= 1 THEN CAST(trim({value}) AS INTEGER) END")
-
-
 class SafeJson(FunctionElement[Any]):
-    """Text -> JSON, NULL when the text is not valid JSON."""
+    """Text -> JSON, NULL when the text is not valid JSON. Each dialect compiles it (zdm.dialects)."""
 
     inherit_cache = True
     type = sa.JSON()
-
-
-@compiles(SafeJson, "postgresql")
-def _safe_json_pg(element: SafeJson, compiler: Any, **kw: Any) -> str:
-    # PostgreSQL 15 has no non-throwing JSON test (pg_input_is_valid came in 16); the
-    # operation installs this small helper function for the plan's lifetime.
-    value = compiler.process(next(iter(element.clauses)), **kw)
-    return f"zdm_try_json({value})"
-
-
-@compiles(SafeJson, "sqlite")
-def _safe_json_sqlite(element: SafeJson, compiler: Any, **kw: Any) -> str:
-    value = compiler.process(next(iter(element.clauses)), **kw)
-    return f"CASE WHEN json_valid({value}) THEN {value} END"
-
-
-#: Created with a plan that converts text to JSON on PostgreSQL, dropped by its contract or rollback.
-TRY_JSON_PG = (
-    "CREATE OR REPLACE FUNCTION zdm_try_json(value text) RETURNS json LANGUAGE plpgsql IMMUTABLE AS $zdm$\n"
-    "BEGIN\n  RETURN value::json;\nEXCEPTION WHEN others THEN\n  RETURN NULL;\nEND\n$zdm$"
-)
 
 
 def _integer(value: Any) -> int | None:

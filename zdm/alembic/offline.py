@@ -32,11 +32,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 
 from zdm import introspect, planfile
+from zdm.actions import Statement
 from zdm.dialects import Dialect, for_name
 from zdm.model import Column, ColumnType, ModelError, Schema, Table
 from zdm.plan import STEP_PHASES, Backfill, MigrationStep, Phase
 from zdm.planfile import PlanFile
-from zdm.runner import describe_action
+from zdm.status import plural
 
 
 class OfflineError(ValueError):
@@ -111,7 +112,7 @@ class OfflineSchema:
         out(f"-- zdm plan {plan.id}: {operation.describe()}")
         for phase in (Phase.EXPANDING, Phase.MIGRATING, *([Phase.CONTRACTING] if contract else [])):
             steps = plan.steps_of(phase)
-            out(f"-- zdm {phase.value} ({len(steps)} steps){WHEN[phase]}")
+            out(f"-- zdm {phase.value} ({plural(len(steps), 'step')}){WHEN[phase]}")
             for step in steps:
                 if step.transactional:
                     self._step(out, end, step)
@@ -119,24 +120,24 @@ class OfflineSchema:
                     with context.autocommit_block():
                         self._step(out, end, step)
         if not contract and plan.steps_of(Phase.CONTRACTING):
-            out(f"-- zdm CONTRACTING ({len(plan.steps_of(Phase.CONTRACTING))} steps) not shown: "
+            out(f"-- zdm CONTRACTING ({plural(len(plan.steps_of(Phase.CONTRACTING)), 'step')}) not shown: "
                 "add -x zdm=contract to print it")
         for phase in STEP_PHASES:
-            operation.apply_to_model(self.schema, phase, self.dialect_name)
+            operation.apply_to_model(self.schema, phase, self.dialect)
 
     def _step(self, out: Callable[[str], None], end: str, step: MigrationStep) -> None:
         """Forward SQL as statements; what only zdm can run (checks, rebuilds) and undo as comments."""
         out(f"-- {step.description}")
         for action in step.forward:
-            if isinstance(action, str):
-                out(action.strip() + end)
+            if isinstance(action, Statement):
+                out(action.sql.strip() + end)
             else:
-                out(_commented(describe_action(action, self.dialect), "-- "))
+                out(_commented(action.describe(self.dialect), "-- "))
         if step.backfill is not None:
             out("-- backfill (online, zdm runs it in key batches with a checkpoint):")
             out(_backfill_sql(step.backfill, self.dialect) + end)
         if step.compensate:
-            undo = "\n".join(describe_action(action, self.dialect) for action in step.compensate)
+            undo = "\n".join(action.describe(self.dialect) for action in step.compensate)
             out("-- compensate:\n" + _commented(undo, "--   "))
 
     def _apply_hints(self, operation: Any, hints: Hints) -> None:
@@ -149,7 +150,7 @@ class OfflineSchema:
             key = table.columns.setdefault(name, Column(name, ColumnType.INTEGER))
             key.primary_key, key.nullable = True, False
         # The column the operation reads: add_column's `column` is new, only its `from_column` exists.
-        name = operation.from_column if hasattr(operation, "from_column") else getattr(operation, "column", None)
+        name = operation.existing_column
         if name is None or (name not in table.columns and hints.existing_type is None):
             return  # check() then names what is missing
         column = table.columns.setdefault(name, Column(name, _column_type(hints.existing_type)))

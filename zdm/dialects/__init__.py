@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import pglast
 import sqlalchemy as sa
-from alembic.ddl.base import AddColumn, DropColumn
 from sqlalchemy.engine import Dialect as SADialect
 
+from zdm.actions import Action, Rebuild, Statement
 from zdm.model import ColumnType
-from zdm.sqltree import column_names
 from zdm.transforms import Transform
 
 SA_TYPES: dict[ColumnType, type[sa.types.TypeEngine[Any]]] = {
@@ -130,6 +130,10 @@ def index_copy_problem(definition: str, column: str) -> str | None:
     parser, which also reads SQLite's CREATE INDEX. None when the index is plain or does not use
     ``column``.
     """
+    import pglast
+
+    from zdm.sqltree import column_names
+
     try:
         statement = pglast.parse_sql(definition)[0].stmt
     except pglast.parser.ParseError:
@@ -164,12 +168,53 @@ def mentions(sql: str, column: str) -> bool:
 
 
 class Dialect:
-    """Base: what both databases share. Subclasses override what differs."""
+    """The whole vocabulary operations, the runner, state, backfill and rehearse use, for one database.
+
+    Alembic's ``DefaultImpl`` pattern: this base class declares every word and implements what
+    both databases share; a subclass per database overrides what differs. Statement builders
+    return actions (``zdm.actions``) that a step runs in order. Differences of *phase* (when a
+    constraint can be added without a scan, whether an index build leaves the transaction) are
+    flags an operation reads, not branches on the database's name. Adding a third database is
+    one more subclass here: nothing outside ``zdm/dialects/`` knows which database it talks to.
+    """
 
     name = "generic"
 
+    #: Index builds and drops run outside a transaction (CREATE INDEX CONCURRENTLY).
+    concurrent_indexes = False
+    #: CHECKs and foreign keys are added NOT VALID (enforced on new writes, old rows unchecked) and
+    #: validated later without blocking writes. Without this, adding one checks every row at once.
+    not_valid_constraints = False
+    #: Row triggers can set a column before NOT NULL is checked (BEFORE triggers editing NEW), so a
+    #: dual column's old NOT NULL column need not allow NULL during the window.
+    triggers_fill_before_checks = False
+    #: A type change retypes the column in place (a rebuild) instead of swapping in a new column.
+    retypes_in_place = False
+    #: add_unique gives a UNIQUE constraint (else a unique index, which enforces the same).
+    unique_constraints = False
+    #: Raw SQL steps are read for lock risks before they run (zdm.risks knows PostgreSQL's locks).
+    judges_raw_sql = False
+    #: A simple view takes writes as it is (else triggers make it writable, keyed by the primary key).
+    updatable_views = False
+
     def __init__(self, sa_dialect: SADialect) -> None:
         self.sa = sa_dialect
+
+    # -- engines ------------------------------------------------------------------------------------
+    def engine_url(self, url: sa.URL) -> sa.URL:
+        """The URL zdm connects with (a driver chosen where the URL names none)."""
+        return url
+
+    def connect_args(self) -> dict[str, Any]:
+        """Arguments of every connection zdm makes."""
+        return {}
+
+    def configure_engine(self, engine: sa.Engine) -> None:
+        """Make ``engine``'s transactions what the runner needs (a phase of DDL is one transaction)."""
+
+    def missing_database(self, url: sa.URL) -> str | None:
+        """Why ``url`` names no existing database, when connecting would create one (else None)."""
+        return None
 
     # -- quoting and compiling ----------------------------------------------------------------
     def quote(self, name: str) -> str:
@@ -186,8 +231,11 @@ class Dialect:
     def column_type(self, column_type: ColumnType) -> sa.types.TypeEngine[Any]:
         return SA_TYPES[column_type]()
 
-    def type_sql(self, column_type: ColumnType) -> str:
-        return self.column_type(column_type).compile(dialect=self.sa)
+    def literal(self, value: Any, column_type: ColumnType) -> str:
+        """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""
+        if column_type is ColumnType.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
+            return self.sql(sa.literal(json.dumps(value), sa.Text()))
+        return self.sql(sa.literal(value, self.column_type(column_type)))
 
     # -- reading the live schema ---------------------------------------------------------------
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
@@ -202,49 +250,204 @@ class Dialect:
         """Collations reflection leaves out of the column types (none on PostgreSQL)."""
         return {}
 
-    # -- DDL ----------------------------------------------------------------------------------
-    def add_column(self, table: str, column: sa.Column[Any]) -> str:
-        return self.sql(AddColumn(table, column))
+    def zdm_objects(self, connection: sa.Connection) -> list[str]:
+        """Names of zdm-owned triggers, functions, indexes and constraints left in the database."""
+        raise NotImplementedError
 
-    def drop_column(self, table: str, name: str) -> list[Any]:
-        return [self.sql(DropColumn(table, sa.Column(name, sa.Text)))]
+    def statement_progress(self, engine: sa.Engine, sql: str) -> dict[str, Any]:
+        """What the database reports about zdm's statement ``sql`` while it runs (zdm.report shows it)."""
+        return {}
 
-    def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[str]:
-        """Statements building an index; PostgreSQL builds it CONCURRENTLY."""
-        return [self.sql(sa.schema.CreateIndex(self._index(name, table, columns, unique)))]
+    #: The locks a session holds can be read back (rehearse traces them); else one writer holds the
+    #: whole database's write lock for each write transaction.
+    reads_locks = False
 
-    def drop_index(self, name: str, table: str) -> list[str]:
-        return [self.sql(sa.schema.DropIndex(self._index(name, table, [], False), if_exists=True))]
+    def locks_held(self, connection: sa.Connection) -> list[tuple[str, str]]:
+        """(relation, lock mode) of every lock this session holds on user relations now."""
+        return []
+
+    def storage_ids(self, connection: sa.Connection, tables: list[str]) -> dict[str, int]:
+        """An id of each table's storage, which a rewrite changes (PostgreSQL's relfilenode)."""
+        return {}
+
+    def user_objects(self, connection: sa.Connection) -> dict[str, str]:
+        """The app's views, triggers and functions (not zdm's): described name -> definition."""
+        return {}
+
+    def estimate_rows(self, connection: sa.Connection, table: sa.Table) -> int:
+        """Rows in ``table``, for progress: an exact count unless the database keeps an estimate."""
+        return int(connection.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
+
+    # -- columns ---------------------------------------------------------------------------------
+    def add_column(self, table: str, column: sa.Column[Any]) -> list[Action]:
+        from alembic.ddl.base import AddColumn
+
+        return [Statement(self.sql(AddColumn(table, column)))]
+
+    def drop_column(self, table: str, name: str) -> list[Action]:
+        from alembic.ddl.base import DropColumn
+
+        return [Statement(self.sql(DropColumn(table, sa.Column(name, sa.Text))))]
+
+    def rename_column(self, table: str, old: str, new: str) -> list[Action]:
+        return [Statement(f"ALTER TABLE {self.quote(table)} RENAME COLUMN {self.quote(old)} TO {self.quote(new)}")]
+
+    def alter_columns(self, table: str, changes: dict[str, dict[str, Any]]) -> list[Action]:
+        """Set NULL-ability and defaults: ``changes`` maps a column to ``nullable`` (bool) and/or
+        ``server_default`` (SQL, or None for no default). Setting NOT NULL on PostgreSQL scans the
+        table unless a validated check proves it (see ``refuse_nulls``)."""
+        raise NotImplementedError
+
+    def run_rebuild(self, connection: sa.Connection, spec: Rebuild) -> None:
+        """Rebuild a table to a new shape (``retypes_in_place`` and other rebuilding dialects)."""
+        raise NotImplementedError
+
+    def describe_rebuild(self, spec: Rebuild) -> str:
+        raise NotImplementedError
+
+    def check_rebuild(self, connection: sa.Connection, spec: Rebuild) -> None:
+        """Raise ValueError, before anything runs, for a rebuild that cannot carry the live table."""
+        raise NotImplementedError
+
+    def replace_column(self, table: str, column: str, shadow: str, final_name: str, facts: ColumnFacts, *,
+                       default: str | None,
+                       not_null: tuple[list[Action], list[Action], list[Action]] | None,
+                       constraints: list[tuple[str, str, str]], indexes: list[tuple[str, str, bool]]) -> list[Action]:
+        """The brief swap of a type change by a new column: ``column`` goes, ``shadow`` takes its name
+        (``final_name``), ``default``, NOT NULL (through the validated rule ``not_null`` gave, when
+        given), comment, statistics target, storage, grants and sequence or identity (``facts``); the
+        copies of its constraints, ``(table, temporary, final)``, and of its indexes, ``(temporary,
+        final, is a UNIQUE constraint)``, take the original names. Dialects that do not
+        ``retypes_in_place``."""
+        raise NotImplementedError
+
+    def retype_in_place(self, table: str, column: str, type_sql: str, values_from: str, *, nullable: bool,
+                        default: str | None, drop: str) -> list[Action]:
+        """Give ``column`` the declared type ``type_sql`` and the values of ``values_from``, then drop
+        ``drop``, keeping the column's name, place and all it has (``retypes_in_place`` dialects)."""
+        raise NotImplementedError
+
+    # -- constraints -------------------------------------------------------------------------------
+    def add_check(self, table: str, name: str, condition: str) -> list[Action]:
+        """A CHECK; NOT VALID where ``not_valid_constraints``, else checking every row as it is added."""
+        raise NotImplementedError
+
+    def add_foreign_key(self, table: str, name: str, columns: list[str], ref_table: str, ref_columns: list[str],
+                        on_delete: str | None) -> list[Action]:
+        """A FOREIGN KEY; NOT VALID where ``not_valid_constraints``."""
+        raise NotImplementedError
+
+    def validate_constraint(self, table: str, name: str) -> list[Action]:
+        """Check the rows a NOT VALID constraint has not seen (SHARE UPDATE EXCLUSIVE: writes go on)."""
+        return []
+
+    def drop_constraint(self, table: str, name: str) -> list[Action]:
+        """Drop a named CHECK, UNIQUE or FOREIGN KEY constraint (nothing when it is not there)."""
+        raise NotImplementedError
+
+    def refuse_nulls(self, name: str, table: str, column: str) -> tuple[list[Action], list[Action], list[Action]]:
+        """(add, validate, drop) a rule that refuses NULL in ``column`` for new writes, before NOT NULL
+        itself is set: PostgreSQL's ``CHECK (column IS NOT NULL) NOT VALID``, which SET NOT NULL then
+        trusts instead of scanning (PostgreSQL 12+); SQLite's triggers."""
+        raise NotImplementedError
+
+    def add_constraint(self, table: str, name: str, definition: str) -> list[Action]:
+        """A constraint given by its definition (``CHECK (...)``, ``FOREIGN KEY ...``), NOT VALID."""
+        raise NotImplementedError
+
+    def constraint_for(self, definition: str, column: str, shadow: str, *, referenced: bool = False) -> str:
+        """A constraint definition (as ``column_facts`` reads it) naming ``shadow`` for ``column``: in
+        its keys and expressions, or, ``referenced``, in the columns another table's foreign key refers to."""
+        raise NotImplementedError
+
+    def unique_constraint_using_index(self, table: str, name: str, index: str) -> list[Action]:
+        """Turn a unique index into a named UNIQUE constraint: no scan, only a brief lock."""
+        raise NotImplementedError
+
+    # -- indexes ----------------------------------------------------------------------------------
+    def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[Action]:
+        """Build an index (CONCURRENTLY where ``concurrent_indexes``)."""
+        return [Statement(self.sql(sa.schema.CreateIndex(self._index(name, table, columns, unique))))]
+
+    def drop_index(self, name: str, table: str) -> list[Action]:
+        return [Statement(self.sql(sa.schema.DropIndex(self._index(name, table, [], False), if_exists=True)))]
+
+    def index_copy(self, definition: str, column: str, shadow: str, name: str) -> str | None:
+        """CREATE INDEX ``name``: the index ``definition`` (as ``index_definitions`` reads it) on ``shadow``
+        instead of ``column``; None when the dialect cannot copy it."""
+        import pglast
+
+        if index_copy_problem(definition, column) is not None:
+            return None
+        statement = pglast.parse_sql(definition)[0].stmt
+        columns = [shadow if element.name == column else element.name for element in statement.indexParams]
+        return self.sql(sa.schema.CreateIndex(self._index(name, statement.relation.relname, columns,
+                                                          bool(statement.unique))))
+
+    def rename_index(self, old: str, new: str) -> list[Action]:
+        return [Statement(f"ALTER INDEX {self.quote(old)} RENAME TO {self.quote(new)}")]
 
     def _index(self, name: str, table: str, columns: list[str], unique: bool, **options: Any) -> sa.Index:
         holder = sa.Table(table, sa.MetaData(), *[sa.Column(c, sa.Text) for c in columns])
         return sa.Index(name, *[holder.c[c] for c in columns], unique=unique, **options)
 
-    #: True when index statements must run outside a transaction.
-    concurrent_indexes = False
+    # -- tables -------------------------------------------------------------------------------------
+    def rename_table(self, old: str, new: str) -> list[Action]:
+        return [Statement(f"ALTER TABLE {self.quote(old)} RENAME TO {self.quote(new)}")]
 
-    def literal(self, value: Any, column_type: ColumnType) -> str:
-        """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""
-        if column_type is ColumnType.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
-            return self.sql(sa.literal(json.dumps(value), sa.Text()))
-        return self.sql(sa.literal(value, self.column_type(column_type)))
+    def table_alias(self, name: str, old: str, new: str, columns: dict[str, str | None], key: list[str]
+                    ) -> tuple[list[Action], list[Action]]:
+        """(create, drop) a view under the ``old`` name of table ``new`` that the old app can keep writing
+        through; ``columns`` maps each column to its default (SQL or None); ``name`` names zdm's objects."""
+        return [Statement(f"CREATE VIEW {self.quote(old)} AS SELECT * FROM {self.quote(new)}")], \
+            [Statement(f"DROP VIEW IF EXISTS {self.quote(old)}")]
 
-    # -- what subclasses provide ---------------------------------------------------------------
-    def sync_triggers(self, sync: Sync) -> tuple[list[str], list[str]]:
-        """(statements creating the sync triggers, statements dropping them)."""
+    # -- triggers ----------------------------------------------------------------------------------
+    def sync_triggers(self, sync: Sync) -> tuple[list[Action], list[Action]]:
+        """(create, drop) the dual-write triggers of ``sync``."""
         raise NotImplementedError
 
     def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
-                      ) -> tuple[list[str], list[str]]:
+                      ) -> tuple[list[Action], list[Action]]:
         """(create, drop) triggers writing ``value`` wherever an app writes NULL into ``column``."""
         raise NotImplementedError
 
-    def begin(self, lock_timeout_ms: int) -> list[str]:
-        """Statements that open every transaction zdm runs (lock budget)."""
+    def combine(self, actions: list[Action]) -> list[Action]:
+        """The same actions, with what the database can do at once done at once (one rebuild)."""
+        return actions
+
+    def helper_functions(self, up: Transform, down: Transform | None) -> tuple[list[Action], list[Action]]:
+        """(create, drop) functions that the conversions ``up`` and ``down`` call in triggers and backfills."""
+        return [], []
+
+    # -- transactions, the lock budget and faults -------------------------------------------------
+    def begin(self, lock_timeout_ms: int, *, autocommit: bool = False) -> list[str]:
+        """Statements that open every transaction zdm runs (the lock budget); with ``autocommit``,
+        for a session whose statements each commit on their own."""
         return []
 
-    def zdm_objects(self, connection: sa.Connection) -> list[str]:
-        """Names of zdm-owned triggers and functions left in the database."""
+    def batch_timeout(self, milliseconds: int) -> list[str]:
+        """Statements that bound one backfill batch's statements to ``milliseconds``."""
+        return []
+
+    def is_lock_timeout(self, exc: sa.exc.DBAPIError) -> bool:
+        """The statement gave up waiting for a lock (retried with backoff)."""
+        return False
+
+    def connection_lost(self, exc: sa.exc.DBAPIError) -> bool:
+        """The connection died, or a new one could not be made (retried; the state stays saved)."""
+        return bool(exc.connection_invalidated)
+
+    def blockers(self, engine: sa.Engine, tables: list[str]) -> str:
+        """Who holds what zdm waited for, in one phrase for an error message."""
+        return "another connection holds the lock"
+
+    def runner_lock(self, engine: sa.Engine) -> AbstractContextManager[Callable[[], None]]:
+        """One zdm runner per database; yields a check to run before each transaction (see zdm.state)."""
+        raise NotImplementedError
+
+    def runner_at_work(self, engine: sa.Engine) -> str | None:
+        """Who holds the runner lock now, or None when no runner is at work."""
         raise NotImplementedError
 
 
@@ -262,6 +465,8 @@ def for_name(name: str) -> Dialect:
         from sqlalchemy.dialects.sqlite import pysqlite
 
         return SQLiteDialect(pysqlite.dialect())
+    if name == "generic":  # the model's view when no database is in sight (plan files checked alone)
+        return Dialect(sa.engine.default.DefaultDialect())
     raise ValueError(f"zdm supports postgresql and sqlite, not {name!r}")
 
 

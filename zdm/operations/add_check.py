@@ -12,10 +12,11 @@ from typing import Literal
 from pydantic import field_validator
 
 from zdm.db import sql_text
-from zdm.dialects.sqlite import rebuild_action
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.plan import MigrationStep, Phase, check_action
+from zdm.operations.common import no_rows_where
+from zdm.plan import MigrationStep, Phase
 
 
 def one_expression(condition: str) -> str:
@@ -40,30 +41,28 @@ class AddCheck(Operation):
         return f"add check {self.name} on {self.table}: {self.condition}"
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
-        if not c.is_postgres:
-            return []
         d = c.dialect
+        if not d.not_valid_constraints:
+            return []  # added in migrate, once the rows are known to pass
         return [MigrationStep(Phase.EXPANDING, f"{self.describe()} (NOT VALID)",
-                              forward=[d.add_check(self.table, self.name, self.condition)],
-                              compensate=[d.drop_constraint(self.table, self.name)])]
+                              forward=d.add_check(self.table, self.name, self.condition),
+                              compensate=d.drop_constraint(self.table, self.name))]
 
     def migrate(self, c: Compiler) -> list[MigrationStep]:
-        broken = check_action(self.sample(c, sql_text(f"NOT ({self.condition})")),
-                              f"rows of {self.table} break check {self.name}")
-        if c.is_postgres:
+        d = c.dialect
+        broken = no_rows_where(c, self.table, sql_text(f"NOT ({self.condition})"),
+                               f"rows of {self.table} break check {self.name}")
+        if d.not_valid_constraints:
             return [MigrationStep(Phase.MIGRATING, f"validate {self.name}",
-                                  forward=[broken, c.dialect.validate_constraint(self.table, self.name)])]
-        return [MigrationStep(
-            Phase.MIGRATING, self.describe(),
-            forward=[broken, rebuild_action(self.table, create_checks=[{"name": self.name,
-                                                                        "condition": self.condition}])],
-            compensate=[rebuild_action(self.table, drop_constraints=[self.name])],
-        )]
+                                  forward=[broken, *d.validate_constraint(self.table, self.name)])]
+        return [MigrationStep(Phase.MIGRATING, self.describe(),
+                              forward=[broken, *d.add_check(self.table, self.name, self.condition)],
+                              compensate=d.drop_constraint(self.table, self.name))]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """Enforced from expand on PostgreSQL (NOT VALID still checks new writes), from migrate on SQLite."""
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
+        """Enforced from expand where it is added NOT VALID (new writes are checked), else from migrate."""
         table = schema.table(self.table)
-        added_in = Phase.MIGRATING if dialect == "sqlite" else Phase.EXPANDING
+        added_in = Phase.EXPANDING if dialect.not_valid_constraints else Phase.MIGRATING
         if phase is added_in:
             table.checks[self.name] = self.condition
         elif phase is Phase.ROLLED_BACK:

@@ -16,7 +16,7 @@ from pydantic import model_validator
 
 from zdm import transforms
 from zdm.db import sql_text
-from zdm.dialects import Sync
+from zdm.dialects import Dialect, Sync
 from zdm.model import Column, ColumnType, Link, Schema
 from zdm.operations.base import Compiler, Identifier, Operation, default_problem
 from zdm.plan import Backfill, MigrationStep, Phase
@@ -84,7 +84,7 @@ class AddColumn(Operation):
         )
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
-        d, q = c.dialect, c.dialect.quote
+        d = c.dialect
         default = self._default_sql(c)
         column = sa.Column(
             self.column,
@@ -96,8 +96,8 @@ class AddColumn(Operation):
             MigrationStep(
                 Phase.EXPANDING,
                 f"add column {self.table}.{self.column}",
-                forward=[d.add_column(self.table, column)],
-                compensate=[f"ALTER TABLE {q(self.table)} DROP COLUMN {q(self.column)}"],
+                forward=d.add_column(self.table, column),
+                compensate=d.drop_column(self.table, self.column),
             )
         ]
         if self.from_column:
@@ -133,7 +133,11 @@ class AddColumn(Operation):
         return [MigrationStep(Phase.CONTRACTING, f"drop trigger for {self.column}", forward=drop)]
 
     # -- reference model ------------------------------------------------------------------------
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    @property
+    def existing_column(self) -> str | None:
+        return self.from_column  # ``column`` is the new one
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         table = schema.table(self.table)
         transform = transforms.get(self.transform)
         if phase is Phase.EXPANDING:

@@ -13,10 +13,11 @@ from typing import Literal
 import sqlalchemy as sa
 from pydantic import Field, model_validator
 
-from zdm.dialects.sqlite import rebuild_action
+from zdm.actions import DataCheck
+from zdm.dialects import Dialect
 from zdm.model import ForeignKey, Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.plan import MigrationStep, Phase, check_action
+from zdm.plan import MigrationStep, Phase
 
 
 class AddForeignKey(Operation):
@@ -45,7 +46,7 @@ class AddForeignKey(Operation):
         missing = [c for c in self.ref_columns if c not in schema.table(self.ref_table).columns]
         return [f"table {self.ref_table!r} has no column {missing[0]!r}"] if missing else []
 
-    def _orphans(self, c: Compiler) -> dict:
+    def _orphans(self, c: Compiler) -> DataCheck:
         key = c.schema.table(self.table).primary_key
         names = [*key, *[n for n in self.columns if n not in key]]
         child = sa.table(self.table, *[sa.column(n) for n in names])
@@ -54,31 +55,31 @@ class AddForeignKey(Operation):
         orphan = sa.and_(*[child.c[n].is_not(None) for n in self.columns],
                          ~sa.exists().select_from(parent).where(matches))
         query = sa.select(*[child.c[n] for n in names]).where(orphan).limit(5)
-        return check_action(c.dialect.sql(query), f"rows of {self.table} point to no row of {self.ref_table}")
+        return DataCheck(c.dialect.sql(query), f"rows of {self.table} point to no row of {self.ref_table}")
+
+    def _add(self, c: Compiler) -> list:
+        return c.dialect.add_foreign_key(self.table, self.name, self.columns, self.ref_table, self.ref_columns,
+                                         self.on_delete)
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
-        if not c.is_postgres:
-            return []
         d = c.dialect
-        return [MigrationStep(Phase.EXPANDING, f"{self.describe()} (NOT VALID)",
-                              forward=[d.add_foreign_key(self.table, self.name, self.columns, self.ref_table,
-                                                         self.ref_columns, self.on_delete)],
-                              compensate=[d.drop_constraint(self.table, self.name)])]
+        if not d.not_valid_constraints:
+            return []  # added in migrate, once no orphan is left
+        return [MigrationStep(Phase.EXPANDING, f"{self.describe()} (NOT VALID)", forward=self._add(c),
+                              compensate=d.drop_constraint(self.table, self.name))]
 
     def migrate(self, c: Compiler) -> list[MigrationStep]:
-        if c.is_postgres:
+        d = c.dialect
+        if d.not_valid_constraints:
             return [MigrationStep(Phase.MIGRATING, f"validate {self.name}",
-                                  forward=[self._orphans(c), c.dialect.validate_constraint(self.table, self.name)])]
-        key = {"name": self.name, "columns": self.columns, "ref_table": self.ref_table,
-               "ref_columns": self.ref_columns, "on_delete": self.on_delete}
-        return [MigrationStep(Phase.MIGRATING, self.describe(),
-                              forward=[self._orphans(c), rebuild_action(self.table, create_foreign_keys=[key])],
-                              compensate=[rebuild_action(self.table, drop_constraints=[self.name])])]
+                                  forward=[self._orphans(c), *d.validate_constraint(self.table, self.name)])]
+        return [MigrationStep(Phase.MIGRATING, self.describe(), forward=[self._orphans(c), *self._add(c)],
+                              compensate=d.drop_constraint(self.table, self.name))]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """Enforced from expand on PostgreSQL (NOT VALID still checks new writes), from migrate on SQLite."""
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
+        """Enforced from expand where it is added NOT VALID (new writes are checked), else from migrate."""
         table = schema.table(self.table)
-        added_in = Phase.MIGRATING if dialect == "sqlite" else Phase.EXPANDING
+        added_in = Phase.EXPANDING if dialect.not_valid_constraints else Phase.MIGRATING
         if phase is added_in:
             table.foreign_keys[self.name] = ForeignKey(tuple(self.columns), self.ref_table, tuple(self.ref_columns),
                                                        None if self.on_delete == "NO ACTION" else self.on_delete)

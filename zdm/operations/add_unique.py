@@ -11,11 +11,11 @@ from typing import Literal
 
 from pydantic import Field
 
-from zdm.dialects import object_name
+from zdm.dialects import Dialect, object_name
 from zdm.model import Index, Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.operations.create_index import duplicates, existing_indexes
-from zdm.plan import MigrationStep, Phase, check_action
+from zdm.operations.common import existing_indexes, no_duplicates
+from zdm.plan import MigrationStep, Phase
 
 
 class AddUnique(Operation):
@@ -29,35 +29,39 @@ class AddUnique(Operation):
     def check(self, schema: Schema) -> list[str]:
         return self.column_check(schema, *self.columns)
 
+    def check_live(self, c: Compiler) -> list[str]:
+        if c.connection is None:
+            return []
+        if self.name in existing_indexes(c.connection, self.table):
+            return [f"an index or constraint named {self.name!r} already exists on {self.table!r}"]
+        return []
+
     def expand(self, c: Compiler) -> list[MigrationStep]:
-        if self.name in existing_indexes(c, self.table):
-            raise ValueError(f"an index or constraint named {self.name!r} already exists on {self.table!r}")
         d = c.dialect
-        no_duplicates = check_action(duplicates(c, self.table, self.columns),
-                                     f"duplicate values for unique {self.name}")
-        if not c.is_postgres:
+        no_dupes = no_duplicates(c, self.table, self.columns, f"duplicate values for unique {self.name}")
+        if not d.unique_constraints:  # a unique index enforces the same
             return [MigrationStep(Phase.EXPANDING, self.describe(),
-                                  forward=[no_duplicates, *d.create_index(self.name, self.table, self.columns,
-                                                                          unique=True)],
-                                  compensate=d.drop_index(self.name, self.table))]
+                                  forward=[no_dupes, *d.create_index(self.name, self.table, self.columns, unique=True)],
+                                  compensate=d.drop_index(self.name, self.table),
+                                  transactional=not d.concurrent_indexes)]
         index = object_name("zdm_ix", self.sync_name(c.plan_id, self.name))
         return [
             MigrationStep(Phase.EXPANDING, f"unique index for {self.name}",
-                          forward=[no_duplicates, *d.create_index(index, self.table, self.columns, unique=True)],
-                          compensate=d.drop_index(index, self.table), transactional=False),
+                          forward=[no_dupes, *d.create_index(index, self.table, self.columns, unique=True)],
+                          compensate=d.drop_index(index, self.table), transactional=not d.concurrent_indexes),
             MigrationStep(Phase.EXPANDING, self.describe(),
-                          forward=[d.unique_constraint_using_index(self.table, self.name, index)],
-                          compensate=[d.drop_constraint(self.table, self.name)]),
+                          forward=d.unique_constraint_using_index(self.table, self.name, index),
+                          compensate=d.drop_constraint(self.table, self.name)),
         ]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
-        """A UNIQUE constraint on PostgreSQL; a unique index on SQLite (its ALTER TABLE adds no constraint)."""
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
+        """A UNIQUE constraint where the dialect has them; else a unique index."""
         table = schema.table(self.table)
         if phase is Phase.EXPANDING:
-            if dialect == "sqlite":
-                table.indexes[self.name] = Index(tuple(self.columns), unique=True)
-            else:
+            if dialect.unique_constraints:
                 table.uniques[self.name] = tuple(self.columns)
+            else:
+                table.indexes[self.name] = Index(tuple(self.columns), unique=True)
         elif phase is Phase.ROLLED_BACK:
             table.indexes.pop(self.name, None)
             table.uniques.pop(self.name, None)

@@ -1,19 +1,34 @@
-"""What every operation answers, and the context it compiles in.
+"""The operation contract: what every operation answers, and the context it compiles in.
 
 An operation is a declared change (a pydantic model, so plan files validate for free). It answers
 the same questions in the same order, so reading one module teaches all of them:
 
-- ``check(schema)``: what is wrong with it against the live schema (no SQL runs);
+- ``check(schema)``: what is wrong with it against the schema, as the model holds it (no SQL runs;
+  offline too). The schema has the plan's earlier operations applied.
+- ``check_live(compiler)``: what is wrong with it for this database, read through the dialect:
+  names taken, objects that use a column (both only when ``compiler.connection`` is set: it is
+  None offline), statements the dialect judges. Both checks return one line per problem, and
+  the plan is refused before anything runs.
+- ``warnings(schema)``: risks worth a human look that do not stop the run.
 - ``expand / migrate / contract(compiler)``: the steps of each phase, each step carrying its
-  forward SQL and the compensating SQL that undoes it, side by side;
+  forward actions and the compensating actions that undo it, side by side. Statements come from
+  the dialect's vocabulary (``zdm.dialects.Dialect``); where the databases differ in *when*
+  something can happen, the operation reads a dialect flag, never the database's name.
 - ``apply_to_model(schema, phase, dialect)``: the same change on the reference model.
+- Facts others ask about: ``describe()``, ``touches()``, ``deletes_data``, ``existing_column``,
+  ``filled_columns()``, ``column_fate(kind, dialect)``.
+
+Helpers several operations share live in ``zdm.operations.common``. A new operation is one module
+here, one entry in the catalogue (``zdm/operations/__init__.py``), one example plan in
+``examples/``, one case in ``tests/test_workload.py`` and one row in the README's table: a test
+fails when one of them is missing.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -60,10 +75,6 @@ class Compiler:
     schema: Schema
     plan_id: str
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.dialect.name == "postgresql"
-
     def reflected_column(self, table: str, column: str) -> dict[str, Any]:
         """The live column; offline, or for one an earlier operation adds, the model's view."""
         if self.connection is not None and sa.inspect(self.connection).has_table(table):
@@ -88,10 +99,17 @@ class Operation(BaseModel):
 
     table: Identifier
 
+    #: Its contract deletes data (a column, a table): a plan of nothing else deserves a warning.
+    deletes_data: ClassVar[bool] = False
+
     # -- the questions every operation answers -------------------------------------------------
     def check(self, schema: Schema) -> list[str]:
         """Errors that make the operation impossible on ``schema``; empty when fine."""
         return [] if schema.has_table(self.table) else [f"table {self.table!r} does not exist"]
+
+    def check_live(self, c: Compiler) -> list[str]:
+        """Errors for this database and, when ``c.connection`` is set, its live catalog; empty when fine."""
+        return []
 
     def warnings(self, schema: Schema) -> list[str]:
         """Risks worth a human look that do not stop the run."""
@@ -106,11 +124,26 @@ class Operation(BaseModel):
     def contract(self, c: Compiler) -> list[MigrationStep]:
         return []
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         raise NotImplementedError
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    # -- facts others ask about ---------------------------------------------------------------
+    @property
+    def existing_column(self) -> str | None:
+        """The existing column the operation reads (Alembic's offline hints describe it)."""
+        return getattr(self, "column", None)
+
+    def filled_columns(self) -> list[str]:
+        """Columns whose NULLs the operation replaces: a rollback cannot tell them from written values."""
+        return []
+
+    def column_fate(self, kind: str, dialect: Dialect) -> str | None:
+        """What becomes, at complete, of an object of ``kind`` (dependent, statistics, trigger,
+        referenced_by, constraint) that uses ``column``; None when the operation changes no column."""
+        return None
 
     # -- shared by all ------------------------------------------------------------------------
     def touches(self) -> set[tuple[str, str]]:
@@ -120,13 +153,6 @@ class Operation(BaseModel):
 
     def steps(self, c: Compiler) -> list[MigrationStep]:
         return [*self.expand(c), *self.migrate(c), *self.contract(c)]
-
-    def sample(self, c: Compiler, where: sa.ColumnElement[bool], *columns: str) -> str:
-        """SQL for up to five rows (their key and ``columns``) where ``where`` holds: the rows an error names."""
-        key = c.schema.table(self.table).primary_key
-        names = [*key, *[name for name in columns if name not in key]]
-        query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(self.table)).where(where).limit(5)
-        return c.dialect.sql(query)
 
     def column_check(self, schema: Schema, *columns: str) -> list[str]:
         """The usual first checks: the table and the columns exist."""

@@ -10,6 +10,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from zdm.actions import Statement
+from zdm.dialects import Dialect
 from zdm.model import Column, ColumnType, Schema, Table
 from zdm.operations.base import Compiler, Identifier, Operation, default_problem
 from zdm.plan import MigrationStep, Phase
@@ -59,10 +61,11 @@ class CreateTable(Operation):
 
         table = sa_table(self.model_table())
         drop = sa.schema.DropTable(table, if_exists=True)
-        return [MigrationStep(Phase.EXPANDING, self.describe(), forward=[c.dialect.sql(sa.schema.CreateTable(table))],
-                              compensate=[c.dialect.sql(drop)])]
+        return [MigrationStep(Phase.EXPANDING, self.describe(),
+                              forward=[Statement(c.dialect.sql(sa.schema.CreateTable(table)))],
+                              compensate=[Statement(c.dialect.sql(drop))])]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         if phase is Phase.EXPANDING:
             schema.add_table(self.model_table())
         elif phase is Phase.ROLLED_BACK:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation, default_problem
-from zdm.operations.set_default import default_steps, default_to_model
+from zdm.operations.common import default_steps, default_to_model
 from zdm.plan import MigrationStep, Phase
 
 
 class DropColumn(Operation):
     op: Literal["drop_column"] = "drop_column"
+    deletes_data = True
     column: Identifier
     #: A value for the rows the new app inserts without the column, until it is dropped.
     default: Any = None
@@ -55,7 +57,13 @@ class DropColumn(Operation):
         return [MigrationStep(Phase.CONTRACTING, self.describe(),
                               forward=c.dialect.drop_column(self.table, self.column))]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def column_fate(self, kind: str, dialect: Dialect) -> str | None:
+        return {"constraint": "dropped with the column at complete",
+                "statistics": "loses the column at complete",
+                "trigger": "breaks once complete drops the column: change it first"}.get(
+            kind, "complete fails while it uses the column: drop it first")
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         if self.default is not None and phase in (Phase.EXPANDING, Phase.ROLLED_BACK):
             default_to_model(self, schema, phase, self.column, self.default)
         elif phase is Phase.CONTRACTING:

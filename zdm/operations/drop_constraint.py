@@ -10,30 +10,11 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from zdm.dialects.sqlite import rebuild_action
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.operations.create_index import existing_indexes
+from zdm.operations.common import existing_constraints, existing_indexes
 from zdm.plan import MigrationStep, Phase
-
-
-def existing_constraints(c: Compiler, table: str) -> set[str]:
-    """Named constraints of the live table (on SQLite a unique index stands for one too)."""
-    assert c.connection is not None
-    inspector = sa.inspect(c.connection)
-    if not inspector.has_table(table):
-        return set()
-    found = {check["name"] for check in inspector.get_check_constraints(table)}
-    found |= {key["name"] for key in inspector.get_foreign_keys(table)}
-    found.add(inspector.get_pk_constraint(table).get("name"))
-    return (found | existing_indexes(c, table)) - {None}
-
-
-def unique_constraints(c: Compiler, table: str) -> set[str]:
-    """Names of the table's UNIQUE constraints (on SQLite, part of the CREATE TABLE: no DROP INDEX drops them)."""
-    if c.connection is None or not sa.inspect(c.connection).has_table(table):
-        return set()
-    return {u["name"] for u in sa.inspect(c.connection).get_unique_constraints(table) if u["name"]}
 
 
 class DropConstraint(Operation):
@@ -43,20 +24,32 @@ class DropConstraint(Operation):
     def describe(self) -> str:
         return f"drop constraint {self.name} on {self.table}"
 
+    def check_live(self, c: Compiler) -> list[str]:
+        if c.connection is None:
+            return []
+        if self.name not in existing_constraints(c.connection, self.table):
+            # PostgreSQL's DROP CONSTRAINT IF EXISTS would drop nothing and call the plan complete.
+            return [f"table {self.table!r} has no constraint {self.name!r}"]
+        if c.dialect.unique_constraints and self._plain_index(c):
+            return [f"{self.name!r} on {self.table!r} is an index, not a constraint: use drop_index"]
+        return []
+
+    def _plain_index(self, c: Compiler) -> bool:
+        """A unique index standing for a constraint (what add_unique makes where a dialect has no
+        unique constraints of its own), not a UNIQUE constraint of the table."""
+        if c.connection is None or not sa.inspect(c.connection).has_table(self.table):
+            return False
+        constraints = {u["name"] for u in sa.inspect(c.connection).get_unique_constraints(self.table) if u["name"]}
+        return self.name in existing_indexes(c.connection, self.table) - constraints
+
     def contract(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
-        if c.connection is not None and self.name not in existing_constraints(c, self.table):
-            # PostgreSQL's DROP CONSTRAINT IF EXISTS would drop nothing and call the plan complete.
-            raise ValueError(f"table {self.table!r} has no constraint {self.name!r}")
-        if c.is_postgres:
-            forward = [d.drop_constraint(self.table, self.name)]
-        elif self.name in existing_indexes(c, self.table) - unique_constraints(c, self.table):
-            forward = d.drop_index(self.name, self.table)
-        else:
-            forward = [rebuild_action(self.table, drop_constraints=[self.name])]
-        return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=forward)]
+        forward = d.drop_index(self.name, self.table) if self._plain_index(c) else d.drop_constraint(self.table,
+                                                                                                     self.name)
+        return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=forward,
+                              transactional=not (self._plain_index(c) and d.concurrent_indexes))]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         if phase is Phase.CONTRACTING:
             table = schema.table(self.table)
             for catalogue in (table.uniques, table.checks, table.foreign_keys, table.indexes):

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.operations.set_default import default_steps, default_to_model
+from zdm.operations.common import default_steps, default_to_model
 from zdm.plan import MigrationStep, Phase
 
 
@@ -31,5 +32,5 @@ class DropDefault(Operation):
     def expand(self, c: Compiler) -> list[MigrationStep]:
         return default_steps(self, c, self.column, None)
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         default_to_model(self, schema, phase, self.column, None)

@@ -9,9 +9,10 @@ from typing import Literal
 
 import sqlalchemy as sa
 
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.operations.create_index import existing_indexes
+from zdm.operations.common import existing_indexes
 from zdm.plan import MigrationStep, Phase
 
 
@@ -22,17 +23,22 @@ class DropIndex(Operation):
     def describe(self) -> str:
         return f"drop index {self.name} on {self.table}"
 
-    def contract(self, c: Compiler) -> list[MigrationStep]:
-        if c.connection is not None and self.name not in existing_indexes(c, self.table):
-            raise ValueError(f"table {self.table!r} has no index {self.name!r}")
-        if c.is_postgres and c.connection is not None and self.name in {
+    def check_live(self, c: Compiler) -> list[str]:
+        if c.connection is None:
+            return []
+        if self.name not in existing_indexes(c.connection, self.table):
+            return [f"table {self.table!r} has no index {self.name!r}"]
+        if c.dialect.unique_constraints and self.name in {
                 u["name"] for u in sa.inspect(c.connection).get_unique_constraints(self.table)}:
-            raise ValueError(f"index {self.name!r} backs a constraint of {self.table!r}: use drop_constraint")
+            return [f"index {self.name!r} backs a constraint of {self.table!r}: use drop_constraint"]
+        return []
+
+    def contract(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
         return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=d.drop_index(self.name, self.table),
                               transactional=not d.concurrent_indexes)]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         if phase is Phase.CONTRACTING:
             schema.table(self.table).indexes.pop(self.name, None)
 

@@ -13,10 +13,11 @@ from typing import Literal
 
 import sqlalchemy as sa
 
-from zdm.dialects.sqlite import rebuild_action
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.plan import MigrationStep, Phase, check_action
+from zdm.operations.common import no_rows_where
+from zdm.plan import MigrationStep, Phase
 
 
 class DropNotNull(Operation):
@@ -38,18 +39,19 @@ class DropNotNull(Operation):
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
-        no_nulls = check_action(self.sample(c, sa.column(self.column).is_(None)),
-                                f"rows with NULL in {self.table}.{self.column} were written since expand; "
-                                "fill them before rolling back")
-        if c.is_postgres:
-            add, validate, drop = d.not_null_check(self.table, self.column, self.sync_name(c.plan_id, self.column))
-            undo = [no_nulls, drop, add, validate, d.set_not_null(self.table, self.column), drop]
-            return [MigrationStep(Phase.EXPANDING, self.describe(), forward=[d.drop_not_null(self.table, self.column)],
-                                  compensate=undo, transactional=False)]
-        nullable, not_null = ({self.column: {"nullable": value}} for value in (True, False))
-        return [MigrationStep(Phase.EXPANDING, self.describe(), forward=[rebuild_action(self.table, alter=nullable)],
-                              compensate=[no_nulls, rebuild_action(self.table, alter=not_null)])]
+        no_nulls = no_rows_where(c, self.table, sa.column(self.column).is_(None),
+                                 f"rows with NULL in {self.table}.{self.column} were written since expand; "
+                                 "fill them before rolling back")
+        not_null = d.alter_columns(self.table, {self.column: {"nullable": False}})
+        if d.not_valid_constraints:
+            # Each undo statement commits by itself (the step is not transactional), so that the scan
+            # happens under VALIDATE's lock, which lets writes through, and SET NOT NULL trusts it.
+            add, validate, drop = d.refuse_nulls(self.sync_name(c.plan_id, self.column), self.table, self.column)
+            not_null = [*drop, *add, *validate, *not_null, *drop]
+        return [MigrationStep(Phase.EXPANDING, self.describe(),
+                              forward=d.alter_columns(self.table, {self.column: {"nullable": True}}),
+                              compensate=[no_nulls, *not_null], transactional=not d.not_valid_constraints)]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         if phase in (Phase.EXPANDING, Phase.ROLLED_BACK):
             schema.table(self.table).column(self.column).nullable = phase is Phase.EXPANDING

@@ -9,6 +9,8 @@ from typing import Literal
 
 import sqlalchemy as sa
 
+from zdm.actions import Statement
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Operation
 from zdm.plan import MigrationStep, Phase
@@ -16,6 +18,7 @@ from zdm.plan import MigrationStep, Phase
 
 class DropTable(Operation):
     op: Literal["drop_table"] = "drop_table"
+    deletes_data = True
 
     def describe(self) -> str:
         return f"drop table {self.table}"
@@ -31,8 +34,8 @@ class DropTable(Operation):
 
     def contract(self, c: Compiler) -> list[MigrationStep]:
         drop = sa.schema.DropTable(sa.Table(self.table, sa.MetaData()))
-        return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=[c.dialect.sql(drop)])]
+        return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=[Statement(c.dialect.sql(drop))])]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         if phase is Phase.CONTRACTING:
             schema.drop_table(self.table)

@@ -31,27 +31,17 @@ from typing import Any
 
 import pglast
 import sqlalchemy as sa
-from pglast import ast
-from pglast.stream import RawStream
 
 from zdm import transforms
-from zdm.dialects import ColumnFacts, Sync, index_copy_problem, object_name
-from zdm.dialects.sqlite import rebuild_action
-from zdm.model import (
-    Column,
-    ColumnType,
-    ForeignKey,
-    Index,
-    Link,
-    Schema,
-    SqlDefault,
-    Table,
-)
+from zdm.actions import Action, DataCheck, Statement
+from zdm.dialects import ColumnFacts, Dialect, Sync, object_name
+from zdm.model import Column, ColumnType, ForeignKey, Index, Link, Schema, SqlDefault, Table
 from zdm.operations.base import Compiler, Operation
-from zdm.plan import Backfill, MigrationStep, Phase, check_action
+from zdm.operations.common import no_rows_where
+from zdm.plan import Backfill, MigrationStep, Phase
 from zdm.risks import volatile
-from zdm.sqltree import column_names, condition_columns, rename_column, rename_in_condition, walk
-from zdm.transforms import TRY_JSON_PG, Transform
+from zdm.sqltree import column_names, condition_columns, rename_in_condition
+from zdm.transforms import Transform
 
 EXPANDING, MIGRATING, CONTRACTING = Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING
 
@@ -63,7 +53,6 @@ class IndexCopy:
     final: str  # the original name, which the copy takes at contract (a type change)
     temporary: str  # a zdm-owned name while both columns exist
     definition: str  # the CREATE INDEX statement of the copy
-    columns: list[str]  # plain column list, with the new column's final name (SQLite rebuilds)
     unique: bool
     constraint: bool  # a UNIQUE constraint rather than a plain index
 
@@ -230,47 +219,53 @@ class DualColumn(Operation):
     def _relaxes(self, c: Compiler) -> bool:
         """SQLite only: the new app may leave the old NOT NULL column out, and SQLite checks NOT NULL
         before an AFTER trigger could fill it, so expand relaxes it for the window."""
-        return not c.is_postgres and self.two_way and self._not_null(c)
+        return not c.dialect.triggers_fill_before_checks and self.two_way and self._not_null(c)
 
-    def _needs_try_json(self, c: Compiler) -> bool:
-        down = self.down(c.schema).needs_try_json if self.two_way else False
-        return c.is_postgres and (self.up(c.schema).needs_try_json or down)
-
-    def _all_converted(self, c: Compiler) -> dict[str, Any]:
+    def _all_converted(self, c: Compiler) -> DataCheck:
         """Rows whose old value has no counterpart in the new column: the conversion failed."""
         lost = sa.and_(sa.column(self.column).is_not(None), sa.column(self.shadow).is_(None))
-        return check_action(self.sample(c, lost, self.column),
-                            f"values of {self.table}.{self.column} that {self.up(c.schema).name} cannot convert "
-                            "(fix them, or choose another transform)")
+        return no_rows_where(c, self.table, lost, f"values of {self.table}.{self.column} that "
+                             f"{self.up(c.schema).name} cannot convert (fix them, or choose another transform)",
+                             self.column)
+
+    def _helpers(self, c: Compiler) -> tuple[list[Action], list[Action]]:
+        return c.dialect.helper_functions(self.up(c.schema), self.down(c.schema) if self.two_way else None)
 
     # -- phases -------------------------------------------------------------------------------
+    def check_live(self, c: Compiler) -> list[str]:
+        try:
+            self.refuse_what_cannot_be_carried(c)
+        except ValueError as exc:
+            return [str(exc)]
+        return []
+
     def expand(self, c: Compiler) -> list[MigrationStep]:
-        d, q = c.dialect, c.dialect.quote
-        self.refuse_what_cannot_be_carried(c)
+        d = c.dialect
         steps = []
-        if self._needs_try_json(c):
-            steps.append(MigrationStep(EXPANDING, "helper function zdm_try_json", forward=[TRY_JSON_PG],
-                                       compensate=["DROP FUNCTION IF EXISTS zdm_try_json(text)"]))
+        create_helpers, drop_helpers = self._helpers(c)
+        if create_helpers:
+            steps.append(MigrationStep(EXPANDING, "helper functions for the conversion", forward=create_helpers,
+                                       compensate=drop_helpers))
+        # The shadow's default is set after ADD COLUMN, so the rows there stay NULL for the backfill.
+        changes: dict[str, dict[str, Any]] = {}
+        if (default := self._shadow_default(c)) is not None:
+            changes[self.shadow] = {"server_default": default}
+        if self._relaxes(c):
+            changes[self.column] = {"nullable": True}
         added = sa.Column(self.shadow, self.shadow_type(c), nullable=True)
-        forward: list[Any] = [d.add_column(self.table, added)]
-        default = self._shadow_default(c)
-        if default is not None and c.is_postgres:  # set after ADD COLUMN: existing rows stay NULL for the backfill
-            forward.append(d.set_default(self.table, self.shadow, default))
-        steps.append(MigrationStep(EXPANDING, f"add column {self.table}.{self.shadow}", forward=forward,
-                                   compensate=[f"ALTER TABLE {q(self.table)} DROP COLUMN {q(self.shadow)}"]))
-        if not c.is_postgres and (self._relaxes(c) or default is not None):
-            alter: dict[str, dict[str, Any]] = {self.shadow: {"server_default": default}} if default else {}
-            back: dict[str, dict[str, Any]] = {}
-            if self._relaxes(c):
-                alter[self.column], back[self.column] = {"nullable": True}, {"nullable": False}
-            steps.append(MigrationStep(
-                EXPANDING, f"let the new app leave {self.table}.{self.column} out (the triggers fill it)",
-                forward=[rebuild_action(self.table, alter=alter)],
-                compensate=[rebuild_action(self.table, alter=back)] if back else []))
+        steps.append(MigrationStep(
+            EXPANDING, f"add column {self.table}.{self.shadow}"
+            + (f"; let the new app leave {self.column} out (the triggers fill it)" if self._relaxes(c) else ""),
+            forward=[*d.add_column(self.table, added), *(d.alter_columns(self.table, changes) if changes else [])],
+            compensate=[*self._restore_not_null(c), *d.drop_column(self.table, self.shadow)]))
         create, drop = d.sync_triggers(self._sync(c))
         steps.append(MigrationStep(EXPANDING, f"dual-write triggers {self.column} <-> {self.shadow}",
                                    forward=create, compensate=drop))
         return steps
+
+    def _restore_not_null(self, c: Compiler) -> list[Action]:
+        """Undo what ``_relaxes`` did to the old column."""
+        return c.dialect.alter_columns(self.table, {self.column: {"nullable": False}}) if self._relaxes(c) else []
 
     def migrate(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
@@ -291,7 +286,7 @@ class DualColumn(Operation):
             kind = "unique index" if copy.unique else "index"
             steps.append(MigrationStep(
                 MIGRATING, f"{kind} {copy.temporary} on {self.table}.{self.shadow}, a copy of {copy.final}",
-                forward=[*d.drop_index(copy.temporary, self.table), copy.definition],
+                forward=[*d.drop_index(copy.temporary, self.table), Statement(copy.definition)],
                 compensate=d.drop_index(copy.temporary, self.table),
                 transactional=not d.concurrent_indexes,
             ))
@@ -300,32 +295,19 @@ class DualColumn(Operation):
     def contract(self, c: Compiler) -> list[MigrationStep]:
         if self.keeps_old_column:
             return self._contract_in_place(c)
-        if c.is_postgres:
-            return self._contract_replace_postgres(c)
-        return self._contract_replace_sqlite(c)
+        if c.dialect.retypes_in_place:
+            return self._contract_retype(c)
+        return self._contract_swap(c)
 
-    def _drop_triggers(self, c: Compiler) -> list[Any]:
-        _, drop = c.dialect.sync_triggers(self._sync(c))
-        if self._needs_try_json(c):
-            drop.append("DROP FUNCTION IF EXISTS zdm_try_json(text)")
-        return drop
+    def _drop_triggers(self, c: Compiler) -> list[Action]:
+        return [*c.dialect.sync_triggers(self._sync(c))[1], *self._helpers(c)[1]]
 
     def _contract_in_place(self, c: Compiler) -> list[MigrationStep]:
-        """A rename: the old column stays, with everything attached to it, and takes the new name."""
-        d, q = c.dialect, c.dialect.quote
-        rename = f"ALTER TABLE {q(self.table)} RENAME COLUMN {q(self.column)} TO {q(self.final_name)}"
-        forward: list[Any] = self._drop_triggers(c)
-        if c.is_postgres:
-            forward += [*d.drop_column(self.table, self.shadow), rename]
-        else:
-            for copy in self._index_copies(c):
-                forward += d.drop_index(copy.temporary, self.table)
-            if self._relaxes(c) or self._shadow_default(c) is not None:
-                alter = {self.column: {"nullable": False}} if self._relaxes(c) else {}
-                forward.append(rebuild_action(self.table, drop=[self.shadow], alter=alter))
-            else:
-                forward.append(f"ALTER TABLE {q(self.table)} DROP COLUMN {q(self.shadow)}")
-            forward.append(rename)
+        """A rename: the old column stays, with everything attached to it, and takes the new name. The
+        shadow goes, and its index copies with it."""
+        d = c.dialect
+        forward = [*self._drop_triggers(c), *self._restore_not_null(c), *d.drop_column(self.table, self.shadow),
+                   *d.rename_column(self.table, self.column, self.final_name)]
         return [MigrationStep(CONTRACTING, f"drop {self.table}.{self.shadow}; {self.column} takes the name "
                               f"{self.final_name}", forward=forward)]
 
@@ -339,39 +321,35 @@ class DualColumn(Operation):
         for name, (kind, definition) in facts.constraints.items():
             if kind in ("c", "f"):
                 number += 1
-                statement = rename_column(pglast.parse_sql(f"ALTER TABLE t ADD {definition}")[0].stmt,
-                                          self.column, self.shadow)
                 copies.append(ConstraintCopy(self.table, name, self._temporary("zdm_cc", c, number),
-                                             RawStream()(statement.cmds[0].def_)))
+                                             c.dialect.constraint_for(definition, self.column, self.shadow)))
         for child, name, definition in facts.referenced_by:
             number += 1
-            statement = pglast.parse_sql(f"ALTER TABLE t ADD {definition}")[0].stmt
-            constraint = statement.cmds[0].def_
-            constraint.pk_attrs = tuple(ast.String(sval=self.shadow) if n.sval == self.column else n
-                                        for n in constraint.pk_attrs)
-            copies.append(ConstraintCopy(child, name, self._temporary("zdm_cc", c, number), RawStream()(constraint)))
+            copies.append(ConstraintCopy(child, name, self._temporary("zdm_cc", c, number),
+                                         c.dialect.constraint_for(definition, self.column, self.shadow,
+                                                                  referenced=True)))
         return copies
 
     def _temporary(self, prefix: str, c: Compiler, number: int) -> str:
         return object_name(prefix, self.sync_name(c.plan_id, self.column, str(number)))
 
-    def _contract_replace_postgres(self, c: Compiler) -> list[MigrationStep]:
-        """A type change on PostgreSQL: constraints first (NOT VALID, then VALIDATE), then one brief swap."""
-        d, q = c.dialect, c.dialect.quote
-        table, shadow = q(self.table), q(self.shadow)
+    def _contract_swap(self, c: Compiler) -> list[MigrationStep]:
+        """A type change by a new column: constraints first (NOT VALID, then VALIDATE, each its own
+        transaction, undone if complete fails), then one brief swap."""
+        d = c.dialect
         facts = self._facts(c)
-        converted: list[Any] = [] if self.up(c.schema).identity else [self._all_converted(c)]
+        converted: list[Action] = [] if self.up(c.schema).identity else [self._all_converted(c)]
         copies = self._constraint_copies(c)
-        not_null = d.not_null_check(self.table, self.shadow, self._sync_name(c))
-        add, validate, drop = list(converted), [], []
+        add: list[Action] = list(converted)
+        validate: list[Action] = []
+        drop: list[Action] = []
+        not_null = d.refuse_nulls(self._sync_name(c), self.table, self.shadow)
         if facts.not_null:
-            add.append(not_null[0])
-            validate.append(not_null[1])
-            drop.append(not_null[2])
+            add, validate, drop = [*add, *not_null[0]], [*validate, *not_null[1]], [*drop, *not_null[2]]
         for copy in copies:
-            add.append(f"ALTER TABLE {q(copy.table)} ADD CONSTRAINT {q(copy.temporary)} {copy.definition} NOT VALID")
-            validate.append(d.validate_constraint(copy.table, copy.temporary))
-            drop.append(d.drop_constraint(copy.table, copy.temporary))
+            add += d.add_constraint(copy.table, copy.temporary, copy.definition)
+            validate += d.validate_constraint(copy.table, copy.temporary)
+            drop += d.drop_constraint(copy.table, copy.temporary)
         steps = []
         if validate:
             steps += [
@@ -380,107 +358,54 @@ class DualColumn(Operation):
                 MigrationStep(CONTRACTING, f"validate the constraints on {self.shadow}", forward=validate,
                               compensate=drop),
             ]
-        swap: list[Any] = [*converted, *self._drop_triggers(c)]
-        swap += [d.drop_constraint(copy.table, copy.final) for copy in copies if copy.table != self.table]
-        if facts.sequence and not facts.identity:  # DROP COLUMN would drop the sequence it owns
-            swap.append(f"ALTER SEQUENCE {facts.sequence} OWNED BY {table}.{shadow}")
-        if facts.not_null:
-            swap += [d.set_not_null(self.table, self.shadow), not_null[2]]
-        if facts.identity:
-            serial = f"pg_get_serial_sequence({d.sql(sa.literal(table))}, {d.sql(sa.literal(self.shadow))})"
-            swap += [f"ALTER TABLE {table} ALTER COLUMN {shadow} ADD GENERATED {facts.identity} AS IDENTITY",
-                     f"SELECT setval({serial}, last_value, is_called) FROM {facts.sequence}"]
-        swap += d.drop_column(self.table, self.column)
-        if self.shadow != self.final_name:
-            swap.append(f"ALTER TABLE {table} RENAME COLUMN {shadow} TO {q(self.final_name)}")
-        if facts.identity:
-            swap.append(f"ALTER SEQUENCE {self._identity_sequence(c)} RENAME TO {q(facts.sequence.split('.')[-1])}")
-        default = self.final_default(c)
-        if default is not None and not facts.identity:
-            swap.append(d.set_default(self.table, self.final_name, default))
-        for copy in copies:
-            swap.append(f"ALTER TABLE {q(copy.table)} RENAME CONSTRAINT {q(copy.temporary)} TO {q(copy.final)}")
-        for index in self._index_copies(c):
-            swap.append(d.unique_constraint_using_index(self.table, index.final, index.temporary)
-                        if index.constraint else d.rename_index(index.temporary, index.final))
-        column = f"{table}.{q(self.final_name)}"
-        if facts.comment is not None:
-            swap.append(f"COMMENT ON COLUMN {column} IS {d.sql(sa.literal(facts.comment))}")
-        if facts.statistics is not None:
-            swap.append(f"ALTER TABLE {table} ALTER COLUMN {q(self.final_name)} SET STATISTICS {int(facts.statistics)}")
-        if facts.storage is not None:
-            swap.append(f"ALTER TABLE {table} ALTER COLUMN {q(self.final_name)} SET STORAGE {facts.storage}")
-        for grantee, privilege, grantable in facts.grants:
-            option = " WITH GRANT OPTION" if grantable else ""
-            swap.append(f"GRANT {privilege} ({q(self.final_name)}) ON {table} TO {grantee}{option}")
-        for function, cost in sorted({(t.function, t.cost) for t in facts.triggers if t.names_column and t.function}):
-            # PL/pgSQL sessions keep plans made for the old type ("type of parameter ... does not match
-            # that when preparing the plan"); an ALTER FUNCTION makes them compile the function again.
-            swap.append(f"ALTER FUNCTION {function} COST {cost:g}")
+        swap = [*converted, *self._drop_triggers(c)]
+        swap += d.replace_column(
+            self.table, self.column, self.shadow, self.final_name, facts, default=self.final_default(c),
+            not_null=not_null if facts.not_null else None,
+            constraints=[(copy.table, copy.temporary, copy.final) for copy in copies],
+            indexes=[(copy.temporary, copy.final, copy.constraint) for copy in self._index_copies(c)])
         steps.append(MigrationStep(CONTRACTING, f"drop {self.table}.{self.column}; {self.shadow} takes its place "
                                    f"as {self.final_name}", forward=swap))
         return steps
 
-    def _identity_sequence(self, c: Compiler) -> str:
-        """The sequence ADD GENERATED AS IDENTITY makes for the shadow: <table>_<column>_seq."""
-        return c.dialect.quote(f"{self.table}_{self.shadow}_seq"[:63])
-
-    def _contract_replace_sqlite(self, c: Compiler) -> list[MigrationStep]:
-        """A type change on SQLite: one rebuild gives the old column the new declared type and the
-        shadow's values, and drops the shadow. The column keeps its name, place, and everything
-        written for it (indexes, constraints, foreign keys both ways, triggers, views); a new name
-        comes last, through SQLite's own RENAME COLUMN, which renames it everywhere."""
-        q = c.dialect.quote
+    def _contract_retype(self, c: Compiler) -> list[MigrationStep]:
+        """A type change in place: the column takes the new declared type and the shadow's values, and
+        keeps its name, place and everything written for it; a new name comes last."""
+        d = c.dialect
         facts = self._facts(c)
-        converted: list[Any] = [] if self.up(c.schema).identity else [self._all_converted(c)]
-        declared = self.shadow_type(c).compile(dialect=c.dialect.sa)
-        final = {"type": declared, "values_from": self.shadow, "nullable": not facts.not_null,
-                 "server_default": self.final_default(c)}
-        renames = {self.column: self.final_name} if self.final_name != self.column else {}
-        forward: list[Any] = [*converted, *self._drop_triggers(c)]
-        forward += [f"DROP INDEX IF EXISTS {q(copy.temporary)}" for copy in self._index_copies(c)]
-        forward.append(rebuild_action(self.table, drop=[self.shadow], alter={self.column: final}, renames=renames))
+        converted: list[Action] = [] if self.up(c.schema).identity else [self._all_converted(c)]
+        forward = [*converted, *self._drop_triggers(c)]
+        for copy in self._index_copies(c):
+            forward += d.drop_index(copy.temporary, self.table)
+        forward += d.retype_in_place(self.table, self.column, self.shadow_type(c).compile(dialect=d.sa), self.shadow,
+                                     nullable=not facts.not_null, default=self.final_default(c), drop=self.shadow)
+        if self.final_name != self.column:
+            forward += d.rename_column(self.table, self.column, self.final_name)
         return [MigrationStep(CONTRACTING, f"{self.table}.{self.column} takes the type and values of "
                               f"{self.shadow} as {self.final_name}", forward=forward)]
 
     def _index_copies(self, c: Compiler) -> list[IndexCopy]:
-        """PostgreSQL: every index of the old column, rewritten for the shadow (a type change needs them all,
-        a rename copies them for the new app's queries and upserts). SQLite: the plain ones, which the new
-        app needs during the window; a type change's rebuild puts the others back as they were written."""
+        """The old column's indexes, built again on the shadow: a swap needs them all; during the window
+        the new app's queries and upserts on the shadow need them (where the dialect can copy them:
+        the window goes without one it cannot, which costs speed, not correctness). A type change in
+        place keeps the indexes and has no window reader of the shadow."""
         if c.connection is None:  # offline: the live indexes are unknown
             return []
-        if not c.is_postgres and not self.two_way:
+        if not self.two_way and c.dialect.retypes_in_place:
             return []
-        inspector = sa.inspect(c.connection)
         with warnings.catch_warnings():  # expression indexes are not reflected: the definitions are read instead
             warnings.simplefilter("ignore", sa.exc.SAWarning)
-            constraints = {u["name"] for u in inspector.get_unique_constraints(self.table)}
+            constraints = {u["name"] for u in sa.inspect(c.connection).get_unique_constraints(self.table)}
         copies = []
-        for number, (name, definition) in enumerate(sorted(c.dialect.index_definitions(c.connection,
-                                                                                       self.table).items())):
+        definitions = sorted(c.dialect.index_definitions(c.connection, self.table).items())
+        for number, (name, definition) in enumerate(definitions):
             statement = pglast.parse_sql(definition)[0].stmt
-            if not any(isinstance(n, ast.IndexElem | ast.ColumnRef) for n in walk(statement)) or \
-                    self.column not in column_names(statement):
-                continue
-            if name in self._primary_key_indexes(c):
+            if name in self._primary_key_indexes(c) or self.column not in column_names(statement):
                 continue
             temporary = object_name("zdm_ix", self.sync_name(c.plan_id, self.column, str(number)))
-            plain = index_copy_problem(definition, self.column) is None
-            columns = [e.name for e in statement.indexParams if e.name] if plain else []
-            if c.is_postgres:
-                copy = rename_column(pglast.parse_sql(definition)[0].stmt, self.column, self.shadow)
-                copy.idxname, copy.concurrent, copy.if_not_exists = temporary, True, False
-                sql = RawStream()(copy)
-            elif plain:
-                sql = c.dialect.sql(sa.schema.CreateIndex(c.dialect._index(
-                    temporary, self.table, [self.shadow if n == self.column else n for n in columns],
-                    bool(statement.unique))))
-            else:
-                continue  # SQLite, not plain: the window goes without it (speed, not correctness)
-            copies.append(IndexCopy(
-                final=name, temporary=temporary, definition=sql,
-                columns=[self.final_name if n == self.column else n for n in columns],
-                unique=bool(statement.unique), constraint=name in constraints))
+            if (sql := c.dialect.index_copy(definition, self.column, self.shadow, temporary)) is not None:
+                copies.append(IndexCopy(final=name, temporary=temporary, definition=sql, unique=bool(statement.unique),
+                                        constraint=name in constraints))
         return copies
 
     def _primary_key_indexes(self, c: Compiler) -> set[str]:
@@ -488,8 +413,21 @@ class DualColumn(Operation):
         name = sa.inspect(c.connection).get_pk_constraint(self.table).get("name")
         return {name} if name else set()
 
+    def column_fate(self, kind: str, dialect: Dialect) -> str | None:
+        if self.keeps_old_column:
+            return "kept: renamed in place"
+        if dialect.retypes_in_place:
+            renamed = f", then renamed to {self.final_name}" if self.final_name != self.column else ""
+            return f"kept: the column is retyped in place{renamed}"
+        new_type = self.model_type(Column(self.column, ColumnType.OTHER)).value
+        if kind in ("constraint", "referenced_by"):
+            return f"carried to the new {new_type} column"
+        if kind == "trigger":
+            return f"kept: the column keeps its name, its type becomes {new_type}"
+        return f"the column is replaced by a {new_type} copy at complete"
+
     # -- reference model ------------------------------------------------------------------------
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         table = schema.table(self.table)
         if phase is EXPANDING:
             old = table.column(self.column)
@@ -498,7 +436,7 @@ class DualColumn(Operation):
             down = self.down(schema).python if self.two_way else None
             table.links.append(Link(self.column, self.shadow, up=self.up(schema).python, down=down,
                                     a_nullable=old.nullable, fill_unreached=True))
-            if dialect == "sqlite" and self.two_way:
+            if not dialect.triggers_fill_before_checks and self.two_way:
                 old.nullable = True
         elif phase is MIGRATING:
             new_type = table.column(self.shadow).type

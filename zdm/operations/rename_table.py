@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from zdm.dialects import object_name
+from zdm.actions import Action
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.plan import MigrationStep, Phase
@@ -31,43 +32,30 @@ class RenameTable(Operation):
     def touches(self) -> set[tuple[str, str]]:
         return set()
 
-    def _view(self, c: Compiler) -> tuple[list[str], list[str]]:
-        """(create, drop) the view under the old name, with SQLite's write triggers."""
-        q = c.dialect.quote
-        old, new = q(self.table), q(self.new_name)
-        create = [f"CREATE VIEW {old} AS SELECT * FROM {new}"]
-        drop = [f"DROP VIEW IF EXISTS {old}"]
-        if c.is_postgres:
-            return create, drop
+    def check_live(self, c: Compiler) -> list[str]:
+        if not c.dialect.updatable_views and not c.schema.table(self.table).primary_key:
+            return [f"table {self.table!r} has no primary key, which the triggers making the view under its old "
+                    "name writable need"]
+        return []
+
+    def _alias(self, c: Compiler) -> tuple[list[Action], list[Action]]:
+        """(create, drop) the view under the old name, through which the old app keeps writing."""
         table = c.schema.table(self.table)
-        if not table.primary_key:
-            raise ValueError(f"table {self.table!r} has no primary key, which SQLite's view triggers need")
-        columns = list(table.columns)
-        defaults = {n: c.reflected_column(self.table, n).get("default") for n in columns}
-        values = [f"coalesce(NEW.{q(n)}, {defaults[n]})" if defaults[n] else f"NEW.{q(n)}" for n in columns]
-        row = " AND ".join(f"{q(k)} = OLD.{q(k)}" for k in table.primary_key)
-        names = {part: q(object_name("zdm_tg", self.sync_name(c.plan_id, "view", part))) for part in ("i", "u", "d")}
-        create += [
-            f"CREATE TRIGGER {names['i']} INSTEAD OF INSERT ON {old} BEGIN INSERT INTO {new} "
-            f"({', '.join(map(q, columns))}) VALUES ({', '.join(values)}); END",
-            f"CREATE TRIGGER {names['u']} INSTEAD OF UPDATE ON {old} BEGIN UPDATE {new} SET "
-            f"{', '.join(f'{q(n)} = NEW.{q(n)}' for n in columns)} WHERE {row}; END",
-            f"CREATE TRIGGER {names['d']} INSTEAD OF DELETE ON {old} BEGIN DELETE FROM {new} WHERE {row}; END",
-        ]
-        return create, [*(f"DROP TRIGGER IF EXISTS {n}" for n in names.values()), *drop]
+        defaults = {n: c.reflected_column(self.table, n).get("default") for n in table.columns}
+        return c.dialect.table_alias(self.sync_name(c.plan_id), self.table, self.new_name, defaults,
+                                     table.primary_key)
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
-        q = c.dialect.quote
-        create, drop = self._view(c)
-        rename = f"ALTER TABLE {q(self.table)} RENAME TO {q(self.new_name)}"
-        back = f"ALTER TABLE {q(self.new_name)} RENAME TO {q(self.table)}"
+        d = c.dialect
+        create, drop = self._alias(c)
         return [MigrationStep(Phase.EXPANDING, f"{self.describe()}; a view keeps the old name",
-                              forward=[rename, *create], compensate=[*drop, back])]
+                              forward=[*d.rename_table(self.table, self.new_name), *create],
+                              compensate=[*drop, *d.rename_table(self.new_name, self.table)])]
 
     def contract(self, c: Compiler) -> list[MigrationStep]:
-        return [MigrationStep(Phase.CONTRACTING, f"drop the view {self.table}", forward=self._view(c)[1])]
+        return [MigrationStep(Phase.CONTRACTING, f"drop the view {self.table}", forward=self._alias(c)[1])]
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         if phase is Phase.EXPANDING:
             schema.rename_table(self.table, self.new_name)
             schema.aliases[self.table] = self.new_name

@@ -10,33 +10,11 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from zdm.dialects.sqlite import rebuild_action
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation, default_problem
+from zdm.operations.common import default_steps, default_to_model
 from zdm.plan import MigrationStep, Phase
-
-
-def default_steps(op: Operation, c: Compiler, column: str, new: str | None) -> list[MigrationStep]:
-    """Set (or, with ``new`` None, drop) the default, with the previous one as compensation."""
-    d = c.dialect
-    previous = c.reflected_column(op.table, column).get("default")
-    if c.is_postgres:
-        forward = [d.set_default(op.table, column, new)]
-        compensate = [d.set_default(op.table, column, previous)]
-    else:
-        forward = [rebuild_action(op.table, alter={column: {"server_default": new}})]
-        compensate = [rebuild_action(op.table, alter={column: {"server_default": previous}})]
-    return [MigrationStep(Phase.EXPANDING, op.describe(), forward=forward, compensate=compensate)]
-
-
-def default_to_model(op: Operation, schema: Schema, phase: Phase, column: str, value: Any) -> None:
-    target = schema.table(op.table).column(column)
-    memo = f"default:{op.table}.{column}"
-    if phase is Phase.EXPANDING:
-        schema.memo[memo] = target.default
-        target.default = value
-    elif phase is Phase.ROLLED_BACK and memo in schema.memo:
-        target.default = schema.memo.pop(memo)
 
 
 class SetDefault(Operation):
@@ -64,5 +42,5 @@ class SetDefault(Operation):
         column_type = c.schema.table(self.table).column(self.column).type
         return default_steps(self, c, self.column, c.dialect.literal(column_type.coerce(self.default), column_type))
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         default_to_model(self, schema, phase, self.column, self.default)

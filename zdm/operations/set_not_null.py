@@ -15,10 +15,12 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
-from zdm.dialects.sqlite import rebuild_action
+from zdm.actions import Action, DataCheck
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.plan import Backfill, MigrationStep, Phase, check_action
+from zdm.operations.common import no_rows_where
+from zdm.plan import Backfill, MigrationStep, Phase
 
 
 class SetNotNull(Operation):
@@ -58,9 +60,9 @@ class SetNotNull(Operation):
         column_type = c.schema.table(self.table).column(self.column).type
         return c.dialect.literal(column_type.coerce(self.fill), column_type)
 
-    def _no_nulls(self, c: Compiler) -> dict[str, Any]:
-        return check_action(self.sample(c, sa.column(self.column).is_(None)),
-                            f"{self.table}.{self.column} is NULL in rows (give `fill`, or fix them)")
+    def _no_nulls(self, c: Compiler) -> DataCheck:
+        return no_rows_where(c, self.table, sa.column(self.column).is_(None),
+                             f"{self.table}.{self.column} is NULL in rows (give `fill`, or fix them)")
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
         if self.fill is None:
@@ -70,6 +72,11 @@ class SetNotNull(Operation):
         return [MigrationStep(Phase.EXPANDING, f"trigger: NULL in {self.column} becomes {self.fill!r}",
                               forward=create, compensate=drop)]
 
+    def _guarded(self, c: Compiler) -> bool:
+        """A rule refuses NULL from migrate on: always without ``fill``; with it only where the fill
+        trigger runs before the rule is checked (else the rule would refuse what the trigger fills)."""
+        return self.fill is None or c.dialect.triggers_fill_before_checks
+
     def migrate(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
         steps = []
@@ -77,38 +84,33 @@ class SetNotNull(Operation):
             steps.append(MigrationStep(Phase.MIGRATING, f"backfill NULL {self.table}.{self.column}", backfill=Backfill(
                 table=self.table, key=c.schema.table(self.table).primary_key,
                 assignments={self.column: self._fill_sql(c)}, pending=d.sql(sa.column(self.column).is_(None)))))
-        if c.is_postgres:
-            add, validate, drop = d.not_null_check(self.table, self.column, self._name(c))
-            steps += [
-                MigrationStep(Phase.MIGRATING, f"check {self.column} IS NOT NULL (NOT VALID)",
-                              forward=[self._no_nulls(c), add], compensate=[drop]),
-                MigrationStep(Phase.MIGRATING, f"validate {self.column} IS NOT NULL", forward=[validate]),
-            ]
-        elif self.fill is None:  # the fill trigger keeps NULL out; without one, writes of NULL are refused
-            create, drop = d.null_guard(self._name(c), self.table, self.column)
-            steps.append(MigrationStep(Phase.MIGRATING, f"refuse NULL in {self.column} (triggers)",
-                                       forward=[self._no_nulls(c), *create], compensate=drop))
-        else:
-            steps.append(MigrationStep(Phase.MIGRATING, f"no NULL left in {self.column}", forward=[self._no_nulls(c)]))
+        if not self._guarded(c):
+            no_null_left = MigrationStep(Phase.MIGRATING, f"no NULL left in {self.column}", forward=[self._no_nulls(c)])
+            return [*steps, no_null_left]
+        add, validate, drop = d.refuse_nulls(self._name(c), self.table, self.column)
+        steps.append(MigrationStep(Phase.MIGRATING, f"refuse NULL in {self.column} from now on",
+                                   forward=[self._no_nulls(c), *add], compensate=drop))
+        if validate:
+            steps.append(MigrationStep(Phase.MIGRATING, f"validate {self.column} IS NOT NULL", forward=validate))
         return steps
 
     def contract(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
-        forward: list[Any] = []
+        forward: list[Action] = [] if self._guarded(c) else [self._no_nulls(c)]
         if self.fill is not None:
             key = tuple(c.schema.table(self.table).primary_key)
             forward += d.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c))[1]
-        if c.is_postgres:
-            _, _, drop_check = d.not_null_check(self.table, self.column, self._name(c))
-            forward += [d.set_not_null(self.table, self.column), drop_check]
-        else:
-            if self.fill is None:
-                forward += d.null_guard(self._name(c), self.table, self.column)[1]
-            forward += [self._no_nulls(c), rebuild_action(self.table, alter={self.column: {"nullable": False}})]
+        # NOT NULL trusts the validated rule (no scan under lock on PostgreSQL), which then goes.
+        forward += d.alter_columns(self.table, {self.column: {"nullable": False}})
+        if self._guarded(c):
+            forward += d.refuse_nulls(self._name(c), self.table, self.column)[2]
         return [MigrationStep(Phase.CONTRACTING, self.describe(), forward=forward)]
 
     # -- reference model ------------------------------------------------------------------------
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def filled_columns(self) -> list[str]:
+        return [self.column] if self.fill is not None else []
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         table = schema.table(self.table)
         if phase is Phase.EXPANDING and self.fill is not None:
             table.fills[self.column] = self.fill

@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import model_validator
 
+from zdm.actions import statements
+from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.plan import MigrationStep, Phase
@@ -48,21 +50,30 @@ class RawSql(Operation):
             return [f"table {self.table!r} does not exist"]
         return []
 
+    def _listed(self) -> tuple[list[str], list[str]]:
+        up = [self.up] if isinstance(self.up, str) else self.up
+        down = [] if self.down is None else [self.down] if isinstance(self.down, str) else self.down
+        return up, down
+
+    def check_live(self, c: Compiler) -> list[str]:
+        if not c.dialect.judges_raw_sql or self.assume_safe:
+            return []
+        up, down = self._listed()
+        # `down` runs at rollback, when only what `up` added goes: a drop there is the undo.
+        before_contract = PHASES[self.phase] is not Phase.CONTRACTING
+        risks = [*lock_risks(up, old_app_running=before_contract, connection=c.connection),
+                 *lock_risks(down, old_app_running=False, connection=c.connection)]
+        if not risks:
+            return []
+        more = f" (and {len(risks) - 1} more)" if len(risks) > 1 else ""
+        return [f"{self.describe()}: {risks[0]}{more}; if you know it is harmless here, set "
+                "assume_safe: true on the step and prove it with `zdm rehearse`"]
+
     def _steps(self, phase: Phase, c: Compiler) -> list[MigrationStep]:
         if PHASES[self.phase] is not phase:
             return []
-        listed = [self.up] if isinstance(self.up, str) else self.up
-        undo = [] if self.down is None else [self.down] if isinstance(self.down, str) else self.down
-        if c.is_postgres and not self.assume_safe:
-            # `down` runs at rollback, when only what `up` added goes: a drop there is the undo.
-            # The live catalogue says what the statements' functions and types are (None offline).
-            risks = [*lock_risks(listed, old_app_running=phase is not Phase.CONTRACTING, connection=c.connection),
-                     *lock_risks(undo, old_app_running=False, connection=c.connection)]
-            if risks:
-                more = f" (and {len(risks) - 1} more)" if len(risks) > 1 else ""
-                raise ValueError(f"{self.describe()}: {risks[0]}{more}; if you know it is harmless here, set "
-                                 "assume_safe: true on the step and prove it with `zdm rehearse`")
-        return [MigrationStep(phase, self.describe(), forward=listed, compensate=undo,
+        up, down = self._listed()
+        return [MigrationStep(phase, self.describe(), forward=statements(up), compensate=statements(down),
                               transactional=self.transactional)]
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
@@ -74,5 +85,5 @@ class RawSql(Operation):
     def contract(self, c: Compiler) -> list[MigrationStep]:
         return self._steps(Phase.CONTRACTING, c)
 
-    def apply_to_model(self, schema: Schema, phase: Phase, dialect: str) -> None:
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         """Raw SQL is opaque to the model."""
