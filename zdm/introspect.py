@@ -43,8 +43,10 @@ def _constant(sql: str) -> bool:
     import pglast
     from pglast import ast
 
+    from zdm.sqltree import expression
+
     try:
-        node: Any = pglast.parse_sql(f"SELECT {sql}")[0].stmt.targetList[0].val
+        node: Any = expression(sql)
     except (pglast.parser.ParseError, AttributeError, IndexError):
         return False
     while isinstance(node, ast.TypeCast) or (isinstance(node, ast.A_Expr) and node.lexpr is None):

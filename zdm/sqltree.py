@@ -8,10 +8,17 @@ for the new column. Rewritten SQL is rendered by pglast, never pasted together.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pglast
 from pglast import ast
 from pglast.stream import RawStream
+
+
+def statement(sql: str) -> Any:
+    """The first statement of ``sql``, parsed (raises pglast.parser.ParseError). Typed Any: pglast's
+    nodes carry their fields as attributes that depend on the kind of statement."""
+    return pglast.parse_sql(sql)[0].stmt
 
 
 def walk(node: object) -> Iterable[ast.Node]:
@@ -27,22 +34,23 @@ def walk(node: object) -> Iterable[ast.Node]:
 
 def column_names(node: ast.Node) -> set[str]:
     """The column names a parsed statement or expression uses: references and index elements."""
-    names = set()
+    names: set[str] = set()
     for found in walk(node):
         if isinstance(found, ast.IndexElem) and found.name:
             names.add(found.name)
-        elif isinstance(found, ast.ColumnRef) and isinstance(found.fields[-1], ast.String):
-            names.add(found.fields[-1].sval)
+        elif isinstance(found, ast.ColumnRef) and found.fields and isinstance(found.fields[-1], ast.String):
+            names.add(str(found.fields[-1].sval))
     return names
 
 
-def rename_column(node: ast.Node, old: str, new: str) -> ast.Node:
+def rename_column(node: Any, old: str, new: str) -> Any:
     """``node``, changed in place to name ``new`` wherever it named ``old``: references, index
     elements (with WHERE and INCLUDE clauses) and the key lists of constraints."""
+    found: Any
     for found in walk(node):
         if isinstance(found, ast.IndexElem) and found.name == old:
             found.name = new
-        elif isinstance(found, ast.ColumnRef) and isinstance(found.fields[-1], ast.String) \
+        elif isinstance(found, ast.ColumnRef) and found.fields and isinstance(found.fields[-1], ast.String) \
                 and found.fields[-1].sval == old:
             found.fields = (*found.fields[:-1], ast.String(sval=new))
         elif isinstance(found, ast.Constraint):
@@ -53,9 +61,9 @@ def rename_column(node: ast.Node, old: str, new: str) -> ast.Node:
     return node
 
 
-def expression(sql: str) -> ast.Node:
+def expression(sql: str) -> Any:
     """One SQL expression, parsed (raises pglast.parser.ParseError)."""
-    return pglast.parse_sql(f"SELECT {sql}")[0].stmt.targetList[0].val
+    return statement(f"SELECT {sql}").targetList[0].val
 
 
 def condition_columns(condition: str) -> set[str]:
@@ -74,4 +82,5 @@ def rename_in_condition(condition: str, old: str, new: str) -> str:
 
 
 def render(node: ast.Node) -> str:
-    return RawStream()(node)
+    """A parsed statement or expression as SQL, as pglast prints it."""
+    return str(RawStream()(node))

@@ -26,8 +26,8 @@ from alembic.operations import MigrateOperation, Operations
 from pydantic import ValidationError
 
 from zdm import introspect
-from zdm.alembic import runtime
 from zdm.alembic.offline import Hints
+from zdm.alembic.runtime import ZdmAlembicError, rollback_revision, run_operation
 from zdm.model import ColumnType
 from zdm.operations import AnyOperation, Operation
 
@@ -54,14 +54,14 @@ class ZdmOperation(MigrateOperation):
             given = {key: _plain(value) for key, value in arguments.items()
                      if value is not None or _takes_none(operation_class, key)}
         except ValueError as exc:
-            raise runtime.ZdmAlembicError(f"op.{PREFIX}{name}(): {exc}") from None
+            raise ZdmAlembicError(f"op.{PREFIX}{name}(): {exc}") from None
         try:
             operation = operation_class.model_validate({"op": name, **given})
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
             message = first["msg"].removeprefix("Value error, ")
-            raise runtime.ZdmAlembicError(f"op.{PREFIX}{name}(): {where + ': ' if where else ''}{message}") from None
+            raise ZdmAlembicError(f"op.{PREFIX}{name}(): {where + ': ' if where else ''}{message}") from None
         operations.invoke(cls(operation, hints))
 
     def reverse(self) -> MigrateOperation:
@@ -167,9 +167,9 @@ def register() -> list[str]:
 
 @Operations.implementation_for(ZdmOperation)
 def _run(operations: Operations, declared: ZdmOperation) -> None:
-    runtime.run_operation(operations.migration_context, declared.operation, declared.hints)
+    run_operation(operations.migration_context, declared.operation, declared.hints)
 
 
 @Operations.implementation_for(ZdmRollback)
 def _rollback(operations: Operations, _: ZdmRollback) -> None:
-    runtime.rollback_revision(operations.migration_context)
+    rollback_revision(operations.migration_context)

@@ -132,23 +132,23 @@ def index_copy_problem(definition: str, column: str) -> str | None:
     """
     import pglast
 
-    from zdm.sqltree import column_names
+    from zdm.sqltree import column_names, statement
 
     try:
-        statement = pglast.parse_sql(definition)[0].stmt
+        parsed = statement(definition)
     except pglast.parser.ParseError:
         return "has a definition zdm cannot read"
-    if column not in column_names(statement):
+    if column not in column_names(parsed):
         return None
-    if (statement.accessMethod or "btree") != "btree":
-        return f"is a {statement.accessMethod} index"
-    if statement.whereClause is not None:
+    if (parsed.accessMethod or "btree") != "btree":
+        return f"is a {parsed.accessMethod} index"
+    if parsed.whereClause is not None:
         return "has a WHERE clause"
-    if statement.indexIncludingParams:
+    if parsed.indexIncludingParams:
         return "has INCLUDE columns"
-    if statement.nulls_not_distinct:
+    if parsed.nulls_not_distinct:
         return "is NULLS NOT DISTINCT"
-    for element in statement.indexParams:
+    for element in parsed.indexParams:
         if element.expr is not None:
             return "has an expression"
         if element.collation or element.opclass:
@@ -375,14 +375,14 @@ class Dialect:
     def index_copy(self, definition: str, column: str, shadow: str, name: str) -> str | None:
         """CREATE INDEX ``name``: the index ``definition`` (as ``index_definitions`` reads it) on ``shadow``
         instead of ``column``; None when the dialect cannot copy it."""
-        import pglast
+        from zdm.sqltree import statement
 
         if index_copy_problem(definition, column) is not None:
             return None
-        statement = pglast.parse_sql(definition)[0].stmt
-        columns = [shadow if element.name == column else element.name for element in statement.indexParams]
-        return self.sql(sa.schema.CreateIndex(self._index(name, statement.relation.relname, columns,
-                                                          bool(statement.unique))))
+        parsed = statement(definition)
+        columns = [shadow if element.name == column else element.name for element in parsed.indexParams]
+        return self.sql(sa.schema.CreateIndex(self._index(name, parsed.relation.relname, columns,
+                                                          bool(parsed.unique))))
 
     def rename_index(self, old: str, new: str) -> list[Action]:
         return [Statement(f"ALTER INDEX {self.quote(old)} RENAME TO {self.quote(new)}")]

@@ -212,19 +212,17 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         return [Statement(f"ALTER TABLE {self.quote(table)} ADD CONSTRAINT {self.quote(name)} {definition} NOT VALID")]
 
     def constraint_for(self, definition: str, column: str, shadow: str, *, referenced: bool = False) -> str:
-        import pglast
         from pglast import ast
-        from pglast.stream import RawStream
 
-        from zdm.sqltree import rename_column
+        from zdm.sqltree import rename_column, render, statement
 
-        constraint = pglast.parse_sql(f"ALTER TABLE t ADD {definition}")[0].stmt.cmds[0].def_
+        constraint = statement(f"ALTER TABLE t ADD {definition}").cmds[0].def_
         if referenced:  # another table's foreign key: only the columns it refers to are ours
             constraint.pk_attrs = tuple(ast.String(sval=shadow) if n.sval == column else n
                                         for n in constraint.pk_attrs)
         else:
             rename_column(constraint, column, shadow)
-        return str(RawStream()(constraint))
+        return render(constraint)
 
     def unique_constraint_using_index(self, table: str, name: str, index: str) -> list[Action]:
         q = self.quote
@@ -244,14 +242,11 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
     def index_copy(self, definition: str, column: str, shadow: str, name: str) -> str | None:
         # Any index: its definition, read by PostgreSQL's own parser, with the column renamed in its
         # elements, expressions, WHERE and INCLUDE clauses, built CONCURRENTLY.
-        import pglast
-        from pglast.stream import RawStream
+        from zdm.sqltree import rename_column, render, statement
 
-        from zdm.sqltree import rename_column
-
-        copy = rename_column(pglast.parse_sql(definition)[0].stmt, column, shadow)
+        copy = rename_column(statement(definition), column, shadow)
         copy.idxname, copy.concurrent, copy.if_not_exists = name, True, False
-        return str(RawStream()(copy))
+        return render(copy)
 
     # -- a type change: the new column takes the old one's place -------------------------------------
     def replace_column(self, table: str, column: str, shadow: str, final_name: str, facts: ColumnFacts, *,

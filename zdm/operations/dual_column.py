@@ -29,7 +29,6 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-import pglast
 import sqlalchemy as sa
 
 from zdm import transforms
@@ -40,7 +39,7 @@ from zdm.operations.base import Compiler, Operation
 from zdm.operations.common import no_rows_where
 from zdm.plan import Backfill, MigrationStep, Phase
 from zdm.risks import volatile
-from zdm.sqltree import column_names, condition_columns, rename_in_condition
+from zdm.sqltree import column_names, condition_columns, rename_in_condition, statement
 from zdm.transforms import Transform
 
 EXPANDING, MIGRATING, CONTRACTING = Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING
@@ -399,12 +398,12 @@ class DualColumn(Operation):
         copies = []
         definitions = sorted(c.dialect.index_definitions(c.connection, self.table).items())
         for number, (name, definition) in enumerate(definitions):
-            statement = pglast.parse_sql(definition)[0].stmt
-            if name in self._primary_key_indexes(c) or self.column not in column_names(statement):
+            parsed = statement(definition)
+            if name in self._primary_key_indexes(c) or self.column not in column_names(parsed):
                 continue
             temporary = object_name("zdm_ix", self.sync_name(c.plan_id, self.column, str(number)))
             if (sql := c.dialect.index_copy(definition, self.column, self.shadow, temporary)) is not None:
-                copies.append(IndexCopy(final=name, temporary=temporary, definition=sql, unique=bool(statement.unique),
+                copies.append(IndexCopy(final=name, temporary=temporary, definition=sql, unique=bool(parsed.unique),
                                         constraint=name in constraints))
         return copies
 
