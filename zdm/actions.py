@@ -88,7 +88,7 @@ class Statement(Action):
             parsed = pglast.parse_sql(self.sql)
         except pglast.parser.ParseError:
             return False  # SQL pglast cannot read may have blocked writes
-        return all(_weak(raw.stmt) for raw in parsed)
+        return all(raw.stmt is not None and _weak(raw.stmt) for raw in parsed)
 
     def relations(self) -> list[str]:
         import pglast

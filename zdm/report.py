@@ -157,7 +157,7 @@ class WatchesStatements(Reporter):
         self._long.end()
         self._backfilling = step.backfill is not None
 
-    def executed(self, connection: sa.Connection, action: str | dict[str, Any], seconds: float) -> None:
+    def executed(self, connection: sa.Connection, action: Action, seconds: float) -> None:
         self._long.end()
 
     def committed(self) -> None:

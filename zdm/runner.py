@@ -124,7 +124,7 @@ class Runner:
             self._transition(plan, Phase.COMPLETE)
             return plan
 
-    def status(self) -> list[tuple[MigrationPlan, dict[str, Any]]]:
+    def status(self) -> list[tuple[MigrationPlan, Checkpoint]]:
         with self.engine.connect() as connection:
             return state.load_all(connection)
 
@@ -143,7 +143,7 @@ class Runner:
         plan.source["settings"] = {**plan.source.get("settings", {}), **self.overrides}
         return plan
 
-    def _load(self, plan_id: str) -> tuple[MigrationPlan, dict[str, Any]]:
+    def _load(self, plan_id: str) -> tuple[MigrationPlan, Checkpoint]:
         with self.engine.connect() as connection:
             found = state.load(connection, plan_id)
         if found is None:
@@ -152,7 +152,7 @@ class Runner:
         self._use(plan.source.get("settings", {}), plan)
         return plan, checkpoint
 
-    def _prepare_start(self, plan_file: PlanFile) -> tuple[MigrationPlan, dict[str, Any]]:
+    def _prepare_start(self, plan_file: PlanFile) -> tuple[MigrationPlan, Checkpoint]:
         with self.engine.connect() as connection:
             found = state.load(connection, plan_file.id)
         if found is not None:

@@ -11,7 +11,6 @@ import datetime as dt
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -46,7 +45,7 @@ def ensure_table(connection: sa.Connection) -> None:
     metadata.create_all(connection, checkfirst=True)
 
 
-def load(connection: sa.Connection, plan_id: str) -> tuple[MigrationPlan, dict[str, Any]] | None:
+def load(connection: sa.Connection, plan_id: str) -> tuple[MigrationPlan, Checkpoint] | None:
     if not sa.inspect(connection).has_table(migrations.name):
         return None
     row = connection.execute(sa.select(migrations).where(migrations.c.id == plan_id)).first()
@@ -55,7 +54,7 @@ def load(connection: sa.Connection, plan_id: str) -> tuple[MigrationPlan, dict[s
     return MigrationPlan.from_dict(json.loads(row.plan)), Checkpoint.from_dict(json.loads(row.checkpoint or "{}"))
 
 
-def load_all(connection: sa.Connection) -> list[tuple[MigrationPlan, dict[str, Any]]]:
+def load_all(connection: sa.Connection) -> list[tuple[MigrationPlan, Checkpoint]]:
     if not sa.inspect(connection).has_table(migrations.name):
         return []
     rows = connection.execute(sa.select(migrations).order_by(migrations.c.updated_at, migrations.c.id))

@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
@@ -204,7 +205,7 @@ def running_revision() -> str:
     revision file defines module-level ``revision`` and ``down_revision``, so the nearest caller
     whose module has both is the revision script.
     """
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         names = frame.f_globals
         if "revision" in names and "down_revision" in names:

@@ -289,9 +289,9 @@ class SQLiteDialect(Dialect):
                 "SELECT name, sql FROM sqlite_master WHERE type = 'view' AND sql IS NOT NULL")):
             if mentions(sql, column):
                 facts.dependents.append(f"view {name}")
-        for other in _read_table(_master_sql(connection, "table", table)[table]).columns:
-            if any(column.lower() in _names(clause.tokens) for clause in other.of("generated")):
-                facts.dependents.append(f"generated column {other.name}")
+        for definition in _read_table(_master_sql(connection, "table", table)[table]).columns:
+            if any(column.lower() in _names(clause.tokens) for clause in definition.of("generated")):
+                facts.dependents.append(f"generated column {definition.name}")
         for name, sql in _master_sql(connection, "trigger", table).items():
             if not name.startswith("zdm_"):
                 facts.triggers.append(UserTrigger(name, False, mentions(sql, column)))

@@ -204,7 +204,7 @@ def run_rebuild(connection: sa.Connection, spec: Rebuild) -> None:
         for sql in [*indexes, *triggers]:  # as written: an expression, a sort order, a collation
             connection.exec_driver_sql(sql)
     finally:  # a connection setting, which a rolled back transaction would not undo
-        connection.exec_driver_sql(f"PRAGMA legacy_alter_table = {int(legacy)}")
+        connection.exec_driver_sql(f"PRAGMA legacy_alter_table = {int(legacy or 0)}")
     for old, new in spec.renames.items():
         connection.exec_driver_sql(f"ALTER TABLE {q(name)} RENAME COLUMN {q(old)} TO {q(new)}")
     for index in spec.create_indexes:
@@ -757,7 +757,8 @@ def _new_table_sql(table: _TableSQL, spec: Rebuild, quote: Any) -> str:
         return ((clause.name or "").lower() in unwanted or bool(_lower(clause.columns) & dropped)
                 or (clause.kind == "check" and bool(_names(clause.tokens) & dropped)))
 
-    sql, parts = table.sql, []
+    sql = table.sql
+    parts: list[tuple[int, int, str | None]] = []
     for item in table.items:
         edits: list[tuple[int, int, str]] = []
         if item.column is not None:

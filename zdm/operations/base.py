@@ -20,8 +20,8 @@ the same questions in the same order, so reading one module teaches all of them:
 
 Helpers several operations share live in ``zdm.operations.common``. A new operation is one module
 here, one entry in the catalogue (``zdm/operations/__init__.py``), one example plan in
-``examples/``, one case in ``tests/test_workload.py`` and one row in the README's table: a test
-fails when one of them is missing.
+``examples/``, one case in ``tests/test_workload.py`` and one row in the README's table:
+``tests/test_operation_contract.py`` names whichever is missing.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Compiler:
                     collation = self.dialect.column_collations(self.connection, table).get(column)
                     if collation and hasattr(info["type"], "collation"):
                         info["type"].collation = collation
-                    return info
+                    return dict(info)
         modelled = self.schema.table(table).column(column)
         default = None if modelled.default is None else self.dialect.literal(modelled.default, modelled.type)
         return {"name": column, "type": self.dialect.column_type(modelled.type),
@@ -97,6 +97,8 @@ class Compiler:
 class Operation(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    #: The operation's name in a plan file; each subclass fixes it (the discriminator of AnyOperation).
+    op: str
     table: Identifier
 
     #: Its contract deletes data (a column, a table): a plan of nothing else deserves a warning.

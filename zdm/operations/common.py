@@ -15,22 +15,24 @@ if TYPE_CHECKING:
     from zdm.operations.base import Compiler, Operation
 
 
-def sample(c: Compiler, table: str, where: sa.ColumnElement[bool], *columns: str) -> str:
+def sample(c: Compiler, table: str, where: sa.ColumnElement[bool] | sa.TextClause, *columns: str) -> str:
     """SQL for up to five rows (their key and ``columns``) where ``where`` holds: the rows an error names."""
     key = c.schema.table(table).primary_key
     names = [*key, *[name for name in columns if name not in key]]
-    query = sa.select(*[sa.column(n) for n in names]).select_from(sa.table(table)).where(where).limit(5)
+    selected: list[sa.ColumnClause[Any]] = [sa.column(n) for n in names]
+    query = sa.select(*selected).select_from(sa.table(table)).where(where).limit(5)
     return c.dialect.sql(query)
 
 
-def no_rows_where(c: Compiler, table: str, where: sa.ColumnElement[bool], problem: str, *columns: str) -> DataCheck:
+def no_rows_where(c: Compiler, table: str, where: sa.ColumnElement[bool] | sa.TextClause, problem: str,
+                  *columns: str) -> DataCheck:
     """A data check failing, with sample keys, when rows of ``table`` satisfy ``where``."""
     return DataCheck(sample(c, table, where, *columns), problem)
 
 
 def no_duplicates(c: Compiler, table: str, columns: list[str], problem: str) -> DataCheck:
     """A data check naming up to five duplicated values of ``columns`` (NULLs never collide)."""
-    cols = [sa.column(n) for n in columns]
+    cols: list[sa.ColumnClause[Any]] = [sa.column(n) for n in columns]
     query = (sa.select(*cols, sa.func.count().label("rows")).select_from(sa.table(table))
              .where(*[col.is_not(None) for col in cols]).group_by(*cols).having(sa.func.count() > 1).limit(5))
     return DataCheck(c.dialect.sql(query), problem)
@@ -41,7 +43,7 @@ def existing_indexes(connection: sa.Connection, table: str) -> set[str]:
     inspector = sa.inspect(connection)
     if not inspector.has_table(table):
         return set()
-    return {ix["name"] for ix in inspector.get_indexes(table)} | {
+    return {ix["name"] for ix in inspector.get_indexes(table) if ix["name"]} | {
         u["name"] for u in inspector.get_unique_constraints(table) if u["name"]}
 
 
@@ -53,7 +55,7 @@ def existing_constraints(connection: sa.Connection, table: str) -> set[str]:
     found = {check["name"] for check in inspector.get_check_constraints(table)}
     found |= {key["name"] for key in inspector.get_foreign_keys(table)}
     found.add(inspector.get_pk_constraint(table).get("name"))
-    return (found | existing_indexes(connection, table)) - {None}
+    return {name for name in found if name} | existing_indexes(connection, table)
 
 
 def default_steps(op: Operation, c: Compiler, column: str, new: str | None) -> list[MigrationStep]:

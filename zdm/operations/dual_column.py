@@ -268,7 +268,8 @@ class DualColumn(Operation):
 
     def migrate(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
-        old, new = sa.column(self.column), sa.column(self.shadow)
+        old: sa.ColumnClause[Any] = sa.column(self.column)
+        new: sa.ColumnClause[Any] = sa.column(self.shadow)
         steps = [MigrationStep(
             MIGRATING,
             f"backfill {self.table}.{self.shadow} from {self.column}",

@@ -204,13 +204,14 @@ def dependency_notes(connection: sa.Connection, plan_file: PlanFile, schema: Sch
     dialect = for_connection(connection)
     notes = []
     for operation in plan_file.operations:
-        if operation.column_fate("dependent", dialect) is None:
+        name_of_column = operation.existing_column
+        if operation.column_fate("dependent", dialect) is None or operation.table is None or name_of_column is None:
             continue  # it changes no column
         table = schema.tables.get(operation.table)
-        if table is None or operation.column not in table.columns:
+        if table is None or name_of_column not in table.columns:
             continue  # a column an earlier operation of the plan adds: nothing uses it yet
-        facts = dialect.column_facts(connection, operation.table, operation.column)
-        column = f"{operation.table}.{operation.column}"
+        facts = dialect.column_facts(connection, operation.table, name_of_column)
+        column = f"{operation.table}.{name_of_column}"
         described = []
         for dependent in facts.dependents:
             described.append((_dependent_name(dependent), f"uses {column}",
@@ -242,7 +243,7 @@ def filled_columns(plan_file: PlanFile) -> dict[str, list[str]]:
     """Columns whose NULLs a ``set_not_null`` ``fill`` replaces: a rollback cannot tell them apart, so keeps them."""
     found: dict[str, list[str]] = {}
     for operation in plan_file.operations:
-        if operation.filled_columns():
+        if operation.filled_columns() and operation.table is not None:
             found.setdefault(operation.table, []).extend(operation.filled_columns())
     return found
 
@@ -351,8 +352,9 @@ def plan_columns(plan_file: PlanFile) -> dict[str, set[str]]:
         if isinstance(condition, str):
             names |= condition_columns(condition)
         found.setdefault(table, set()).update(names)
-        if isinstance(getattr(operation, "ref_table", None), str):
-            found.setdefault(operation.ref_table, set()).update(getattr(operation, "ref_columns", None) or [])
+        ref_table = getattr(operation, "ref_table", None)
+        if isinstance(ref_table, str):
+            found.setdefault(ref_table, set()).update(getattr(operation, "ref_columns", None) or [])
     return found
 
 

@@ -123,16 +123,16 @@ def snapshot_differences(before: Snapshot, after: Snapshot) -> list[str]:
         elif was != now:
             found.append(f"{name}: definition changed")
     for name, shape in before.shapes.items():
-        now = after.shapes.get(name)
-        if now is None:
+        shape_now = after.shapes.get(name)
+        if shape_now is None:
             continue
-        for column in sorted(set(shape["columns"]) | set(now["columns"])):
-            was_column, now_column = shape["columns"].get(column), now["columns"].get(column)
+        for column in sorted(set(shape["columns"]) | set(shape_now["columns"])):
+            was_column, now_column = shape["columns"].get(column), shape_now["columns"].get(column)
             if was_column != now_column:
                 found.append(f"{name}.{column}: was {_column_text(was_column)}, now {_column_text(now_column)}")
         for part, was in shape.items():
-            if part != "columns" and now[part] != was:
-                found.append(f"{name} {part.replace('_', ' ')}: was {_brief(was)}, now {_brief(now[part])}")
+            if part != "columns" and shape_now[part] != was:
+                found.append(f"{name} {part.replace('_', ' ')}: was {_brief(was)}, now {_brief(shape_now[part])}")
         rows, digest = before.checksums[name]
         rows_now, digest_now = after.checksums[name]
         if rows != rows_now:

@@ -191,7 +191,7 @@ def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
 ) -> None:
     """Report the PostgreSQL source actually used, so CI logs show what was tested."""
-    used = list(config.stash.get(_USED_KEY, []))
+    used: list[str] = config.stash.get(_USED_KEY, [])
     source = config.stash.get(_SOURCE_KEY, None)
     if source is not None:
         used.append(source.describe())

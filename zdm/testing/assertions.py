@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -189,13 +190,13 @@ def assert_alembic_stairway(config: AlembicConfig | str | Path, url: str | None 
         before = _schema_shapes(engine)
         for revision in revisions:
             name = f"revision {revision.revision}"
-            run(f"{name}: upgrade", lambda r=revision.revision: upgrade(config, r))
+            run(f"{name}: upgrade", partial(upgrade, config, revision.revision))
             upgraded = _schema_shapes(engine)
-            run(f"{name}: downgrade", lambda: downgrade(config, "-1"))
+            run(f"{name}: downgrade", partial(downgrade, config, "-1"))
             _same_schema(before, _schema_shapes(engine), f"{name}: its downgrade")
-            run(f"{name}: upgrade after its downgrade", lambda r=revision.revision: upgrade(config, r))
+            run(f"{name}: upgrade after its downgrade", partial(upgrade, config, revision.revision))
             _same_schema(upgraded, _schema_shapes(engine), f"{name}: upgrading again")
-            run(f"{name}: complete", lambda r=revision.revision: upgrade(_with_x(config, "zdm=complete"), r))
+            run(f"{name}: complete", partial(upgrade, _with_x(config, "zdm=complete"), revision.revision))
             before = _schema_shapes(engine)
     finally:
         engine.dispose()

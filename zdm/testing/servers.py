@@ -165,7 +165,7 @@ def _from_env() -> tuple[ServerSource | None, str]:
 def _docker_unavailable(timeout: float = _PROBE_TIMEOUT) -> str | None:
     """Cheaply check for a Docker engine; return why it is unusable, or ``None``."""
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
     except ImportError:
         return "docker python package not installed"
     try:
@@ -265,7 +265,7 @@ def _from_pg_ctl() -> tuple[ServerSource | None, str]:
     bindir = _find_pg_bindir()
     if bindir is None:
         return None, "pg_ctl/initdb not found on PATH or in /usr/lib/postgresql/*/bin"
-    run_as: dict[str, object] = {}
+    ids: tuple[int, int] | None = None
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         ids = _unprivileged_user()
         if ids is None:
@@ -273,13 +273,12 @@ def _from_pg_ctl() -> tuple[ServerSource | None, str]:
                 None,
                 "running as root and no 'postgres'/'nobody' OS user to run initdb as",
             )
-        run_as = {"user": ids[0], "group": ids[1], "extra_groups": []}
 
     workdir = tempfile.mkdtemp(prefix="zdm-pg-")
     data_dir = os.path.join(workdir, "data")
     log_file = os.path.join(workdir, "postgres.log")
-    if run_as:
-        os.chown(workdir, int(run_as["user"]), int(run_as["group"]))  # type: ignore[call-overload]
+    if ids is not None:
+        os.chown(workdir, *ids)
 
     def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -290,7 +289,9 @@ def _from_pg_ctl() -> tuple[ServerSource | None, str]:
             timeout=timeout,
             check=False,
             stdin=subprocess.DEVNULL,
-            **run_as,  # type: ignore[arg-type]
+            user=None if ids is None else ids[0],
+            group=None if ids is None else ids[1],
+            extra_groups=None if ids is None else [],
         )
 
     def remove_workdir() -> None:
