@@ -549,15 +549,10 @@ class _Cursor:
                 return
 
 
-@dataclass
-class _Clause:
-    """One constraint: of a column (kind 'not null', 'default', 'collate'...) or of the table."""
+class _Span:
+    """Something read from the CREATE TABLE text: where its tokens start and end."""
 
-    kind: str
-    name: str | None  # CONSTRAINT name
-    tokens: list[_Token]  # CONSTRAINT name included
-    core: list[_Token]  # from the constraint's keyword on
-    columns: list[str] = field(default_factory=list)  # a table PRIMARY KEY, UNIQUE or FOREIGN KEY's
+    tokens: list[_Token]
 
     @property
     def start(self) -> int:
@@ -566,6 +561,17 @@ class _Clause:
     @property
     def end(self) -> int:
         return self.tokens[-1].end
+
+
+@dataclass
+class _Clause(_Span):
+    """One constraint: of a column (kind 'not null', 'default', 'collate'...) or of the table."""
+
+    kind: str
+    name: str | None  # CONSTRAINT name
+    tokens: list[_Token]  # CONSTRAINT name included
+    core: list[_Token]  # from the constraint's keyword on
+    columns: list[str] = field(default_factory=list)  # a table PRIMARY KEY, UNIQUE or FOREIGN KEY's
 
 
 def _constraint(cursor: _Cursor, table: bool) -> _Clause:
@@ -664,21 +670,13 @@ class _ColumnDef:
 
 
 @dataclass
-class _Item:
+class _Item(_Span):
     """One comma-separated part of a CREATE TABLE: a column, or table constraints (SQLite lets
     several stand without commas between them)."""
 
     tokens: list[_Token]
     column: _ColumnDef | None
     constraints: list[_Clause]
-
-    @property
-    def start(self) -> int:
-        return self.tokens[0].start
-
-    @property
-    def end(self) -> int:
-        return self.tokens[-1].end
 
 
 @dataclass
