@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect as SADialect
 
 from zdm.actions import Action, Rebuild, Statement
+from zdm.errors import ThrottleInvalid
 from zdm.model import ColumnType
 from zdm.transforms import Transform
 
@@ -441,6 +443,37 @@ class Dialect:
     def blockers(self, engine: sa.Engine, tables: list[str]) -> str:
         """Who holds what zdm waited for, in one phrase for an error message."""
         return "another connection holds the lock"
+
+    # -- throttling: how busy the replicas and the app are (zdm.throttle asks before each batch) ----
+    #: Whether the database has streaming replicas and sessions to measure (replica lag, active sessions).
+    measures_load = False
+
+    def replica_lags(self, connection: sa.Connection) -> dict[str, float | None]:
+        """Replay lag of every streaming replica as the primary sees it, in milliseconds, by replica
+        name; None where the primary has no figure yet. Raises ThrottleInvalid where there are no replicas."""
+        raise ThrottleInvalid(f"{self.name} has no streaming replicas to measure the lag of")
+
+    def replay_lag_ms(self, connection: sa.Connection) -> float:
+        """How far behind the primary a replica is, measured on the replica itself (milliseconds).
+        Raises ThrottleInvalid when ``connection`` is not a replica."""
+        raise ThrottleInvalid(f"{self.name} has no streaming replicas to measure the lag of")
+
+    def active_sessions(self, connection: sa.Connection) -> int:
+        """Sessions of other clients running a statement now (the app's load)."""
+        raise ThrottleInvalid(f"{self.name} has no sessions to count: --max-active-sessions needs PostgreSQL")
+
+    def probe_ms(self, connection: sa.Connection, sql: str) -> float:
+        """Run the team's probe query once, read-only, rows fetched, and return its duration (ms).
+        The caller's transaction is rolled back afterwards: a probe never changes data."""
+        started = time.perf_counter()
+        for sql_line in self.read_only():
+            connection.exec_driver_sql(sql_line)
+        connection.execute(sa.text(sql)).fetchall()
+        return (time.perf_counter() - started) * 1000
+
+    def read_only(self) -> list[str]:
+        """Statements that make the current transaction read-only, where the database has such a mode."""
+        return []
 
     def runner_lock(self, engine: sa.Engine) -> AbstractContextManager[Callable[[], None]]:
         """One zdm runner per database; yields a check to run before each transaction (see zdm.state)."""

@@ -12,6 +12,7 @@ from sqlalchemy.ext.compiler import compiles
 
 from zdm.actions import Action, Statement, statements
 from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, mentions, object_name
+from zdm.errors import ThrottleInvalid
 from zdm.transforms import SafeInteger, SafeJson, Transform
 
 
@@ -394,6 +395,47 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
             f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
             f"{float(r.open_s):.1f} s)" for r in rows
         )
+
+    # -- throttling -------------------------------------------------------------------------------
+    measures_load = True
+
+    def replica_lags(self, connection: sa.Connection) -> dict[str, float | None]:
+        """``pg_stat_replication.replay_lag`` of each streaming replica (PostgreSQL docs, "The
+        Cumulative Statistics System": the time between a commit on the primary and its replay
+        on the replica). The lag columns are NULL for users without ``pg_monitor``: no figure
+        (None) then; ``--replica URL`` measures on the replica itself."""
+        # replay_lag goes NULL once a replica has caught up and idles: 0 then. It keeps growing
+        # while the replica receives WAL but does not replay it (replay paused, or slow).
+        rows = connection.execute(sa.text(
+            "SELECT coalesce(nullif(application_name, ''), host(client_addr), pid::text) AS name, "
+            "CASE WHEN replay_lag IS NULL AND replay_lsn IS NOT NULL THEN 0 "
+            "ELSE EXTRACT(EPOCH FROM replay_lag) * 1000 END AS lag_ms FROM pg_stat_replication ORDER BY 1")).all()
+        return {row.name: None if row.lag_ms is None else float(row.lag_ms) for row in rows}
+
+    def replay_lag_ms(self, connection: sa.Connection) -> float:
+        """On the replica: 0 when it replayed all it received, else the age of the last transaction it
+        replayed (``now() - pg_last_xact_replay_timestamp()``, the lag measure of PostgreSQL's docs,
+        "Hot Standby"; gh-ost's and pt-heartbeat's heartbeat measures the same on MySQL). A replica
+        whose replay is paused (``pg_wal_replay_pause()``) or slow shows a growing figure."""
+        row = connection.execute(sa.text(
+            "SELECT pg_is_in_recovery() AS replica, "
+            "CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 "
+            "ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000 END AS lag_ms"
+        )).one()
+        if not row.replica:
+            raise ThrottleInvalid("--replica names a server that is not a replica (pg_is_in_recovery() is false)")
+        return float(row.lag_ms or 0.0)
+
+    def active_sessions(self, connection: sa.Connection) -> int:
+        """Client sessions of this database running a statement now (``pg_stat_activity.state =
+        'active'``), zdm's own session left out. Sessions of other users show their state only
+        to superusers and ``pg_read_all_stats`` members: others count as idle."""
+        return int(connection.scalar(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend' "
+            "AND datname = current_database() AND pid <> pg_backend_pid()")) or 0)
+
+    def read_only(self) -> list[str]:
+        return ["SET TRANSACTION READ ONLY"]
 
     @contextmanager
     def runner_lock(self, engine: sa.Engine) -> Iterator[Callable[[], None]]:
