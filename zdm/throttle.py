@@ -114,11 +114,7 @@ class Throttle:
         return lags
 
     def probe(self, sql: str) -> float:
-        with self.engine.connect() as connection:
-            try:
-                return self.dialect.probe_ms(connection, sql)
-            finally:
-                connection.rollback()
+        return self.dialect.probe_ms(self.engine, sql)
 
     def check(self) -> None:
         """Before anything runs: every measure asked for can be taken here (else ThrottleInvalid,

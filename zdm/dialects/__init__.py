@@ -462,18 +462,14 @@ class Dialect:
         """Sessions of other clients running a statement now (the app's load)."""
         raise ThrottleInvalid(f"{self.name} has no sessions to count: --max-active-sessions needs PostgreSQL")
 
-    def probe_ms(self, connection: sa.Connection, sql: str) -> float:
-        """Run the team's probe query once, read-only, rows fetched, and return its duration (ms).
-        The caller's transaction is rolled back afterwards: a probe never changes data."""
-        started = time.perf_counter()
-        for sql_line in self.read_only():
-            connection.exec_driver_sql(sql_line)
-        connection.execute(sa.text(sql)).fetchall()
-        return (time.perf_counter() - started) * 1000
-
-    def read_only(self) -> list[str]:
-        """Statements that make the current transaction read-only, where the database has such a mode."""
-        return []
+    def probe_ms(self, engine: sa.Engine, sql: str) -> float:
+        """Run the team's probe query once on a connection of its own, rows fetched, and return its
+        duration (ms). Here in autocommit: a probe must not take a write lock (SQLite's transactions
+        begin IMMEDIATE) nor wait behind the runner's own transaction."""
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            started = time.perf_counter()
+            connection.execute(sa.text(sql)).fetchall()
+            return (time.perf_counter() - started) * 1000
 
     def runner_lock(self, engine: sa.Engine) -> AbstractContextManager[Callable[[], None]]:
         """One zdm runner per database; yields a check to run before each transaction (see zdm.state)."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -434,8 +435,16 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend' "
             "AND datname = current_database() AND pid <> pg_backend_pid()")) or 0)
 
-    def read_only(self) -> list[str]:
-        return ["SET TRANSACTION READ ONLY"]
+    def probe_ms(self, engine: sa.Engine, sql: str) -> float:
+        """In a READ ONLY transaction, rolled back: a probe never changes data."""
+        with engine.connect() as connection:
+            try:
+                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+                started = time.perf_counter()
+                connection.execute(sa.text(sql)).fetchall()
+                return (time.perf_counter() - started) * 1000
+            finally:
+                connection.rollback()
 
     @contextmanager
     def runner_lock(self, engine: sa.Engine) -> Iterator[Callable[[], None]]:
