@@ -7,8 +7,8 @@ JSON lines on stderr.
 Exit codes: 0 success; 1 runtime failure (a statement failed and was compensated, the database
 is unreachable, another runner holds the lock, a rehearsal found a broken promise); 2 bad input
 (plan file, database URL, unknown table or column, a command that does not fit the plan's phase,
-bad options); 130 interrupted by Ctrl-C (SIGINT); 143 stopped by SIGTERM. Interrupted runs keep
-their state and checkpoint, like a lost connection.
+bad options, a throttle that cannot be measured); 130 interrupted by Ctrl-C (SIGINT); 143 stopped
+by SIGTERM. Interrupted runs keep their state and checkpoint, like a lost connection.
 
 Start-up time matters (every deploy step and every shell completion runs this), so this module
 imports click and nothing heavy: each command imports what it uses when it runs.
@@ -57,6 +57,8 @@ ERROR_KINDS = {
     "plan_file": (USAGE, "the plan file cannot be read or does not validate"),
     "plan_invalid": (USAGE, "the plan does not fit the live schema, or a raw SQL step is unsafe"),
     "plan_state": (USAGE, "the command does not fit the plan's phase, or no such plan"),
+    "throttle": (USAGE, "a throttle the database cannot measure (replica lag, sessions on SQLite), a --replica "
+                        "that is not a replica or cannot be reached, a --probe-query that fails"),
     "database_url": (USAGE, "the database URL is malformed, names another database, or a driver zdm cannot load"),
     "database_in_use": (USAGE, "zdm demo: the database has tables the demo did not make"),
     "database": (RUNTIME, "the database is unreachable, or a statement failed outside a plan's steps"),
@@ -121,6 +123,8 @@ def classify(exc: BaseException) -> tuple[str, str, int] | None:
             return "plan_invalid", str(exc), exc.exit_code
         if isinstance(exc, runner.PlanStateError):
             return "plan_state", str(exc), exc.exit_code
+        if isinstance(exc, runner.ThrottleInvalid):
+            return "throttle", str(exc), exc.exit_code
         if isinstance(exc, runner.ZdmError):
             return "failed", str(exc), exc.exit_code
     if db := modules.get("zdm.db"):

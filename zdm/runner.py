@@ -27,7 +27,15 @@ from pydantic import ValidationError
 from zdm import backfill, db, introspect, planfile, state
 from zdm.actions import Action
 from zdm.dialects import Dialect, for_connection
-from zdm.errors import DataCheckFailed, LockBudgetExceeded, MigrationFailed, PlanInvalid, PlanStateError, ZdmError
+from zdm.errors import (
+    DataCheckFailed,
+    LockBudgetExceeded,
+    MigrationFailed,
+    PlanInvalid,
+    PlanStateError,
+    ThrottleInvalid,
+    ZdmError,
+)
 from zdm.execution import Executor
 from zdm.plan import Checkpoint, MigrationPlan, MigrationStep, Phase
 from zdm.planfile import PlanFile, Problem
@@ -35,7 +43,7 @@ from zdm.report import Reporter
 from zdm.throttle import Throttle
 
 __all__ = ["DataCheckFailed", "LockBudgetExceeded", "MigrationFailed", "PlanInvalid", "PlanStateError", "Reporter",
-           "Runner", "ZdmError"]
+           "Runner", "ThrottleInvalid", "ZdmError"]
 
 
 class Runner:
