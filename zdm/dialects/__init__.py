@@ -428,9 +428,17 @@ class Dialect:
         for a session whose statements each commit on their own."""
         return []
 
-    def batch_timeout(self, milliseconds: int) -> list[str]:
-        """Statements that bound one backfill batch's statements to ``milliseconds``."""
+    def batch_begin(self, timeout_ms: int) -> list[str]:
+        """Statements that open a backfill batch's transaction: bound its statements to ``timeout_ms``,
+        and mark it as the backfill's, so the dual-write triggers can skip the batch's own writes
+        (which set what they would set)."""
         return []
+
+    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+        """Make the space of the rows the backfill's batches left dead reusable by the next batches.
+        Returns why it was skipped, or None. Nothing to do here: a database without MVCC rewrites
+        rows in place (SQLite)."""
+        return None
 
     def is_lock_timeout(self, exc: sa.exc.DBAPIError) -> bool:
         """The statement gave up waiting for a lock (retried with backoff)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +33,8 @@ def _safe_json(element: SafeJson, compiler: Any, **kw: Any) -> str:
 
 #: Arbitrary but fixed: every zdm runner on a PostgreSQL database asks for this advisory lock.
 ADVISORY_LOCK_KEY = 0x7A646D  # "zdm"
+#: The setting a backfill batch sets for its own transaction (SET LOCAL): dual-write triggers skip its writes.
+BACKFILL_MARK = "zdm.backfill"
 
 #: Created while a plan converts text to JSON (PostgreSQL 15 has no non-throwing JSON test;
 #: pg_input_is_valid came in 16), dropped by its contract or rollback.
@@ -335,8 +337,12 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         )
         create = [
             f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $zdm$\n{body}\n$zdm$",
+            # The backfill's own batches set b to up(a), what this trigger would do: they mark their
+            # transaction (``batch_begin``) and skip it, so the backfill costs what a plain UPDATE
+            # costs. The WHEN test is a C function call per row, no PL/pgSQL; app writes never carry the mark.
             f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+            f"FOR EACH ROW WHEN (current_setting('{BACKFILL_MARK}', true) IS DISTINCT FROM 'on') "
+            f"EXECUTE FUNCTION {fn}()",
         ]
         drop = [f"DROP TRIGGER IF EXISTS {trigger} ON {table}", f"DROP FUNCTION IF EXISTS {fn}()"]
         return statements(create), statements(drop)
@@ -365,8 +371,28 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         scope = "" if autocommit else " LOCAL"
         return [f"SET{scope} lock_timeout = '{int(lock_timeout_ms)}ms'"]
 
-    def batch_timeout(self, milliseconds: int) -> list[str]:
-        return [f"SET LOCAL statement_timeout = '{int(milliseconds)}ms'"]
+    def batch_begin(self, timeout_ms: int) -> list[str]:
+        return [f"SET LOCAL statement_timeout = '{int(timeout_ms)}ms'", f"SET LOCAL {BACKFILL_MARK} = 'on'"]
+
+    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+        """``VACUUM`` the table, so that the space of the rows the batches so far left dead is free for
+        the next ones (PostgreSQL docs, "Routine Vacuuming": VACUUM records free space in the free
+        space map, which later inserts and non-HOT updates use; a table grows only when it has
+        none). It takes SHARE UPDATE EXCLUSIVE, which app reads and writes do not wait for, under
+        the lock budget: when another VACUUM or DDL holds the table, this one is skipped (its
+        reason is returned) and the next stretch tries again."""
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            try:
+                connection.exec_driver_sql(f"SET lock_timeout = '{int(lock_timeout_ms)}ms'")
+                connection.exec_driver_sql(f"VACUUM {self.quote(table)}")
+            except sa.exc.DBAPIError as exc:
+                if not self.is_lock_timeout(exc):
+                    raise
+                return f"VACUUM {table} skipped: no lock within {lock_timeout_ms} ms"
+            finally:
+                with suppress(sa.exc.DBAPIError):
+                    connection.exec_driver_sql("RESET lock_timeout")
+        return None
 
     def is_lock_timeout(self, exc: sa.exc.DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) == "55P03"  # lock_not_available
