@@ -30,11 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from bench_db import DEFAULT_SERVER, OUT, machine_load, server_url, throwaway_database
+from bench_db import DEFAULT_SERVER, OUT, machine_load, own_server, server_url, throwaway_database
 
 from zdm import db, planfile
 from zdm.dialects import for_connection
@@ -243,11 +244,14 @@ def main() -> None:
     parser.add_argument("--db", default=DEFAULT_SERVER, help="local PostgreSQL server (a database is created on it)")
     parser.add_argument("--rows", default="1000000", help="comma-separated table sizes")
     parser.add_argument("--batch-target-ms", type=int, default=100)
+    parser.add_argument("--own-server", action="store_true",
+                        help="run on a server of its own (initdb): WAL figures undisturbed by other clients")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     sizes = [int(size) for size in args.rows.split(",")]
     results = []
-    with throwaway_database(server_url(args.db), "backfill") as url:
+    with own_server() if args.own_server else nullcontext(server_url(args.db)) as server, \
+            throwaway_database(server, "backfill") as url:
         for rows in sizes:
             results.append(measure(url, rows, args.batch_target_ms))
     lines = report(results, args.batch_target_ms)
