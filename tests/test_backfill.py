@@ -258,7 +258,7 @@ def test_the_backfill_skips_the_dual_write_trigger_and_the_app_does_not(zdm_post
     assert_agrees(engine, model)
 
 
-def _size_after_rename(url: str, every_pct: int) -> float:
+def _size_after_rename(url: str, every_pct: int | None) -> float:
     engine = setup(url, users_schema(0))
     with engine.begin() as connection:
         connection.execute(sa.text("INSERT INTO users (id, email) SELECT g, 'user' || g || '@example.com' "
@@ -266,7 +266,8 @@ def _size_after_rename(url: str, every_pct: int) -> float:
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
         connection.execute(sa.text("VACUUM ANALYZE users"))
         before = connection.scalar(sa.text("SELECT pg_table_size('users')"))
-    runner(engine, batch_size=500, vacuum_every_pct=every_pct).start(planfile.parse(RENAME))
+    settings = {} if every_pct is None else {"vacuum_every_pct": every_pct}
+    runner(engine, batch_size=500, **settings).start(planfile.parse(RENAME))
     runner(engine).complete("rename-email")
     with engine.connect() as connection:
         after = connection.scalar(sa.text("SELECT pg_table_size('users')"))
@@ -275,8 +276,8 @@ def _size_after_rename(url: str, every_pct: int) -> float:
 
 
 def test_vacuum_between_stretches_keeps_the_table_from_doubling(zdm_postgres_url: str) -> None:
-    grown = _size_after_rename(zdm_postgres_url, 10)
-    assert grown <= 1.5, grown
+    grown = _size_after_rename(zdm_postgres_url, None)  # the default
+    assert grown <= 1.6, grown  # small rows: the copied values are a larger share; 1M rows: 1.5 (benchmarks)
 
 
 def test_without_vacuum_the_table_doubles(zdm_postgres_url: str) -> None:

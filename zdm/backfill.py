@@ -170,7 +170,7 @@ def stretch_rows(rows_total: int, every_pct: int) -> int | None:
 
     Each update leaves the old row version dead; once reclaimed, the next stretch's new versions
     take its space. The table then grows by about one stretch plus what the new values add,
-    not by a copy of itself: 10% keeps a rename of a 1M-row table within 1.5x its size."""
+    not by a copy of itself: 5% keeps a rename of a 1M-row table within 1.5x its size."""
     if every_pct <= 0:
         return None
     return max(MIN_STRETCH, rows_total * every_pct // 100)

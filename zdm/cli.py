@@ -244,7 +244,7 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-target-ms", type=click.IntRange(min=1), help="Backfill batch duration to aim for."),
         click.option("--batch-pause-ms", type=click.IntRange(min=0), help="Pause between backfill batches."),
         click.option("--vacuum-every-pct", type=click.IntRange(min=0, max=100), metavar="PCT",
-                     help="PostgreSQL: VACUUM the table after each PCT% of its rows backfilled (10; 0: never)."),
+                     help="PostgreSQL: VACUUM the table after each PCT% of its rows backfilled (5; 0: never)."),
         click.option("--max-replica-lag", "max_replica_lag_ms", type=click.IntRange(min=1), metavar="MS",
                      help="PostgreSQL: wait before a backfill batch while a streaming replica lags more than this "
                           "(pg_stat_replication, and each --replica measured on itself)."),

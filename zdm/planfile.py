@@ -38,7 +38,7 @@ class Settings(BaseModel):
     batch_size: int = Field(1000, ge=1, description="first backfill batch size (rows)")
     batch_target_ms: int = Field(100, ge=1, description="backfill batch duration to aim for")
     batch_pause_ms: int = Field(0, ge=0, description="pause between backfill batches")
-    vacuum_every_pct: int = Field(10, ge=0, le=100, description=(
+    vacuum_every_pct: int = Field(5, ge=0, le=100, description=(
         "PostgreSQL: VACUUM the table after each stretch of this percent of its rows (at least 1,000) "
         "that the backfill updated, so later batches reuse the space of the rows it left dead (0: never)"))
     max_replica_lag_ms: int | None = Field(None, ge=1, description=(
