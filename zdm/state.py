@@ -154,7 +154,11 @@ class Control:
 
 def who() -> str:
     """``user@host pid N``: who asked, for `zdm status`."""
-    return f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "?"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
 
 
 def has_control(connection: sa.Connection) -> bool:
