@@ -58,6 +58,7 @@ def build(engine: sa.Engine, rows: int) -> None:
     with engine.begin() as connection:
         connection.execute(sa.text("DROP TABLE IF EXISTS items"))
         connection.execute(sa.text("DROP TABLE IF EXISTS zdm_migrations"))
+        connection.execute(sa.text("DROP FUNCTION IF EXISTS zdm_fn_bench_replica_items_email_address()"))
         connection.execute(sa.text("CREATE TABLE items (id bigint PRIMARY KEY, email text NOT NULL, note text)"))
         connection.execute(sa.text("INSERT INTO items SELECT g, 'user' || g || '@example.com', 'note' "
                                    "FROM generate_series(1, :rows) g"), {"rows": rows})
