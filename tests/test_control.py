@@ -391,3 +391,13 @@ def test_settings_in_the_plan_file_take_throttles_too(zdm_sqlite_url: str) -> No
     Runner(engine).start(plan)
     engine.dispose()
     db.create_engine(zdm_sqlite_url).dispose()
+
+
+def test_throttle_refuses_limits_sqlite_cannot_measure(zdm_sqlite_url: str) -> None:
+    engine, _, plan = _interrupted(zdm_sqlite_url, rows=40)
+    for flag in ("--max-replica-lag", "--max-active-sessions"):
+        code, out, err = zdm("throttle", plan.id, "--db", zdm_sqlite_url, flag, "5")
+        assert (code, out) == (2, "") and f"{flag} needs PostgreSQL" in err and err.count("\n") == 1
+    with engine.connect() as connection:
+        assert state.read_control(connection, plan.id).empty
+    engine.dispose()

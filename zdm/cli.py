@@ -118,7 +118,7 @@ def classify(exc: BaseException) -> tuple[str, str, int] | None:
         return "plan_file", str(exc), USAGE
     if (model := modules.get("zdm.model")) and isinstance(exc, model.ModelError):
         return "plan_invalid", str(exc), USAGE
-    if runner := modules.get("zdm.runner"):
+    if runner := modules.get("zdm.errors"):  # zdm.runner re-exports these; `zdm pause` raises them without it
         if isinstance(exc, runner.PlanInvalid):
             return "plan_invalid", str(exc), exc.exit_code
         if isinstance(exc, runner.PlanStateError):

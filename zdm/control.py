@@ -15,7 +15,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm import state
-from zdm.errors import PlanStateError
+from zdm.dialects import for_connection
+from zdm.errors import PlanStateError, ThrottleInvalid
 from zdm.plan import Phase
 from zdm.throttle import CONTROLLED
 
@@ -61,6 +62,10 @@ def throttle(engine: sa.Engine, plan_id: str, settings: dict[str, Any], reset: b
     unknown = set(settings) - set(CONTROLLED)
     if unknown:
         raise ValueError(f"zdm throttle cannot change {sorted(unknown)}")
+    unmeasured = [name for name in ("max_replica_lag_ms", "max_active_sessions") if settings.get(name)]
+    if unmeasured and not for_connection(engine).measures_load:
+        flag = "--max-replica-lag" if unmeasured[0] == "max_replica_lag_ms" else "--max-active-sessions"
+        raise ThrottleInvalid(f"{flag} needs PostgreSQL: {engine.dialect.name} has no replicas or sessions to measure")
 
     def change(control: state.Control) -> None:
         control.settings = {**({} if reset else control.settings), **settings}

@@ -77,6 +77,8 @@ class Throttle:
         control = state.read_control(connection, self.plan_id)
         changed = {k: v for k, v in control.settings.items() if k in CONTROLLED}
         changed = {k: (None if v == 0 and k.startswith("max_") else v) for k, v in changed.items()}
+        if not self.dialect.measures_load:  # `zdm throttle` refuses these here; an older ask must not fail the run
+            changed = {k: v for k, v in changed.items() if k not in ("max_replica_lag_ms", "max_active_sessions")}
         return (self.settings.model_copy(update=changed) if changed else self.settings), control
 
     def why_wait(self, connection: sa.Connection, settings: Settings, control: state.Control) -> Wait | None:
