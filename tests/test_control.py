@@ -401,3 +401,12 @@ def test_throttle_refuses_limits_sqlite_cannot_measure(zdm_sqlite_url: str) -> N
     with engine.connect() as connection:
         assert state.read_control(connection, plan.id).empty
     engine.dispose()
+
+
+def test_bad_control_input_is_one_line_in_a_process_of_its_own(zdm_sqlite_url: str) -> None:
+    """As a shell runs it: nothing but the command's own modules imported."""
+    setup(zdm_sqlite_url, users_schema(5)).dispose()
+    done = subprocess.run([sys.executable, "-m", "zdm.cli", "pause", "nope", "--db", zdm_sqlite_url],
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "zdm: error: no plan 'nope' in this database (`zdm status` lists the plans)\n"
