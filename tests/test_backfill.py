@@ -276,10 +276,12 @@ def _size_after_rename(url: str, every_pct: int | None) -> float:
 
 
 def test_vacuum_between_stretches_keeps_the_table_from_doubling(zdm_postgres_url: str) -> None:
-    grown = _size_after_rename(zdm_postgres_url, None)  # the default
-    assert grown <= 1.6, grown  # small rows: the copied values are a larger share; 1M rows: 1.5 (benchmarks)
-
-
-def test_without_vacuum_the_table_doubles(zdm_postgres_url: str) -> None:
-    """The other side of the one above: what the VACUUMs save."""
-    assert _size_after_rename(zdm_postgres_url, 0) >= 1.8
+    """With the default VACUUM per stretch the table grows by what the copied values need plus a
+    stretch; without, it doubles. (1.5x at 1M rows: benchmarks/backfill.py. Small rows here, and a
+    VACUUM skipped when autovacuum holds the table under a busy suite, leave some slack.)"""
+    reclaimed = _size_after_rename(zdm_postgres_url, None)
+    with db.create_engine(zdm_postgres_url).begin() as connection:
+        connection.execute(sa.text("DROP TABLE users"))
+        connection.execute(sa.text("DROP TABLE zdm_migrations"))
+    doubled = _size_after_rename(zdm_postgres_url, 0)
+    assert reclaimed <= 1.7 and doubled >= 1.8 and reclaimed <= doubled - 0.4, (reclaimed, doubled)
