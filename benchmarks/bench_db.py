@@ -55,3 +55,40 @@ def machine_load() -> dict[str, float]:
     one, five, fifteen = os.getloadavg()
     return {"load_1m": round(one, 2), "load_5m": round(five, 2), "load_15m": round(fifteen, 2),
             "cores": os.cpu_count() or 0}
+
+
+@contextmanager
+def own_server() -> Iterator[sa.URL]:
+    """A PostgreSQL server of the benchmark's own (initdb, a free port, default settings but fsync=off),
+    for figures no other client of a shared server may disturb: WAL is written server-wide."""
+    import shlex
+    import shutil
+    import subprocess
+    import tempfile
+
+    from zdm.testing.servers import _find_pg_bindir, _free_port, _unprivileged_user
+
+    bindir = _find_pg_bindir()
+    if bindir is None:
+        raise SystemExit("--own-server needs initdb and pg_ctl")
+    ids = _unprivileged_user() if os.geteuid() == 0 else None
+    workdir = tempfile.mkdtemp(prefix="zdm-bench-")
+    if ids is not None:
+        os.chown(workdir, *ids)
+    data, port = os.path.join(workdir, "data"), _free_port()
+
+    def run(*args: str) -> None:
+        subprocess.run(list(args), check=True, capture_output=True, cwd=workdir, user=ids[0] if ids else None,
+                       group=ids[1] if ids else None, extra_groups=[] if ids else None)
+
+    try:
+        run(str(bindir / "initdb"), "-D", data, "-U", "postgres", "-A", "trust", "--no-sync")
+        options = " ".join(shlex.quote(o) for o in ("-p", str(port), "-k", workdir, "-c", "listen_addresses=127.0.0.1",
+                                                     "-c", "fsync=off"))
+        run(str(bindir / "pg_ctl"), "-D", data, "-l", data + ".log", "-w", "-o", options, "start")
+        try:
+            yield sa.make_url(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres")
+        finally:
+            run(str(bindir / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

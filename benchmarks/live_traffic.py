@@ -26,7 +26,14 @@ writes benchmarks/out/live_traffic.json and live_traffic.png (latency over time,
 
 Targets: zero client errors during the zdm migration; max client latency <= lock budget + 100 ms.
 
+zdm-throttled       zdm with --probe-query (a short range read) and --max-probe-ms twice the baseline
+                    p99 of the scenario before it (issue 12): the backfill waits while the app is slow.
+
+Per zdm scenario it also prints app throughput and p99 during the migration as ratios of the
+baseline (the first seconds, clients only). Issue 12's target: throttled p99 <= 2x baseline.
+
     python benchmarks/live_traffic.py [--rows 1000000] [--clients 4] [--db postgresql://postgres@127.0.0.1:5432/postgres]
+    python benchmarks/live_traffic.py --scenarios zdm,zdm-throttled
 """
 
 from __future__ import annotations
@@ -223,8 +230,16 @@ def reset(engine: sa.Engine, rows: int) -> None:
         connection.execute(sa.text("CHECKPOINT"))
 
 
-def run_zdm(engine: sa.Engine, clients: Clients, timeline: Timeline, args: argparse.Namespace) -> dict[str, Any]:
-    runner = Runner(engine, PhaseMarks(timeline, clients), {"lock_timeout_ms": args.lock_timeout_ms})
+#: The throttled run's probe: a short range read, as an app's cheap, representative query.
+PROBE = "SELECT count(*), max(balance) FROM accounts WHERE id BETWEEN 1000 AND 1050"
+
+
+def run_zdm(engine: sa.Engine, clients: Clients, timeline: Timeline, args: argparse.Namespace,
+            throttled: bool = False) -> dict[str, Any]:
+    settings: dict[str, Any] = {"lock_timeout_ms": args.lock_timeout_ms}
+    if throttled:
+        settings.update(probe_query=PROBE, max_probe_ms=max(1, round(args.max_probe_ms)))
+    runner = Runner(engine, PhaseMarks(timeline, clients), settings)
     plan_file = planfile.parse(PLAN)
     began = time.monotonic()
     runner.start(plan_file)
@@ -239,7 +254,8 @@ def run_zdm(engine: sa.Engine, clients: Clients, timeline: Timeline, args: argpa
     completed_s = time.monotonic() - began
     timeline.mark("after", migrating=False)
     time.sleep(args.after_s)
-    return {"outcome": "complete", "start_s": started_s, "complete_s": completed_s}
+    return {"outcome": "complete", "start_s": started_s, "complete_s": completed_s,
+            **({"max_probe_ms": settings["max_probe_ms"]} if throttled else {})}
 
 
 def run_naive(engine: sa.Engine, clients: Clients, timeline: Timeline, args: argparse.Namespace,
@@ -275,6 +291,7 @@ def run_naive(engine: sa.Engine, clients: Clients, timeline: Timeline, args: arg
 
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "zdm": run_zdm,
+    "zdm-throttled": lambda *a: run_zdm(*a, throttled=True),
     "naive-transaction": lambda *a: run_naive(*a, one_transaction=True),
     "naive-statements": lambda *a: run_naive(*a, one_transaction=False),
 }
@@ -335,9 +352,15 @@ def summarize(timeline: Timeline, samples: list[tuple[float, float, int, bool, b
     backfills = [p for p in phases if p["phase"].startswith("backfill")]
     unreached = [ok for t, _, kind, ok, _, tail in samples
                  if tail and any(p["from_s"] <= t - start < p["to_s"] for p in backfills)]
+    baseline = phases[0]
+    span = sum(p["to_s"] - p["from_s"] for p in phases if p["migrating"])
+    base_span = baseline["to_s"] - baseline["from_s"]
     return {
         "phases": phases,
-        "during_migration": {**_stats(during), "errors": sum(p["errors"] for p in phases if p["migrating"])},
+        "baseline": {**_stats([ms for t, ms, *_ in samples if baseline["from_s"] <= t - start < baseline["to_s"]]),
+                     "ops_per_s": round(baseline["ops"] / base_span, 1) if base_span else None},
+        "during_migration": {**_stats(during), "errors": sum(p["errors"] for p in phases if p["migrating"]),
+                             "ops_per_s": round(len(during) / span, 1) if span else None},
         "by_kind": {name: {"ops": sum(1 for s in samples if s[2] == kind),
                            "errors": sum(1 for e in errors if e[2] == kind)} for kind, name in KINDS.items()},
         "unrelated_updates_during_backfill_on_last_keys": {"ops": len(unreached),
@@ -386,6 +409,13 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> lis
             lines.append(f"   unrelated updates on the last {TAIL:.0%} of keys during the backfills (rows not reached "
                          f"yet): {tail['ops']} ({tail['errors']} errors)")
         lines.append(f"   afterwards: {r['check']}")
+    for r in results:
+        b, d = r["baseline"], r["during_migration"]
+        if b["ops_per_s"] and d["ops_per_s"] and b["p99_ms"] and d["p99_ms"]:
+            limit = f" (--max-probe-ms {r['max_probe_ms']})" if "max_probe_ms" in r else ""
+            lines.append(f"{r['name']}{limit}: app throughput during the migration {d['ops_per_s']:,.0f} ops/s = "
+                         f"{d['ops_per_s'] / b['ops_per_s']:.2f}x the baseline's {b['ops_per_s']:,.0f}; p99 "
+                         f"{d['p99_ms']} ms = {d['p99_ms'] / b['p99_ms']:.2f}x the baseline's {b['p99_ms']} ms")
     zdm = next((r for r in results if r["name"] == "zdm"), None)
     if zdm is not None:
         d = zdm["during_migration"]
@@ -448,6 +478,8 @@ def main() -> None:
     parser.add_argument("--deploy-s", type=float, default=4.0)
     parser.add_argument("--after-s", type=float, default=3.0)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated: {','.join(SCENARIOS)}")
+    parser.add_argument("--max-probe-ms", type=float, default=None,
+                        help="zdm-throttled's probe limit (default: twice the baseline p99 of the scenario before)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     names = [name.strip() for name in args.scenarios.split(",")]
@@ -455,7 +487,16 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     with throwaway_database(server_url(args.db), "live") as url:
-        results = [run_scenario(name, url, args) for name in names]
+        results = []
+        for name in names:
+            if name == "zdm-throttled" and args.max_probe_ms is None:
+                # twice the app's baseline p99, measured earlier in this run (the issue's setting)
+                earlier = next((r for r in results if r["baseline"]["p99_ms"]), None)
+                if earlier is None:
+                    parser.error("zdm-throttled needs --max-probe-ms, or a scenario before it to measure the "
+                                 "baseline p99 in")
+                args.max_probe_ms = 2 * earlier["baseline"]["p99_ms"]
+            results.append(run_scenario(name, url, args))
     lines = print_report(results, args)
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)

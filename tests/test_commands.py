@@ -366,10 +366,10 @@ def test_status_watch_of_an_interrupted_plan_says_so(zdm_sqlite_url: str) -> Non
 def test_watch_shows_throttling_when_the_checkpoint_has_it() -> None:
     plan = MigrationPlan("p", "p", [MigrationStep(Phase.MIGRATING, "backfill users.x")], Phase.MIGRATING)
     record = Record(plan, Checkpoint.from_dict({"step": 0, "until": [9], "rows_done": 5, "rows_total": 10,
-                                                "throttling": "paused: replica lag 12 s"}), runner="pid 1")
+                                                "throttling": "throttled: replica lag 12 s > 1 s"}), runner="pid 1")
     fields = watch_fields(record, Rate(), 1.0)
-    assert fields["throttling"] == "paused: replica lag 12 s"
-    assert "throttling: paused: replica lag 12 s" in watch_text(fields)
+    assert fields["throttling"] == "throttled: replica lag 12 s > 1 s"
+    assert ", throttled: replica lag 12 s > 1 s" in watch_text(fields)
 
 
 def test_history_gives_each_phase_its_start_end_and_duration(zdm_sqlite_url: str, tmp_path: Path) -> None:

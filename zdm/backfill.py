@@ -26,6 +26,7 @@ from zdm.plan import Backfill, Checkpoint
 if TYPE_CHECKING:
     from zdm.dialects import Dialect
     from zdm.execution import Executor
+    from zdm.throttle import Throttle
 
 MIN_BATCH, MAX_BATCH = 10, 100_000
 
@@ -108,9 +109,11 @@ def run_batch(connection: sa.Connection, table: sa.Table, spec: Backfill, checkp
 
 
 def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int, what: str, batch_size: int,
-        batch_target_ms: int, batch_pause_ms: int, save: Callable[[sa.Connection, Checkpoint], None]) -> Checkpoint:
+        throttle: Throttle, save: Callable[[sa.Connection, Checkpoint], None]) -> Checkpoint:
     """The whole backfill of one step, batch after batch, each in a transaction of its own that also
-    commits the checkpoint (``save``); resumes from ``checkpoint`` when it is this step's. Reports
+    commits the checkpoint (``save``); resumes from ``checkpoint`` when it is this step's. Before
+    each batch ``throttle`` waits while the plan is paused or the replicas or the app are too busy,
+    and gives the batch target and pause in force (`zdm throttle` changes them mid-run). Reports
     progress after each batch. Returns the final checkpoint."""
     reporter, dialect = executor.reporter, executor.dialect
     table = executor.transaction(lambda connection: reflect(connection, spec), what)
@@ -118,11 +121,19 @@ def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int
         checkpoint = executor.transaction(lambda connection: plan_range(connection, table, spec, step, dialect), what)
     size = max(1, batch_size)
     rate = Rate(checkpoint.rows_done)
+    reclaimed_at = checkpoint.rows_done
+
+    def store(at: Checkpoint) -> None:
+        executor.transaction(lambda connection: save(connection, at), what)
+
     while True:
+        settings, checkpoint = throttle.before_batch(checkpoint, reporter,
+                                                     lambda look: executor.transaction(look, what), store)
         started = time.monotonic()
 
-        def batch(connection: sa.Connection, size: int = size, at: Checkpoint = checkpoint) -> tuple[Checkpoint, int]:
-            for sql in dialect.batch_timeout(max(10 * batch_target_ms, 5000)):
+        def batch(connection: sa.Connection, size: int = size, at: Checkpoint = checkpoint,
+                  target_ms: int = settings.batch_target_ms) -> tuple[Checkpoint, int]:
+            for sql in dialect.batch_begin(max(10 * target_ms, 5000)):
                 connection.exec_driver_sql(sql)
             new, visited = run_batch(connection, table, spec, at, size)
             if visited:
@@ -136,11 +147,33 @@ def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int
         if not visited:
             break
         reporter.backfill(rate.progress(spec.table, checkpoint, size, elapsed_ms))
-        size = next_batch_size(size, elapsed_ms, batch_target_ms)
-        if batch_pause_ms:
-            time.sleep(batch_pause_ms / 1000)
+        stretch = stretch_rows(checkpoint.rows_total, settings.vacuum_every_pct)
+        if stretch is not None and checkpoint.rows_done - reclaimed_at >= stretch:
+            reclaimed_at = checkpoint.rows_done
+            skipped = dialect.reclaim(executor.engine, spec.table, executor.lock_timeout_ms)
+            if skipped is not None:
+                reporter.note(skipped)
+        size = next_batch_size(size, elapsed_ms, settings.batch_target_ms)
+        if settings.batch_pause_ms:
+            time.sleep(settings.batch_pause_ms / 1000)
     reporter.backfill(rate.progress(spec.table, checkpoint, size, 0.0, finished=True))
     return checkpoint
+
+
+#: The fewest rows between two reclaims (VACUUMs) of the space the backfill's updates left dead.
+MIN_STRETCH = 1000
+
+
+def stretch_rows(rows_total: int, every_pct: int) -> int | None:
+    """Rows to update between two reclaims: ``every_pct`` percent of the table, at least MIN_STRETCH;
+    None for never (0).
+
+    Each update leaves the old row version dead; once reclaimed, the next stretch's new versions
+    take its space. The table then grows by about one stretch plus what the new values add,
+    not by a copy of itself: 5% keeps a rename of a 1M-row table within 1.5x its size."""
+    if every_pct <= 0:
+        return None
+    return max(MIN_STRETCH, rows_total * every_pct // 100)
 
 
 def next_batch_size(current: int, elapsed_ms: float, target_ms: int) -> int:

@@ -7,8 +7,8 @@ JSON lines on stderr.
 Exit codes: 0 success; 1 runtime failure (a statement failed and was compensated, the database
 is unreachable, another runner holds the lock, a rehearsal found a broken promise); 2 bad input
 (plan file, database URL, unknown table or column, a command that does not fit the plan's phase,
-bad options); 130 interrupted by Ctrl-C (SIGINT); 143 stopped by SIGTERM. Interrupted runs keep
-their state and checkpoint, like a lost connection.
+bad options, a throttle that cannot be measured); 130 interrupted by Ctrl-C (SIGINT); 143 stopped
+by SIGTERM. Interrupted runs keep their state and checkpoint, like a lost connection.
 
 Start-up time matters (every deploy step and every shell completion runs this), so this module
 imports click and nothing heavy: each command imports what it uses when it runs.
@@ -57,6 +57,8 @@ ERROR_KINDS = {
     "plan_file": (USAGE, "the plan file cannot be read or does not validate"),
     "plan_invalid": (USAGE, "the plan does not fit the live schema, or a raw SQL step is unsafe"),
     "plan_state": (USAGE, "the command does not fit the plan's phase, or no such plan"),
+    "throttle": (USAGE, "a throttle the database cannot measure (replica lag, sessions on SQLite), a --replica "
+                        "that is not a replica or cannot be reached, a --probe-query that fails"),
     "database_url": (USAGE, "the database URL is malformed, names another database, or a driver zdm cannot load"),
     "database_in_use": (USAGE, "zdm demo: the database has tables the demo did not make"),
     "database": (RUNTIME, "the database is unreachable, or a statement failed outside a plan's steps"),
@@ -116,11 +118,13 @@ def classify(exc: BaseException) -> tuple[str, str, int] | None:
         return "plan_file", str(exc), USAGE
     if (model := modules.get("zdm.model")) and isinstance(exc, model.ModelError):
         return "plan_invalid", str(exc), USAGE
-    if runner := modules.get("zdm.runner"):
+    if runner := modules.get("zdm.errors"):  # zdm.runner re-exports these; `zdm pause` raises them without it
         if isinstance(exc, runner.PlanInvalid):
             return "plan_invalid", str(exc), exc.exit_code
         if isinstance(exc, runner.PlanStateError):
             return "plan_state", str(exc), exc.exit_code
+        if isinstance(exc, runner.ThrottleInvalid):
+            return "throttle", str(exc), exc.exit_code
         if isinstance(exc, runner.ZdmError):
             return "failed", str(exc), exc.exit_code
     if db := modules.get("zdm.db"):
@@ -239,6 +243,19 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--batch-size", type=click.IntRange(min=1), help="First backfill batch size (rows)."),
         click.option("--batch-target-ms", type=click.IntRange(min=1), help="Backfill batch duration to aim for."),
         click.option("--batch-pause-ms", type=click.IntRange(min=0), help="Pause between backfill batches."),
+        click.option("--vacuum-every-pct", type=click.IntRange(min=0, max=100), metavar="PCT",
+                     help="PostgreSQL: VACUUM the table after each PCT% of its rows backfilled (5; 0: never)."),
+        click.option("--max-replica-lag", "max_replica_lag_ms", type=click.IntRange(min=1), metavar="MS",
+                     help="PostgreSQL: wait before a backfill batch while a streaming replica lags more than this "
+                          "(pg_stat_replication, and each --replica measured on itself)."),
+        click.option("--replica", "replicas", multiple=True, metavar="URL",
+                     help="A replica whose lag is measured on itself (repeatable; with --max-replica-lag)."),
+        click.option("--max-active-sessions", type=click.IntRange(min=1), metavar="N",
+                     help="PostgreSQL: wait before a backfill batch while more app sessions than N run a statement."),
+        click.option("--probe-query", metavar="SQL",
+                     help="The app's own cheap, representative query, timed before each batch (with --max-probe-ms)."),
+        click.option("--max-probe-ms", type=click.IntRange(min=1), metavar="MS",
+                     help="Wait before a backfill batch while --probe-query takes longer than this."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -286,6 +303,16 @@ def connect(url: str) -> sa.Engine:
     return engine
 
 
+def check_url(url: str, option: str) -> None:
+    """A URL given to an option parses (BadDatabaseUrl, exit 2, otherwise)."""
+    from zdm import db
+
+    try:
+        db.create_engine(url).dispose()
+    except db.BadDatabaseUrl as exc:
+        raise db.BadDatabaseUrl(f"{option}: {exc}") from None
+
+
 def make_reporter(invocation: Invocation, quiet: bool, show_sql: bool, engine: sa.Engine | None = None) -> Reporter:
     from zdm.report import HumanReporter, JsonReporter
     from zdm.runner import Reporter
@@ -300,6 +327,11 @@ def make_reporter(invocation: Invocation, quiet: bool, show_sql: bool, engine: s
 def make_runner(invocation: Invocation, url: str, quiet: bool, show_sql: bool, **overrides: Any) -> Runner:
     from zdm.runner import Runner
 
+    overrides["replicas"] = list(overrides.get("replicas") or []) or None
+    if overrides["replicas"] and overrides.get("max_replica_lag_ms") is None:
+        raise click.UsageError("--replica needs --max-replica-lag (the lag it is measured against)")
+    for url_given in overrides["replicas"] or []:
+        check_url(url_given, "--replica")
     engine = connect(url)
     invocation.url = url
     return Runner(engine, make_reporter(invocation, quiet, show_sql, engine), overrides)
@@ -532,6 +564,67 @@ class LiveLine:
     def end(self) -> None:
         if self.terminal and self.last:
             click.echo()
+
+
+def control_result(invocation: Invocation, engine: sa.Engine, plan_id: str, control: Any, text: str) -> None:
+    from zdm import state
+    from zdm.control import describe
+
+    runner = state.runner_at_work(engine)
+    where = (f"a runner is at work ({runner}): it takes this up before its next batch" if runner else
+             "no runner is at work: the next `zdm start` takes this up")
+    invocation.result({"plan_id": plan_id, "control": control.to_dict(), "runner": runner},
+                      f"{plan_id}: {text}; {describe(control)}\n  {where}")
+
+
+@main.command()
+@click.argument("plan_id", shell_complete=plan_ids("EXPANDING", "MIGRATING"))
+@db_option()
+@json_option
+@zdm_command
+def pause(invocation: Invocation, plan_id: str, url: str, as_json: bool) -> None:
+    """Ask the plan's runner to wait before its next backfill batch, until `zdm resume`."""
+    from zdm import control
+
+    engine = connect(url)
+    control_result(invocation, engine, plan_id, control.pause(engine, plan_id), "pause asked")
+
+
+@main.command()
+@click.argument("plan_id", shell_complete=plan_ids("EXPANDING", "MIGRATING"))
+@db_option()
+@json_option
+@zdm_command
+def resume(invocation: Invocation, plan_id: str, url: str, as_json: bool) -> None:
+    """Lift a `zdm pause`: the runner goes on with its next batch."""
+    from zdm import control
+
+    engine = connect(url)
+    control_result(invocation, engine, plan_id, control.resume(engine, plan_id), "resume asked")
+
+
+@main.command()
+@click.argument("plan_id", shell_complete=plan_ids("EXPANDING", "MIGRATING"))
+@db_option()
+@click.option("--batch-target-ms", type=click.IntRange(min=1), metavar="MS", help="Backfill batch duration to aim for.")
+@click.option("--batch-pause-ms", type=click.IntRange(min=0), metavar="MS", help="Pause between backfill batches.")
+@click.option("--max-replica-lag", "max_replica_lag_ms", type=click.IntRange(min=0), metavar="MS",
+              help="Replica lag limit (0: none).")
+@click.option("--max-active-sessions", type=click.IntRange(min=0), metavar="N", help="Active sessions limit (0: none).")
+@click.option("--max-probe-ms", type=click.IntRange(min=0), metavar="MS", help="Probe query limit (0: none).")
+@click.option("--reset", is_flag=True, help="Drop what earlier `zdm throttle` calls set: the run's own settings again.")
+@json_option
+@zdm_command
+def throttle(invocation: Invocation, plan_id: str, url: str, reset: bool, as_json: bool, **settings: Any) -> None:
+    """Change a running backfill's settings from its next batch on (stored in the state table)."""
+    from zdm import control
+
+    given = {name: value for name, value in settings.items() if value is not None}
+    if not given and not reset:
+        raise click.UsageError("give at least one setting to change, or --reset")
+    engine = connect(url)
+    control_result(invocation, engine, plan_id, control.throttle(engine, plan_id, given, reset=reset),
+                   "throttle asked")
 
 
 @main.command()

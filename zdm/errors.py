@@ -46,3 +46,10 @@ class LockBudgetExceeded(MigrationFailed):
 
 class DataCheckFailed(MigrationFailed):
     """Rows that the change cannot take (unconvertible values, NULLs, orphans, duplicates)."""
+
+
+class ThrottleInvalid(ZdmError):
+    """A throttle the database cannot measure (replica lag or sessions on SQLite), a probe query that
+    fails, a replica URL that is not a replica; nothing ran."""
+
+    exit_code = 2

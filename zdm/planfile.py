@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from zdm import introspect
 from zdm.dialects import for_connection, for_name
@@ -38,6 +38,27 @@ class Settings(BaseModel):
     batch_size: int = Field(1000, ge=1, description="first backfill batch size (rows)")
     batch_target_ms: int = Field(100, ge=1, description="backfill batch duration to aim for")
     batch_pause_ms: int = Field(0, ge=0, description="pause between backfill batches")
+    vacuum_every_pct: int = Field(5, ge=0, le=100, description=(
+        "PostgreSQL: VACUUM the table after each stretch of this percent of its rows (at least 1,000) "
+        "that the backfill updated, so later batches reuse the space of the rows it left dead (0: never)"))
+    max_replica_lag_ms: int | None = Field(None, ge=1, description=(
+        "PostgreSQL: wait before a backfill batch while a streaming replica lags more than this "
+        "(pg_stat_replication, and the replicas of `replicas` measured on themselves)"))
+    replicas: list[str] = Field(default_factory=list, description=(
+        "database URLs of replicas whose lag is measured on the replica itself (with max_replica_lag_ms)"))
+    max_active_sessions: int | None = Field(None, ge=1, description=(
+        "PostgreSQL: wait before a backfill batch while more app sessions than this run a statement"))
+    probe_query: str | None = Field(None, min_length=1, description=(
+        "a cheap query representative of the app, timed before each backfill batch (with max_probe_ms)"))
+    max_probe_ms: int | None = Field(None, ge=1, description="wait while probe_query takes longer than this")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        if (self.probe_query is None) != (self.max_probe_ms is None):
+            raise ValueError("probe_query and max_probe_ms go together: give both or neither")
+        if self.replicas and self.max_replica_lag_ms is None:
+            raise ValueError("replicas are measured against max_replica_lag_ms: give it too")
+        return self
 
 
 class PlanFile(BaseModel):

@@ -27,6 +27,7 @@ from zdm.status import progress_text
 
 if TYPE_CHECKING:
     from zdm.actions import Action
+    from zdm.throttle import Wait
 
 PHASE_STYLE = {
     Phase.EXPANDING: "bold cyan",
@@ -45,6 +46,10 @@ class Reporter:
     def statement(self, sql: str) -> None: ...
     def backfill(self, progress: BackfillProgress) -> None: ...
     def note(self, message: str) -> None: ...
+
+    def throttled(self, wait: Wait | None, waited_s: float) -> None:
+        """The backfill waits before its next batch (``wait`` says why, ``waited_s`` since when), or
+        goes on after waiting ``waited_s`` (``wait`` None). Called at every look while it waits."""
 
     def executed(self, connection: sa.Connection, action: Action, seconds: float) -> None:
         """After each action, on its still-open connection (a lock tracer reads pg_locks here)."""
@@ -177,6 +182,7 @@ class HumanReporter(WatchesStatements):
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last_line = 0.0
+        self._waiting: str | None = None  # the kind of wait last shown
 
     def phase(self, plan: MigrationPlan, phase: Phase) -> None:
         self._long.end()
@@ -226,6 +232,20 @@ class HumanReporter(WatchesStatements):
             self._last_line = now
             self.console.print(f"    {escape(describe_progress(progress))}")
 
+    def throttled(self, wait: Wait | None, waited_s: float) -> None:
+        """A line when the backfill starts waiting or the reason changes, then one every
+        ``line_every_s``; one when it goes on."""
+        now = time.monotonic()
+        text = None if wait is None else wait.text()
+        kind = None if wait is None else wait.kind
+        if wait is None:
+            self.console.print(f"    [green]going on[/] after waiting {waited_s:.1f} s")
+        elif kind != self._waiting or now - self._last_line >= self.line_every_s:
+            self._stop_bar()
+            self.console.print(f"    [yellow]{escape(text or '')}[/] (waiting {waited_s:.1f} s)")
+            self._last_line = now
+        self._waiting = kind
+
     def _stop_bar(self) -> None:
         if self._progress is not None:
             self._progress.stop()
@@ -263,6 +283,12 @@ class JsonReporter(WatchesStatements):
 
     def backfill(self, progress: BackfillProgress) -> None:
         self._emit("backfill", **progress.__dict__)
+
+    def throttled(self, wait: Wait | None, waited_s: float) -> None:
+        """``{"event": "throttle", "kind": ..., "reason": ..., "waited_s": ...}`` at every look while
+        waiting; ``kind`` null once the backfill goes on."""
+        self._emit("throttle", kind=None if wait is None else wait.kind,
+                   reason=None if wait is None else wait.text(), waited_s=round(waited_s, 3))
 
     def note(self, message: str) -> None:
         self._long.end()

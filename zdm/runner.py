@@ -22,18 +22,28 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 
-from zdm import backfill, introspect, planfile, state
+from zdm import backfill, db, introspect, planfile, state
 from zdm.actions import Action
 from zdm.dialects import Dialect, for_connection
-from zdm.errors import DataCheckFailed, LockBudgetExceeded, MigrationFailed, PlanInvalid, PlanStateError, ZdmError
+from zdm.errors import (
+    DataCheckFailed,
+    LockBudgetExceeded,
+    MigrationFailed,
+    PlanInvalid,
+    PlanStateError,
+    ThrottleInvalid,
+    ZdmError,
+)
 from zdm.execution import Executor
 from zdm.plan import Checkpoint, MigrationPlan, MigrationStep, Phase
 from zdm.planfile import PlanFile, Problem
 from zdm.report import Reporter
+from zdm.throttle import Throttle
 
 __all__ = ["DataCheckFailed", "LockBudgetExceeded", "MigrationFailed", "PlanInvalid", "PlanStateError", "Reporter",
-           "Runner", "ZdmError"]
+           "Runner", "ThrottleInvalid", "ZdmError"]
 
 
 class Runner:
@@ -42,11 +52,13 @@ class Runner:
         self.engine = engine
         self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
         self.dialect: Dialect = for_connection(engine)
-        self.settings = planfile.Settings(**self.overrides)
+        # Checked once merged with the plan's own (``_use``): a pair may come half from each.
+        self.settings = planfile.Settings.model_construct(**self.overrides)
         self.executor = Executor(engine, self.dialect, reporter or Reporter(),
                                  lock_timeout_ms=self.settings.lock_timeout_ms, lock_retries=self.settings.lock_retries)
         #: Where the run stands: the backfill to resume, or the step in flight outside a transaction.
         self._checkpoint = Checkpoint()
+        self._throttle = Throttle(engine, self.dialect, "", self.settings)
 
     @property
     def reporter(self) -> Reporter:
@@ -59,7 +71,13 @@ class Runner:
 
     def _use(self, settings: dict[str, Any], plan: MigrationPlan | None = None) -> None:
         """The settings a run uses (the plan's own, then the command line's), and the tables it may wait on."""
-        self.settings = planfile.Settings(**{**settings, **self.overrides})
+        try:
+            self.settings = planfile.Settings(**{**settings, **self.overrides})
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"]) or "settings"
+            raise PlanInvalid([Problem("error", f"settings: {where}: {error['msg'].removeprefix('Value error, ')}")]
+                              ) from None
         self.executor.lock_timeout_ms = self.settings.lock_timeout_ms
         self.executor.lock_retries = self.settings.lock_retries
         if plan is not None:
@@ -74,6 +92,19 @@ class Runner:
             finally:
                 self.executor.still_held = lambda: None
 
+    @contextmanager
+    def _throttling(self, plan: MigrationPlan) -> Iterator[None]:
+        """The run's throttle (zdm.throttle), checked before anything runs: a limit the database cannot
+        measure, a replica that cannot be reached or a probe query that fails is bad input."""
+        replicas = [db.create_engine(url) for url in self.settings.replicas]
+        try:
+            self._throttle = Throttle(self.engine, self.dialect, plan.id, self.settings, replicas)
+            self._throttle.check()
+            yield
+        finally:
+            for engine in replicas:
+                engine.dispose()
+
     # -- commands ------------------------------------------------------------------------------
     def plan(self, plan_file: PlanFile) -> MigrationPlan:
         """Check and compile; changes nothing."""
@@ -85,7 +116,8 @@ class Runner:
     def start(self, plan_file: PlanFile) -> MigrationPlan:
         with self._locked():
             plan, checkpoint = self._prepare_start(plan_file)
-            self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING))
+            with self._throttling(plan):
+                self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING))
             return plan
 
     def complete(self, plan_id: str) -> MigrationPlan:
@@ -120,7 +152,8 @@ class Runner:
         """
         with self._locked():
             plan, checkpoint = self._prepare_start(plan_file)
-            self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING))
+            with self._throttling(plan):
+                self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING))
             self._transition(plan, Phase.COMPLETE)
             return plan
 
@@ -156,6 +189,9 @@ class Runner:
         with self.engine.connect() as connection:
             found = state.load(connection, plan_file.id)
         if found is not None:
+            with self.engine.begin() as connection:
+                state.ensure_table(connection)  # a table of an earlier release gets its control column
+        if found is not None:
             previous, checkpoint = found
             if previous.phase is Phase.COMPLETE:
                 raise PlanStateError(f"plan {plan_file.id!r} is already complete")
@@ -172,8 +208,8 @@ class Runner:
                         f"plan {plan_file.id!r} was interrupted during {previous.phase.value} with other operations "
                         f"than this file's: resume it with the file it started with, or `zdm rollback "
                         f"{plan_file.id}` first")
-                self._use(previous.source.get("settings", {}), previous)
                 self.reporter.note(f"resuming plan {plan_file.id!r} interrupted during {previous.phase.value}")
+                self._resume_settings(previous, plan_file, checkpoint)
                 return previous, checkpoint
         self._use(plan_file.settings.model_dump())
         with self.engine.connect() as connection:
@@ -186,6 +222,29 @@ class Runner:
             state.ensure_table(connection)
         self.executor.tables = _tables_of(plan)
         return plan, Checkpoint()
+
+    def _resume_settings(self, plan: MigrationPlan, plan_file: PlanFile, checkpoint: Checkpoint) -> None:
+        """A resumed start runs with the settings given now (the plan file's, then the command line's),
+        not those of the interrupted run, and says which changed. What `zdm throttle` stored for the
+        interrupted run is dropped; a `zdm pause` stays (`zdm resume` lifts it)."""
+        before = planfile.Settings.model_validate(plan.source.get("settings", {})).model_dump()
+        self._use(plan_file.settings.model_dump(), plan)
+        now = self.settings.model_dump()
+        changed = [f"{name} {before[name]} -> {now[name]}" for name in now if before.get(name) != now[name]]
+        if changed:
+            self.reporter.note(f"settings given now replace those of the interrupted run: {', '.join(changed)}")
+        plan.source["settings"] = {**plan_file.settings.model_dump(exclude_defaults=True), **self.overrides}
+        with self.engine.begin() as connection:
+            control = state.read_control(connection, plan.id)
+            if control.settings:
+                dropped = ", ".join(f"{k} {v}" for k, v in sorted(control.settings.items()))
+                self.reporter.note(f"dropped what `zdm throttle` set for the interrupted run ({dropped})")
+                control.settings = {}
+                state.write_control(connection, plan.id, control)
+            if control.paused:
+                self.reporter.note(f"plan {plan.id!r} is paused ({control.by}, {control.at}): the backfill waits "
+                                   f"until `zdm resume {plan.id}`")
+            state.save(connection, plan, checkpoint)
 
     def _refuse_overlap(self, connection: sa.Connection, plan_file: PlanFile) -> None:
         """One plan at a time per table: a second one would build triggers on the first's columns."""
@@ -344,8 +403,7 @@ class Runner:
         self.reporter.step(step)
         self.reporter.statement(spec.describe())
         backfill.run(self.executor, spec, self._checkpoint, step=plan.steps.index(step), what=step.description,
-                     batch_size=self.settings.batch_size, batch_target_ms=self.settings.batch_target_ms,
-                     batch_pause_ms=self.settings.batch_pause_ms,
+                     batch_size=self.settings.batch_size, throttle=self._throttle,
                      save=lambda connection, at: state.save_checkpoint(connection, plan.id, at))
         step.executed = True
         self.executor.transaction(lambda connection: state.save(connection, plan), step.description)

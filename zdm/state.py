@@ -8,9 +8,14 @@ stored whole, so ``complete`` and ``rollback`` need nothing but the plan id.
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
+import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -25,7 +30,13 @@ migrations = sa.Table(
     sa.Column("plan", sa.Text, nullable=False),
     sa.Column("checkpoint", sa.Text),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    # What an operator asked of a running plan from another terminal (`zdm pause`, `resume`,
+    # `throttle`): JSON, written only by those commands and by `start`, read by the runner before
+    # each batch. Added to tables made by releases before it (``ensure_table``).
+    sa.Column("control", sa.Text),
 )
+#: The columns every release's table has: what ``load`` reads, so `zdm status` works on an older table.
+RECORD = [migrations.c.id, migrations.c.phase, migrations.c.plan, migrations.c.checkpoint, migrations.c.updated_at]
 
 
 class RunnerBusy(RuntimeError):
@@ -42,13 +53,20 @@ def now() -> str:
 
 
 def ensure_table(connection: sa.Connection) -> None:
+    """Create the state table, or add what a table made by an earlier release lacks (``control``)."""
     metadata.create_all(connection, checkfirst=True)
+    if "control" not in {c["name"] for c in sa.inspect(connection).get_columns(migrations.name)}:
+        prepare = connection.dialect.identifier_preparer
+        column = migrations.c.control
+        connection.execute(sa.text(f"ALTER TABLE {prepare.format_table(migrations)} ADD COLUMN "
+                                   f"{prepare.format_column(column)} "
+                                   f"{column.type.compile(dialect=connection.dialect)}"))
 
 
 def load(connection: sa.Connection, plan_id: str) -> tuple[MigrationPlan, Checkpoint] | None:
     if not sa.inspect(connection).has_table(migrations.name):
         return None
-    row = connection.execute(sa.select(migrations).where(migrations.c.id == plan_id)).first()
+    row = connection.execute(sa.select(*RECORD).where(migrations.c.id == plan_id)).first()
     if row is None:
         return None
     return MigrationPlan.from_dict(json.loads(row.plan)), Checkpoint.from_dict(json.loads(row.checkpoint or "{}"))
@@ -57,7 +75,7 @@ def load(connection: sa.Connection, plan_id: str) -> tuple[MigrationPlan, Checkp
 def load_all(connection: sa.Connection) -> list[tuple[MigrationPlan, Checkpoint]]:
     if not sa.inspect(connection).has_table(migrations.name):
         return []
-    rows = connection.execute(sa.select(migrations).order_by(migrations.c.updated_at, migrations.c.id))
+    rows = connection.execute(sa.select(*RECORD).order_by(migrations.c.updated_at, migrations.c.id))
     return [(MigrationPlan.from_dict(json.loads(r.plan)), Checkpoint.from_dict(json.loads(r.checkpoint or "{}")))
             for r in rows]
 
@@ -103,6 +121,64 @@ def record_interruption(engine: sa.Engine, plan_id: str, reason: str) -> bool:
     except RunnerBusy:
         return False
     return True
+
+
+@dataclass
+class Control:
+    """What an operator asked of a plan's run from another terminal, as stored in ``control``.
+
+    ``paused``: the runner waits before its next batch until `zdm resume`. ``settings``: backfill
+    settings that replace the run's own from the next batch on (`zdm throttle`), by name as in
+    ``planfile.Settings`` (``batch_target_ms``, ``batch_pause_ms``, ``max_replica_lag_ms``, ...).
+    ``by`` and ``at``: who asked (``user@host pid N``) and when (UTC, ISO 8601).
+    """
+
+    paused: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    by: str | None = None
+    at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"paused": self.paused, "settings": self.settings, "by": self.by, "at": self.at}
+
+    @classmethod
+    def from_json(cls, text: str | None) -> Control:
+        data = json.loads(text) if text else {}
+        return cls(paused=bool(data.get("paused")), settings=dict(data.get("settings") or {}), by=data.get("by"),
+                   at=data.get("at"))
+
+    @property
+    def empty(self) -> bool:
+        return not self.paused and not self.settings
+
+
+def who() -> str:
+    """``user@host pid N``: who asked, for `zdm status`."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "?"
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def has_control(connection: sa.Connection) -> bool:
+    """Whether the state table has the ``control`` column (a table of an earlier release may not yet)."""
+    if not sa.inspect(connection).has_table(migrations.name):
+        return False
+    return "control" in {c["name"] for c in sa.inspect(connection).get_columns(migrations.name)}
+
+
+def read_control(connection: sa.Connection, plan_id: str) -> Control:
+    """The plan's control (an empty one when nothing was asked). One indexed read: the runner
+    calls it before every batch, on a state table that ``ensure_table`` brought up to date."""
+    return Control.from_json(connection.scalar(sa.select(migrations.c.control).where(migrations.c.id == plan_id)))
+
+
+def write_control(connection: sa.Connection, plan_id: str, control: Control) -> None:
+    """Store the plan's control (None when empty). Leaves ``plan``, ``checkpoint`` and ``updated_at``
+    alone: those are the runner's."""
+    value = None if control.empty else json.dumps(control.to_dict())
+    connection.execute(migrations.update().where(migrations.c.id == plan_id).values(control=value))
 
 
 #: How an interruption's history entry begins (it keeps the phase the run stopped in).

@@ -10,7 +10,7 @@ import datetime as dt
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +38,8 @@ class Record:
     plan: MigrationPlan
     checkpoint: Checkpoint
     runner: str | None = None
+    #: What `zdm pause` / `zdm throttle` asked of the run (empty: nothing).
+    control: state.Control = field(default_factory=state.Control)
 
     @property
     def steps_done(self) -> int:
@@ -75,6 +77,8 @@ class Record:
                 "at": stopped.at, "phase": stopped.phase.value,
                 "reason": stopped.note.removeprefix(state.INTERRUPTED)},
             "checkpoint": self.checkpoint.to_dict(),
+            "control": None if self.control.empty else self.control.to_dict(),
+            "throttling": self.checkpoint.throttling,
         }
 
 
@@ -90,8 +94,10 @@ def read(engine: sa.Engine, plan_id: str | None = None) -> list[Record]:
             stored = [found] if found is not None else []
         else:
             stored = state.load_all(connection)
+        controls = {plan.id: state.read_control(connection, plan.id) for plan, _ in stored} \
+            if stored and state.has_control(connection) else {}
     runner = state.runner_at_work(engine) if stored else None
-    return [Record(plan, checkpoint, runner) for plan, checkpoint in stored]
+    return [Record(plan, checkpoint, runner, controls.get(plan.id, state.Control())) for plan, checkpoint in stored]
 
 
 # -- the human form ------------------------------------------------------------------------------
@@ -134,6 +140,14 @@ def format_record(record: Record) -> str:
         table = step.backfill.table if step.backfill else "?"
         lines.append("  " + progress_text(table, checkpoint.rows_done, checkpoint.rows_total, None, None)
                      + (f" (a runner is at work: {record.runner})" if record.runner else " (interrupted)"))
+    if checkpoint.throttling and record.activity == "at_work":
+        lines.append(f"  {checkpoint.throttling}")
+    elif record.control.paused:
+        lines.append(f"  paused by `zdm pause` ({record.control.by}, {record.control.at}): the backfill waits "
+                     f"until `zdm resume {plan.id}`")
+    if record.control.settings:
+        changed = ", ".join(f"{name} {value}" for name, value in sorted(record.control.settings.items()))
+        lines.append(f"  throttle asked ({record.control.by}, {record.control.at}): {changed}")
     if checkpoint.outside_transaction and checkpoint.step is not None:
         lines.append(f"  in flight: {plan.steps[checkpoint.step].description} (outside a transaction: "
                      f"`zdm start` runs it again, `zdm rollback {plan.id}` undoes it)")
@@ -255,7 +269,7 @@ def watch_text(fields: dict[str, Any]) -> str:
     elif fields["step"]:
         text += f"; in flight: {fields['step']}"
     if fields["throttling"] is not None:
-        text += f", throttling: {fields['throttling']}"
+        text += f", {fields['throttling']}"
     if fields["activity"] != "at_work":
         text += f" ({fields['activity']})"
     return text

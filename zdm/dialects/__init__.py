@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect as SADialect
 
 from zdm.actions import Action, Rebuild, Statement
+from zdm.errors import ThrottleInvalid
 from zdm.model import ColumnType
 from zdm.transforms import Transform
 
@@ -426,9 +428,17 @@ class Dialect:
         for a session whose statements each commit on their own."""
         return []
 
-    def batch_timeout(self, milliseconds: int) -> list[str]:
-        """Statements that bound one backfill batch's statements to ``milliseconds``."""
+    def batch_begin(self, timeout_ms: int) -> list[str]:
+        """Statements that open a backfill batch's transaction: bound its statements to ``timeout_ms``,
+        and mark it as the backfill's, so the dual-write triggers can skip the batch's own writes
+        (which set what they would set)."""
         return []
+
+    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+        """Make the space of the rows the backfill's batches left dead reusable by the next batches.
+        Returns why it was skipped, or None. Nothing to do here: a database without MVCC rewrites
+        rows in place (SQLite)."""
+        return None
 
     def is_lock_timeout(self, exc: sa.exc.DBAPIError) -> bool:
         """The statement gave up waiting for a lock (retried with backoff)."""
@@ -441,6 +451,33 @@ class Dialect:
     def blockers(self, engine: sa.Engine, tables: list[str]) -> str:
         """Who holds what zdm waited for, in one phrase for an error message."""
         return "another connection holds the lock"
+
+    # -- throttling: how busy the replicas and the app are (zdm.throttle asks before each batch) ----
+    #: Whether the database has streaming replicas and sessions to measure (replica lag, active sessions).
+    measures_load = False
+
+    def replica_lags(self, connection: sa.Connection) -> dict[str, float | None]:
+        """Replay lag of every streaming replica as the primary sees it, in milliseconds, by replica
+        name; None where the primary has no figure yet. Raises ThrottleInvalid where there are no replicas."""
+        raise ThrottleInvalid(f"{self.name} has no streaming replicas to measure the lag of")
+
+    def replay_lag_ms(self, connection: sa.Connection) -> float:
+        """How far behind the primary a replica is, measured on the replica itself (milliseconds).
+        Raises ThrottleInvalid when ``connection`` is not a replica."""
+        raise ThrottleInvalid(f"{self.name} has no streaming replicas to measure the lag of")
+
+    def active_sessions(self, connection: sa.Connection) -> int:
+        """Sessions of other clients running a statement now (the app's load)."""
+        raise ThrottleInvalid(f"{self.name} has no sessions to count: --max-active-sessions needs PostgreSQL")
+
+    def probe_ms(self, engine: sa.Engine, sql: str) -> float:
+        """Run the team's probe query once on a connection of its own, rows fetched, and return its
+        duration (ms). Here in autocommit: a probe must not take a write lock (SQLite's transactions
+        begin IMMEDIATE) nor wait behind the runner's own transaction."""
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            started = time.perf_counter()
+            connection.execute(sa.text(sql)).fetchall()
+            return (time.perf_counter() - started) * 1000
 
     def runner_lock(self, engine: sa.Engine) -> AbstractContextManager[Callable[[], None]]:
         """One zdm runner per database; yields a check to run before each transaction (see zdm.state)."""

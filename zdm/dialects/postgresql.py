@@ -3,8 +3,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from sqlalchemy.ext.compiler import compiles
 
 from zdm.actions import Action, Statement, statements
 from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, mentions, object_name
+from zdm.errors import ThrottleInvalid
 from zdm.transforms import SafeInteger, SafeJson, Transform
 
 
@@ -31,6 +33,8 @@ def _safe_json(element: SafeJson, compiler: Any, **kw: Any) -> str:
 
 #: Arbitrary but fixed: every zdm runner on a PostgreSQL database asks for this advisory lock.
 ADVISORY_LOCK_KEY = 0x7A646D  # "zdm"
+#: The setting a backfill batch sets for its own transaction (SET LOCAL): dual-write triggers skip its writes.
+BACKFILL_MARK = "zdm.backfill"
 
 #: Created while a plan converts text to JSON (PostgreSQL 15 has no non-throwing JSON test;
 #: pg_input_is_valid came in 16), dropped by its contract or rollback.
@@ -333,8 +337,12 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         )
         create = [
             f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $zdm$\n{body}\n$zdm$",
+            # The backfill's own batches set b to up(a), what this trigger would do: they mark their
+            # transaction (``batch_begin``) and skip it, so the backfill costs what a plain UPDATE
+            # costs. The WHEN test is a C function call per row, no PL/pgSQL; app writes never carry the mark.
             f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} "
-            f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
+            f"FOR EACH ROW WHEN (current_setting('{BACKFILL_MARK}', true) IS DISTINCT FROM 'on') "
+            f"EXECUTE FUNCTION {fn}()",
         ]
         drop = [f"DROP TRIGGER IF EXISTS {trigger} ON {table}", f"DROP FUNCTION IF EXISTS {fn}()"]
         return statements(create), statements(drop)
@@ -363,8 +371,32 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         scope = "" if autocommit else " LOCAL"
         return [f"SET{scope} lock_timeout = '{int(lock_timeout_ms)}ms'"]
 
-    def batch_timeout(self, milliseconds: int) -> list[str]:
-        return [f"SET LOCAL statement_timeout = '{int(milliseconds)}ms'"]
+    def batch_begin(self, timeout_ms: int) -> list[str]:
+        return [f"SET LOCAL statement_timeout = '{int(timeout_ms)}ms'", f"SET LOCAL {BACKFILL_MARK} = 'on'"]
+
+    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+        """``VACUUM`` the table, so that the space of the rows the batches so far left dead is free for
+        the next ones (PostgreSQL docs, "Routine Vacuuming": VACUUM records free space in the free
+        space map, which later inserts and non-HOT updates use; a table grows only when it has
+        none). Its options (PostgreSQL 12+, docs "VACUUM") keep it cheap and lock-light: no index
+        pass, no truncation. It takes SHARE UPDATE EXCLUSIVE, which app reads and writes do not wait for, under
+        the lock budget: when another VACUUM or DDL holds the table, this one is skipped (its
+        reason is returned) and the next stretch tries again."""
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            try:
+                connection.exec_driver_sql(f"SET lock_timeout = '{int(lock_timeout_ms)}ms'")
+                # INDEX_CLEANUP OFF: the heap's dead rows are pruned and their space recorded, without
+                # scanning every index at each stretch (autovacuum cleans the index entries later);
+                # TRUNCATE OFF: no ACCESS EXCLUSIVE lock to cut empty pages off the end (app waits).
+                connection.exec_driver_sql(f"VACUUM (INDEX_CLEANUP OFF, TRUNCATE OFF) {self.quote(table)}")
+            except sa.exc.DBAPIError as exc:
+                if not self.is_lock_timeout(exc):
+                    raise
+                return f"VACUUM {table} skipped: no lock within {lock_timeout_ms} ms"
+            finally:
+                with suppress(sa.exc.DBAPIError):
+                    connection.exec_driver_sql("RESET lock_timeout")
+        return None
 
     def is_lock_timeout(self, exc: sa.exc.DBAPIError) -> bool:
         return getattr(exc.orig, "sqlstate", None) == "55P03"  # lock_not_available
@@ -394,6 +426,55 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
             f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
             f"{float(r.open_s):.1f} s)" for r in rows
         )
+
+    # -- throttling -------------------------------------------------------------------------------
+    measures_load = True
+
+    def replica_lags(self, connection: sa.Connection) -> dict[str, float | None]:
+        """``pg_stat_replication.replay_lag`` of each streaming replica (PostgreSQL docs, "The
+        Cumulative Statistics System": the time between a commit on the primary and its replay
+        on the replica). The lag columns are NULL for users without ``pg_monitor``: no figure
+        (None) then; ``--replica URL`` measures on the replica itself."""
+        # replay_lag goes NULL once a replica has caught up and idles: 0 then. It keeps growing
+        # while the replica receives WAL but does not replay it (replay paused, or slow).
+        rows = connection.execute(sa.text(
+            "SELECT coalesce(nullif(application_name, ''), host(client_addr), pid::text) AS name, "
+            "CASE WHEN replay_lag IS NULL AND replay_lsn IS NOT NULL THEN 0 "
+            "ELSE EXTRACT(EPOCH FROM replay_lag) * 1000 END AS lag_ms FROM pg_stat_replication ORDER BY 1")).all()
+        return {row.name: None if row.lag_ms is None else float(row.lag_ms) for row in rows}
+
+    def replay_lag_ms(self, connection: sa.Connection) -> float:
+        """On the replica: 0 when it replayed all it received, else the age of the last transaction it
+        replayed (``now() - pg_last_xact_replay_timestamp()``, the lag measure of PostgreSQL's docs,
+        "Hot Standby"; gh-ost's and pt-heartbeat's heartbeat measures the same on MySQL). A replica
+        whose replay is paused (``pg_wal_replay_pause()``) or slow shows a growing figure."""
+        row = connection.execute(sa.text(
+            "SELECT pg_is_in_recovery() AS replica, "
+            "CASE WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 "
+            "ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp()) * 1000 END AS lag_ms"
+        )).one()
+        if not row.replica:
+            raise ThrottleInvalid("--replica names a server that is not a replica (pg_is_in_recovery() is false)")
+        return float(row.lag_ms or 0.0)
+
+    def active_sessions(self, connection: sa.Connection) -> int:
+        """Client sessions of this database running a statement now (``pg_stat_activity.state =
+        'active'``), zdm's own session left out. Sessions of other users show their state only
+        to superusers and ``pg_read_all_stats`` members: others count as idle."""
+        return int(connection.scalar(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend' "
+            "AND datname = current_database() AND pid <> pg_backend_pid()")) or 0)
+
+    def probe_ms(self, engine: sa.Engine, sql: str) -> float:
+        """In a READ ONLY transaction, rolled back: a probe never changes data."""
+        with engine.connect() as connection:
+            try:
+                connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+                started = time.perf_counter()
+                connection.execute(sa.text(sql)).fetchall()
+                return (time.perf_counter() - started) * 1000
+            finally:
+                connection.rollback()
 
     @contextmanager
     def runner_lock(self, engine: sa.Engine) -> Iterator[Callable[[], None]]:
