@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,10 @@ def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int
     table = executor.transaction(lambda connection: reflect(connection, spec), what)
     if checkpoint.step != step or checkpoint.outside_transaction:
         checkpoint = executor.transaction(lambda connection: plan_range(connection, table, spec, step, dialect), what)
+    quiet, firing = executor.transaction(
+        lambda connection: dialect.user_triggers_quiet(connection, spec.table, list(spec.assignments)), what)
+    if firing:
+        reporter.note(firing)
     size = max(1, batch_size)
     rate = Rate(checkpoint.rows_done)
     reclaimed_at = checkpoint.rows_done
@@ -135,7 +140,8 @@ def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int
                   target_ms: int = settings.batch_target_ms) -> tuple[Checkpoint, int]:
             for sql in dialect.batch_begin(max(10 * target_ms, 5000)):
                 connection.exec_driver_sql(sql)
-            new, visited = run_batch(connection, table, spec, at, size)
+            with dialect.user_triggers_off(connection, spec.table) if quiet else nullcontext():
+                new, visited = run_batch(connection, table, spec, at, size)
             if visited:
                 save(connection, new)
             return new, visited

@@ -12,7 +12,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -433,6 +433,19 @@ class Dialect:
         and mark it as the backfill's, so the dual-write triggers can skip the batch's own writes
         (which set what they would set)."""
         return []
+
+    def user_triggers_quiet(self, connection: sa.Connection, table: str, columns: list[str]) -> tuple[bool, str | None]:
+        """Whether the backfill's batches of ``table`` (which set ``columns``) can keep the table's
+        own triggers from firing, and, when they cannot, a note naming the triggers that will fire
+        on every row the backfill updates (None when there are none). A backfill is not an app
+        write: an ``updated_at`` or audit trigger firing for it would change rows and tables the
+        plan never names, and no rollback takes that back."""
+        return False, None
+
+    def user_triggers_off(self, connection: sa.Connection, table: str) -> AbstractContextManager[None]:
+        """Inside one backfill batch's transaction: the table's own triggers do not fire for the
+        batch's writes (only called when :meth:`user_triggers_quiet` said they can be kept quiet)."""
+        return nullcontext()
 
     def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
         """Make the space of the rows the backfill's batches left dead reusable by the next batches.

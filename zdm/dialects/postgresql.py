@@ -374,6 +374,47 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
     def batch_begin(self, timeout_ms: int) -> list[str]:
         return [f"SET LOCAL statement_timeout = '{int(timeout_ms)}ms'", f"SET LOCAL {BACKFILL_MARK} = 'on'"]
 
+    def user_triggers_quiet(self, connection: sa.Connection, table: str, columns: list[str]) -> tuple[bool, str | None]:
+        """The batches run with ``session_replication_role = replica``, under which triggers in the
+        default ``ENABLE`` state do not fire (PostgreSQL docs, "ALTER TABLE ... ENABLE TRIGGER" and
+        the ``session_replication_role`` setting; logical replication tools such as Bucardo and
+        pgstream write the same way). It needs a superuser or, from PostgreSQL 15, ``GRANT SET ON
+        PARAMETER session_replication_role``. It also stops foreign-key checks, so it is not used
+        when a foreign key covers a column the backfill sets. Triggers marked ``ENABLE ALWAYS`` fire
+        whatever zdm does: they are named in the note."""
+        key = {"t": self.quote(table)}
+        triggers = connection.execute(sa.text(
+            "SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = to_regclass(:t) AND NOT tgisinternal "
+            "AND tgenabled <> 'D' AND tgname NOT LIKE 'zdm\\_%' ORDER BY tgname"), key).all()
+        if not triggers:
+            return False, None
+        always = [name for name, enabled in triggers if enabled == "A"]
+        allowed = connection.scalar(sa.text(
+            "SELECT rolsuper OR (current_setting('server_version_num')::int >= 150000 "
+            "AND has_parameter_privilege('session_replication_role', 'SET')) "
+            "FROM pg_roles WHERE rolname = current_user"))
+        keyed = connection.scalars(sa.text(
+            "SELECT DISTINCT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
+            "AND a.attnum = ANY(c.conkey) WHERE c.conrelid = to_regclass(:t) AND c.contype = 'f' "
+            "AND a.attname = ANY(:c)"), {**key, "c": list(columns)}).all()
+        firing = ", ".join(name for name, _ in triggers)
+        if not allowed:
+            return False, (f"the backfill of {table} fires its triggers {firing} on every row it updates: "
+                           "grant the role SET ON PARAMETER session_replication_role (PostgreSQL 15) "
+                           "to keep them quiet")
+        if keyed:
+            return False, (f"the backfill of {table} fires its triggers {firing} on every row it updates: a foreign "
+                           f"key covers {', '.join(keyed)}, which it sets, and must be checked")
+        if always:
+            return True, (f"the backfill of {table} fires its triggers {', '.join(always)} on every row it updates: "
+                          "they are ENABLE ALWAYS")
+        return True, None
+
+    @contextmanager
+    def user_triggers_off(self, connection: sa.Connection, table: str) -> Iterator[None]:
+        connection.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        yield
+
     def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
         """``VACUUM`` the table, so that the space of the rows the batches so far left dead is free for
         the next ones (PostgreSQL docs, "Routine Vacuuming": VACUUM records free space in the free

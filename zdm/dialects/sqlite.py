@@ -51,6 +51,29 @@ class SQLiteDialect(Dialect):
     retypes_in_place = True
 
     # -- engines: zdm, not pysqlite, decides when a transaction begins --------------------------------
+    def user_triggers_quiet(self, connection: sa.Connection, table: str, columns: list[str]) -> tuple[bool, str | None]:
+        """SQLite cannot switch a trigger off, but a batch can drop the table's own triggers and
+        create them again before it commits: SQLite runs one writer at a time and its schema
+        changes are transactional, so no other connection ever sees the table without them."""
+        return bool(self._own_triggers(connection, table)), None
+
+    @contextmanager
+    def user_triggers_off(self, connection: sa.Connection, table: str) -> Iterator[None]:
+        triggers = self._own_triggers(connection, table)
+        for name, _ in triggers:
+            connection.exec_driver_sql(f"DROP TRIGGER {self.quote(name)}")
+        yield
+        for _, sql in triggers:
+            connection.exec_driver_sql(sql)
+
+    @staticmethod
+    def _own_triggers(connection: sa.Connection, table: str) -> list[tuple[str, str]]:
+        """The user's triggers on ``table`` (name, CREATE statement), zdm's own left out."""
+        found = connection.execute(sa.text(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t ORDER BY name"),
+            {"t": table}).all()
+        return [(name, sql) for name, sql in found if not name.startswith("zdm_")]
+
     def connect_args(self) -> dict[str, Any]:
         return {"timeout": 30}  # seconds the driver waits for the database's write lock
 
