@@ -104,10 +104,10 @@ class App:
         self.rowcount = rowcount
 
     def _sa(self, names: list[str]) -> sa.TableClause:
-        from zdm.dialects import SA_TYPES
+        from zdm.coltypes import to_sa
 
         model = self.model.table(self.table)
-        return sa.table(self.table, *[sa.column(n, SA_TYPES[model.column(n).type]()) for n in names])
+        return sa.table(self.table, *[sa.column(n, to_sa(model.column(n).type)) for n in names])
 
     def insert(self, values: dict[str, Any]) -> None:
         with self.engine.begin() as connection:

@@ -39,7 +39,7 @@ class StopBefore(Reporter):
 
 def digits(column: str, column_type: ColumnType, n: int) -> Any:
     """``code`` holds digits while it is text, so that a conversion to INTEGER always succeeds."""
-    return f"{n:05d}" if column.startswith("code") and column_type is ColumnType.TEXT else None
+    return f"{n:05d}" if column.startswith("code") and column_type == ColumnType.TEXT else None
 
 
 @dataclass

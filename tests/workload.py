@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from support import assert_agrees
 
 from zdm import introspect
-from zdm.dialects import SA_TYPES
+from zdm.coltypes import to_sa
 from zdm.model import Column, ColumnType, ConstraintViolation, ForeignKey, Index, Schema, Table
 
 #: A value for a column, given a number that makes it fresh; None where the generic value fits.
@@ -82,17 +82,17 @@ def value(column: str, column_type: ColumnType, n: int) -> Any:
     """A fresh value of ``column_type`` (unique per ``n``, so uniqueness is broken only on purpose)."""
     if column == "team_id":
         return n % 3 + 1
-    if column_type is ColumnType.TEXT:
+    if column_type == ColumnType.TEXT:
         return f"v{n} 'ü\"" if n % 2 else f"w{n}@example.com"
-    if column_type is ColumnType.INTEGER:
+    if column_type == ColumnType.INTEGER:
         return n % 1000 + 1
-    if column_type is ColumnType.BIGINT:
+    if column_type == ColumnType.BIGINT:
         return n * 10**10
-    if column_type is ColumnType.BOOLEAN:
+    if column_type == ColumnType.BOOLEAN:
         return n % 2 == 0
-    if column_type is ColumnType.TIMESTAMP:
+    if column_type == ColumnType.TIMESTAMP:
         return dt.datetime(2030, 1, 1) + dt.timedelta(minutes=n)
-    if column_type is ColumnType.JSON:
+    if column_type == ColumnType.JSON:
         return {"n": n, "s": "x"}
     raise AssertionError(f"no value for {column_type}")
 
@@ -129,7 +129,7 @@ class Client:
         return value(column, column_type, n)
 
     def _sa(self, names: list[str]) -> sa.TableClause:
-        return sa.table(self.view.name, *[sa.column(n, SA_TYPES[self._type(n)]()) for n in names])
+        return sa.table(self.view.name, *[sa.column(n, to_sa(self._type(n))) for n in names])
 
     # -- the writes -----------------------------------------------------------------------------
     def insert(self, values: dict[str, Any]) -> None:

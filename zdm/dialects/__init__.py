@@ -7,6 +7,7 @@ SQLAlchemy dialect's preparer, never pasted into SQL as they came.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -19,17 +20,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect as SADialect
 
 from zdm.actions import Action, Rebuild, Statement
+from zdm.coltypes import Family, to_sa
 from zdm.model import ColumnType
 from zdm.transforms import Transform
-
-SA_TYPES: dict[ColumnType, type[sa.types.TypeEngine[Any]]] = {
-    ColumnType.TEXT: sa.Text,
-    ColumnType.INTEGER: sa.Integer,
-    ColumnType.BIGINT: sa.BigInteger,
-    ColumnType.BOOLEAN: sa.Boolean,
-    ColumnType.TIMESTAMP: sa.DateTime,
-    ColumnType.JSON: sa.JSON,
-}
 
 
 @dataclass(frozen=True)
@@ -229,12 +222,25 @@ class Dialect:
         return self.sql(transform.sql(sa.literal_column(source)))
 
     def column_type(self, column_type: ColumnType) -> sa.types.TypeEngine[Any]:
-        return SA_TYPES[column_type]()
+        """The SQLAlchemy type that creates a column of ``column_type`` here (``zdm.coltypes.to_sa``)."""
+        return to_sa(column_type)
+
+    def type_problem(self, column_type: ColumnType, connection: sa.Connection | None) -> str | None:
+        """Why this database cannot hold a column of ``column_type`` (one line), or None when it can.
+
+        Without a connection (offline) only what the type's name tells is checked.
+        """
+        if not column_type.declared:
+            return f"zdm copies columns of type {column_type.name} but does not create them; pick another type"
+        return None
 
     def literal(self, value: Any, column_type: ColumnType) -> str:
         """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""
-        if column_type is ColumnType.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
+        if column_type.family is Family.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
             return self.sql(sa.literal(json.dumps(value), sa.Text()))
+        if column_type.family in (Family.ENUM, Family.ARRAY, Family.UUID, Family.INTERVAL, Family.TIMESTAMPTZ):
+            # a string literal the column's type reads (SQLAlchemy renders none for these here)
+            return self.sql(sa.literal(_literal_text(value), sa.Text()))
         return self.sql(sa.literal(value, self.column_type(column_type)))
 
     # -- reading the live schema ---------------------------------------------------------------
@@ -449,6 +455,17 @@ class Dialect:
     def runner_at_work(self, engine: sa.Engine) -> str | None:
         """Who holds the runner lock now, or None when no runner is at work."""
         raise NotImplementedError
+
+
+def _literal_text(value: Any) -> str:
+    """A value as the text its type reads back: ``{a,b}`` for a list (PostgreSQL's array literal)."""
+    if isinstance(value, list):
+        return "{" + ",".join('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value) + "}"
+    if isinstance(value, dt.timedelta):
+        return f"{value.total_seconds()} seconds"
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
 
 
 def for_name(name: str) -> Dialect:

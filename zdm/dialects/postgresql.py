@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 
 from zdm.actions import Action, Statement, statements
+from zdm.coltypes import ColumnType, Family
 from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, mentions, object_name
 from zdm.transforms import SafeInteger, SafeJson, Transform
 
@@ -54,6 +55,26 @@ class PostgresDialect(Dialect):
 
     def connect_args(self) -> dict[str, Any]:
         return {"application_name": "zdm", "connect_timeout": 10}
+
+    # -- types -----------------------------------------------------------------------------------------
+    def type_problem(self, column_type: ColumnType, connection: sa.Connection | None) -> str | None:
+        """Built-in types are PostgreSQL's by their name (SQLAlchemy's ``ischema_names``); a user type
+        (an enum or a domain, arrays of them too) must exist: ``to_regtype`` and ``pg_type.typtype``
+        say so. Offline, a user type is taken on trust."""
+        if problem := super().type_problem(column_type, connection):
+            return problem
+        item = column_type
+        while item.family is Family.ARRAY and item.item is not None:
+            item = item.item
+        if item.family is not Family.ENUM or item.labels or connection is None:
+            return None
+        kind = connection.execute(sa.text("SELECT typtype FROM pg_type WHERE oid = to_regtype(:name)"),
+                                  {"name": item.name}).scalar()
+        if kind is None:
+            return f"PostgreSQL has no type {item.name}"
+        if kind not in ("e", "d"):
+            return f"zdm declares enums and domains by name, and {item.name} is neither"
+        return None
 
     # -- reading the live schema ---------------------------------------------------------------
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:

@@ -57,8 +57,9 @@ class AlterColumn(DualColumn):
         for name in (self.up_transform, self.down_transform):
             if name is not None:
                 transforms.get(name)
-        if self.type is ColumnType.OTHER:
-            raise ValueError("OTHER stands for types zdm copies but does not declare; pick a declared type")
+        if not self.type.declared:
+            raise ValueError(f"zdm copies columns of type {self.type.name} but does not create them; "
+                             "pick another type")
         return self
 
     def describe(self) -> str:
@@ -103,12 +104,12 @@ class AlterColumn(DualColumn):
 
     def up(self, schema: Schema) -> Transform:
         chosen = transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])
-        return transforms.within_integer(chosen) if self.type is ColumnType.INTEGER else chosen
+        return transforms.within_integer(chosen) if self.type == ColumnType.INTEGER else chosen
 
     def down(self, schema: Schema) -> Transform:
         old = schema.table(self.table).column(self.column).type
         chosen = transforms.get(self._pair(old)[1])
-        return transforms.within_integer(chosen) if old is ColumnType.INTEGER else chosen
+        return transforms.within_integer(chosen) if old == ColumnType.INTEGER else chosen
 
     def shadow_type(self, c: Compiler) -> sa.types.TypeEngine[Any]:
         """The new type, with the old column's collation where both types take one."""
