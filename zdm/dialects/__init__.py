@@ -243,6 +243,16 @@ class Dialect:
             return self.sql(sa.literal(_literal_text(value), sa.Text()))
         return self.sql(sa.literal(value, self.column_type(column_type)))
 
+    def in_place_retype(self, old: ColumnType, new: ColumnType) -> str | None:
+        """Why a column of type ``old`` can take type ``new`` in place, each value staying as it is
+        (a phrase ``zdm plan`` shows), or None: the change then takes the dual-column path (a new
+        column, converting triggers, a backfill, a swap at complete). Base: never."""
+        return None
+
+    def retype(self, table: str, column: str, new: ColumnType) -> list[Action]:
+        """Give ``column`` the type ``new`` in place; only for pairs ``in_place_retype`` allows."""
+        raise NotImplementedError
+
     # -- reading the live schema ---------------------------------------------------------------
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         """Every index of ``table`` as the CREATE INDEX statement the database keeps for it."""
@@ -455,6 +465,32 @@ class Dialect:
     def runner_at_work(self, engine: sa.Engine) -> str | None:
         """Who holds the runner lock now, or None when no runner is at work."""
         raise NotImplementedError
+
+
+def keeps_every_value(old: ColumnType, new: ColumnType) -> str | None:
+    """Why every value of ``old`` is, unchanged, a value of ``new`` (a phrase), or None.
+
+    The widening changes both databases store without touching a value: a longer or no VARCHAR
+    limit, VARCHAR <-> TEXT, a NUMERIC of more precision at the same scale (or of none). A
+    narrowing change (``VARCHAR(255)`` -> ``VARCHAR(50)``), CHAR (padded) and every other pair are
+    None. Source: PostgreSQL's ALTER TABLE notes (binary-coercible types, varchar and numeric
+    typmods: https://www.postgresql.org/docs/current/sql-altertable.html#SQL-ALTERTABLE-NOTES).
+    """
+    if old == new:
+        return None
+    if old.family is Family.TEXT and new.family is Family.TEXT and not old.name.startswith("CHAR(") \
+            and not new.name.startswith("CHAR("):
+        if new.length is None:
+            return f"{new.name} holds every {old.name} value"
+        if old.length is not None and new.length >= old.length:
+            return f"a longer limit ({old.length} -> {new.length})"
+        return None
+    if old.family is Family.NUMERIC and new.family is Family.NUMERIC:
+        if new.precision is None:
+            return "NUMERIC without a limit holds every value"
+        if old.precision is not None and new.precision >= old.precision and (old.scale or 0) == (new.scale or 0):
+            return f"more digits at the same scale ({old.precision} -> {new.precision})"
+    return None
 
 
 def _literal_text(value: Any) -> str:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.compiler import compiles
 from zdm import coltypes
 from zdm.actions import Action, Rebuild, statements
 from zdm.coltypes import ColumnType
-from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, mentions, object_name
+from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, keeps_every_value, mentions, object_name
 from zdm.dialects.sqlite_rebuild import (
     _master_sql,
     _names,
@@ -87,6 +87,17 @@ class SQLiteDialect(Dialect):
         if back != column_type:
             return f"SQLite has no type {column_type.name} (a column declared {declared} reads back as {back.name})"
         return None
+
+    def in_place_retype(self, old: ColumnType, new: ColumnType) -> str | None:
+        """The widening changes (``keeps_every_value``): SQLite stores the values as they are, so a
+        rebuild with the new declared type is all (no new column, triggers or backfill)."""
+        if reason := keeps_every_value(old, new):
+            return f"in place, one rebuild with the new declared type: {reason}"
+        return None
+
+    def retype(self, table: str, column: str, new: ColumnType) -> list[Action]:
+        declared = str(self.column_type(new).compile(dialect=self.sa))
+        return [Rebuild(table, alter={column: {"type": declared}})]
 
     # -- columns: what ALTER TABLE cannot change is a rebuild ---------------------------------------
     def drop_column(self, table: str, name: str) -> list[Action]:
