@@ -150,6 +150,8 @@ def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transfo
                                lambda v: int(decimal.Decimal(v).quantize(1, decimal.ROUND_HALF_UP)))
         elif target.family is Family.NUMERIC:
             chosen = Transform("cast", lambda c: c, lambda v: decimal.Decimal(v))
+    if transform.name == "cast":
+        chosen = replace(chosen, name=f"cast to {target.name}")
     if target.family is Family.TEXT and target.length is not None:
         return _bounded(chosen, target.length)
     if target.family is Family.INTEGER and target.name in INTEGER_RANGES:
