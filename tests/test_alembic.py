@@ -428,3 +428,20 @@ def test_a_type_zdm_would_not_create_as_written_is_refused(zdm_database_url: str
     with pytest.raises(CommandError, match=re.escape(refused[1])):
         upgrade(url, "head", scripts=scripts)
     assert shape(url) == before and current(url, scripts) == "0001_create_users"
+
+
+@pytest.mark.parametrize(("body", "column", "created"), [
+    (('op.add_column("users", sa.Column("status", sa.String(20)))',
+      'op.zdm_alter_column("users", "status", sa.Text())'), "status", "TEXT"),  # in place
+    (('op.zdm_alter_column("users", "score", sa.Numeric(12, 4))',), "score", "NUMERIC(12,4)"),  # dual column
+], ids=["varchar-to-text-in-place", "integer-to-numeric-dual"])
+def test_alter_column_takes_sqlalchemy_types(zdm_database_url: str, tmp_path: Path, body: tuple[str, ...],
+                                             column: str, created: str) -> None:
+    url = zdm_database_url
+    scripts = _project(tmp_path, _revision("0002_types", *body))
+    upgrade(url, "head", scripts=scripts)
+    zdm("complete", "0002_types", "--db", url)
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        assert introspect.read_table(connection, "users").columns[column].type.name == created
+    engine.dispose()
