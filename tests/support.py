@@ -59,6 +59,7 @@ def learn_catalogue(engine: sa.Engine, model: Schema) -> None:
     """After a test changed the catalogue with raw SQL (an index, a trigger...), the model learns it
     from the database: the catalogue only, never the rows, which the model alone predicts."""
     with engine.connect() as connection:
+        model.types = for_name(engine.dialect.name).user_types(connection)
         for name, table in model.tables.items():
             found = introspect.read_table(connection, name)
             table.indexes, table.uniques = found.indexes, found.uniques

@@ -10,6 +10,7 @@ each window. Rollback must restore the catalogue exactly, and no zdm object may 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,11 +56,15 @@ class Case:
     no_nulls_in: tuple[int, ...] = (1,)
     #: The databases that have the case's types (empty: both).
     databases: tuple[str, ...] = ()
+    #: What ``setup_sql`` did to the rows, done to the model.
+    model_rows: Callable[[Any], None] | None = None
 
 
 def op(kind: str, **fields: Any) -> dict[str, Any]:
     return {"op": kind, "table": "users", **fields}
 
+
+ORDER_STATUS = "CREATE TYPE order_status AS ENUM ('new', 'paid', 'shipped')"
 
 CASES = [
     Case("rename_not_null_unique_referenced", [op("rename_column", column="email", new_name="email_address")]),
@@ -88,6 +93,18 @@ CASES = [
                                            default="0.00")]),
     Case("add_column_uuid", [op("add_column", column="external_id", type="UUID")], databases=("postgresql",)),
     Case("add_column_array", [op("add_column", column="labels", type="VARCHAR(20)[]")], databases=("postgresql",)),
+    Case("add_column_enum", [op("add_column", column="stage", type="order_status")], databases=("postgresql",),
+         setup_sql=[ORDER_STATUS]),
+    Case("alter_text_to_enum", [op("alter_column", column="name", type="order_status", default="new")],
+         databases=("postgresql",),
+         setup_sql=[ORDER_STATUS, "UPDATE users SET name = 'paid' WHERE name IS NOT NULL",
+                    "ALTER TABLE users ALTER COLUMN name SET DEFAULT 'new'"],
+         model_rows=lambda m: [r.update(name="paid") for r in m.table("users").rows if r["name"] is not None],
+         values=lambda column, _, n: ("new", "paid", "shipped")[n % 3] if column == "name" else None),
+    Case("create_table_typed", [{"op": "create_table", "table": "invoices", "columns": [
+        {"name": "id", "type": "INTEGER", "primary_key": True}, {"name": "number", "type": "VARCHAR(12)"},
+        {"name": "total", "type": "NUMERIC(12,2)", "nullable": False, "default": "0.00"},
+        {"name": "due", "type": "DATE"}]}]),
     Case("add_column_not_null_default", [op("add_column", column="active", type="BOOLEAN", nullable=False,
                                             default=True)]),
     Case("add_column_derived", [op("add_column", column="email_lower", type="TEXT", from_column="email",
@@ -140,6 +157,8 @@ def test_both_app_versions_keep_working(zdm_database_url: str, case: Case) -> No
         for sql in case.setup_sql:
             connection.exec_driver_sql(sql)
     learn_catalogue(engine, model)
+    if case.model_rows is not None:
+        case.model_rows(model)
     app = sqlite_app_engine(zdm_database_url)
     dialect = engine.dialect.name
     plan = planfile.parse({"id": case.name.replace("_", "-"), "operations": case.operations})

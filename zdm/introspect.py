@@ -138,7 +138,9 @@ def read_schema(
     """The user's tables (all, or the ones named) as a model Schema."""
     inspector = sa.inspect(connection)
     names = tables if tables is not None else inspector.get_table_names()
-    schema = Schema()
+    from zdm.dialects import for_connection
+
+    schema = Schema(types=for_connection(connection).user_types(connection))
     for name in names:
         if name in INTERNAL_TABLES or name.startswith("_alembic_tmp_"):
             continue

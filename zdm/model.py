@@ -398,6 +398,14 @@ class Schema:
     aliases: dict[str, str] = field(default_factory=dict)
     #: What an operation replaced (a default, a type...), so that rolling back the model restores it.
     memo: dict[str, Any] = field(default_factory=dict)
+    #: The database's enum types by name, with their labels (PostgreSQL), for types declared by name.
+    types: dict[str, ColumnType] = field(default_factory=dict)
+
+    def resolve(self, column_type: ColumnType) -> ColumnType:
+        """``column_type`` with what the database knows of it: an enum declared by name gets its labels."""
+        if column_type.family is Family.ENUM and not column_type.labels:
+            return self.types.get(column_type.name, column_type)
+        return column_type
 
     def table(self, name: str) -> Table:
         try:

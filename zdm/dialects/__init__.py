@@ -270,6 +270,10 @@ class Dialect:
         """Names of zdm-owned triggers, functions, indexes and constraints left in the database."""
         raise NotImplementedError
 
+    def user_types(self, connection: sa.Connection) -> dict[str, ColumnType]:
+        """The database's enum types by name, with their labels (none on SQLite)."""
+        return {}
+
     def statement_progress(self, engine: sa.Engine, sql: str) -> dict[str, Any]:
         """What the database reports about zdm's statement ``sql`` while it runs (zdm.report shows it)."""
         return {}

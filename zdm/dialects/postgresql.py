@@ -112,6 +112,12 @@ class PostgresDialect(Dialect):
         return [Statement("SET LOCAL TIME ZONE 'UTC'"), alter] if new.family is Family.TIMESTAMPTZ else [alter]
 
     # -- reading the live schema ---------------------------------------------------------------
+    def user_types(self, connection: sa.Connection) -> dict[str, ColumnType]:
+        """Enums of the default schema, read by SQLAlchemy's inspector (``get_enums``)."""
+        inspector: Any = sa.inspect(connection)
+        return {enum["name"]: ColumnType(enum["name"], Family.ENUM, labels=tuple(enum["labels"]))
+                for enum in inspector.get_enums() if enum.get("visible", True)}
+
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         rows = connection.execute(sa.text(
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "

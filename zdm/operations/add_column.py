@@ -145,7 +145,8 @@ class AddColumn(Operation):
         table = schema.table(self.table)
         transform = transforms.get(self.transform)
         if phase is Phase.EXPANDING:
-            table.add_column(Column(self.column, self.type, nullable=self.nullable, default=self.default))
+            table.add_column(Column(self.column, schema.resolve(self.type), nullable=self.nullable,
+                                    default=self.default))
             if self.from_column:
                 table.links.append(Link(self.from_column, self.column, up=transform.python))
         elif phase is Phase.MIGRATING and self.from_column:

@@ -146,12 +146,13 @@ class AlterColumn(DualColumn):
 
     def up(self, schema: Schema) -> Transform:
         chosen = transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])
-        return transforms.fit(chosen, schema.table(self.table).column(self.column).type, self.type)
+        old = schema.table(self.table).column(self.column).type
+        return transforms.fit(chosen, schema.resolve(old), schema.resolve(self.type))
 
     def down(self, schema: Schema) -> Transform:
         old = schema.table(self.table).column(self.column).type
         chosen = transforms.get(self._pair(old)[1])
-        return transforms.fit(chosen, self.type, old)
+        return transforms.fit(chosen, schema.resolve(self.type), schema.resolve(old))
 
     def shadow_type(self, c: Compiler) -> sa.types.TypeEngine[Any]:
         """The new type, with the old column's collation where both types take one."""
