@@ -141,10 +141,6 @@ class ColumnType:
             return value
         return _COERCE[self.family](self, value)
 
-    def python_value(self, value: Any) -> Any:
-        """Alias of :meth:`coerce` for readers that think in values rather than types."""
-        return self.coerce(value)
-
 
 def _validate(value: Any) -> ColumnType:
     if isinstance(value, ColumnType):
@@ -328,9 +324,7 @@ def from_sa(sa_type: sa.types.TypeEngine[Any]) -> ColumnType:
         return ColumnType("TEXT", Family.TEXT)
     if isinstance(t, sa.CHAR | sa.NCHAR):
         return ColumnType(f"CHAR({t.length or 1})", Family.TEXT, length=t.length or 1)
-    if isinstance(t, sa.String):
-        if getattr(t, "collation", None):
-            pass  # the collation is carried by the dual-column path, not part of the type
+    if isinstance(t, sa.String):  # a collation is not part of the type (the dual-column path carries it)
         return ColumnType(f"VARCHAR({t.length})", Family.TEXT, length=t.length) if t.length else \
             ColumnType("VARCHAR", Family.TEXT)
     return ColumnType(_pg_name(t), Family.OTHER)
