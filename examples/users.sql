@@ -22,6 +22,13 @@ CREATE TABLE sessions (
     token TEXT CONSTRAINT sessions_token_ck CHECK (length(token) > 0)
 );
 
+CREATE TABLE orders (
+    id INTEGER PRIMARY KEY,
+    customer_email VARCHAR(255) NOT NULL,
+    amount NUMERIC(10,2) NOT NULL,
+    status VARCHAR(20) DEFAULT 'new'
+);
+
 CREATE INDEX users_name_ix ON users (name);
 
 INSERT INTO teams (id, name) VALUES (1, 'core');
@@ -35,3 +42,6 @@ INSERT INTO users (id, email, name, legacy_flag, age, zip, prefs, team_id)
     VALUES (3, 'Linus@Kernel.ORG', NULL, NULL, 28, '97201', NULL, NULL);
 
 INSERT INTO sessions (id, token) VALUES (1, 'abc');
+
+INSERT INTO orders (id, customer_email, amount, status) VALUES (1, 'ada@example.com', 19.95, 'paid');
+INSERT INTO orders (id, customer_email, amount) VALUES (2, 'grace@example.com', 1234.50);

@@ -59,6 +59,7 @@ def learn_catalogue(engine: sa.Engine, model: Schema) -> None:
     """After a test changed the catalogue with raw SQL (an index, a trigger...), the model learns it
     from the database: the catalogue only, never the rows, which the model alone predicts."""
     with engine.connect() as connection:
+        model.types = for_name(engine.dialect.name).user_types(connection)
         for name, table in model.tables.items():
             found = introspect.read_table(connection, name)
             table.indexes, table.uniques = found.indexes, found.uniques
@@ -104,10 +105,10 @@ class App:
         self.rowcount = rowcount
 
     def _sa(self, names: list[str]) -> sa.TableClause:
-        from zdm.dialects import SA_TYPES
+        from zdm.coltypes import to_sa
 
         model = self.model.table(self.table)
-        return sa.table(self.table, *[sa.column(n, SA_TYPES[model.column(n).type]()) for n in names])
+        return sa.table(self.table, *[sa.column(n, to_sa(model.column(n).type)) for n in names])
 
     def insert(self, values: dict[str, Any]) -> None:
         with self.engine.begin() as connection:

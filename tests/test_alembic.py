@@ -7,12 +7,14 @@ versions write, contract comes later (`-x zdm=complete` or `zdm complete`), down
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import re
 import shutil
 import textwrap
 from argparse import Namespace
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from alembic.util import CommandError
 from click.testing import CliRunner
 from support import zdm_objects
 
-from zdm import db
+from zdm import db, introspect
 from zdm.cli import main as zdm_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,12 +396,52 @@ def test_plain_alembic_project_behaves_as_before(zdm_database_url: str, tmp_path
     assert tables(url) == {"alembic_version"}
 
 
-def test_a_type_zdm_would_not_create_as_written_is_refused(zdm_database_url: str, tmp_path: Path) -> None:
-    """VARCHAR(200) created as TEXT would drop the length without a word."""
+@pytest.mark.parametrize(("written", "default", "created", "value"), [
+    ("sa.String(200)", "'x'", "VARCHAR(200)", "x"),
+    ("sa.Numeric(10, 2)", "'0.50'", "NUMERIC(10,2)", Decimal("0.50")),
+    ("sa.Date", "'2024-02-29'", "DATE", dt.date(2024, 2, 29)),
+])
+def test_sqlalchemy_types_are_created_as_written(zdm_database_url: str, tmp_path: Path, written: str, default: str,
+                                                 created: str, value: Any) -> None:
+    """``sa.String(200)`` is VARCHAR(200), ``sa.Numeric(10, 2)`` NUMERIC(10,2): read back exactly."""
     url = zdm_database_url
-    scripts = _project(tmp_path, _revision("0002_code", 'op.zdm_add_column("users", "code", sa.String(200))'))
+    scripts = _project(tmp_path, _revision(
+        "0002_code", f'op.zdm_add_column("users", "code", {written}, nullable=False, default={default})'))
+    upgrade(url, "head", scripts=scripts)
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        table = introspect.read_table(connection, "users", rows=True)
+    engine.dispose()
+    assert table.columns["code"].type.name == created
+    assert {row["code"] for row in table.rows} == {value}
+
+
+def test_a_type_zdm_would_not_create_as_written_is_refused(zdm_database_url: str, tmp_path: Path) -> None:
+    """A collation would be lost; a type the database lacks is named (SQLite has no UUID)."""
+    url = zdm_database_url
+    dialect = sa.make_url(url).get_backend_name()
+    refused = ('sa.String(200, collation="C")', "a collation would be lost") if dialect == "postgresql" \
+        else ("sa.Uuid()", "SQLite has no type UUID")
+    scripts = _project(tmp_path, _revision("0002_code", f'op.zdm_add_column("users", "code", {refused[0]})'))
     upgrade(url, "0001_create_users", scripts=scripts)
     before = shape(url)
-    with pytest.raises(CommandError, match=r"op.zdm_add_column\(\): zdm declares only TEXT.*String\(length=200\)"):
+    with pytest.raises(CommandError, match=re.escape(refused[1])):
         upgrade(url, "head", scripts=scripts)
     assert shape(url) == before and current(url, scripts) == "0001_create_users"
+
+
+@pytest.mark.parametrize(("body", "column", "created"), [
+    (('op.add_column("users", sa.Column("status", sa.String(20)))',
+      'op.zdm_alter_column("users", "status", sa.Text())'), "status", "TEXT"),  # in place
+    (('op.zdm_alter_column("users", "score", sa.Numeric(12, 4))',), "score", "NUMERIC(12,4)"),  # dual column
+], ids=["varchar-to-text-in-place", "integer-to-numeric-dual"])
+def test_alter_column_takes_sqlalchemy_types(zdm_database_url: str, tmp_path: Path, body: tuple[str, ...],
+                                             column: str, created: str) -> None:
+    url = zdm_database_url
+    scripts = _project(tmp_path, _revision("0002_types", *body))
+    upgrade(url, "head", scripts=scripts)
+    zdm("complete", "0002_types", "--db", url)
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        assert introspect.read_table(connection, "users").columns[column].type.name == created
+    engine.dispose()

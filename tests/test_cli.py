@@ -93,8 +93,6 @@ BAD_PLANS = {
                       "is not a plain identifier"),
     "sql_in_name": ("id: x\noperations:\n  - op: rename_column\n    table: users\n    column: email\n"
                     "    new_name: 'x; DROP TABLE users; --'\n", "is not a plain identifier"),
-    "unknown_type": ("id: x\noperations:\n  - op: add_column\n    table: users\n    column: c\n    type: BLOB\n",
-                     "operations.0.add_column.type"),
     "unknown_transform": ("id: x\noperations:\n  - op: add_column\n    table: users\n    column: c\n    type: TEXT\n"
                           "    from_column: email\n    transform: reverse\n", "unknown transform 'reverse'"),
     "unknown_column": ("id: x\noperations:\n  - op: rename_column\n    table: users\n    column: mail\n"
@@ -104,6 +102,12 @@ BAD_PLANS = {
     "no_operations": ("id: x\noperations: []\n", "has no operations"),
     "timestamp_offset": ("id: x\noperations:\n  - {op: add_column, table: users, column: seen, type: TIMESTAMP, "
                          "default: '2024-03-01T12:00:00+05:30'}\n", "has a UTC offset"),
+    "not_a_type": ("id: x\noperations:\n  - {op: add_column, table: users, column: c, type: 'varchar(20'}\n",
+                   "type: 'varchar(20' is not a column type"),
+    "type_parameters": ("id: x\noperations:\n  - {op: add_column, table: users, column: c, type: 'uuid(3)'}\n",
+                        "uuid takes no parameters"),
+    "unknown_type": ("id: x\noperations:\n  - {op: add_column, table: users, column: c, type: mood_nope}\n",
+                     "has no type mood_nope"),  # PostgreSQL has no type..., SQLite has no type...
     "bad_id": ("id: 'x y'\noperations: []\n", "id: String should match pattern"),
 }
 

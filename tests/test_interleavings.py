@@ -72,7 +72,7 @@ def named(client: Client, fields: list[tuple[int, Any]], number: int) -> dict[st
             values[column] = client.physical.column(column).default_value()
         elif kind == "same":  # the value another row has: a duplicate where the column is unique
             values[column] = next((row[column] for row in client.physical.rows), None)
-        elif isinstance(kind, str) and kind != "fresh" and column_type is ColumnType.TEXT \
+        elif isinstance(kind, str) and kind != "fresh" and column_type == ColumnType.TEXT \
                 and not column.startswith("code"):
             values[column] = kind
         else:
@@ -81,7 +81,7 @@ def named(client: Client, fields: list[tuple[int, Any]], number: int) -> dict[st
 
 
 def digits(column: str, column_type: ColumnType, n: int) -> Any:
-    return f"{n:05d}" if column.startswith("code") and column_type is ColumnType.TEXT else None
+    return f"{n:05d}" if column.startswith("code") and column_type == ColumnType.TEXT else None
 
 
 def play(app: sa.Engine, model: Any, original: Any, final: Any, writes: list[Any], base: int) -> None:

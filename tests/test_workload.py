@@ -10,6 +10,7 @@ each window. Rollback must restore the catalogue exactly, and no zdm object may 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +40,7 @@ class StopBefore(Reporter):
 
 def digits(column: str, column_type: ColumnType, n: int) -> Any:
     """``code`` holds digits while it is text, so that a conversion to INTEGER always succeeds."""
-    return f"{n:05d}" if column.startswith("code") and column_type is ColumnType.TEXT else None
+    return f"{n:05d}" if column.startswith("code") and column_type == ColumnType.TEXT else None
 
 
 @dataclass
@@ -53,11 +54,17 @@ class Case:
     #: Columns the apps keep non-NULL, and in which windows (1 after expand ... 5 after complete).
     no_nulls: tuple[str, ...] = ()
     no_nulls_in: tuple[int, ...] = (1,)
+    #: The databases that have the case's types (empty: both).
+    databases: tuple[str, ...] = ()
+    #: What ``setup_sql`` did to the rows, done to the model.
+    model_rows: Callable[[Any], None] | None = None
 
 
 def op(kind: str, **fields: Any) -> dict[str, Any]:
     return {"op": kind, "table": "users", **fields}
 
+
+ORDER_STATUS = "CREATE TYPE order_status AS ENUM ('new', 'paid', 'shipped')"
 
 CASES = [
     Case("rename_not_null_unique_referenced", [op("rename_column", column="email", new_name="email_address")]),
@@ -73,6 +80,31 @@ CASES = [
     Case("alter_checked", [op("alter_column", column="age", type="BIGINT")]),
     Case("alter_foreign_key", [op("alter_column", column="team_id", type="BIGINT")]),
     Case("add_column", [op("add_column", column="nickname", type="TEXT")]),
+    # real types (workload.TYPED): in place, dual column, added
+    Case("alter_varchar_to_text_in_place", [op("alter_column", column="handle", type="TEXT")]),
+    Case("alter_numeric_precision_in_place", [op("alter_column", column="price", type="NUMERIC(14,2)")]),
+    Case("alter_numeric_scale_dual", [op("alter_column", column="price", type="NUMERIC(12,4)")]),
+    Case("alter_varchar_narrower_renamed", [op("alter_column", column="handle", type="VARCHAR(30)",
+                                               new_name="handle_short")]),
+    Case("alter_uuid_to_text", [op("alter_column", column="ref", type="TEXT")], databases=("postgresql",)),
+    Case("alter_timestamp_to_timestamptz", [op("alter_column", column="created_at", type="TIMESTAMPTZ")],
+         databases=("postgresql",)),
+    Case("add_column_numeric_default", [op("add_column", column="balance", type="NUMERIC(12,2)", nullable=False,
+                                           default="0.00")]),
+    Case("add_column_uuid", [op("add_column", column="external_id", type="UUID")], databases=("postgresql",)),
+    Case("add_column_array", [op("add_column", column="labels", type="VARCHAR(20)[]")], databases=("postgresql",)),
+    Case("add_column_enum", [op("add_column", column="stage", type="order_status")], databases=("postgresql",),
+         setup_sql=[ORDER_STATUS]),
+    Case("alter_text_to_enum", [op("alter_column", column="name", type="order_status", default="new")],
+         databases=("postgresql",),
+         setup_sql=[ORDER_STATUS, "UPDATE users SET name = 'paid' WHERE name IS NOT NULL",
+                    "ALTER TABLE users ALTER COLUMN name SET DEFAULT 'new'"],
+         model_rows=lambda m: [r.update(name="paid") for r in m.table("users").rows if r["name"] is not None],
+         values=lambda column, _, n: ("new", "paid", "shipped")[n % 3] if column == "name" else None),
+    Case("create_table_typed", [{"op": "create_table", "table": "invoices", "columns": [
+        {"name": "id", "type": "INTEGER", "primary_key": True}, {"name": "number", "type": "VARCHAR(12)"},
+        {"name": "total", "type": "NUMERIC(12,2)", "nullable": False, "default": "0.00"},
+        {"name": "due", "type": "DATE"}]}]),
     Case("add_column_not_null_default", [op("add_column", column="active", type="BOOLEAN", nullable=False,
                                             default=True)]),
     Case("add_column_derived", [op("add_column", column="email_lower", type="TEXT", from_column="email",
@@ -116,12 +148,17 @@ def window(number: int, app: sa.Engine, model: Any, case: Case, original: Any, f
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_both_app_versions_keep_working(zdm_database_url: str, case: Case) -> None:
-    model = workload_schema()
+    if case.databases and "" not in case.databases and sa.make_url(zdm_database_url).get_backend_name() \
+            not in case.databases:
+        pytest.skip("the database lacks the type")
+    model = workload_schema(typed=sa.make_url(zdm_database_url).get_backend_name())
     engine = setup(zdm_database_url, model)
     with engine.begin() as connection:
         for sql in case.setup_sql:
             connection.exec_driver_sql(sql)
     learn_catalogue(engine, model)
+    if case.model_rows is not None:
+        case.model_rows(model)
     app = sqlite_app_engine(zdm_database_url)
     dialect = engine.dialect.name
     plan = planfile.parse({"id": case.name.replace("_", "-"), "operations": case.operations})

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,18 +28,35 @@ from sqlalchemy.dialects import postgresql, sqlite
 from support import assert_agrees
 
 from zdm import introspect
-from zdm.dialects import SA_TYPES
+from zdm.coltypes import Family, parse, to_sa
 from zdm.model import Column, ColumnType, ConstraintViolation, ForeignKey, Index, Schema, Table
 
 #: A value for a column, given a number that makes it fresh; None where the generic value fits.
 Values = Callable[[str, ColumnType, int], Any]
 
 
-def workload_schema(rows: int = 40) -> Schema:
+#: Columns of real types the users table also has (``workload_schema(typed=...)``), by database:
+#: name -> (type, value of row i). SQLite lacks UUID, TIMESTAMPTZ and arrays.
+TYPED: dict[str, tuple[str, Callable[[int], Any]]] = {
+    "handle": ("VARCHAR(40)", lambda i: f"handle-{i}-ü"),
+    "price": ("NUMERIC(10,2)", lambda i: Decimal(i * 1234) / 100),
+    "born": ("DATE", lambda i: dt.date(2000, 2, 29) + dt.timedelta(days=i)),
+}
+TYPED_POSTGRESQL: dict[str, tuple[str, Callable[[int], Any]]] = {
+    **TYPED,
+    "ref": ("UUID", lambda i: uuid.UUID(int=i)),
+    "seen_at": ("TIMESTAMPTZ",
+                lambda i: dt.datetime(2024, 2, 29, 23, i % 60, tzinfo=dt.timezone(dt.timedelta(hours=-12)))),
+    "tags": ("TEXT[]", lambda i: [f"t{i}", "ü", ""] if i % 2 else []),
+}
+
+
+def workload_schema(rows: int = 40, typed: str | None = None) -> Schema:
     """Three tables in the shape of a real app: a parent, the table plans change, and a child.
 
     ``users`` has a NOT NULL unique column with a comment, a column with a default, one of each
-    type, a CHECK, an index, a foreign key out (to ``teams``, ON DELETE SET NULL) and one in (from
+    type (with ``typed``, a database's name, also the real types in TYPED or TYPED_POSTGRESQL), a
+    CHECK, an index, a foreign key out (to ``teams``, ON DELETE SET NULL) and one in (from
     ``orders``, ON DELETE CASCADE, onto the unique ``email``).
     """
     teams = Table("teams", [Column("id", ColumnType.INTEGER, nullable=False, primary_key=True),
@@ -55,6 +74,9 @@ def workload_schema(rows: int = 40) -> Schema:
         Column("qty", ColumnType.INTEGER, nullable=False, default=1),
         Column("team_id", ColumnType.INTEGER),
     ])
+    extra = {} if typed is None else TYPED_POSTGRESQL if typed == "postgresql" else TYPED
+    for name, (type_name, _) in extra.items():
+        users.add_column(Column(name, parse(type_name)))
     users.uniques["users_email_key"] = ("email",)
     users.checks["users_age_check"] = "age >= 0"
     users.indexes["users_name_ix"] = Index(("name",))
@@ -72,6 +94,7 @@ def workload_schema(rows: int = 40) -> Schema:
             "legacy_flag": i % 2 == 0, "created_at": dt.datetime(2026, 1, 1) + dt.timedelta(minutes=i),
             "profile": {"n": i} if i % 3 else None, "score": i * 10**9, "age": 18 + i % 60,
             "code": f"{i:05d}", "qty": i % 4 + 1, "team_id": i % 3 + 1 if i % 5 else None,
+            **{name: make(i) if i % 4 else None for name, (_, make) in extra.items()},
         })
     for i in range(1, rows // 2):
         orders.insert({"id": i, "user_email": f"user{2 * i}@example.com", "total": i * 10})
@@ -82,18 +105,32 @@ def value(column: str, column_type: ColumnType, n: int) -> Any:
     """A fresh value of ``column_type`` (unique per ``n``, so uniqueness is broken only on purpose)."""
     if column == "team_id":
         return n % 3 + 1
-    if column_type is ColumnType.TEXT:
+    if column_type == ColumnType.TEXT:
         return f"v{n} 'ü\"" if n % 2 else f"w{n}@example.com"
-    if column_type is ColumnType.INTEGER:
+    if column_type == ColumnType.INTEGER:
         return n % 1000 + 1
-    if column_type is ColumnType.BIGINT:
+    if column_type == ColumnType.BIGINT:
         return n * 10**10
-    if column_type is ColumnType.BOOLEAN:
+    if column_type == ColumnType.BOOLEAN:
         return n % 2 == 0
-    if column_type is ColumnType.TIMESTAMP:
+    if column_type == ColumnType.TIMESTAMP:
         return dt.datetime(2030, 1, 1) + dt.timedelta(minutes=n)
-    if column_type is ColumnType.JSON:
+    if column_type == ColumnType.JSON:
         return {"n": n, "s": "x"}
+    if column_type.family is Family.TEXT:
+        return f"v{n} 'ü\""[: column_type.length]
+    if column_type.family is Family.NUMERIC:
+        return Decimal(n % 10**6) / 100 * (-1 if n % 3 == 0 else 1)
+    if column_type.family is Family.DATE:
+        return dt.date(1999, 12, 31) + dt.timedelta(days=n % 5000)
+    if column_type.family is Family.UUID:
+        return uuid.UUID(int=n * 7919)
+    if column_type.family is Family.TIMESTAMPTZ:
+        return dt.datetime(2030, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=14))) + dt.timedelta(minutes=n)
+    if column_type.family is Family.ENUM:
+        return ("new", "paid", "shipped")[n % 3]  # tests' enums have these labels
+    if column_type.family is Family.ARRAY and column_type.item is not None:
+        return [value(column, column_type.item, n), value(column, column_type.item, n + 1)]
     raise AssertionError(f"no value for {column_type}")
 
 
@@ -129,7 +166,7 @@ class Client:
         return value(column, column_type, n)
 
     def _sa(self, names: list[str]) -> sa.TableClause:
-        return sa.table(self.view.name, *[sa.column(n, SA_TYPES[self._type(n)]()) for n in names])
+        return sa.table(self.view.name, *[sa.column(n, to_sa(self._type(n))) for n in names])
 
     # -- the writes -----------------------------------------------------------------------------
     def insert(self, values: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from zdm import coltypes
 from zdm.model import Column, ColumnType, ForeignKey, Index, ModelError, Schema, SqlDefault, Table
 
 #: Tables zdm owns; never part of the user's schema.
@@ -22,20 +23,9 @@ ZDM_PREFIX = "zdm_"
 
 
 def column_type(sa_type: sa.types.TypeEngine[Any]) -> ColumnType:
-    """Map a reflected SQLAlchemy type to the model's; OTHER for a type zdm copies but does not model."""
-    if isinstance(sa_type, sa.JSON):
-        return ColumnType.JSON
-    if isinstance(sa_type, sa.Boolean):
-        return ColumnType.BOOLEAN
-    if isinstance(sa_type, sa.BigInteger):
-        return ColumnType.BIGINT
-    if isinstance(sa_type, sa.Integer):
-        return ColumnType.INTEGER
-    if isinstance(sa_type, sa.DateTime):
-        return ColumnType.TIMESTAMP
-    if isinstance(sa_type, sa.String):
-        return ColumnType.TEXT
-    return ColumnType.OTHER
+    """The model's exact type of a reflected SQLAlchemy type (``VARCHAR(255)`` stays ``VARCHAR(255)``,
+    an enum keeps its labels); family OTHER for a type zdm copies but does not model (see zdm.coltypes)."""
+    return coltypes.from_sa(sa_type)
 
 
 def _constant(sql: str) -> bool:
@@ -148,7 +138,9 @@ def read_schema(
     """The user's tables (all, or the ones named) as a model Schema."""
     inspector = sa.inspect(connection)
     names = tables if tables is not None else inspector.get_table_names()
-    schema = Schema()
+    from zdm.dialects import for_connection
+
+    schema = Schema(types=for_connection(connection).user_types(connection))
     for name in names:
         if name in INTERNAL_TABLES or name.startswith("_alembic_tmp_"):
             continue

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import enum
+import decimal
 import functools
 import json
 import sqlite3
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from zdm.coltypes import ColumnType, Family
+
+__all__ = ["ColumnType", "Family"]
 
 
 class ModelError(ValueError):
@@ -34,37 +39,6 @@ class ConstraintViolation(ModelError):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-class ColumnType(enum.StrEnum):
-    TEXT = "TEXT"
-    INTEGER = "INTEGER"
-    BIGINT = "BIGINT"
-    BOOLEAN = "BOOLEAN"
-    TIMESTAMP = "TIMESTAMP"
-    JSON = "JSON"
-    #: A type zdm reads and copies (DATE, NUMERIC, UUID...) but does not declare.
-    OTHER = "OTHER"
-
-    def coerce(self, value: Any) -> Any:
-        """Normalise a Python value to what this type holds, so rows compare across databases."""
-        if value is None or self is ColumnType.OTHER or isinstance(value, SqlDefault):
-            return value
-        if self in (ColumnType.INTEGER, ColumnType.BIGINT):
-            if isinstance(value, bool):
-                return int(value)
-            return int(value)
-        if self is ColumnType.BOOLEAN:
-            return bool(value)
-        if self is ColumnType.TIMESTAMP:
-            if isinstance(value, str):
-                value = dt.datetime.fromisoformat(value)
-                if value.tzinfo is not None:  # the databases would drop the offset without a word
-                    raise ValueError(f"{value.isoformat()} has a UTC offset, which a TIMESTAMP does not keep")
-            return value.replace(tzinfo=None) if isinstance(value, dt.datetime) else value
-        if self is ColumnType.JSON:
-            return json.loads(value) if isinstance(value, str) else value
-        return str(value)
 
 
 @dataclass(frozen=True)
@@ -386,6 +360,12 @@ def _sqlite_value(value: Any) -> Any:
         return json.dumps(value)
     if isinstance(value, dt.datetime):
         return value.isoformat(sep=" ")
+    if isinstance(value, decimal.Decimal):
+        return float(value) if value.is_finite() else str(value)
+    if isinstance(value, dt.date | dt.time | uuid.UUID):
+        return str(value)
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
     return value
 
 
@@ -418,6 +398,14 @@ class Schema:
     aliases: dict[str, str] = field(default_factory=dict)
     #: What an operation replaced (a default, a type...), so that rolling back the model restores it.
     memo: dict[str, Any] = field(default_factory=dict)
+    #: The database's enum types by name, with their labels (PostgreSQL), for types declared by name.
+    types: dict[str, ColumnType] = field(default_factory=dict)
+
+    def resolve(self, column_type: ColumnType) -> ColumnType:
+        """``column_type`` with what the database knows of it: an enum declared by name gets its labels."""
+        if column_type.family is Family.ENUM and not column_type.labels:
+            return self.types.get(column_type.name, column_type)
+        return column_type
 
     def table(self, name: str) -> Table:
         try:

@@ -13,8 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm import introspect
+from zdm.coltypes import Family, to_sa
 from zdm.db import sql_text
-from zdm.dialects import SA_TYPES
 from zdm.model import ColumnType, Schema, SqlDefault, Table
 
 
@@ -24,9 +24,9 @@ def _server_default(column_type: ColumnType, default: Any) -> Any:
     if isinstance(default, SqlDefault):
         return sql_text(default.sql)
     value = column_type.coerce(default)
-    if column_type is ColumnType.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
+    if column_type.family is Family.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
         return sa.literal(json.dumps(value), sa.Text())
-    return sa.literal(value, SA_TYPES[column_type]())
+    return sa.literal(value, to_sa(column_type))
 
 
 def sa_table(table: Table, metadata: sa.MetaData | None = None) -> sa.Table:
@@ -34,7 +34,7 @@ def sa_table(table: Table, metadata: sa.MetaData | None = None) -> sa.Table:
     items: list[Any] = [
         sa.Column(
             column.name,
-            SA_TYPES[column.type](),
+            to_sa(column.type),
             primary_key=column.primary_key,
             nullable=column.nullable or column.primary_key,
             server_default=_server_default(column.type, column.default),

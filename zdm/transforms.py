@@ -10,15 +10,19 @@ that no row holds a value in the old column and NULL in the new one, and names t
 
 from __future__ import annotations
 
+import decimal
 import json
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
+
+if TYPE_CHECKING:
+    from zdm.coltypes import ColumnType
 
 INTEGER_TEXT = re.compile(r"\s*[-+]?[0-9]{1,18}\s*")
 BIGINT_RANGE = (-(2**63), 2**63 - 1)
@@ -29,6 +33,17 @@ class SafeInteger(FunctionElement[Any]):
 
     inherit_cache = True
     type = sa.BigInteger()
+
+
+class SafeCast(FunctionElement[Any]):
+    """Text -> ``target`` (a UUID, an enum...), NULL when the text is not a value of it. PostgreSQL
+    compiles it (zdm.dialects.postgresql: a helper that tries the cast); SQLite lacks those types."""
+
+    inherit_cache = True
+
+    def __init__(self, value: ColumnElement[Any], target: sa.types.TypeEngine[Any]) -> None:
+        super().__init__(sa.cast(value, sa.Text))
+        self.type = target
 
 
 class SafeJson(FunctionElement[Any]):
@@ -60,6 +75,8 @@ class Transform:
     identity: bool = False
     #: True when the PostgreSQL form calls zdm_try_json().
     needs_try_json: bool = False
+    #: True when the PostgreSQL form calls zdm_try_cast() (see ``fit``).
+    needs_try_cast: bool = False
 
     def apply(self, value: Any) -> Any:
         return None if value is None else self.python(value)
@@ -76,6 +93,8 @@ TRANSFORMS: dict[str, Transform] = {
         Transform("to_text", lambda c: sa.cast(c, sa.Text), str),
         Transform("to_json", SafeJson, _json, needs_try_json=True),
         Transform("json_to_text", lambda c: sa.cast(c, sa.Text), lambda v: json.dumps(v)),
+        #: To the column's type, whatever it is: ``fit`` makes it real for the two types.
+        Transform("cast", lambda c: c, lambda v: v, identity=True),
     )
 }
 
@@ -97,6 +116,93 @@ def within_integer(transform: Transform) -> Transform:
         return converted if converted is None or low <= converted <= high else None
 
     return Transform(transform.name, sql, python, needs_try_json=transform.needs_try_json)
+
+
+def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transform:
+    """``transform`` from a ``source`` column into a ``target`` column, made safe for the target: a
+    value the target cannot hold becomes NULL (which the check before contract names by key) instead
+    of failing the app write that carries it, or being cut. The rules, SQL and Python side by side:
+
+    - ``cast`` to UUID or an enum: a cast that gives NULL for text that is not one (PostgreSQL);
+      to TEXT: the text form (``uuid::text``, an enum's label); otherwise the value as it is.
+    - into VARCHAR(n): a longer text becomes NULL (never cut).
+    - into SMALLINT/INTEGER (BIGINT through to_integer): a value beyond the type's range becomes
+      NULL; from NUMERIC, rounded half away from zero first (as PostgreSQL's cast does).
+    - into NUMERIC(p,s): rounded to ``s`` places half away from zero; a value of more than p-s
+      integer digits becomes NULL.
+    """
+    from zdm.coltypes import Family, to_sa
+
+    chosen = transform
+    if transform.name == "cast":
+        if target.family in (Family.UUID, Family.ENUM):
+            def coerce(value: Any) -> Any:
+                try:
+                    return target.coerce(str(value).strip() if target.family is Family.UUID else value)
+                except (TypeError, ValueError):
+                    return None
+
+            chosen = Transform("cast", lambda c: SafeCast(c, to_sa(target)), coerce, needs_try_cast=True)
+        elif target.family is Family.TEXT and source.family is not Family.TEXT:
+            chosen = Transform("cast", lambda c: sa.cast(c, sa.Text), lambda v: str(v))
+        elif target.family is Family.INTEGER and source.family is Family.NUMERIC:
+            chosen = Transform("cast", lambda c: sa.cast(sa.func.round(c), sa.BigInteger),
+                               lambda v: int(decimal.Decimal(v).quantize(1, decimal.ROUND_HALF_UP)))
+        elif target.family is Family.NUMERIC:
+            chosen = Transform("cast", lambda c: c, lambda v: decimal.Decimal(v))
+    if transform.name == "cast":
+        chosen = replace(chosen, name=f"cast to {target.name}")
+    if target.family is Family.TEXT and target.length is not None:
+        return _bounded(chosen, target.length)
+    if target.family is Family.INTEGER and target.name in INTEGER_RANGES:
+        return _within(chosen, *INTEGER_RANGES[target.name])
+    if target.family is Family.NUMERIC and target.precision is not None:
+        return _numeric(chosen, target.precision, target.scale or 0)
+    return chosen
+
+
+INTEGER_RANGES = {"SMALLINT": (-(2**15), 2**15 - 1), "INTEGER": (-(2**31), 2**31 - 1)}
+
+
+def _bounded(transform: Transform, length: int) -> Transform:
+    def sql(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        value = transform.sql(column)
+        return sa.case((sa.func.char_length(value) <= length, value))
+
+    def python(value: Any) -> Any:
+        converted = transform.python(value)
+        return converted if converted is None or len(str(converted)) <= length else None
+
+    return replace(transform, sql=sql, python=python, identity=False)
+
+
+def _within(transform: Transform, low: int, high: int) -> Transform:
+    def sql(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        value = transform.sql(column)
+        return sa.case((value.between(low, high), value))
+
+    def python(value: Any) -> Any:
+        converted = transform.python(value)
+        return converted if converted is None or low <= converted <= high else None
+
+    return replace(transform, sql=sql, python=python, identity=False)
+
+
+def _numeric(transform: Transform, precision: int, scale: int) -> Transform:
+    limit = 10 ** (precision - scale)
+
+    def sql(column: ColumnElement[Any]) -> ColumnElement[Any]:
+        value = sa.func.round(transform.sql(column), scale)
+        return sa.case((sa.func.abs(value) < limit, value))
+
+    def python(value: Any) -> Any:
+        converted = transform.python(value)
+        if converted is None:
+            return None
+        rounded = decimal.Decimal(converted).quantize(decimal.Decimal(1).scaleb(-scale), decimal.ROUND_HALF_UP)
+        return rounded if abs(rounded) < limit else None
+
+    return replace(transform, sql=sql, python=python, identity=False)
 
 
 def get(name: str) -> Transform:

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
 
-from zdm import introspect, planfile
+from zdm import coltypes, introspect, planfile
 from zdm.actions import Statement
 from zdm.dialects import Dialect, for_name
 from zdm.model import Column, ColumnType, ModelError, Schema, Table
@@ -198,7 +198,7 @@ def _column_type(value: Any) -> ColumnType:
     if isinstance(value, sa.types.TypeEngine):
         return introspect.column_type(value)
     try:
-        return ColumnType(str(value).upper())
+        return coltypes.parse(str(value))
     except ValueError:
         raise OfflineError(f"existing_type {value!r} is not a SQLAlchemy type or a zdm type name") from None
 

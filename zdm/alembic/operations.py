@@ -28,7 +28,6 @@ from pydantic import ValidationError
 from zdm import introspect
 from zdm.alembic.offline import Hints
 from zdm.alembic.runtime import ZdmAlembicError, rollback_revision, run_operation
-from zdm.model import ColumnType
 from zdm.operations import AnyOperation, Operation
 
 PREFIX = "zdm_"
@@ -92,12 +91,9 @@ def _plain(value: Any) -> Any:
     if not isinstance(value, sa.types.TypeEngine):
         return value
     declared = introspect.column_type(value)
-    inexact = (declared is ColumnType.OTHER or getattr(value, "length", None) or getattr(value, "timezone", False)
-               or getattr(value, "collation", None) or isinstance(value, sa.SmallInteger))
-    if inexact:
-        raise ValueError(f"zdm declares only {', '.join(t.value for t in ColumnType if t is not ColumnType.OTHER)} "
-                         f"columns, and {value!r} is not one of them (a length, a time zone, a collation or "
-                         "another type would be lost): use one of these, or a plain Alembic op")
+    if not declared.declared or getattr(value, "collation", None):
+        what = "a collation" if getattr(value, "collation", None) else f"type {declared.name}"
+        raise ValueError(f"zdm cannot declare {value!r}: {what} would be lost; use a plain Alembic op")
     return declared.value
 
 

@@ -7,6 +7,7 @@ SQLAlchemy dialect's preparer, never pasted into SQL as they came.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import re
@@ -20,18 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect as SADialect
 
 from zdm.actions import Action, Rebuild, Statement
+from zdm.coltypes import Family, to_sa
 from zdm.errors import ThrottleInvalid
 from zdm.model import ColumnType
 from zdm.transforms import Transform
-
-SA_TYPES: dict[ColumnType, type[sa.types.TypeEngine[Any]]] = {
-    ColumnType.TEXT: sa.Text,
-    ColumnType.INTEGER: sa.Integer,
-    ColumnType.BIGINT: sa.BigInteger,
-    ColumnType.BOOLEAN: sa.Boolean,
-    ColumnType.TIMESTAMP: sa.DateTime,
-    ColumnType.JSON: sa.JSON,
-}
 
 
 @dataclass(frozen=True)
@@ -231,13 +224,36 @@ class Dialect:
         return self.sql(transform.sql(sa.literal_column(source)))
 
     def column_type(self, column_type: ColumnType) -> sa.types.TypeEngine[Any]:
-        return SA_TYPES[column_type]()
+        """The SQLAlchemy type that creates a column of ``column_type`` here (``zdm.coltypes.to_sa``)."""
+        return to_sa(column_type)
+
+    def type_problem(self, column_type: ColumnType, connection: sa.Connection | None) -> str | None:
+        """Why this database cannot hold a column of ``column_type`` (one line), or None when it can.
+
+        Without a connection (offline) only what the type's name tells is checked.
+        """
+        if not column_type.declared:
+            return f"zdm copies columns of type {column_type.name} but does not create them; pick another type"
+        return None
 
     def literal(self, value: Any, column_type: ColumnType) -> str:
         """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""
-        if column_type is ColumnType.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
+        if column_type.family is Family.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
             return self.sql(sa.literal(json.dumps(value), sa.Text()))
+        if column_type.family in (Family.ENUM, Family.ARRAY, Family.UUID, Family.INTERVAL, Family.TIMESTAMPTZ):
+            # a string literal the column's type reads (SQLAlchemy renders none for these here)
+            return self.sql(sa.literal(_literal_text(value), sa.Text()))
         return self.sql(sa.literal(value, self.column_type(column_type)))
+
+    def in_place_retype(self, old: ColumnType, new: ColumnType) -> str | None:
+        """Why a column of type ``old`` can take type ``new`` in place, each value staying as it is
+        (a phrase ``zdm plan`` shows), or None: the change then takes the dual-column path (a new
+        column, converting triggers, a backfill, a swap at complete). Base: never."""
+        return None
+
+    def retype(self, table: str, column: str, new: ColumnType) -> list[Action]:
+        """Give ``column`` the type ``new`` in place; only for pairs ``in_place_retype`` allows."""
+        raise NotImplementedError
 
     # -- reading the live schema ---------------------------------------------------------------
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
@@ -255,6 +271,10 @@ class Dialect:
     def zdm_objects(self, connection: sa.Connection) -> list[str]:
         """Names of zdm-owned triggers, functions, indexes and constraints left in the database."""
         raise NotImplementedError
+
+    def user_types(self, connection: sa.Connection) -> dict[str, ColumnType]:
+        """The database's enum types by name, with their labels (none on SQLite)."""
+        return {}
 
     def statement_progress(self, engine: sa.Engine, sql: str) -> dict[str, Any]:
         """What the database reports about zdm's statement ``sql`` while it runs (zdm.report shows it)."""
@@ -499,6 +519,43 @@ class Dialect:
     def runner_at_work(self, engine: sa.Engine) -> str | None:
         """Who holds the runner lock now, or None when no runner is at work."""
         raise NotImplementedError
+
+
+def keeps_every_value(old: ColumnType, new: ColumnType) -> str | None:
+    """Why every value of ``old`` is, unchanged, a value of ``new`` (a phrase), or None.
+
+    The widening changes both databases store without touching a value: a longer or no VARCHAR
+    limit, VARCHAR <-> TEXT, a NUMERIC of more precision at the same scale (or of none). A
+    narrowing change (``VARCHAR(255)`` -> ``VARCHAR(50)``), CHAR (padded) and every other pair are
+    None. Source: PostgreSQL's ALTER TABLE notes (binary-coercible types, varchar and numeric
+    typmods: https://www.postgresql.org/docs/current/sql-altertable.html#SQL-ALTERTABLE-NOTES).
+    """
+    if old == new:
+        return None
+    if old.family is Family.TEXT and new.family is Family.TEXT and not old.name.startswith("CHAR(") \
+            and not new.name.startswith("CHAR("):
+        if new.length is None:
+            return f"{new.name} holds every {old.name} value"
+        if old.length is not None and new.length >= old.length:
+            return f"a longer limit ({old.length} -> {new.length})"
+        return None
+    if old.family is Family.NUMERIC and new.family is Family.NUMERIC:
+        if new.precision is None:
+            return "NUMERIC without a limit holds every value"
+        if old.precision is not None and new.precision >= old.precision and (old.scale or 0) == (new.scale or 0):
+            return f"more digits at the same scale ({old.precision} -> {new.precision})"
+    return None
+
+
+def _literal_text(value: Any) -> str:
+    """A value as the text its type reads back: ``{a,b}`` for a list (PostgreSQL's array literal)."""
+    if isinstance(value, list):
+        return "{" + ",".join('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in value) + "}"
+    if isinstance(value, dt.timedelta):
+        return f"{value.total_seconds()} seconds"
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
 
 
 def for_name(name: str) -> Dialect:

@@ -12,9 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 
 from zdm.actions import Action, Statement, statements
-from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, mentions, object_name
+from zdm.coltypes import ColumnType, Family
+from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, keeps_every_value, mentions, object_name
 from zdm.errors import ThrottleInvalid
-from zdm.transforms import SafeInteger, SafeJson, Transform
+from zdm.transforms import SafeCast, SafeInteger, SafeJson, Transform
 
 
 @compiles(SafeInteger, "postgresql")
@@ -31,6 +32,14 @@ def _safe_json(element: SafeJson, compiler: Any, **kw: Any) -> str:
     return f"zdm_try_json({value})"
 
 
+@compiles(SafeCast, "postgresql")
+def _safe_cast(element: SafeCast, compiler: Any, **kw: Any) -> str:
+    # The target's type travels as a typed NULL; the helper (TRY_CAST below) tries the cast.
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    target = compiler.dialect.type_compiler_instance.process(element.type)
+    return f"zdm_try_cast({value}, CAST(NULL AS {target}))"
+
+
 #: Arbitrary but fixed: every zdm runner on a PostgreSQL database asks for this advisory lock.
 ADVISORY_LOCK_KEY = 0x7A646D  # "zdm"
 #: The setting a backfill batch sets for its own transaction (SET LOCAL): dual-write triggers skip its writes.
@@ -41,6 +50,15 @@ BACKFILL_MARK = "zdm.backfill"
 TRY_JSON = (
     "CREATE OR REPLACE FUNCTION zdm_try_json(value text) RETURNS json LANGUAGE plpgsql IMMUTABLE AS $zdm$\n"
     "BEGIN\n  RETURN value::json;\nEXCEPTION WHEN others THEN\n  RETURN NULL;\nEND\n$zdm$"
+)
+
+
+#: Created while a plan converts text to a type whose input can fail (a UUID, an enum label): the
+#: cast, or NULL (pg_input_is_valid came in PostgreSQL 16). ``target`` is a typed NULL that names the type.
+TRY_CAST = (
+    "CREATE OR REPLACE FUNCTION zdm_try_cast(value text, INOUT target anyelement) LANGUAGE plpgsql STABLE "
+    "AS $zdm$\nBEGIN\n  EXECUTE format('SELECT %L::%s', value, pg_typeof(target)) INTO target;\n"
+    "EXCEPTION WHEN others THEN\n  target := NULL;\nEND\n$zdm$"
 )
 
 
@@ -59,7 +77,51 @@ class PostgresDialect(Dialect):
     def connect_args(self) -> dict[str, Any]:
         return {"application_name": "zdm", "connect_timeout": 10}
 
+    # -- types -----------------------------------------------------------------------------------------
+    def type_problem(self, column_type: ColumnType, connection: sa.Connection | None) -> str | None:
+        """Built-in types are PostgreSQL's by their name (SQLAlchemy's ``ischema_names``); a user type
+        (an enum or a domain, arrays of them too) must exist: ``to_regtype`` and ``pg_type.typtype``
+        say so. Offline, a user type is taken on trust."""
+        if problem := super().type_problem(column_type, connection):
+            return problem
+        item = column_type
+        while item.family is Family.ARRAY and item.item is not None:
+            item = item.item
+        if item.family is not Family.ENUM or item.labels or connection is None:
+            return None
+        kind = connection.execute(sa.text("SELECT typtype FROM pg_type WHERE oid = to_regtype(:name)"),
+                                  {"name": item.name}).scalar()
+        if kind is None:
+            return f"PostgreSQL has no type {item.name}"
+        if kind not in ("e", "d"):
+            return f"zdm declares enums and domains by name, and {item.name} is neither"
+        return None
+
+    def in_place_retype(self, old: ColumnType, new: ColumnType) -> str | None:
+        """Metadata only, no rewrite and no scan, ACCESS EXCLUSIVE for an instant under the lock
+        budget: the widening changes (``keeps_every_value``), and TIMESTAMP -> TIMESTAMPTZ with the
+        session's time zone UTC (PostgreSQL 12+ then skips the rewrite; zdm sets it for that
+        statement, so stored values are read as UTC). Source: the ALTER TABLE notes, PostgreSQL 12
+        release notes (E.13.3.1.3)."""
+        if reason := keeps_every_value(old, new):
+            return f"in place, metadata only: {reason}"
+        if old.family is Family.TIMESTAMP and new.family is Family.TIMESTAMPTZ:
+            return "in place, metadata only: values read as UTC (the statement's time zone)"
+        return None
+
+    def retype(self, table: str, column: str, new: ColumnType) -> list[Action]:
+        from alembic.ddl.base import ColumnType as AlterType
+
+        alter = Statement(self.sql(AlterType(table, column, self.column_type(new))))
+        return [Statement("SET LOCAL TIME ZONE 'UTC'"), alter] if new.family is Family.TIMESTAMPTZ else [alter]
+
     # -- reading the live schema ---------------------------------------------------------------
+    def user_types(self, connection: sa.Connection) -> dict[str, ColumnType]:
+        """Enums of the default schema, read by SQLAlchemy's inspector (``get_enums``)."""
+        inspector: Any = sa.inspect(connection)
+        return {enum["name"]: ColumnType(enum["name"], Family.ENUM, labels=tuple(enum["labels"]))
+                for enum in inspector.get_enums() if enum.get("visible", True)}
+
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         rows = connection.execute(sa.text(
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
@@ -360,9 +422,14 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
                                                f"DROP FUNCTION IF EXISTS {fn}()"])
 
     def helper_functions(self, up: Transform, down: Transform | None) -> tuple[list[Action], list[Action]]:
-        if not (up.needs_try_json or (down is not None and down.needs_try_json)):
-            return [], []
-        return [Statement(TRY_JSON)], [Statement("DROP FUNCTION IF EXISTS zdm_try_json(text)")]
+        create: list[Action] = []
+        drop: list[Action] = []
+        if up.needs_try_json or (down is not None and down.needs_try_json):
+            create, drop = [Statement(TRY_JSON)], [Statement("DROP FUNCTION IF EXISTS zdm_try_json(text)")]
+        if up.needs_try_cast or (down is not None and down.needs_try_cast):
+            create.append(Statement(TRY_CAST))
+            drop.append(Statement("DROP FUNCTION IF EXISTS zdm_try_cast(text, anyelement)"))
+        return create, drop
 
     # -- transactions, the lock budget and faults -------------------------------------------------
     def begin(self, lock_timeout_ms: int, *, autocommit: bool = False) -> list[str]:

@@ -17,8 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 
+from zdm import coltypes
 from zdm.actions import Action, Rebuild, statements
-from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, mentions, object_name
+from zdm.coltypes import ColumnType
+from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, keeps_every_value, mentions, object_name
 from zdm.dialects.sqlite_rebuild import (
     _master_sql,
     _names,
@@ -90,6 +92,35 @@ class SQLiteDialect(Dialect):
         if database not in (None, "", ":memory:") and not os.path.exists(database):
             return f"no SQLite database at {database}"
         return None
+
+    # -- types -----------------------------------------------------------------------------------------
+    def type_problem(self, column_type: ColumnType, connection: sa.Connection | None) -> str | None:
+        """SQLite keeps a column's declared type as text and reads it back by SQLAlchemy's rules
+        (``ischema_names``, then SQLite's type affinity): a type is SQLite's when the column zdm would
+        declare reads back as the same type. ``UUID`` would read back NUMERIC (and turn ``'1e3'`` into a
+        number), ``TIMESTAMPTZ`` as TIMESTAMP (dropping the offset): both refused, as are arrays and
+        enums, which SQLite lacks. Source: https://www.sqlite.org/datatype3.html (3.1, affinity)."""
+        if problem := super().type_problem(column_type, connection):
+            return problem
+        try:
+            declared = str(self.column_type(column_type).compile(dialect=self.sa))
+        except sa.exc.CompileError:
+            return f"SQLite has no type {column_type.name}"
+        back = coltypes.from_sa(self.sa._resolve_type_affinity(declared))  # type: ignore[attr-defined]
+        if back != column_type:
+            return f"SQLite has no type {column_type.name} (a column declared {declared} reads back as {back.name})"
+        return None
+
+    def in_place_retype(self, old: ColumnType, new: ColumnType) -> str | None:
+        """The widening changes (``keeps_every_value``): SQLite stores the values as they are, so a
+        rebuild with the new declared type is all (no new column, triggers or backfill)."""
+        if reason := keeps_every_value(old, new):
+            return f"in place, one rebuild with the new declared type: {reason}"
+        return None
+
+    def retype(self, table: str, column: str, new: ColumnType) -> list[Action]:
+        declared = str(self.column_type(new).compile(dialect=self.sa))
+        return [Rebuild(table, alter={column: {"type": declared}})]
 
     # -- columns: what ALTER TABLE cannot change is a rebuild ---------------------------------------
     def drop_column(self, table: str, name: str) -> list[Action]:

@@ -30,7 +30,8 @@ def describe_rebuild(spec: Rebuild, quote: Any) -> str:
     for column, change in spec.alter.items():
         parts = []
         if "type" in change:
-            parts.append(f"{change['type']} (values from {quote(change['values_from'])})")
+            source = f" (values from {quote(change['values_from'])})" if "values_from" in change else ""
+            parts.append(f"{change['type']}{source}")
         if "nullable" in change:
             parts.append("NULL" if change["nullable"] else "NOT NULL")
         if "server_default" in change:

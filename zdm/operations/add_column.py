@@ -18,7 +18,7 @@ from zdm import transforms
 from zdm.db import sql_text
 from zdm.dialects import Dialect, Sync
 from zdm.model import Column, ColumnType, Link, Schema
-from zdm.operations.base import Compiler, Identifier, Operation, default_problem
+from zdm.operations.base import Compiler, Identifier, Operation, default_problem, type_problems
 from zdm.plan import Backfill, MigrationStep, Phase
 
 
@@ -34,8 +34,9 @@ class AddColumn(Operation):
     @model_validator(mode="after")
     def _consistent(self) -> AddColumn:
         transforms.get(self.transform)
-        if self.type is ColumnType.OTHER:
-            raise ValueError("OTHER stands for types zdm copies but does not declare; pick a declared type")
+        if not self.type.declared:
+            raise ValueError(f"zdm copies columns of type {self.type.name} but does not create them; "
+                             "pick another type")
         if not self.nullable and self.default is None:
             raise ValueError(
                 "a NOT NULL column needs a default (or add it nullable, then use set_not_null)"
@@ -63,6 +64,9 @@ class AddColumn(Operation):
         if problem := default_problem(self.default, self.type):
             errors.append(problem)
         return errors
+
+    def check_live(self, c: Compiler) -> list[str]:
+        return type_problems(c, self.type)
 
     # -- phases -------------------------------------------------------------------------------
     def _default_sql(self, c: Compiler) -> str | None:
@@ -141,7 +145,8 @@ class AddColumn(Operation):
         table = schema.table(self.table)
         transform = transforms.get(self.transform)
         if phase is Phase.EXPANDING:
-            table.add_column(Column(self.column, self.type, nullable=self.nullable, default=self.default))
+            table.add_column(Column(self.column, schema.resolve(self.type), nullable=self.nullable,
+                                    default=self.default))
             if self.from_column:
                 table.links.append(Link(self.from_column, self.column, up=transform.python))
         elif phase is Phase.MIGRATING and self.from_column:

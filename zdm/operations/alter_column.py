@@ -23,21 +23,40 @@ import sqlalchemy as sa
 from pydantic import model_validator
 
 from zdm import transforms
-from zdm.model import Column, ColumnType, Schema, SqlDefault
-from zdm.operations.base import Compiler, Identifier, default_problem
+from zdm.dialects import Dialect
+from zdm.model import Column, ColumnType, Family, Schema, SqlDefault
+from zdm.operations import retype_in_place
+from zdm.operations.base import Compiler, Identifier, default_problem, type_problems
 from zdm.operations.dual_column import DualColumn
+from zdm.plan import MigrationStep, Phase
 from zdm.transforms import Transform
 
-#: (from, to) -> (up, down) when the plan does not name them.
+#: (from, to) -> (up, down) when the plan does not name them; then by family (FAMILY_TRANSFORMS).
 DEFAULT_TRANSFORMS: dict[tuple[ColumnType, ColumnType], tuple[str, str]] = {
     (ColumnType.TEXT, ColumnType.INTEGER): ("to_integer", "to_text"),
     (ColumnType.TEXT, ColumnType.BIGINT): ("to_integer", "to_text"),
-    (ColumnType.INTEGER, ColumnType.BIGINT): ("copy", "copy"),
     (ColumnType.INTEGER, ColumnType.TEXT): ("to_text", "to_integer"),
     (ColumnType.BIGINT, ColumnType.TEXT): ("to_text", "to_integer"),
     (ColumnType.TEXT, ColumnType.JSON): ("to_json", "json_to_text"),
     (ColumnType.JSON, ColumnType.TEXT): ("json_to_text", "to_json"),
 }
+
+#: (from family, to family) -> (up, down). ``cast`` is made safe for the two types by transforms.fit:
+#: a value the new type cannot hold (too long, too large, not a UUID or a label) becomes NULL and is
+#: named by key before contract, never cut.
+FAMILY_TRANSFORMS: dict[tuple[Family, Family], tuple[str, str]] = {
+    **{(f, f): ("cast", "cast") for f in (Family.TEXT, Family.INTEGER, Family.NUMERIC, Family.JSON)},
+    (Family.INTEGER, Family.NUMERIC): ("cast", "cast"), (Family.NUMERIC, Family.INTEGER): ("cast", "cast"),
+    (Family.TEXT, Family.UUID): ("cast", "cast"), (Family.UUID, Family.TEXT): ("cast", "cast"),
+    (Family.TEXT, Family.ENUM): ("cast", "cast"), (Family.ENUM, Family.TEXT): ("cast", "cast"),
+    # read and written in the session's time zone, which zdm's sessions keep at UTC
+    (Family.TIMESTAMP, Family.TIMESTAMPTZ): ("cast", "cast"), (Family.TIMESTAMPTZ, Family.TIMESTAMP): ("cast", "cast"),
+}
+
+
+def default_transforms(old: ColumnType, new: ColumnType) -> tuple[str, str] | None:
+    """The (up, down) conversions of a change from ``old`` to ``new`` when the plan names none."""
+    return DEFAULT_TRANSFORMS.get((old, new)) or FAMILY_TRANSFORMS.get((old.family, new.family))
 
 
 class AlterColumn(DualColumn):
@@ -57,8 +76,9 @@ class AlterColumn(DualColumn):
         for name in (self.up_transform, self.down_transform):
             if name is not None:
                 transforms.get(name)
-        if self.type is ColumnType.OTHER:
-            raise ValueError("OTHER stands for types zdm copies but does not declare; pick a declared type")
+        if not self.type.declared:
+            raise ValueError(f"zdm copies columns of type {self.type.name} but does not create them; "
+                             "pick another type")
         return self
 
     def describe(self) -> str:
@@ -73,11 +93,34 @@ class AlterColumn(DualColumn):
     def final_name(self) -> str:
         return self.new_name or self.column
 
+    # -- the cheap path: in place, when the dialect allows it for the two types (retype_in_place.py) -------
+    def expand(self, c: Compiler) -> list[MigrationStep]:
+        return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().expand(c)
+
+    def migrate(self, c: Compiler) -> list[MigrationStep]:
+        return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().migrate(c)
+
+    def contract(self, c: Compiler) -> list[MigrationStep]:
+        if retype_in_place.reason(self, c.schema, c.dialect):
+            return retype_in_place.contract(self, c)
+        return super().contract(c)
+
+    def check_live(self, c: Compiler) -> list[str]:
+        if problems := type_problems(c, self.type):
+            return problems
+        return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().check_live(c)
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
+        if retype_in_place.reason(self, schema, dialect):
+            retype_in_place.apply_to_model(self, schema, phase)
+        else:
+            super().apply_to_model(schema, phase, dialect)
+
     def _pair(self, old: ColumnType) -> tuple[str, str]:
         chosen = (self.up_transform, self.down_transform)
         if None not in chosen:
             return chosen  # type: ignore[return-value]
-        defaults = DEFAULT_TRANSFORMS.get((old, self.type))
+        defaults = default_transforms(old, self.type)
         if defaults is None:
             return (self.up_transform or "copy", self.down_transform or "copy")
         return (self.up_transform or defaults[0], self.down_transform or defaults[1])
@@ -88,8 +131,8 @@ class AlterColumn(DualColumn):
         old = schema.table(self.table).column(self.column).type
         if old is self.type and not self.new_name:
             return [f"{self.table}.{self.column} is already {self.type.value}"]
-        if (old, self.type) not in DEFAULT_TRANSFORMS and None in (self.up_transform, self.down_transform) \
-                and old is not self.type:
+        if default_transforms(old, self.type) is None and None in (self.up_transform, self.down_transform) \
+                and old != self.type:
             return [f"no default conversion from {old.value} to {self.type.value}: give up_transform and "
                     f"down_transform (known: {', '.join(sorted(transforms.TRANSFORMS))})"]
         if problem := default_problem(self.default, self.type):
@@ -103,12 +146,13 @@ class AlterColumn(DualColumn):
 
     def up(self, schema: Schema) -> Transform:
         chosen = transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])
-        return transforms.within_integer(chosen) if self.type is ColumnType.INTEGER else chosen
+        old = schema.table(self.table).column(self.column).type
+        return transforms.fit(chosen, schema.resolve(old), schema.resolve(self.type))
 
     def down(self, schema: Schema) -> Transform:
         old = schema.table(self.table).column(self.column).type
         chosen = transforms.get(self._pair(old)[1])
-        return transforms.within_integer(chosen) if old is ColumnType.INTEGER else chosen
+        return transforms.fit(chosen, schema.resolve(self.type), schema.resolve(old))
 
     def shadow_type(self, c: Compiler) -> sa.types.TypeEngine[Any]:
         """The new type, with the old column's collation where both types take one."""

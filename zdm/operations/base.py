@@ -55,6 +55,14 @@ def _plain_identifier(value: str) -> str:
 Identifier = Annotated[str, AfterValidator(_plain_identifier), Field(json_schema_extra={"pattern": IDENTIFIER_PATTERN})]
 
 
+def type_problems(c: Compiler, *column_types: ColumnType) -> list[str]:
+    """The first column type this database cannot hold, as a one-line error (see Dialect.type_problem)."""
+    for column_type in column_types:
+        if problem := c.dialect.type_problem(column_type, c.connection):
+            return [problem]
+    return []
+
+
 def default_problem(value: Any, column_type: ColumnType) -> str | None:
     """Why ``value`` cannot be a default of ``column_type``; None when it can (or there is none)."""
     try:

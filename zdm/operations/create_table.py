@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from zdm.actions import Statement
 from zdm.dialects import Dialect
 from zdm.model import Column, ColumnType, Schema, Table
-from zdm.operations.base import Compiler, Identifier, Operation, default_problem
+from zdm.operations.base import Compiler, Identifier, Operation, default_problem, type_problems
 from zdm.plan import MigrationStep, Phase
 
 
@@ -36,8 +36,8 @@ class CreateTable(Operation):
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):
             raise ValueError("column names must be distinct")
-        if any(c.type is ColumnType.OTHER for c in self.columns):
-            raise ValueError("OTHER stands for types zdm copies but does not declare; pick a declared type")
+        if any(not c.type.declared for c in self.columns):
+            raise ValueError("a column type zdm copies but does not create; pick another type")
         return self
 
     def describe(self) -> str:
@@ -48,6 +48,9 @@ class CreateTable(Operation):
             return [f"table {self.table!r} already exists"]
         problems = [(c.name, problem) for c in self.columns if (problem := default_problem(c.default, c.type))]
         return [f"column {name!r}: {problem}" for name, problem in problems[:1]]
+
+    def check_live(self, c: Compiler) -> list[str]:
+        return type_problems(c, *(column.type for column in self.columns))
 
     def touches(self) -> set[tuple[str, str]]:
         return set()

@@ -37,17 +37,17 @@ class CannotProbe(Exception):
 
 def sample_value(column_type: ColumnType, n: int, token: str) -> Any:
     """A value an app could write into a column of this type (small, to fit narrow columns)."""
-    if column_type is ColumnType.TEXT:
+    if column_type == ColumnType.TEXT:
         return f"p{n}{token[:6]}"
-    if column_type is ColumnType.INTEGER:
+    if column_type == ColumnType.INTEGER:
         return random.randint(10_000, 32_000)  # fits a SMALLINT too
-    if column_type is ColumnType.BIGINT:
+    if column_type == ColumnType.BIGINT:
         return random.randint(10**12, 10**15)
-    if column_type is ColumnType.BOOLEAN:
+    if column_type == ColumnType.BOOLEAN:
         return n % 2 == 0
-    if column_type is ColumnType.TIMESTAMP:
+    if column_type == ColumnType.TIMESTAMP:
         return dt.datetime(2001, 2, 3, 4, 5, 6) + dt.timedelta(seconds=n)
-    if column_type is ColumnType.JSON:
+    if column_type == ColumnType.JSON:
         return {"zdm_probe": n}
     raise CannotProbe(f"no sample value for a column of type {column_type.value}")
 
@@ -109,7 +109,7 @@ def _write_and_read(connection: sa.Connection, shape: Table, plan: ProbePlan) ->
     token = uuid.uuid4().hex
     key = shape.primary_key
     candidates = [n for n in [*plan.favour, *shape.columns] if n in shape.columns and n not in key]
-    writable = [n for n in candidates if shape.columns[n].type is not ColumnType.OTHER]
+    writable = [n for n in candidates if shape.columns[n].type != ColumnType.OTHER]
     probe_column = writable[0] if writable else None
     required = [*key, *[n for n in shape.columns if shape.columns[n].required and n not in key]]
     names = [*required, *([probe_column] if probe_column and probe_column not in required else [])]

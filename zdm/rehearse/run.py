@@ -322,7 +322,7 @@ def probe_plan(original: Schema, shape: Table, other: Table | None, used: set[st
                if other is not None and (c not in other.columns or other.columns[c] != shape.columns[c])]
     held = constrained_columns(original, shape)
     unrelated = [c for c, column in shape.columns.items()
-                 if not column.primary_key and column.type is not ColumnType.OTHER
+                 if not column.primary_key and column.type != ColumnType.OTHER
                  and c not in changed and c not in used and c not in held]
     return ProbePlan(favour, changed, unrelated)
 
