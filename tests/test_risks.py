@@ -19,7 +19,7 @@ from test_cli import snapshot, zdm
 
 from zdm import db, planfile
 from zdm.db import run_sql
-from zdm.risks import lock_risks
+from zdm.risks import RULES, judge, lock_risks
 from zdm.runner import PlanInvalid, Runner
 from zdm.testing import ServerSource, fresh_postgres_database
 
@@ -102,13 +102,13 @@ HARMLESS = [
 
 @pytest.mark.parametrize(("statement", "hint"), RISKY)
 def test_risky_statements_are_named_with_the_safe_form(statement: str, hint: str) -> None:
-    risks = lock_risks([statement], old_app_running=True)
+    risks = lock_risks([statement], old_app_running=True, in_transaction=False)
     assert len(risks) == 1 and hint in risks[0], risks
 
 
 @pytest.mark.parametrize("statement", HARMLESS)
 def test_harmless_statements_pass(statement: str) -> None:
-    assert lock_risks([statement], old_app_running=True) == []
+    assert lock_risks([statement], old_app_running=True, in_transaction=False) == []
 
 
 def test_renames_and_drops_are_the_contract_phase_s_business() -> None:
@@ -419,3 +419,55 @@ def test_a_function_an_earlier_step_creates_is_taken_for_volatile(catalog_url: s
     Runner(engine).start(_sql_plan(f"{create}; {add}", f"{drop}; DROP FUNCTION later_token()"))
     assert _acct_state(catalog_url)[3] == before[3]  # STABLE as declared: no rewrite
     engine.dispose()
+
+
+# -- Rule ids, suppressions and the transaction a statement runs in ------------------------------
+
+def test_a_suppression_with_a_reason_silences_one_rule_of_one_statement() -> None:
+    text = ("-- zdm: ignore[create-index-blocking] orders has 40 rows\n"
+            "CREATE INDEX a ON orders (total);\n"
+            "CREATE INDEX b ON orders (note); -- zdm: ignore[create-index-blocking] also tiny\n"
+            "CREATE INDEX c ON orders (id);\n"
+            "ALTER TABLE orders ALTER COLUMN total SET NOT NULL; -- zdm: ignore[create-index-blocking] wrong rule\n"
+            "CREATE INDEX d ON orders (x); -- zdm: ignore[create-index-blocking]\n")
+    found = judge([text], old_app_running=True)
+    assert [(f.rule, f.suppressed) for f in found] == [
+        ("create-index-blocking", "orders has 40 rows"), ("create-index-blocking", "also tiny"),
+        ("create-index-blocking", None), ("set-not-null", None), ("create-index-blocking", None)]
+    assert lock_risks([text], old_app_running=True) == [f"{f.message} [{f.rule}]" for f in found[2:]]
+
+
+def test_a_plain_sql_file_owns_its_transactions() -> None:
+    """BEGIN/COMMIT are how a .sql file says what runs together: not findings there, but they move
+    the statements in and out of a transaction."""
+    text = "BEGIN; ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID; COMMIT; " \
+           "ALTER TABLE t VALIDATE CONSTRAINT c; CREATE INDEX CONCURRENTLY i ON t (a); SET lock_timeout = 0"
+    assert judge([text], old_app_running=True, in_transaction=False, managed_transaction=False) == []
+    inside = judge([text], old_app_running=True, in_transaction=True, managed_transaction=True)
+    assert [f.rule for f in inside] == ["transaction-control", "transaction-control", "lock-timeout-disabled"]
+
+
+def test_every_finding_names_a_rule_of_the_catalogue() -> None:
+    for statement, _ in RISKY:
+        for finding in judge([statement], old_app_running=True, in_transaction=False):
+            assert finding.rule in RULES, finding
+
+
+def test_the_live_catalog_clears_what_offline_must_suspect(zdm_postgres_url: str) -> None:
+    """Offline, zdm cannot know a column's or an index's nullability; with --db it asks."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id int NOT NULL, a int, b int NOT NULL DEFAULT 1, "
+                                   "c int DEFAULT 2)")
+        connection.exec_driver_sql("CREATE UNIQUE INDEX t_id_ix ON t (id)")
+        connection.exec_driver_sql("CREATE UNIQUE INDEX t_a_ix ON t (a)")
+    statements = ["ALTER TABLE t ADD CONSTRAINT p PRIMARY KEY USING INDEX t_id_ix",
+                  "ALTER TABLE t ADD CONSTRAINT p PRIMARY KEY USING INDEX t_a_ix",
+                  "ALTER TABLE t ALTER COLUMN b DROP DEFAULT", "ALTER TABLE t ALTER COLUMN c DROP DEFAULT"]
+    offline = [[f.rule for f in judge([s], old_app_running=True)] for s in statements]
+    assert offline == [["primary-key-using-nullable-index"], ["primary-key-using-nullable-index"],
+                       ["drop-default-not-null"], ["drop-default-not-null"]]
+    with engine.connect() as connection:
+        live = [[f.rule for f in judge([s], old_app_running=True, connection=connection)] for s in statements]
+    engine.dispose()
+    assert live == [[], ["primary-key-using-nullable-index"], ["drop-default-not-null"], []]
