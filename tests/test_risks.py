@@ -471,3 +471,32 @@ def test_the_live_catalog_clears_what_offline_must_suspect(zdm_postgres_url: str
         live = [[f.rule for f in judge([s], old_app_running=True, connection=connection)] for s in statements]
     engine.dispose()
     assert live == [[], ["primary-key-using-nullable-index"], ["drop-default-not-null"], []]
+
+
+def test_the_live_catalog_says_whether_a_type_change_rewrites_and_a_write_is_bulk(zdm_postgres_url: str) -> None:
+    """Offline every type change and every UPDATE without a key is suspect; PostgreSQL knows better:
+    a binary-coercible change is catalog-only, and the planner estimates the rows a write hits."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id int PRIMARY KEY, code varchar(10), n int, note text)")
+        connection.exec_driver_sql("INSERT INTO t SELECT g, 'c', g, CASE WHEN g <= 10 THEN 'a' ELSE 'b' END "
+                                   "FROM generate_series(1, 1000) g")
+        connection.exec_driver_sql("ANALYZE t")
+    statements = {"ALTER TABLE t ALTER COLUMN code TYPE varchar(20)": [],
+                  "ALTER TABLE t ALTER COLUMN code TYPE text": [],
+                  "ALTER TABLE t ALTER COLUMN n TYPE int": [],
+                  "ALTER TABLE t ALTER COLUMN n TYPE bigint": ["alter-column-type"],
+                  "ALTER TABLE t ALTER COLUMN code TYPE varchar(5)": ["alter-column-type"],
+                  "UPDATE t SET note = 'x' WHERE note = 'a'": [],
+                  "UPDATE t SET note = 'x' WHERE note = 'b'": ["bulk-write"],
+                  "DELETE FROM t WHERE n > 0": ["bulk-write"],
+                  "UPDATE t SET note = 'x' WHERE id = 5": []}
+    offline = {s: [f.rule for f in judge([s], old_app_running=True)] for s in statements}
+    # Offline, a column = constant pins the rows; anything else is taken for all of them.
+    assert offline == {s: ["alter-column-type"] if "TYPE" in s else ["bulk-write"] if "n > 0" in s else []
+                       for s in statements}
+    with engine.connect() as connection:
+        live = {s: [f.rule for f in judge([s], old_app_running=True, connection=connection)] for s in statements}
+        assert connection.exec_driver_sql("SELECT count(*) FROM t WHERE note = 'x'").scalar() == 0  # nothing ran
+    engine.dispose()
+    assert live == statements

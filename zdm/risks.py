@@ -264,6 +264,8 @@ class _Reader:
     not_valid: set[tuple[str, str]] = field(default_factory=set)
     #: Enum values added in the current transaction.
     enum_values: set[str] = field(default_factory=set)
+    #: Columns these statements added: (table, column); nobody uses them yet.
+    added_columns: set[tuple[str, str]] = field(default_factory=set)
 
     def read(self, statement: ast.Node) -> list[Finding]:
         self.created |= _creates(statement, self.created)
@@ -306,6 +308,10 @@ class _Reader:
         return found
 
     def _remember(self, statement: ast.Node) -> None:
+        if isinstance(statement, ast.AlterTableStmt):
+            self.added_columns |= {(_table(statement), str(command.def_.colname)) for command in statement.cmds or ()
+                                   if command.subtype is AlterTableType.AT_AddColumn
+                                   and isinstance(command.def_, ast.ColumnDef)}
         if not self.in_transaction:
             return
         if isinstance(statement, ast.AlterTableStmt):
@@ -471,7 +477,8 @@ def _statement_risks(statement: ast.Node, table: str, reader: _Reader) -> list[F
         sequence = _shown(_name(statement.sequence))
         return [Finding("sequence-restart", f"ALTER SEQUENCE {sequence} RESTART hands out numbers already used: the "
                         "app's inserts fail on the key; restart above the largest value in use")]
-    if isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)) and not _pinned(statement.whereClause):
+    if isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)) and catalog.bulk(statement, table,
+                                                                                  _pinned(statement.whereClause)):
         verb = "UPDATE" if isinstance(statement, ast.UpdateStmt) else "DELETE"
         return [Finding("bulk-write", f"{verb} of {table} without a WHERE on a key locks every row it touches until "
                         "the step commits, blocking the app's writes to them: backfill in batches in a migrate step "
@@ -545,7 +552,7 @@ def _drop_index_risks(statement: ast.DropStmt) -> list[Finding]:
 
 def _alter_risk(command: ast.AlterTableCmd, table: str, reader: _Reader) -> Finding | None:
     kind, column, definition = command.subtype, command.name, command.def_
-    if kind is AlterTableType.AT_AlterColumnType:
+    if kind is AlterTableType.AT_AlterColumnType and reader.catalog.retype_rewrites(table, command) is not False:
         return Finding("alter-column-type", f"ALTER COLUMN {column} TYPE can rewrite {table} and its indexes under an "
                        "ACCESS EXCLUSIVE lock: use op alter_column", table)
     if kind is AlterTableType.AT_SetNotNull:
@@ -562,6 +569,9 @@ def _alter_risk(command: ast.AlterTableCmd, table: str, reader: _Reader) -> Find
         return Finding("disable-trigger", f"DISABLE TRIGGER on {table} stops its triggers for every writer (zdm's "
                        "dual-write triggers, audit triggers, with ALL the foreign keys' checks) and blocks writes "
                        "until the step commits", table)
+    if kind is AlterTableType.AT_SetIdentity and any(option.defname == "restart" for option in definition or ()):
+        return Finding("sequence-restart", f"ALTER COLUMN {column} RESTART hands out identity values already used: "
+                       "the app's inserts fail on the key; restart above the largest value in use", table)
     if kind is AlterTableType.AT_DetachPartition and isinstance(definition, ast.PartitionCmd) and \
             not definition.concurrent:
         return Finding("detach-partition-blocking", f"DETACH PARTITION without CONCURRENTLY takes an ACCESS EXCLUSIVE "
@@ -571,7 +581,7 @@ def _alter_risk(command: ast.AlterTableCmd, table: str, reader: _Reader) -> Find
         return Finding("validate-in-same-transaction", f"VALIDATE CONSTRAINT {column} in the transaction that added "
                        f"it NOT VALID scans {table} while still holding the ADD's lock, which blocks writes: "
                        "validate in a step of its own", table)
-    if reader.old_app_running and kind is AlterTableType.AT_DropColumn:
+    if reader.old_app_running and kind is AlterTableType.AT_DropColumn and (table, column) not in reader.added_columns:
         return Finding("drop-column", f"DROP COLUMN {column} before contract breaks the old app, which still uses it: "
                        "use op drop_column", table)
     if reader.old_app_running and kind is AlterTableType.AT_ColumnDefault and definition is None and \
@@ -745,6 +755,17 @@ NULLABLE = """
 SELECT NOT a.attnotnull FROM pg_attribute a
 WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
 """
+#: A column's type as PostgreSQL writes it (with its modifier); NULL when there is no such column.
+COLUMN_TYPE = """
+SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
+"""
+#: The rows of a table as the planner estimates them (reltuples, or from its pages when never analyzed).
+TABLE_ROWS = """
+SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE c.relpages * 100 END FROM pg_class c
+WHERE c.oid = to_regclass(:table)
+"""
+RETYPE_PROBE = "pg_temp.zdm_retype_probe"
 #: Whether any key column of the index allows NULL; NULL when there is no such index.
 INDEX_NULLABLE = """
 SELECT bool_or(NOT a.attnotnull) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
@@ -914,6 +935,57 @@ class Catalog:
     def index_nullable(self, index: str | None) -> bool | None:
         """Whether any key column of ``index`` allows NULL (USING INDEX then sets NOT NULL, scanning)."""
         return self._ask(INDEX_NULLABLE, {"index": index})
+
+    def retype_rewrites(self, table: str, command: ast.AlterTableCmd) -> bool | None:
+        """Whether ALTER COLUMN ... TYPE rewrites or checks ``table``; None when it cannot be asked.
+
+        PostgreSQL's answer on an empty temporary copy of the column (same type, same name), in a
+        savepoint rolled back: a new relfilenode is a rewrite; a domain with rules as the new type
+        checks every row. False only for a change PostgreSQL makes in the catalog alone (the same
+        type, varchar(n) to a longer varchar or to text...).
+        """
+        with self._scratch(probe=True) as connection:
+            if connection is None:
+                return None
+            try:
+                current = connection.execute(sa.text(COLUMN_TYPE), {"table": table, "column": command.name}).scalar()
+                if current is None:
+                    return None
+                quoted = connection.dialect.identifier_preparer.quote(command.name)
+                connection.exec_driver_sql("SET LOCAL statement_timeout = '5s'")
+                connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {RETYPE_PROBE} ({quoted} {current})")
+                filenode = f"SELECT pg_relation_filenode('{RETYPE_PROBE}')"
+                before = connection.exec_driver_sql(filenode).scalar()
+                probe = ast.AlterTableStmt(relation=ast.RangeVar(schemaname="pg_temp", relname="zdm_retype_probe",
+                                                                 inh=True, relpersistence="p"),
+                                           cmds=(command,), objtype=ObjectType.OBJECT_TABLE)
+                run_sql(connection, _deparse(probe))
+                if connection.exec_driver_sql(filenode).scalar() != before:
+                    return True
+                type_oid = connection.execute(sa.text(
+                    f"SELECT atttypid FROM pg_attribute WHERE attrelid = '{RETYPE_PROBE}'::regclass "
+                    "AND attname = :column"), {"column": command.name}).scalar()
+                return self._domain(connection, type_oid) is not None
+            except sa.exc.DBAPIError:
+                return None
+
+    def bulk(self, statement: ast.Node, table: str, pinned: bool) -> bool:
+        """Whether an UPDATE or DELETE writes many rows of ``table`` (at least half, or 10,000).
+
+        With a connection, the planner's estimate (EXPLAIN, nothing runs) against the table's
+        row count estimate; offline, any WHERE that does not pin a key (column = constant) is bulk.
+        """
+        with self._scratch() as connection:
+            if connection is not None:
+                try:
+                    plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {_deparse(statement)}").scalar()
+                    rows = (plan[0]["Plan"].get("Plans") or [plan[0]["Plan"]])[0]["Plan Rows"]
+                    total = connection.execute(sa.text(TABLE_ROWS), {"table": table}).scalar()
+                    if total is not None:
+                        return bool(rows >= min(10_000, max(2, total / 2)))
+                except (sa.exc.DBAPIError, KeyError, IndexError, TypeError):
+                    pass
+        return not pinned
 
     def size(self, table: str) -> int | None:
         """The bytes of ``table`` with its indexes and TOAST (pg_total_relation_size); None when unknown."""
