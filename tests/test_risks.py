@@ -500,3 +500,20 @@ def test_the_live_catalog_says_whether_a_type_change_rewrites_and_a_write_is_bul
         assert connection.exec_driver_sql("SELECT count(*) FROM t WHERE note = 'x'").scalar() == 0  # nothing ran
     engine.dispose()
     assert live == statements
+
+
+@pytest.mark.parametrize(("up", "message"), [
+    # A COMMIT inside a step: a later failure would be reported as "rolled back" while this stays.
+    ("'ALTER TABLE users ADD COLUMN note text; COMMIT; ALTER TABLE users ADD COLUMN nope int REFERENCES nope'",
+     "COMMIT inside a step ends or starts the transaction zdm runs it in"),
+    # lock_timeout off: readers would queue behind the step for as long as any query holds the table.
+    ("'SET LOCAL lock_timeout = 0; ALTER TABLE users ADD COLUMN note text'", "drops zdm's lock budget"),
+    ("'CREATE INDEX CONCURRENTLY users_age_ix ON users (age)'", "cannot run inside a transaction block"),
+])
+def test_steps_that_break_zdm_s_own_promises_are_refused_before_anything_runs(
+        zdm_postgres_url: str, tmp_path: Path, up: str, message: str) -> None:
+    setup(zdm_postgres_url, users_schema(5)).dispose()
+    before = snapshot(zdm_postgres_url)
+    code, out, err = zdm("apply", plan(tmp_path, up, "SELECT 1"), "--db", zdm_postgres_url)
+    assert (code, out) == (2, "") and message in err and err.count("\n") == 1, err
+    assert snapshot(zdm_postgres_url) == before
