@@ -760,11 +760,6 @@ COLUMN_TYPE = """
 SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
 WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
 """
-#: The rows of a table as the planner estimates them (reltuples, or from its pages when never analyzed).
-TABLE_ROWS = """
-SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples ELSE c.relpages * 100 END FROM pg_class c
-WHERE c.oid = to_regclass(:table)
-"""
 RETYPE_PROBE = "pg_temp.zdm_retype_probe"
 #: Whether any key column of the index allows NULL; NULL when there is no such index.
 INDEX_NULLABLE = """
@@ -972,17 +967,19 @@ class Catalog:
     def bulk(self, statement: ast.Node, table: str, pinned: bool) -> bool:
         """Whether an UPDATE or DELETE writes many rows of ``table`` (at least half, or 10,000).
 
-        With a connection, the planner's estimate (EXPLAIN, nothing runs) against the table's
-        row count estimate; offline, any WHERE that does not pin a key (column = constant) is bulk.
+        With a connection, the planner's estimates (EXPLAIN, nothing runs) of the rows it writes
+        and of the rows of the whole table; offline, any WHERE that does not pin a key (column = constant) is bulk.
         """
         with self._scratch() as connection:
             if connection is not None:
                 try:
                     plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {_deparse(statement)}").scalar()
                     rows = (plan[0]["Plan"].get("Plans") or [plan[0]["Plan"]])[0]["Plan Rows"]
-                    total = connection.execute(sa.text(TABLE_ROWS), {"table": table}).scalar()
-                    if total is not None:
-                        return bool(rows >= min(10_000, max(2, total / 2)))
+                    whole = ast.SelectStmt(targetList=(ast.ResTarget(val=ast.A_Const(val=ast.Integer(1))),),
+                                           fromClause=(getattr(statement, "relation", None),))
+                    plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {_deparse(whole)}").scalar()
+                    total = plan[0]["Plan"]["Plan Rows"]
+                    return bool(rows >= min(10_000, max(2, total / 2)))
                 except (sa.exc.DBAPIError, KeyError, IndexError, TypeError):
                     pass
         return not pinned
