@@ -44,7 +44,7 @@ ACCOUNTS = {"id": "accounts_note", "operations": [
      "transform": "lower"}]}
 FAILING = {"id": "fails", "operations": [
     {"op": "add_column", "table": "users", "column": "nick", "type": "TEXT"},
-    {"op": "sql", "table": "users", "up": "UPDATE no_such_table SET x = 1", "down": "SELECT 1"}]}
+    {"op": "sql", "table": "users", "up": "UPDATE no_such_table SET x = 1 WHERE id = 1", "down": "SELECT 1"}]}
 
 
 def zdm(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -21,7 +21,7 @@ ADD_NICKNAME = {"id": "add_nickname", "operations": [
 #: Raw SQL the reference model cannot see, and a `down` that damages rows instead of undoing `up`.
 LOSSY = {"id": "lossy", "operations": [
     {"op": "sql", "table": "users", "up": "ALTER TABLE users ADD COLUMN note TEXT",
-     "down": "UPDATE users SET name = 'lost' WHERE id <= 3"}]}
+     "down": "UPDATE users SET name = 'lost' WHERE id IN (1, 2, 3)"}]}
 ADD_NOTE = {"id": "add_note", "operations": [
     {"op": "sql", "table": "users", "up": "ALTER TABLE users ADD COLUMN note TEXT",
      "down": "ALTER TABLE users DROP COLUMN note"}]}

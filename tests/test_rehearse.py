@@ -44,7 +44,7 @@ operations:
   - op: sql
     table: users
     up: ALTER TABLE users ADD COLUMN note TEXT DEFAULT 'x'
-    down: UPDATE users SET name = 'lost' WHERE id <= 3
+    down: UPDATE users SET name = 'lost' WHERE id IN (1, 2, 3)
 """
 
 

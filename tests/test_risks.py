@@ -19,7 +19,7 @@ from test_cli import snapshot, zdm
 
 from zdm import db, planfile
 from zdm.db import run_sql
-from zdm.risks import lock_risks
+from zdm.risks import RULES, judge, lock_risks
 from zdm.runner import PlanInvalid, Runner
 from zdm.testing import ServerSource, fresh_postgres_database
 
@@ -102,13 +102,13 @@ HARMLESS = [
 
 @pytest.mark.parametrize(("statement", "hint"), RISKY)
 def test_risky_statements_are_named_with_the_safe_form(statement: str, hint: str) -> None:
-    risks = lock_risks([statement], old_app_running=True)
+    risks = lock_risks([statement], old_app_running=True, in_transaction=False)
     assert len(risks) == 1 and hint in risks[0], risks
 
 
 @pytest.mark.parametrize("statement", HARMLESS)
 def test_harmless_statements_pass(statement: str) -> None:
-    assert lock_risks([statement], old_app_running=True) == []
+    assert lock_risks([statement], old_app_running=True, in_transaction=False) == []
 
 
 def test_renames_and_drops_are_the_contract_phase_s_business() -> None:
@@ -419,3 +419,101 @@ def test_a_function_an_earlier_step_creates_is_taken_for_volatile(catalog_url: s
     Runner(engine).start(_sql_plan(f"{create}; {add}", f"{drop}; DROP FUNCTION later_token()"))
     assert _acct_state(catalog_url)[3] == before[3]  # STABLE as declared: no rewrite
     engine.dispose()
+
+
+# -- Rule ids, suppressions and the transaction a statement runs in ------------------------------
+
+def test_a_suppression_with_a_reason_silences_one_rule_of_one_statement() -> None:
+    text = ("-- zdm: ignore[create-index-blocking] orders has 40 rows\n"
+            "CREATE INDEX a ON orders (total);\n"
+            "CREATE INDEX b ON orders (note); -- zdm: ignore[create-index-blocking] also tiny\n"
+            "CREATE INDEX c ON orders (id);\n"
+            "ALTER TABLE orders ALTER COLUMN total SET NOT NULL; -- zdm: ignore[create-index-blocking] wrong rule\n"
+            "CREATE INDEX d ON orders (x); -- zdm: ignore[create-index-blocking]\n")
+    found = judge([text], old_app_running=True)
+    assert [(f.rule, f.suppressed) for f in found] == [
+        ("create-index-blocking", "orders has 40 rows"), ("create-index-blocking", "also tiny"),
+        ("create-index-blocking", None), ("set-not-null", None), ("create-index-blocking", None)]
+    assert lock_risks([text], old_app_running=True) == [f"{f.message} [{f.rule}]" for f in found[2:]]
+
+
+def test_a_plain_sql_file_owns_its_transactions() -> None:
+    """BEGIN/COMMIT are how a .sql file says what runs together: not findings there, but they move
+    the statements in and out of a transaction."""
+    text = "BEGIN; ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0) NOT VALID; COMMIT; " \
+           "ALTER TABLE t VALIDATE CONSTRAINT c; CREATE INDEX CONCURRENTLY i ON t (a); SET lock_timeout = 0"
+    assert judge([text], old_app_running=True, in_transaction=False, managed_transaction=False) == []
+    inside = judge([text], old_app_running=True, in_transaction=True, managed_transaction=True)
+    assert [f.rule for f in inside] == ["transaction-control", "transaction-control", "lock-timeout-disabled"]
+
+
+def test_every_finding_names_a_rule_of_the_catalogue() -> None:
+    for statement, _ in RISKY:
+        for finding in judge([statement], old_app_running=True, in_transaction=False):
+            assert finding.rule in RULES, finding
+
+
+def test_the_live_catalog_clears_what_offline_must_suspect(zdm_postgres_url: str) -> None:
+    """Offline, zdm cannot know a column's or an index's nullability; with --db it asks."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id int NOT NULL, a int, b int NOT NULL DEFAULT 1, "
+                                   "c int DEFAULT 2)")
+        connection.exec_driver_sql("CREATE UNIQUE INDEX t_id_ix ON t (id)")
+        connection.exec_driver_sql("CREATE UNIQUE INDEX t_a_ix ON t (a)")
+    statements = ["ALTER TABLE t ADD CONSTRAINT p PRIMARY KEY USING INDEX t_id_ix",
+                  "ALTER TABLE t ADD CONSTRAINT p PRIMARY KEY USING INDEX t_a_ix",
+                  "ALTER TABLE t ALTER COLUMN b DROP DEFAULT", "ALTER TABLE t ALTER COLUMN c DROP DEFAULT"]
+    offline = [[f.rule for f in judge([s], old_app_running=True)] for s in statements]
+    assert offline == [["primary-key-using-nullable-index"], ["primary-key-using-nullable-index"],
+                       ["drop-default-not-null"], ["drop-default-not-null"]]
+    with engine.connect() as connection:
+        live = [[f.rule for f in judge([s], old_app_running=True, connection=connection)] for s in statements]
+    engine.dispose()
+    assert live == [[], ["primary-key-using-nullable-index"], ["drop-default-not-null"], []]
+
+
+def test_the_live_catalog_says_whether_a_type_change_rewrites_and_a_write_is_bulk(zdm_postgres_url: str) -> None:
+    """Offline every type change and every UPDATE without a key is suspect; PostgreSQL knows better:
+    a binary-coercible change is catalog-only, and the planner estimates the rows a write hits."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (id int PRIMARY KEY, code varchar(10), n int, note text)")
+        connection.exec_driver_sql("INSERT INTO t SELECT g, 'c', g, CASE WHEN g <= 10 THEN 'a' ELSE 'b' END "
+                                   "FROM generate_series(1, 1000) g")
+        connection.exec_driver_sql("ANALYZE t")
+    statements = {"ALTER TABLE t ALTER COLUMN code TYPE varchar(20)": [],
+                  "ALTER TABLE t ALTER COLUMN code TYPE text": [],
+                  "ALTER TABLE t ALTER COLUMN n TYPE int": [],
+                  "ALTER TABLE t ALTER COLUMN n TYPE bigint": ["alter-column-type"],
+                  "ALTER TABLE t ALTER COLUMN code TYPE varchar(5)": ["alter-column-type"],
+                  "UPDATE t SET note = 'x' WHERE note = 'a'": [],
+                  "UPDATE t SET note = 'x' WHERE note = 'b'": ["bulk-write"],
+                  "DELETE FROM t WHERE n > 0": ["bulk-write"],
+                  "UPDATE t SET note = 'x' WHERE id = 5": []}
+    offline = {s: [f.rule for f in judge([s], old_app_running=True)] for s in statements}
+    # Offline, a column = constant pins the rows; anything else is taken for all of them.
+    assert offline == {s: ["alter-column-type"] if "TYPE" in s else ["bulk-write"] if "n > 0" in s else []
+                       for s in statements}
+    with engine.connect() as connection:
+        live = {s: [f.rule for f in judge([s], old_app_running=True, connection=connection)] for s in statements}
+        assert connection.exec_driver_sql("SELECT count(*) FROM t WHERE note = 'x'").scalar() == 0  # nothing ran
+    engine.dispose()
+    assert live == statements
+
+
+@pytest.mark.parametrize(("up", "message"), [
+    # A COMMIT inside a step: a later failure would be reported as "rolled back" while this stays.
+    ("'ALTER TABLE users ADD COLUMN note text; COMMIT; ALTER TABLE users ADD COLUMN nope int REFERENCES nope'",
+     "COMMIT inside a step ends or starts the transaction zdm runs it in"),
+    # lock_timeout off: readers would queue behind the step for as long as any query holds the table.
+    ("'SET LOCAL lock_timeout = 0; ALTER TABLE users ADD COLUMN note text'", "drops zdm's lock budget"),
+    ("'CREATE INDEX CONCURRENTLY users_age_ix ON users (age)'", "cannot run inside a transaction block"),
+])
+def test_steps_that_break_zdm_s_own_promises_are_refused_before_anything_runs(
+        zdm_postgres_url: str, tmp_path: Path, up: str, message: str) -> None:
+    setup(zdm_postgres_url, users_schema(5)).dispose()
+    before = snapshot(zdm_postgres_url)
+    code, out, err = zdm("apply", plan(tmp_path, up, "SELECT 1"), "--db", zdm_postgres_url)
+    assert (code, out) == (2, "") and message in err and err.count("\n") == 1, err
+    assert snapshot(zdm_postgres_url) == before

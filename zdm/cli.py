@@ -67,6 +67,8 @@ ERROR_KINDS = {
                         "what state was left"),
     "broken_promise": (RUNTIME, "zdm rehearse: a lock, rewrite, probe or rollback broke a promise"),
     "not_running": (RUNTIME, "zdm status --watch: the plan stopped mid-phase and no runner is at work"),
+    "lint_input": (USAGE, "zdm lint: a file cannot be read, parsed or (an Alembic revision) run offline, or "
+                          "pyproject.toml names an unknown rule"),
     "interrupted": (INTERRUPTED, "Ctrl-C (exit 130) or SIGTERM (exit 143); state and checkpoint are saved"),
 }
 
@@ -132,6 +134,8 @@ def classify(exc: BaseException) -> tuple[str, str, int] | None:
             return "database_url", str(exc), USAGE
         if isinstance(exc, db.DatabaseUnavailable):
             return "database", str(exc), RUNTIME
+    if (lint := modules.get("zdm.lint")) and isinstance(exc, lint.LintError):
+        return "lint_input", str(exc), USAGE
     if (demo := modules.get("zdm.demo")) and isinstance(exc, demo.DemoRefused):
         return "database_in_use", str(exc), USAGE
     if (state := modules.get("zdm.state")) and isinstance(exc, state.RunnerBusy):
@@ -684,6 +688,60 @@ def schema(invocation: Invocation, which: str, as_json: bool) -> None:
     from importlib.resources import files
 
     click.echo(files("zdm.schemas").joinpath(f"{which}.schema.json").read_text(encoding="utf-8"), nl=False)
+
+
+@main.command()
+@click.argument("paths", metavar="PATH...", nargs=-1, type=click.Path())
+@click.option("--format", "output_format", type=click.Choice(["text", "json", "sarif", "github"]), default="text",
+              show_default=True, help="text: file:line:col rule message; github: workflow annotations.")
+@click.option("--pg-version", type=click.IntRange(min=9), metavar="N",
+              help="Target PostgreSQL major version (default: --db's, else pyproject's, else current).")
+@click.option("--dialect", default="postgresql", show_default=True, help="Dialect Alembic revisions are read for.")
+@click.option("--assume-transaction", is_flag=True, help="Each .sql file runs in one transaction (a tool wraps it).")
+@click.option("--rules", "list_rules", is_flag=True, help="List the rules (id, what it does, what to do instead).")
+@click.option("--db", "url", metavar="URL",
+              help="A PostgreSQL database to ask what names stand for and how big tables are (read only).")
+@json_option
+@zdm_command
+def lint(invocation: Invocation, paths: tuple[str, ...], output_format: str, pg_version: int | None, dialect: str,
+         assume_transaction: bool, list_rules: bool, url: str | None, as_json: bool) -> None:
+    """Judge Alembic revisions, .sql files and plan files by zdm's rules.
+
+    Exit 0: no finding; 1: findings (each not suppressed); 2: a file zdm cannot read or run.
+    """
+    from pathlib import Path
+
+    from zdm import lint as linting
+
+    if list_rules:
+        invocation.result({"rules": [vars(rule) for rule in linting.RULES.values()]}, linting.rules_text())
+        return
+    if not paths:
+        raise CommandFailed("usage", "zdm lint needs at least one PATH (a file or a directory)", USAGE)
+    config = linting.Config.find(Path.cwd())
+    config.assume_transaction = config.assume_transaction or assume_transaction
+    engine = connect(url) if url else None
+    try:
+        connection = engine.connect() if engine is not None else None
+        if connection is not None and connection.dialect.name == "postgresql":
+            config.pg_version = int((connection.dialect.server_version_info or (0,))[0]) or None
+        if pg_version is not None:
+            config.pg_version = pg_version
+        problems, files = linting.lint(paths, config, connection, dialect)
+    finally:
+        if engine is not None:
+            engine.dispose()
+    code = RUNTIME if any(p.suppressed is None for p in problems) else 0
+    if as_json or output_format == "json":
+        click.echo(json.dumps({"command": "lint", "ok": code == 0, "exit_code": code,
+                               **linting.as_json(problems, files)}, indent=2))
+    elif output_format == "sarif":
+        click.echo(linting.as_sarif(problems))
+    elif output_format == "github":
+        click.echo(linting.as_github(problems))
+    else:
+        click.echo(linting.as_text(problems, files))
+    sys.exit(code)
 
 
 @main.command()

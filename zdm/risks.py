@@ -16,13 +16,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import pglast
 import sqlalchemy as sa
 from pglast import ast
-from pglast.enums import AlterTableType, ConstrType, ObjectType
+from pglast.enums import (
+    A_Expr_Kind,
+    AlterTableType,
+    ConstrType,
+    ObjectType,
+    TransactionStmtKind,
+    VariableSetKind,
+)
+from pglast.parser import scan
 from pglast.stream import RawStream
 
 from zdm.db import run_sql
@@ -38,38 +46,321 @@ SERIAL_TYPES = frozenset({"smallserial", "serial", "bigserial", "serial2", "seri
 SHARE_LOCK = 5
 #: DROP statements whose objects are relations, named like a table: (schema,) name.
 DROPPED_RELATIONS = frozenset({ObjectType.OBJECT_TABLE, ObjectType.OBJECT_INDEX, ObjectType.OBJECT_MATVIEW})
+#: Objects other than tables and columns whose name the old app may use (in queries, casts, calls):
+#: renaming, dropping or moving one to another schema before contract breaks it.
+NAMED_OBJECTS = {
+    ObjectType.OBJECT_SCHEMA: "schema", ObjectType.OBJECT_VIEW: "view", ObjectType.OBJECT_MATVIEW:
+    "materialized view", ObjectType.OBJECT_FUNCTION: "function", ObjectType.OBJECT_PROCEDURE: "procedure",
+    ObjectType.OBJECT_ROUTINE: "routine", ObjectType.OBJECT_TYPE: "type", ObjectType.OBJECT_DOMAIN: "domain",
+    ObjectType.OBJECT_SEQUENCE: "sequence", ObjectType.OBJECT_FOREIGN_TABLE: "foreign table",
+}
+#: ALTER TABLE subcommands that switch triggers (and with ALL, the foreign keys' own) off.
+TRIGGERS_OFF = frozenset({AlterTableType.AT_DisableTrig, AlterTableType.AT_DisableTrigAll,
+                          AlterTableType.AT_DisableTrigUser})
+#: Statements that end or start a transaction (SAVEPOINT and ROLLBACK TO stay inside one).
+TRANSACTION_ENDS = frozenset({TransactionStmtKind.TRANS_STMT_COMMIT, TransactionStmtKind.TRANS_STMT_ROLLBACK,
+                              TransactionStmtKind.TRANS_STMT_PREPARE, TransactionStmtKind.TRANS_STMT_COMMIT_PREPARED,
+                              TransactionStmtKind.TRANS_STMT_ROLLBACK_PREPARED})
+TRANSACTION_STARTS = frozenset({TransactionStmtKind.TRANS_STMT_BEGIN, TransactionStmtKind.TRANS_STMT_START})
+#: The marker of a suppression comment: ``-- zdm: ignore[rule-id, ...] reason``.
+SUPPRESSION = "zdm: ignore["
 
 #: A relation as written: (schema or None, name). Only exact matches are the same relation.
 Name = tuple[str | None, str]
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One entry of the catalogue every judgement of SQL uses (sql steps, `zdm lint`, Alembic).
+
+    ``does``: what the statement does on a busy table (lock, rewrite, scan, the old app);
+    ``instead``: what to do instead, naming the zdm operation (plan op / ``op.zdm_*``) when one exists.
+    """
+
+    id: str
+    does: str
+    instead: str
+
+
+RULES: dict[str, Rule] = {rule.id: rule for rule in [
+    Rule("alter-column-type", "rewrites the table and its indexes under ACCESS EXCLUSIVE (reads and writes wait)",
+         "op alter_column / op.zdm_alter_column: a new column, dual-write triggers, a batched backfill"),
+    Rule("set-not-null", "scans the whole table under ACCESS EXCLUSIVE",
+         "op set_not_null / op.zdm_set_not_null: a NOT VALID check, VALIDATE, then SET NOT NULL without a scan"),
+    Rule("add-check-validating", "checks every row while holding a lock that blocks writes",
+         "op add_check / op.zdm_add_check: NOT VALID, then VALIDATE CONSTRAINT in its own transaction"),
+    Rule("add-foreign-key-validating", "checks every row while locking both tables against writes",
+         "op add_foreign_key / op.zdm_add_foreign_key: NOT VALID, then VALIDATE CONSTRAINT"),
+    Rule("add-unique-constraint", "builds an index under ACCESS EXCLUSIVE",
+         "op add_unique / op.zdm_add_unique: CREATE UNIQUE INDEX CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX"),
+    Rule("add-exclusion-constraint", "builds an index under ACCESS EXCLUSIVE; it has no concurrent form",
+         "add it while the table is small or the app is stopped"),
+    Rule("add-column-rewrite", "rewrites the table under ACCESS EXCLUSIVE (a fresh value or a check per row)",
+         "op add_column without the default or as the base type, then a backfill (op.zdm_add_column)"),
+    Rule("add-column-constraint", "builds an index or checks every row under ACCESS EXCLUSIVE (no NOT VALID there)",
+         "op add_column, then op add_unique / add_check / add_foreign_key"),
+    Rule("add-column-not-null", "breaks the old app, whose inserts leave the new column NULL",
+         "op add_column with a default, or nullable then op set_not_null"),
+    Rule("table-rewrite", "rewrites the table under ACCESS EXCLUSIVE (SET LOGGED/UNLOGGED/TABLESPACE, VACUUM FULL, "
+         "CLUSTER)", "pg_repack, or a maintenance window"),
+    Rule("drop-column", "breaks the old app, which still reads or writes the column",
+         "op drop_column / op.zdm_drop_column: dropped at contract, after the deploy"),
+    Rule("drop-table", "breaks the old app, which may still use the table",
+         "op drop_table / op.zdm_drop_table: dropped at contract"),
+    Rule("rename-column", "breaks the old app, which still uses the old name",
+         "op rename_column / op.zdm_rename_column: both names work until contract"),
+    Rule("rename-table", "breaks the old app, which still uses the old name",
+         "op rename_table / op.zdm_rename_table: both names work until contract"),
+    Rule("rename-object", "breaks the old app, which still names the schema, view, function, type, domain, "
+         "sequence or enum value", "create the new one beside the old, switch the app, drop the old at contract"),
+    Rule("drop-object", "breaks the old app, which may still use the schema, view, function, type, domain or "
+         "sequence", "drop it in a contract step (phase: contract), after the deploy"),
+    Rule("set-schema", "moves the object away from the name the old app uses",
+         "do it in a contract step, or keep a view or wrapper under the old name"),
+    Rule("drop-default-not-null", "breaks the old app's inserts that leave a NOT NULL column out",
+         "drop the default at contract, after the old app is gone"),
+    Rule("create-index-blocking", "blocks writes (SHARE lock) while the whole index builds",
+         "op create_index / op.zdm_create_index: CREATE INDEX CONCURRENTLY outside a transaction"),
+    Rule("drop-index-blocking", "waits behind every query for ACCESS EXCLUSIVE, and queues reads and writes "
+         "behind it", "op drop_index / op.zdm_drop_index: DROP INDEX CONCURRENTLY"),
+    Rule("refresh-blocking", "blocks reads of the view while it is rebuilt",
+         "REFRESH MATERIALIZED VIEW CONCURRENTLY (needs a unique index on the view)"),
+    Rule("reindex-blocking", "blocks writes while the indexes rebuild",
+         "REINDEX ... CONCURRENTLY, not in a transaction"),
+    Rule("lock-table", "holds a lock that blocks writes until the transaction ends", "let each statement take its "
+         "own lock, under zdm's lock budget"),
+    Rule("alter-domain-checks-rows", "checks every stored value under a SHARE lock on each table using the domain",
+         "a table CHECK instead: op add_check (NOT VALID, then VALIDATE)"),
+    Rule("disable-trigger", "stops triggers (zdm's dual-write, audit, with ALL the foreign keys' own) for every "
+         "writer, and takes a lock that blocks writes", "do not switch triggers off on a live table"),
+    Rule("truncate", "empties the table under ACCESS EXCLUSIVE; the old app loses its rows",
+         "delete in batches in a migrate step, or drop the table at contract"),
+    Rule("sequence-restart", "hands out numbers already used: the app's inserts fail on the primary key",
+         "restart only above the largest value in use (setval to max + 1)"),
+    Rule("bulk-write", "updates or deletes many rows in one transaction: row locks that block the app's writes "
+         "until commit, and bloat", "a backfill in batches (op.zdm_* operations do this), or a migrate step"),
+    Rule("validate-in-same-transaction", "VALIDATE in the transaction that added the NOT VALID constraint keeps "
+         "the ADD's lock (blocks writes) during the scan", "VALIDATE in a step of its own (op add_check does)"),
+    Rule("concurrently-in-transaction", "fails: PostgreSQL refuses CONCURRENTLY inside a transaction block",
+         "a step of its own with transactional: false (op create_index does it)"),
+    Rule("enum-value-in-transaction", "fails: a new enum value cannot be used in the transaction that added it",
+         "add the value in one step, use it in the next"),
+    Rule("primary-key-using-nullable-index", "sets NOT NULL on the key's columns: a full scan under ACCESS "
+         "EXCLUSIVE when one is nullable", "op set_not_null on each column first, then ADD PRIMARY KEY USING INDEX"),
+    Rule("detach-partition-blocking", "takes ACCESS EXCLUSIVE on the partitioned table, queueing every query on it",
+         "DETACH PARTITION ... CONCURRENTLY (PostgreSQL 14+), not in a transaction"),
+    Rule("transaction-control", "ends zdm's (or Alembic's) transaction: a later failure is reported as rolled back "
+         "while what ran before the COMMIT stays", "let zdm run each step in its own transaction; split the step"),
+    Rule("lock-timeout-disabled", "turns off the lock budget: the next lock waits without end behind a long query "
+         "while reads and writes queue behind it", "keep zdm's lock_timeout (set lock_timeout on the plan)"),
+]}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One risky statement: the rule it breaks and the line a user reads.
+
+    ``statement``: the index, in the statements given, of the text holding it; ``offset``: the
+    byte offset of the statement inside that text (UTF-8, as pglast reports it), for file lines.
+    ``suppressed``: the reason given by a ``-- zdm: ignore[rule]`` comment, None when in force.
+    """
+
+    rule: str
+    message: str
+    table: str | None = None
+    statement: int = 0
+    offset: int = 0
+    suppressed: str | None = None
+
+
 def lock_risks(statements: Iterable[str], *, old_app_running: bool,
-               connection: sa.Connection | None = None) -> list[str]:
-    """One line per risky statement: what it does, and the catalogue operation that does it safely.
+               connection: sa.Connection | None = None, in_transaction: bool = True) -> list[str]:
+    """The messages of :func:`judge`'s findings that no comment suppresses, one per risky statement."""
+    return [f"{finding.message} [{finding.rule}]"
+            for finding in judge(statements, old_app_running=old_app_running, connection=connection,
+                                 in_transaction=in_transaction)
+            if finding.suppressed is None]
+
+
+def judge(statements: Iterable[str], *, old_app_running: bool, connection: sa.Connection | None = None,
+          in_transaction: bool = True, managed_transaction: bool = True,
+          pg_version: int | None = None) -> list[Finding]:
+    """Every risky statement in ``statements`` (each text may hold several), in order.
 
     ``old_app_running``: the statements run before contract, while the old app still reads and
     writes the old shape, so renames and drops break it too.
-    ``connection``: the live PostgreSQL database, asked what the statements' functions and types
-    are; None offline. Whatever it asks is rolled back, and the connection's transaction (or its
-    lack of one) is left as it was.
+    ``connection``: the live PostgreSQL database, asked what the statements' functions, types and
+    columns are; None offline. Whatever it asks is rolled back, and the connection's transaction
+    (or its lack of one) is left as it was.
+    ``in_transaction``: the first statement runs inside a transaction (a zdm step, an Alembic
+    revision); BEGIN and COMMIT in the text move it in and out.
+    ``managed_transaction``: zdm or Alembic owns the transaction (and the lock budget), so
+    COMMIT/BEGIN and turning lock_timeout off in the text are findings; False for plain .sql files.
+    ``pg_version``: the target server's major version (PostgreSQL 11 stopped rewriting on ADD
+    COLUMN with a constant default); None for a current one.
+    Raises nothing for SQL pglast cannot parse: it is left to the server.
     """
-    risks: list[str] = []
-    created: set[Name] = set()  # relations these statements surely created: nobody uses them yet
-    catalog = Catalog(connection)
-    for text in statements:
+    reader = _Reader(Catalog(connection), old_app_running, in_transaction, managed_transaction, pg_version)
+    found: list[Finding] = []
+    for index, text in enumerate(statements):
         try:
             parsed = pglast.parse_sql(text)
         except pglast.parser.ParseError:
             continue
-        for raw in parsed:
-            statement = raw.stmt
-            created |= _creates(statement, created)
-            catalog.learn(statement)
-            targets = _targets(statement)
-            if targets and targets <= created:
-                continue
-            risks += _statement_risks(statement, _table(statement), old_app_running, catalog)
-    return risks
+        suppressions = _suppressions(text, parsed)
+        for position, raw in enumerate(parsed):
+            for finding in reader.read(raw.stmt):
+                reason = suppressions.get(position, {}).get(finding.rule)
+                found.append(replace(finding, statement=index, offset=raw.stmt_location, suppressed=reason))
+    return found
+
+
+def _suppressions(text: str, parsed: tuple[ast.RawStmt, ...]) -> dict[int, dict[str, str | None]]:
+    """``-- zdm: ignore[rule, ...] reason`` comments: statement position -> {rule: reason}.
+
+    A comment on the line where a statement ends applies to it; any other to the next statement.
+    A suppression without a reason suppresses nothing (its reason is None, and the finding stays).
+    """
+    encoded = text.encode()
+    ends = [(raw.stmt_location, raw.stmt_location + raw.stmt_len if raw.stmt_len else len(encoded))
+            for raw in parsed]
+    found: dict[int, dict[str, str | None]] = {}
+    try:
+        tokens = scan(text)
+    except pglast.parser.ParseError:
+        return found
+    for token in tokens:
+        if token.name not in ("SQL_COMMENT", "C_COMMENT"):
+            continue
+        comment = encoded[token.start:token.end + 1].decode().strip("-/* \n")
+        if not comment.startswith(SUPPRESSION) or "]" not in comment:
+            continue
+        rules, _, reason = comment[len(SUPPRESSION):].partition("]")
+        line_start = encoded.rfind(b"\n", 0, token.start) + 1
+        position = next((i for i, (_, end) in enumerate(ends) if line_start <= end <= token.start), None)
+        if position is None:
+            position = next((i for i, (start, _) in enumerate(ends) if start > token.start), None)
+        if position is None:
+            continue
+        for rule in rules.split(","):
+            found.setdefault(position, {})[rule.strip()] = reason.strip() or None
+    return found
+
+
+@dataclass
+class _Reader:
+    """Reads a sequence of statements in order: what they created, the transaction they are in."""
+
+    catalog: Catalog
+    old_app_running: bool
+    in_transaction: bool
+    managed_transaction: bool
+    pg_version: int | None
+    #: Relations these statements surely created: nobody uses them yet.
+    created: set[Name] = field(default_factory=set)
+    #: Other objects they created (views, functions, types, sequences, schemas), by last name.
+    created_objects: set[str] = field(default_factory=set)
+    #: NOT VALID constraints added in the current transaction: (table, constraint name).
+    not_valid: set[tuple[str, str]] = field(default_factory=set)
+    #: Enum values added in the current transaction.
+    enum_values: set[str] = field(default_factory=set)
+    #: Columns these statements added: (table, column); nobody uses them yet.
+    added_columns: set[tuple[str, str]] = field(default_factory=set)
+
+    def read(self, statement: ast.Node) -> list[Finding]:
+        self.created |= _creates(statement, self.created)
+        self.created_objects |= _creates_objects(statement)
+        self.catalog.learn(statement)
+        found = self._transaction(statement)
+        if self.in_transaction and self.enum_values and any(
+                isinstance(node, ast.A_Const) and isinstance(node.val, ast.String)
+                and node.val.sval in self.enum_values for node in walk(statement)):
+            found.append(Finding("enum-value-in-transaction", "a value added to an enum is used in the transaction "
+                                 "that added it, which PostgreSQL refuses (unsafe use of new value): add the value "
+                                 "in one step, use it in the next"))
+        targets = _targets(statement)
+        if not (targets and targets <= self.created):
+            found += _statement_risks(statement, _table(statement), self)
+        self._remember(statement)
+        return found
+
+    def _transaction(self, statement: ast.Node) -> list[Finding]:
+        found: list[Finding] = []
+        if isinstance(statement, ast.TransactionStmt) and statement.kind in TRANSACTION_STARTS | TRANSACTION_ENDS:
+            if self.managed_transaction:
+                word = statement.kind.name.removeprefix("TRANS_STMT_").replace("_", " ")
+                found.append(Finding("transaction-control", f"{word} inside a step ends or starts the transaction "
+                                     "zdm runs it in: a later failure is reported as rolled back while what ran "
+                                     "before it stays committed; split the step instead"))
+            self.in_transaction = statement.kind in TRANSACTION_STARTS
+            if not self.in_transaction:
+                self.not_valid.clear()
+                self.enum_values.clear()
+        if isinstance(statement, ast.VariableSetStmt) and self.managed_transaction and \
+                _lock_timeout_off(statement):
+            found.append(Finding("lock-timeout-disabled", "turning lock_timeout off inside a step drops zdm's lock "
+                                 "budget: the next lock waits without end behind a long query while reads and "
+                                 "writes queue behind it; set lock_timeout on the plan instead"))
+        if self.in_transaction and (what := _concurrent(statement)):
+            found.append(Finding("concurrently-in-transaction", f"{what} cannot run inside a transaction block: "
+                                 "PostgreSQL refuses it; give it a step of its own with transactional: false",
+                                 _table(statement)))
+        return found
+
+    def _remember(self, statement: ast.Node) -> None:
+        if isinstance(statement, ast.AlterTableStmt):
+            self.added_columns |= {(_table(statement), str(command.def_.colname)) for command in statement.cmds or ()
+                                   if command.subtype is AlterTableType.AT_AddColumn
+                                   and isinstance(command.def_, ast.ColumnDef)}
+        if not self.in_transaction:
+            return
+        if isinstance(statement, ast.AlterTableStmt):
+            for command in statement.cmds or ():
+                definition = command.def_
+                if (command.subtype is AlterTableType.AT_AddConstraint and isinstance(definition, ast.Constraint)
+                        and definition.skip_validation and definition.conname):
+                    self.not_valid.add((_table(statement), definition.conname))
+        if isinstance(statement, ast.AlterEnumStmt) and statement.newVal and not statement.oldVal:
+            self.enum_values.add(statement.newVal)
+
+
+def _lock_timeout_off(statement: ast.VariableSetStmt) -> bool:
+    """SET lock_timeout to 0 (in any unit) or to its default, or RESET it (or ALL): the budget is gone."""
+    if statement.kind is VariableSetKind.VAR_RESET_ALL:
+        return True
+    if statement.name != "lock_timeout":
+        return False
+    if statement.kind in (VariableSetKind.VAR_SET_DEFAULT, VariableSetKind.VAR_RESET):
+        return True
+    if statement.kind is not VariableSetKind.VAR_SET_VALUE or not statement.args:
+        return False
+    value = statement.args[0].val if isinstance(statement.args[0], ast.A_Const) else None
+    if isinstance(value, ast.Integer):
+        return value.ival == 0
+    if isinstance(value, ast.Float):
+        return float(value.fval) == 0
+    if isinstance(value, ast.String):
+        digits = value.sval.strip().rstrip("abcdefghijklmnopqrstuvwxyz ").strip()
+        try:
+            return float(digits) == 0
+        except ValueError:
+            return False
+    return False
+
+
+def _concurrent(statement: ast.Node) -> str | None:
+    """The name of a statement PostgreSQL refuses inside a transaction block; None for others."""
+    if isinstance(statement, ast.IndexStmt) and statement.concurrent:
+        return "CREATE INDEX CONCURRENTLY"
+    if isinstance(statement, ast.DropStmt) and statement.concurrent:
+        return "DROP INDEX CONCURRENTLY"
+    if isinstance(statement, ast.ReindexStmt) and option_on(statement.params, "concurrently"):
+        return "REINDEX CONCURRENTLY"
+    if isinstance(statement, ast.AlterTableStmt) and any(
+            command.subtype is AlterTableType.AT_DetachPartition and isinstance(command.def_, ast.PartitionCmd)
+            and command.def_.concurrent for command in statement.cmds or ()):
+        return "DETACH PARTITION CONCURRENTLY"
+    return None
 
 
 def _creates(statement: ast.Node, created: set[Name]) -> set[Name]:
@@ -84,6 +375,42 @@ def _creates(statement: ast.Node, created: set[Name]) -> set[Name]:
     return set()
 
 
+def _creates_objects(statement: ast.Node) -> set[str]:
+    """The last names of the non-table objects ``statement`` creates (views, functions, types...)."""
+    if isinstance(statement, ast.ViewStmt) and not statement.replace:
+        return {statement.view.relname}
+    if isinstance(statement, ast.CreateTableAsStmt) and not statement.if_not_exists:
+        return {statement.into.rel.relname}
+    if isinstance(statement, ast.CreateSeqStmt) and not statement.if_not_exists:
+        return {statement.sequence.relname}
+    if isinstance(statement, ast.CreateFunctionStmt) and not statement.replace:
+        return {statement.funcname[-1].sval}
+    if isinstance(statement, ast.CreateDomainStmt):
+        return {statement.domainname[-1].sval}
+    if isinstance(statement, (ast.CreateEnumStmt, ast.CreateRangeStmt)):
+        return {statement.typeName[-1].sval}
+    if isinstance(statement, ast.CompositeTypeStmt):
+        return {statement.typevar.relname}
+    if isinstance(statement, ast.CreateSchemaStmt) and not statement.if_not_exists:
+        return {statement.schemaname}
+    return set()
+
+
+def _object_name(node: ast.Node | None) -> str:
+    """The last name of an object as a DROP or ALTER names it: a list of names, a function with args, a type."""
+    if isinstance(node, ast.ObjectWithArgs):
+        return node.objname[-1].sval
+    if isinstance(node, ast.TypeName):
+        return node.names[-1].sval
+    if isinstance(node, ast.RangeVar):
+        return node.relname
+    if isinstance(node, ast.String):
+        return node.sval
+    if isinstance(node, tuple) and node and isinstance(node[-1], ast.String):
+        return node[-1].sval
+    return "?"
+
+
 def _targets(statement: ast.Node) -> set[Name]:
     """The relations ``statement`` acts on, when it names them."""
     relation = getattr(statement, "relation", None)
@@ -91,6 +418,8 @@ def _targets(statement: ast.Node) -> set[Name]:
         return {_name(relation)}
     if isinstance(statement, ast.DropStmt) and statement.removeType in DROPPED_RELATIONS:
         return {_dropped(names) for names in statement.objects}
+    if isinstance(statement, ast.TruncateStmt):
+        return {_name(relation) for relation in statement.relations}
     return set()
 
 
@@ -112,115 +441,213 @@ def _table(statement: ast.Node) -> str:
     return _shown(_name(relation)) if isinstance(relation, ast.RangeVar) else "?"
 
 
-def _statement_risks(statement: ast.Node, table: str, old_app_running: bool, catalog: Catalog) -> list[str]:
+def _statement_risks(statement: ast.Node, table: str, reader: _Reader) -> list[Finding]:
+    old_app_running, catalog = reader.old_app_running, reader.catalog
     if isinstance(statement, ast.AlterTableStmt):
         return [risk for command in statement.cmds or ()
-                if (risk := _alter_risk(command, table, old_app_running, catalog))]
+                if (risk := _alter_risk(command, table, reader))]
     if isinstance(statement, ast.AlterDomainStmt):
         return _alter_domain_risks(statement, catalog)
     if isinstance(statement, ast.IndexStmt) and not statement.concurrent:
-        return [f"CREATE INDEX on {table} without CONCURRENTLY blocks writes to {table} while it builds: "
-                "use op create_index (or CONCURRENTLY with transactional: false)"]
+        return [Finding("create-index-blocking", f"CREATE INDEX on {table} without CONCURRENTLY blocks writes to "
+                        f"{table} while it builds: use op create_index (or CONCURRENTLY with transactional: false)",
+                        table)]
     if isinstance(statement, ast.DropStmt) and statement.removeType is ObjectType.OBJECT_INDEX:
         return _drop_index_risks(statement)
     if isinstance(statement, ast.RefreshMatViewStmt) and not statement.concurrent:
-        return [f"REFRESH MATERIALIZED VIEW {table} without CONCURRENTLY blocks reads of {table} until it is "
-                "rebuilt: use REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a unique index on the view)"]
+        return [Finding("refresh-blocking", f"REFRESH MATERIALIZED VIEW {table} without CONCURRENTLY blocks reads "
+                        f"of {table} until it is rebuilt: use REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a "
+                        "unique index on the view)", table)]
     if isinstance(statement, ast.VacuumStmt) and option_on(statement.options, "full"):
-        return ["VACUUM FULL rewrites its tables under an ACCESS EXCLUSIVE lock"]
+        return [Finding("table-rewrite", "VACUUM FULL rewrites its tables under an ACCESS EXCLUSIVE lock")]
     if isinstance(statement, ast.ClusterStmt):
-        return [f"CLUSTER rewrites {table} under an ACCESS EXCLUSIVE lock"]
+        return [Finding("table-rewrite", f"CLUSTER rewrites {table} under an ACCESS EXCLUSIVE lock", table)]
     if isinstance(statement, ast.ReindexStmt) and not option_on(statement.params, "concurrently"):
-        return ["REINDEX without CONCURRENTLY blocks writes while it rebuilds: use REINDEX ... CONCURRENTLY "
-                "with transactional: false"]
+        return [Finding("reindex-blocking", "REINDEX without CONCURRENTLY blocks writes while it rebuilds: use "
+                        "REINDEX ... CONCURRENTLY with transactional: false")]
     if isinstance(statement, ast.LockStmt) and statement.mode >= SHARE_LOCK:
-        return ["LOCK TABLE in a mode that blocks writes holds the lock until the step commits"]
-    if old_app_running and isinstance(statement, ast.RenameStmt) and statement.renameType in (
-            ObjectType.OBJECT_COLUMN, ObjectType.OBJECT_TABLE):
-        what = "column" if statement.renameType is ObjectType.OBJECT_COLUMN else "table"
-        return [f"RENAME {what.upper()} on {table} before contract breaks the old app, which still uses the old "
-                f"name: use op rename_{what}"]
-    if old_app_running and isinstance(statement, ast.DropStmt) and statement.removeType is ObjectType.OBJECT_TABLE:
-        return ["DROP TABLE before contract breaks the old app, which may still use it: use op drop_table"]
+        return [Finding("lock-table", "LOCK TABLE in a mode that blocks writes holds the lock until the step "
+                        "commits")]
+    if isinstance(statement, ast.TruncateStmt):
+        tables = ", ".join(_shown(_name(relation)) for relation in statement.relations)
+        return [Finding("truncate", f"TRUNCATE {tables} empties it under an ACCESS EXCLUSIVE lock, and the app loses "
+                        "its rows: delete in batches, or drop the table at contract", tables)]
+    if isinstance(statement, ast.AlterSeqStmt) and any(option.defname == "restart" for option in statement.options
+                                                       or ()):
+        sequence = _shown(_name(statement.sequence))
+        return [Finding("sequence-restart", f"ALTER SEQUENCE {sequence} RESTART hands out numbers already used: the "
+                        "app's inserts fail on the key; restart above the largest value in use")]
+    if isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)) and catalog.bulk(statement, table,
+                                                                                  _pinned(statement.whereClause)):
+        verb = "UPDATE" if isinstance(statement, ast.UpdateStmt) else "DELETE"
+        return [Finding("bulk-write", f"{verb} of {table} without a WHERE on a key locks every row it touches until "
+                        "the step commits, blocking the app's writes to them: backfill in batches in a migrate step "
+                        "(the op.zdm_* operations do)", table)]
+    if old_app_running:
+        return _old_app_risks(statement, table, reader)
     return []
 
 
-def _drop_index_risks(statement: ast.DropStmt) -> list[str]:
+def _pinned(where: ast.Node | None) -> bool:
+    """Whether a WHERE clause narrows to given rows: a column = constant (or IN a list) among its ANDed terms."""
+    if where is None:
+        return False
+    if isinstance(where, ast.BoolExpr) and where.boolop.name == "AND_EXPR":
+        return any(_pinned(term) for term in where.args)
+    if isinstance(where, ast.A_Expr) and where.kind in (A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_IN) and \
+            isinstance(where.name[-1], ast.String) and where.name[-1].sval == "=":
+        sides = (where.lexpr, where.rexpr)
+        return any(isinstance(side, ast.ColumnRef) for side in sides) and \
+            any(isinstance(side, (ast.A_Const, ast.ParamRef, tuple)) for side in sides)
+    return False
+
+
+def _old_app_risks(statement: ast.Node, table: str, reader: _Reader) -> list[Finding]:
+    """Renames, drops and moves of names the old app uses, while it still runs."""
+    if isinstance(statement, ast.RenameStmt) and statement.renameType in (
+            ObjectType.OBJECT_COLUMN, ObjectType.OBJECT_TABLE):
+        what = "column" if statement.renameType is ObjectType.OBJECT_COLUMN else "table"
+        return [Finding(f"rename-{what}", f"RENAME {what.upper()} on {table} before contract breaks the old app, "
+                        f"which still uses the old name: use op rename_{what}", table)]
+    if isinstance(statement, ast.RenameStmt) and statement.renameType in NAMED_OBJECTS:
+        name = statement.subname if statement.renameType is ObjectType.OBJECT_SCHEMA else \
+            _object_name(statement.relation or statement.object)
+        if name in reader.created_objects:
+            return []
+        what = NAMED_OBJECTS[statement.renameType]
+        return [Finding("rename-object", f"renaming {what} {name} before contract breaks the old app, which still "
+                        f"uses the old name: create the new {what} beside the old one and drop the old at contract")]
+    if isinstance(statement, ast.AlterEnumStmt) and statement.oldVal:
+        return [Finding("rename-object", f"renaming enum value {statement.oldVal!r} before contract breaks the old "
+                        "app, which still writes and compares the old value")]
+    if isinstance(statement, ast.DropStmt) and statement.removeType is ObjectType.OBJECT_TABLE:
+        return [Finding("drop-table", "DROP TABLE before contract breaks the old app, which may still use it: use "
+                        "op drop_table")]
+    if isinstance(statement, ast.DropStmt) and statement.removeType in NAMED_OBJECTS:
+        names = [_object_name(item) for item in statement.objects]
+        if all(name in reader.created_objects for name in names):
+            return []
+        what = NAMED_OBJECTS[statement.removeType]
+        return [Finding("drop-object", f"DROP {what.upper()} {', '.join(names)} before contract breaks the old app, "
+                        "which may still use it: drop it in a contract step")]
+    if isinstance(statement, ast.AlterObjectSchemaStmt) and statement.objectType in (
+            {ObjectType.OBJECT_TABLE} | NAMED_OBJECTS.keys()):
+        name = _object_name(statement.relation or statement.object)
+        if name in reader.created_objects or (statement.relation is not None
+                                              and _name(statement.relation) in reader.created):
+            return []
+        return [Finding("set-schema", f"SET SCHEMA moves {name} away from the name the old app uses: do it at "
+                        "contract, or leave a view under the old name", table)]
+    return []
+
+
+def _drop_index_risks(statement: ast.DropStmt) -> list[Finding]:
     if statement.concurrent:
         return []
     names = ", ".join(_shown(_dropped(names)) for names in statement.objects)
-    return [f"DROP INDEX {names} without CONCURRENTLY waits behind every query on its table for an ACCESS "
-            "EXCLUSIVE lock that blocks reads and writes: use op drop_index (or CONCURRENTLY with transactional: "
-            "false)"]
+    return [Finding("drop-index-blocking", f"DROP INDEX {names} without CONCURRENTLY waits behind every query on its "
+                    "table for an ACCESS EXCLUSIVE lock that blocks reads and writes: use op drop_index (or "
+                    "CONCURRENTLY with transactional: false)")]
 
 
-def _alter_risk(command: ast.AlterTableCmd, table: str, old_app_running: bool, catalog: Catalog) -> str | None:
+def _alter_risk(command: ast.AlterTableCmd, table: str, reader: _Reader) -> Finding | None:
     kind, column, definition = command.subtype, command.name, command.def_
-    if kind is AlterTableType.AT_AlterColumnType:
-        return (f"ALTER COLUMN {column} TYPE can rewrite {table} and its indexes under an ACCESS EXCLUSIVE lock: "
-                "use op alter_column")
+    if kind is AlterTableType.AT_AlterColumnType and reader.catalog.retype_rewrites(table, command) is not False:
+        return Finding("alter-column-type", f"ALTER COLUMN {column} TYPE can rewrite {table} and its indexes under an "
+                       "ACCESS EXCLUSIVE lock: use op alter_column", table)
     if kind is AlterTableType.AT_SetNotNull:
-        return (f"SET NOT NULL on {table}.{column} scans the whole table under an ACCESS EXCLUSIVE lock: "
-                "use op set_not_null")
+        return Finding("set-not-null", f"SET NOT NULL on {table}.{column} scans the whole table under an ACCESS "
+                       "EXCLUSIVE lock: use op set_not_null", table)
     if kind is AlterTableType.AT_AddConstraint and isinstance(definition, ast.Constraint):
-        return _constraint_risk(definition, table)
+        return _constraint_risk(definition, table, reader.catalog)
     if kind is AlterTableType.AT_AddColumn and isinstance(definition, ast.ColumnDef):
-        return _new_column_risk(definition, table, old_app_running, catalog)
+        return _new_column_risk(definition, table, reader)
     if kind in (AlterTableType.AT_SetLogged, AlterTableType.AT_SetUnLogged, AlterTableType.AT_SetTableSpace):
-        return f"SET LOGGED/UNLOGGED/TABLESPACE rewrites {table} under an ACCESS EXCLUSIVE lock"
-    if old_app_running and kind is AlterTableType.AT_DropColumn:
-        return (f"DROP COLUMN {column} before contract breaks the old app, which still uses it: "
-                "use op drop_column")
+        return Finding("table-rewrite", f"SET LOGGED/UNLOGGED/TABLESPACE rewrites {table} under an ACCESS EXCLUSIVE "
+                       "lock", table)
+    if kind in TRIGGERS_OFF:
+        return Finding("disable-trigger", f"DISABLE TRIGGER on {table} stops its triggers for every writer (zdm's "
+                       "dual-write triggers, audit triggers, with ALL the foreign keys' checks) and blocks writes "
+                       "until the step commits", table)
+    if kind is AlterTableType.AT_SetIdentity and any(option.defname == "restart" for option in definition or ()):
+        return Finding("sequence-restart", f"ALTER COLUMN {column} RESTART hands out identity values already used: "
+                       "the app's inserts fail on the key; restart above the largest value in use", table)
+    if kind is AlterTableType.AT_DetachPartition and isinstance(definition, ast.PartitionCmd) and \
+            not definition.concurrent:
+        return Finding("detach-partition-blocking", f"DETACH PARTITION without CONCURRENTLY takes an ACCESS EXCLUSIVE "
+                       f"lock on {table}, queueing every query on it: use DETACH PARTITION ... CONCURRENTLY "
+                       "(PostgreSQL 14+) in a step with transactional: false", table)
+    if kind is AlterTableType.AT_ValidateConstraint and (table, column) in reader.not_valid:
+        return Finding("validate-in-same-transaction", f"VALIDATE CONSTRAINT {column} in the transaction that added "
+                       f"it NOT VALID scans {table} while still holding the ADD's lock, which blocks writes: "
+                       "validate in a step of its own", table)
+    if reader.old_app_running and kind is AlterTableType.AT_DropColumn and (table, column) not in reader.added_columns:
+        return Finding("drop-column", f"DROP COLUMN {column} before contract breaks the old app, which still uses it: "
+                       "use op drop_column", table)
+    if reader.old_app_running and kind is AlterTableType.AT_ColumnDefault and definition is None and \
+            reader.catalog.nullable(table, column) is not True:
+        return Finding("drop-default-not-null", f"DROP DEFAULT on {table}.{column} before contract breaks the old "
+                       "app's inserts that leave it out, if it is NOT NULL: drop the default at contract", table)
     return None
 
 
-def _constraint_risk(constraint: ast.Constraint, table: str) -> str | None:
+def _constraint_risk(constraint: ast.Constraint, table: str, catalog: Catalog) -> Finding | None:
     kind = constraint.contype
     if kind in (ConstrType.CONSTR_CHECK, ConstrType.CONSTR_FOREIGN) and not constraint.skip_validation:
         op = "add_check" if kind is ConstrType.CONSTR_CHECK else "add_foreign_key"
-        return (f"ADD CONSTRAINT without NOT VALID checks every row of {table} while holding a lock that blocks "
-                f"writes: use op {op} (NOT VALID, then VALIDATE)")
+        rule = "add-check-validating" if kind is ConstrType.CONSTR_CHECK else "add-foreign-key-validating"
+        return Finding(rule, f"ADD CONSTRAINT without NOT VALID checks every row of {table} while holding a lock "
+                       f"that blocks writes: use op {op} (NOT VALID, then VALIDATE)", table)
     if kind in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY) and not constraint.indexname:
-        return (f"ADD UNIQUE/PRIMARY KEY builds an index on {table} under an ACCESS EXCLUSIVE lock: use op "
-                "add_unique (CREATE UNIQUE INDEX CONCURRENTLY, then USING INDEX)")
+        return Finding("add-unique-constraint", f"ADD UNIQUE/PRIMARY KEY builds an index on {table} under an ACCESS "
+                       "EXCLUSIVE lock: use op add_unique (CREATE UNIQUE INDEX CONCURRENTLY, then USING INDEX)", table)
+    if kind is ConstrType.CONSTR_PRIMARY and catalog.index_nullable(constraint.indexname) is not False:
+        return Finding("primary-key-using-nullable-index", f"ADD PRIMARY KEY USING INDEX {constraint.indexname} sets "
+                       f"NOT NULL on its columns, which scans {table} under an ACCESS EXCLUSIVE lock if one is "
+                       "nullable: use op set_not_null on each first", table)
     if kind is ConstrType.CONSTR_EXCLUSION:
-        return (f"ADD CONSTRAINT ... EXCLUDE builds an index on {table} under an ACCESS EXCLUSIVE lock and has no "
-                f"concurrent form: add it only while {table} is small or the app is stopped")
+        return Finding("add-exclusion-constraint", f"ADD CONSTRAINT ... EXCLUDE builds an index on {table} under an "
+                       f"ACCESS EXCLUSIVE lock and has no concurrent form: add it only while {table} is small or "
+                       "the app is stopped", table)
     return None
 
 
-def _new_column_risk(column: ast.ColumnDef, table: str, old_app_running: bool, catalog: Catalog) -> str | None:
+def _new_column_risk(column: ast.ColumnDef, table: str, reader: _Reader) -> Finding | None:
     name, constraints = column.colname, column.constraints or ()
     kinds = {constraint.contype for constraint in constraints}
     type_name = column.typeName.names[-1].sval if column.typeName is not None else ""
     if type_name in SERIAL_TYPES or ConstrType.CONSTR_IDENTITY in kinds:
         what = type_name if type_name in SERIAL_TYPES else "GENERATED ... AS IDENTITY"
-        return (f"ADD COLUMN {name} {what} rewrites {table} under an ACCESS EXCLUSIVE lock (a sequence value per "
-                "row): add a plain column, then backfill")
+        return Finding("add-column-rewrite", f"ADD COLUMN {name} {what} rewrites {table} under an ACCESS EXCLUSIVE "
+                       "lock (a sequence value per row): add a plain column, then backfill", table)
     if ConstrType.CONSTR_GENERATED in kinds:
-        return f"ADD COLUMN {name} GENERATED ... STORED rewrites {table}"
-    rewrite = catalog.rewrite(column)
+        return Finding("add-column-rewrite", f"ADD COLUMN {name} GENERATED ... STORED rewrites {table}", table)
+    if reader.pg_version is not None and reader.pg_version < 11 and _has_default(constraints):
+        return Finding("add-column-rewrite", f"ADD COLUMN {name} with a DEFAULT rewrites {table} before PostgreSQL "
+                       "11: add it without the default, then backfill", table)
+    rewrite = reader.catalog.rewrite(column)
     if rewrite is not None and rewrite.kind == "domain":
-        return (f"ADD COLUMN {name} of domain {rewrite.why} rewrites {table} under an ACCESS EXCLUSIVE lock, "
-                f"checking every row against the domain: add it as {rewrite.base}, then use op add_check (NOT "
-                "VALID, then VALIDATE) for the domain's rule")
+        return Finding("add-column-rewrite", f"ADD COLUMN {name} of domain {rewrite.why} rewrites {table} under an "
+                       f"ACCESS EXCLUSIVE lock, checking every row against the domain: add it as {rewrite.base}, then "
+                       "use op add_check (NOT VALID, then VALIDATE) for the domain's rule", table)
     if rewrite is not None and rewrite.kind == "unknown type":
-        return (f"ADD COLUMN {name} of type {rewrite.why}, which does not exist yet, rewrites {table} under an "
-                "ACCESS EXCLUSIVE lock if it is a domain with a CHECK or NOT NULL: create the type in the same step, "
-                "so that zdm reads its declaration")
+        return Finding("add-column-rewrite", f"ADD COLUMN {name} of type {rewrite.why}, which does not exist yet, "
+                       f"rewrites {table} under an ACCESS EXCLUSIVE lock if it is a domain with a CHECK or NOT NULL: "
+                       "create the type in the same step, so that zdm reads its declaration", table)
     if rewrite is not None:
-        return (f"ADD COLUMN {name} with a volatile default ({rewrite.why}) rewrites {table} under an ACCESS "
-                "EXCLUSIVE lock: add it without the default, then backfill")
+        return Finding("add-column-rewrite", f"ADD COLUMN {name} with a volatile default ({rewrite.why}) rewrites "
+                       f"{table} under an ACCESS EXCLUSIVE lock: add it without the default, then backfill", table)
     for constraint in constraints:
         if risk := _inline_constraint_risk(constraint, name, table, ConstrType.CONSTR_DEFAULT in kinds):
             return risk
-    if old_app_running and ConstrType.CONSTR_NOTNULL in kinds and not _has_default(constraints):
-        return (f"ADD COLUMN {name} NOT NULL without a default before contract breaks the old app, whose inserts "
-                "leave it NULL: use op add_column with a default, or add it nullable, then op set_not_null")
+    if reader.old_app_running and ConstrType.CONSTR_NOTNULL in kinds and not _has_default(constraints):
+        return Finding("add-column-not-null", f"ADD COLUMN {name} NOT NULL without a default before contract breaks "
+                       "the old app, whose inserts leave it NULL: use op add_column with a default, or add it "
+                       "nullable, then op set_not_null", table)
     return None
 
 
-def _inline_constraint_risk(constraint: ast.Constraint, column: str, table: str, default: bool) -> str | None:
+def _inline_constraint_risk(constraint: ast.Constraint, column: str, table: str, default: bool) -> Finding | None:
     """A constraint written on ADD COLUMN: none of them can be NOT VALID or USING INDEX there.
 
     PostgreSQL (13+) checks an inline foreign key only when its column gets a default (even NULL):
@@ -228,15 +655,16 @@ def _inline_constraint_risk(constraint: ast.Constraint, column: str, table: str,
     """
     kind = constraint.contype
     if kind in (ConstrType.CONSTR_UNIQUE, ConstrType.CONSTR_PRIMARY):
-        return (f"ADD COLUMN {column} UNIQUE/PRIMARY KEY builds an index on {table} under an ACCESS EXCLUSIVE "
-                "lock: add the column, then use op add_unique")
+        return Finding("add-column-constraint", f"ADD COLUMN {column} UNIQUE/PRIMARY KEY builds an index on {table} "
+                       "under an ACCESS EXCLUSIVE lock: add the column, then use op add_unique", table)
     if kind is ConstrType.CONSTR_CHECK:
-        return (f"ADD COLUMN {column} with a CHECK scans every row of {table} under an ACCESS EXCLUSIVE lock: "
-                "add the column, then use op add_check (NOT VALID, then VALIDATE)")
+        return Finding("add-column-constraint", f"ADD COLUMN {column} with a CHECK scans every row of {table} under "
+                       "an ACCESS EXCLUSIVE lock: add the column, then use op add_check (NOT VALID, then VALIDATE)",
+                       table)
     if kind is ConstrType.CONSTR_FOREIGN and default:
-        return (f"ADD COLUMN {column} with a default and REFERENCES {_shown(_name(constraint.pktable))} checks every "
-                f"row of {table} while it locks both tables against writes: add it without the default (no check "
-                "then), or use op add_foreign_key")
+        return Finding("add-column-constraint", f"ADD COLUMN {column} with a default and REFERENCES "
+                       f"{_shown(_name(constraint.pktable))} checks every row of {table} while it locks both tables "
+                       "against writes: add it without the default (no check then), or use op add_foreign_key", table)
     return None
 
 
@@ -247,7 +675,7 @@ def _has_default(constraints: tuple[ast.Constraint, ...]) -> bool:
                for constraint in constraints)
 
 
-def _alter_domain_risks(statement: ast.AlterDomainStmt, catalog: Catalog) -> list[str]:
+def _alter_domain_risks(statement: ast.AlterDomainStmt, catalog: Catalog) -> list[Finding]:
     """ALTER DOMAIN checks every stored value of the domain, under a SHARE lock on each table using it.
 
     PostgreSQL 15 takes that lock for ADD CONSTRAINT, SET NOT NULL and VALIDATE CONSTRAINT alike
@@ -265,8 +693,9 @@ def _alter_domain_risks(statement: ast.AlterDomainStmt, catalog: Catalog) -> lis
     where = ("every column of that type" if users is None
              else ", ".join(users[:3]) + (f" (and {len(users) - 3} more)" if len(users) > 3 else ""))
     also = " (adding it NOT VALID only defers that to VALIDATE CONSTRAINT, which takes the same lock)"
-    return [f"ALTER DOMAIN {domain} {checked[subtype]} checks every row of {where} under a SHARE lock that blocks "
-            f"writes{also if subtype == 'C' else ''}: put the rule in a table CHECK instead, with op add_check"]
+    return [Finding("alter-domain-checks-rows", f"ALTER DOMAIN {domain} {checked[subtype]} checks every row of "
+                    f"{where} under a SHARE lock that blocks writes{also if subtype == 'C' else ''}: put the rule in "
+                    "a table CHECK instead, with op add_check")]
 
 
 @dataclass
@@ -320,6 +749,22 @@ SELECT c.oid::regclass::text || '.' || quote_ident(a.attname)
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
 WHERE a.atttypid IN (SELECT oid FROM domains) AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'm')
 ORDER BY 1
+"""
+#: NULL when the table or column is not there.
+NULLABLE = """
+SELECT NOT a.attnotnull FROM pg_attribute a
+WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
+"""
+#: A column's type as PostgreSQL writes it (with its modifier); NULL when there is no such column.
+COLUMN_TYPE = """
+SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+WHERE a.attrelid = to_regclass(:table) AND a.attname = :column AND NOT a.attisdropped
+"""
+RETYPE_PROBE = "pg_temp.zdm_retype_probe"
+#: Whether any key column of the index allows NULL; NULL when there is no such index.
+INDEX_NULLABLE = """
+SELECT bool_or(NOT a.attnotnull) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid
+WHERE i.indexrelid = to_regclass(:index) AND a.attnum = ANY (i.indkey)
 """
 #: Whether any function of that name (visible, or in the named schema) is VOLATILE; NULL if none exists.
 FUNCTION_VOLATILE = """
@@ -474,6 +919,81 @@ class Catalog:
                 if connection.execute(sa.text("SELECT to_regtype(:domain)"), {"domain": domain}).scalar() is None:
                     return None
                 return list(connection.execute(sa.text(DOMAIN_USERS), {"domain": domain}).scalars())
+            except sa.exc.DBAPIError:
+                return None
+
+    # -- columns and indexes -------------------------------------------------------------------
+    def nullable(self, table: str, column: str | None) -> bool | None:
+        """Whether ``table.column`` allows NULL, from pg_attribute; None offline or when unknown."""
+        return self._ask(NULLABLE, {"table": table, "column": column})
+
+    def index_nullable(self, index: str | None) -> bool | None:
+        """Whether any key column of ``index`` allows NULL (USING INDEX then sets NOT NULL, scanning)."""
+        return self._ask(INDEX_NULLABLE, {"index": index})
+
+    def retype_rewrites(self, table: str, command: ast.AlterTableCmd) -> bool | None:
+        """Whether ALTER COLUMN ... TYPE rewrites or checks ``table``; None when it cannot be asked.
+
+        PostgreSQL's answer on an empty temporary copy of the column (same type, same name), in a
+        savepoint rolled back: a new relfilenode is a rewrite; a domain with rules as the new type
+        checks every row. False only for a change PostgreSQL makes in the catalog alone (the same
+        type, varchar(n) to a longer varchar or to text...).
+        """
+        with self._scratch(probe=True) as connection:
+            if connection is None:
+                return None
+            try:
+                current = connection.execute(sa.text(COLUMN_TYPE), {"table": table, "column": command.name}).scalar()
+                if current is None:
+                    return None
+                quoted = connection.dialect.identifier_preparer.quote(command.name)
+                connection.exec_driver_sql("SET LOCAL statement_timeout = '5s'")
+                connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {RETYPE_PROBE} ({quoted} {current})")
+                filenode = f"SELECT pg_relation_filenode('{RETYPE_PROBE}')"
+                before = connection.exec_driver_sql(filenode).scalar()
+                probe = ast.AlterTableStmt(relation=ast.RangeVar(schemaname="pg_temp", relname="zdm_retype_probe",
+                                                                 inh=True, relpersistence="p"),
+                                           cmds=(command,), objtype=ObjectType.OBJECT_TABLE)
+                run_sql(connection, _deparse(probe))
+                if connection.exec_driver_sql(filenode).scalar() != before:
+                    return True
+                type_oid = connection.execute(sa.text(
+                    f"SELECT atttypid FROM pg_attribute WHERE attrelid = '{RETYPE_PROBE}'::regclass "
+                    "AND attname = :column"), {"column": command.name}).scalar()
+                return self._domain(connection, type_oid) is not None
+            except sa.exc.DBAPIError:
+                return None
+
+    def bulk(self, statement: ast.Node, table: str, pinned: bool) -> bool:
+        """Whether an UPDATE or DELETE writes many rows of ``table`` (at least half, or 10,000).
+
+        With a connection, the planner's estimates (EXPLAIN, nothing runs) of the rows it writes
+        and of the rows of the whole table; offline, any WHERE that does not pin a key (column = constant) is bulk.
+        """
+        with self._scratch() as connection:
+            if connection is not None:
+                try:
+                    plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {_deparse(statement)}").scalar()
+                    rows = (plan[0]["Plan"].get("Plans") or [plan[0]["Plan"]])[0]["Plan Rows"]
+                    whole = ast.SelectStmt(targetList=(ast.ResTarget(val=ast.A_Const(val=ast.Integer(1))),),
+                                           fromClause=(getattr(statement, "relation", None),))
+                    plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {_deparse(whole)}").scalar()
+                    total = plan[0]["Plan"]["Plan Rows"]
+                    return bool(rows >= min(10_000, max(2, total / 2)))
+                except (sa.exc.DBAPIError, KeyError, IndexError, TypeError):
+                    pass
+        return not pinned
+
+    def size(self, table: str) -> int | None:
+        """The bytes of ``table`` with its indexes and TOAST (pg_total_relation_size); None when unknown."""
+        return self._ask("SELECT pg_total_relation_size(to_regclass(:table))", {"table": table})
+
+    def _ask(self, query: str, parameters: dict[str, object]) -> Any:
+        with self._scratch() as connection:
+            if connection is None:
+                return None
+            try:
+                return connection.execute(sa.text(query), parameters).scalar()
             except sa.exc.DBAPIError:
                 return None
 

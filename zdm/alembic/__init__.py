@@ -17,8 +17,9 @@ budget, batched backfill, progress, state in ``zdm_migrations``) as plan ``<revi
 ``alembic -x zdm=complete upgrade head`` or ``zdm complete <revision>`` contracts after the
 deploy; ``alembic downgrade`` or ``zdm rollback <revision>`` undoes a plan not yet complete;
 ``alembic upgrade head --sql`` prints the SQL for review (``-x zdm=contract`` adds the contract
-phase). The why of transactions and plan ids is in ``zdm.alembic.runtime``, offline mode in
-``zdm.alembic.offline``.
+phase). ``alembic revision --autogenerate`` writes unsafe changes as ``op.zdm_*`` and leaves
+zdm's objects and plans in flight alone (``zdm.alembic.autogenerate``). The why of transactions
+and plan ids is in ``zdm.alembic.runtime``, offline mode in ``zdm.alembic.offline``.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from pydantic import ValidationError
 
-from zdm import db, introspect, state
+from zdm import db, state
+from zdm.alembic import autogenerate
 from zdm.alembic.offline import Hints, OfflineSchema
 from zdm.model import ModelError
 from zdm.operations import Operation
@@ -124,7 +125,6 @@ def run_migrations(context: EnvironmentContext, *, engine: sa.Engine | None = No
     if mode not in MODES:
         raise ZdmAlembicError(f"-x zdm={mode}: use one of {', '.join([*MODES, *SYNONYMS])}")
     migration_context = context.get_context()
-    _hide_zdm_table(migration_context)
     session = Session(mode, _settings({**settings, **arguments}), reporter or HumanReporter(), connected=engine)
     offline = context.is_offline_mode()
     if offline:
@@ -132,6 +132,8 @@ def run_migrations(context: EnvironmentContext, *, engine: sa.Engine | None = No
     else:
         assert migration_context.connection is not None
         session.url = migration_context.connection.engine.url
+    autogenerate.install(migration_context, lambda: set() if offline else autogenerate.in_flight_columns(
+        [plan for plan in _load_all(session) if plan.phase in IN_FLIGHT]))
     token = _session.set(session)
     try:
         if not offline and mode == "complete":
@@ -319,18 +321,6 @@ def _settings(values: dict[str, Any]) -> dict[str, int]:
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ZdmAlembicError(f"zdm setting {first['loc'][0]}: {first['msg']}") from None
-
-
-def _hide_zdm_table(context: MigrationContext) -> None:
-    """Keep ``zdm_migrations`` out of autogenerate, which would otherwise propose dropping it."""
-    chosen = context.opts.get("include_name")
-
-    def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-        if type_ == "table" and name in introspect.INTERNAL_TABLES:
-            return False
-        return chosen(name, type_, parent_names) if chosen else True
-
-    context.opts["include_name"] = include_name
 
 
 @contextmanager

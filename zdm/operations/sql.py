@@ -3,8 +3,9 @@
 zdm cannot see inside raw SQL, so the compensating ``down`` is required before contract, and
 the reference model is left unchanged: `zdm rehearse` is how to learn what it really does. On
 PostgreSQL a statement known to take a long lock, rewrite a table or break the old app is refused
-(see zdm.risks) unless the step says ``assume_safe: true``: the catalogue has a safe form for
-each of them, and an author who knows better (a small table, a stopped app) says so in the plan.
+(see zdm.risks; the finding names its rule id) unless the step says ``assume_safe: true``, or a
+``-- zdm: ignore[rule-id] reason`` comment before the statement vouches for it: the catalogue has a
+safe form for each of them, and an author who knows better (a small table, a stopped app) says so.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ class RawSql(Operation):
         up, down = self._listed()
         # `down` runs at rollback, when only what `up` added goes: a drop there is the undo.
         before_contract = PHASES[self.phase] is not Phase.CONTRACTING
-        risks = [*lock_risks(up, old_app_running=before_contract, connection=c.connection),
-                 *lock_risks(down, old_app_running=False, connection=c.connection)]
+        risks = [*lock_risks(up, old_app_running=before_contract, connection=c.connection,
+                             in_transaction=self.transactional),
+                 *lock_risks(down, old_app_running=False, connection=c.connection, in_transaction=self.transactional)]
         if not risks:
             return []
         more = f" (and {len(risks) - 1} more)" if len(risks) > 1 else ""
