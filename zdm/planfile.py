@@ -161,7 +161,13 @@ def compile_plan(
             raise ValueError("compiling offline needs the schema and the dialect name")
         sql_dialect, working = for_name(dialect), schema.copy()
     compilers = []
-    for operation in plan.operations:
+    taken = sql_dialect.object_names(connection) if connection is not None else {}
+    for number, operation in enumerate(plan.operations, 1):
+        for name in operation.creates():
+            if (key := sql_dialect.fold_name(name)) in taken:
+                raise ValueError(f"operation {number} ({operation.describe()}): the name {name!r} is taken by "
+                                 f"{taken[key]}; pick a name no object of the schema has")
+            taken[key] = f"operation {number} of this plan"
         compiler = Compiler(sql_dialect, connection, working.copy(), plan.id)
         if errors := operation.check_live(compiler):
             raise ValueError(errors[0])

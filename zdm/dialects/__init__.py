@@ -254,6 +254,17 @@ class Dialect:
         """Names of zdm-owned triggers, functions, indexes and constraints left in the database."""
         raise NotImplementedError
 
+    def object_names(self, connection: sa.Connection) -> dict[str, str]:
+        """Every name taken in the schema a plan works in, folded by ``fold_name``, each with what
+        holds it (``"unique index accounts_email_uq on accounts"``): tables, views, indexes,
+        sequences, types, constraints, triggers and functions. A name a plan creates must not be
+        among them, whatever kind of object it is (zdm drops by name what it created)."""
+        raise NotImplementedError
+
+    def fold_name(self, name: str) -> str:
+        """``name`` as the database compares it once quoted by the dialect (SQLite ignores case)."""
+        return name
+
     def statement_progress(self, engine: sa.Engine, sql: str) -> dict[str, Any]:
         """What the database reports about zdm's statement ``sql`` while it runs (zdm.report shows it)."""
         return {}

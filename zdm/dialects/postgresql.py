@@ -441,6 +441,37 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         with engine.connect() as connection:
             return _holder(connection)
 
+    def object_names(self, connection: sa.Connection) -> dict[str, str]:
+        # Relations (tables, views, indexes, sequences...) and types share one namespace per schema
+        # (CREATE TABLE makes a type too); constraints, triggers and functions are named here as
+        # well, since zdm drops what it made by name. Source: PostgreSQL docs, "System Catalogs".
+        rows = connection.execute(sa.text("""
+SELECT c.relname, CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
+  WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table'
+  WHEN 'c' THEN 'type' ELSE CASE WHEN ix.indisunique THEN 'unique index' ELSE 'index' END END
+  || ' ' || c.relname || COALESCE(' on ' || t.relname, '')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_index ix ON ix.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = ix.indrelid
+WHERE n.nspname = current_schema()
+UNION ALL
+SELECT ty.typname, 'type ' || ty.typname FROM pg_type ty JOIN pg_namespace n ON n.oid = ty.typnamespace
+WHERE n.nspname = current_schema() AND ty.typrelid = 0 AND ty.typcategory <> 'A'
+UNION ALL
+SELECT co.conname, 'constraint ' || co.conname || COALESCE(' on ' || t.relname, '')
+FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace LEFT JOIN pg_class t ON t.oid = co.conrelid
+WHERE n.nspname = current_schema()
+UNION ALL
+SELECT tg.tgname, 'trigger ' || tg.tgname || ' on ' || t.relname
+FROM pg_trigger tg JOIN pg_class t ON t.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE NOT tg.tgisinternal AND n.nspname = current_schema()
+UNION ALL
+SELECT p.proname, 'function ' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = current_schema()"""))
+        names: dict[str, str] = {}
+        for name, holder in rows:
+            names.setdefault(str(name), str(holder))
+        return names
+
     def zdm_objects(self, connection: sa.Connection) -> list[str]:
         rows = connection.execute(
             sa.text(

@@ -311,6 +311,21 @@ class SQLiteDialect(Dialect):
             {"t": table})
         return {name: sql for name, sql in rows}
 
+    def object_names(self, connection: sa.Connection) -> dict[str, str]:
+        # Tables, views and indexes share one namespace, triggers another, all case-insensitive
+        # (sqlite.org/lang_createtable.html); a name is refused if any of them holds it.
+        rows = connection.execute(sa.text(
+            "SELECT name, CASE type WHEN 'index' THEN 'index ' || name || ' on ' || tbl_name "
+            "WHEN 'trigger' THEN 'trigger ' || name || ' on ' || tbl_name ELSE type || ' ' || name END "
+            "FROM sqlite_master"))
+        names: dict[str, str] = {}
+        for name, holder in rows:
+            names.setdefault(self.fold_name(str(name)), str(holder))
+        return names
+
+    def fold_name(self, name: str) -> str:
+        return name.lower()
+
     def zdm_objects(self, connection: sa.Connection) -> list[str]:
         rows = connection.execute(
             sa.text("SELECT name FROM sqlite_master WHERE name LIKE 'zdm\\_%' ESCAPE '\\' "

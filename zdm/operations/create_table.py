@@ -49,6 +49,9 @@ class CreateTable(Operation):
         problems = [(c.name, problem) for c in self.columns if (problem := default_problem(c.default, c.type))]
         return [f"column {name!r}: {problem}" for name, problem in problems[:1]]
 
+    def creates(self) -> list[str]:
+        return [self.table]
+
     def touches(self) -> set[tuple[str, str]]:
         return set()
 
