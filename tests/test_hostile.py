@@ -14,11 +14,14 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from support import setup, users_schema
+from support import Phase, apply_phases, assert_agrees, setup, users_schema, zdm_objects
 
-from zdm import db, oracle, state
+from zdm import db, oracle, planfile, state, status
 from zdm.cli import main
 from zdm.dialects import for_connection
+from zdm.model import Index, Schema
+from zdm.runner import PlanStateError, Reporter, Runner, ZdmError
+from zdm.status import format_record
 
 
 def zdm(*args: str) -> tuple[int, str, str]:
@@ -160,3 +163,154 @@ def test_a_free_name_still_runs(zdm_database_url: str, tmp_path: Path) -> None:
     after = snapshot(url)
     assert after[0] == before[0]
     assert [o for o in after[3] if "zdm_migrations" not in o[1]] == before[3]
+
+
+# -- kind 1: a status that lies, and commands that trust it ---------------------------------------
+class Killed(BaseException):
+    """kill -9 at a statement boundary: nothing after it runs, nothing is compensated."""
+
+
+class KillAt(Reporter):
+    """Counts the boundaries of a run (after each statement, after each commit); kills at number ``at``."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at, self.seen = at, 0
+
+    def _boundary(self) -> None:
+        if self.seen == self.at:
+            raise Killed(self.seen)
+        self.seen += 1
+
+    def executed(self, connection: sa.Connection, action: Any, seconds: float) -> None:
+        self._boundary()
+
+    def committed(self) -> None:
+        self._boundary()
+
+
+#: A rename with an index (PostgreSQL copies it CONCURRENTLY, outside a transaction), a NOT NULL with
+#: fill (a fill trigger, a NOT VALID check validated later) and a check validated in migrate.
+KILL_PLAN = {"id": "kills", "operations": [
+    {"op": "rename_column", "table": "users", "column": "email", "new_name": "email_address"},
+    {"op": "set_not_null", "table": "users", "column": "name", "fill": "nobody"},
+    {"op": "add_check", "table": "users", "name": "users_age_ok", "condition": "age >= 0"}]}
+
+
+def fresh(url: str) -> tuple[sa.Engine, Schema]:
+    """An empty database with the users table (an index on email), and its model."""
+    if url.startswith("postgresql"):
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with engine.connect() as connection:
+            connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+            connection.exec_driver_sql("CREATE SCHEMA public")
+        engine.dispose()
+    else:
+        Path(sa.make_url(url).database or "").unlink(missing_ok=True)
+    model = users_schema(rows=120)
+    model.table("users").indexes["users_email_ix"] = Index(("email",))
+    for row in model.table("users").rows:  # no NULL to fill: a rollback then restores every row as it was
+        row["name"] = row["name"] or "someone"
+    return setup(url, model), model
+
+
+def run(engine: sa.Engine, command: str, plan: planfile.PlanFile, kill_at: int | None = None) -> int:
+    """Run ``command`` killed at boundary ``kill_at`` (None: to the end); the boundaries passed."""
+    reporter = KillAt(kill_at)
+    runner = Runner(engine, reporter, overrides={"batch_size": 37})
+    try:
+        runner.start(plan) if command == "start" else getattr(runner, command)(plan.id)
+    except Killed:
+        assert kill_at is not None
+    else:
+        assert kill_at is None, f"{command} ended before boundary {kill_at}"
+    return reporter.seen
+
+
+def test_a_kill_at_every_statement_boundary_leaves_a_status_that_tells_the_truth(zdm_database_url: str) -> None:
+    """The issue's case: a kill after rollback's last compensation, before ROLLED_BACK was recorded,
+    left status saying MIGRATING and `complete` ran SET NOT NULL with the fill trigger gone.
+
+    For start, rollback and complete, the run is killed at every boundary in turn (after each
+    statement, after each commit). Then status must tell the truth: a plan it shows as waiting,
+    with no disagreement, completes into the declared shape; any other is refused by complete
+    and finished by rollback into the original shape, every row intact, no zdm object left."""
+    url = zdm_database_url
+    plan = planfile.parse(KILL_PLAN)
+    engine, model = fresh(url)
+    dialect = engine.dialect.name
+    original = model.copy()
+    final = model.copy()
+    apply_phases(plan, final, dialect, Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING)
+    boundaries = {}
+    for command in ("start", "rollback", "complete"):
+        engine.dispose()
+        engine, _ = fresh(url)
+        if command != "start":
+            run(engine, "start", plan)
+        boundaries[command] = run(engine, command, plan)
+    kills = 0
+    for command, count in boundaries.items():
+        for at in range(count):
+            engine.dispose()
+            engine, _ = fresh(url)
+            if command != "start":
+                run(engine, "start", plan)
+            run(engine, command, plan, kill_at=at)
+            kills += 1
+            (record,) = status.read(engine)
+            where = f"{command} killed at boundary {at}: {format_record(record)}"
+            if command == "complete" or (record.activity == "waiting" and not record.disagrees):
+                if command == "start":  # the run was done: rollback is the other way on
+                    run(engine, "rollback", plan)
+                    assert_agrees(engine, original)
+                    continue
+                if record.plan.phase is not Phase.COMPLETE:  # killed after COMPLETE was recorded
+                    run(engine, "complete", plan)
+                assert_agrees(engine, final)
+                continue
+            if record.plan.phase is not Phase.ROLLED_BACK:
+                with pytest.raises(PlanStateError):
+                    Runner(engine).complete(plan.id)
+                if command == "start" and at % 2 and not record.plan.rolling_back:
+                    run(engine, "start", plan)  # resume, then complete
+                    run(engine, "complete", plan)
+                    assert_agrees(engine, final)
+                    continue
+                run(engine, "rollback", plan)
+            assert_agrees(engine, original)
+            assert zdm_objects(engine) == [], where
+    engine.dispose()
+    assert kills == sum(boundaries.values()) and all(boundaries.values())
+
+
+def test_an_index_a_blocked_rollback_left_invalid_is_not_made_the_tables_index(zdm_postgres_url: str) -> None:
+    """The issue's case: an idle transaction blocks the rollback of a rename, whose DROP INDEX
+    CONCURRENTLY is cancelled after marking the copied index INVALID. Status said started, and
+    complete made the INVALID index the table's index. Now status names the INVALID index,
+    complete refuses before taking any lock, and a rollback once the session is gone finishes."""
+    url = zdm_postgres_url
+    plan = planfile.parse({"id": "blocked", "operations": [KILL_PLAN["operations"][0]]})
+    engine, model = fresh(url)
+    run(engine, "start", plan)
+    idle = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with idle.connect() as session:
+        session.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        session.exec_driver_sql("SELECT count(*) FROM users").scalar()  # then idle in transaction
+        with pytest.raises(ZdmError):
+            Runner(engine, overrides={"lock_timeout_ms": 200, "lock_retries": 0}).rollback(plan.id)
+        with engine.connect() as connection:
+            invalid = connection.exec_driver_sql(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE NOT i.indisvalid").scalars().all()
+        assert invalid, "the blocked DROP INDEX CONCURRENTLY left no INVALID index: the case is not reproduced"
+        (record,) = status.read(engine)
+        assert record.activity == "waiting" and record.disagrees == [
+            f"index {invalid[0]} on users is INVALID (a build or drop was interrupted)"]
+        assert f"the database disagrees with the record: index {invalid[0]}" in format_record(record)
+        code, _, err = zdm("complete", plan.id, "--db", url)
+        assert code == 2 and err.count("\n") == 1 and f"index {invalid[0]} on users is INVALID" in err, err
+    idle.dispose()
+    run(engine, "rollback", plan)
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []
+    engine.dispose()

@@ -1,7 +1,8 @@
 """What `zdm status` and `zdm history` read and show: a plan's record, what is happening to it, its phases.
 
-Only the state table is read, with SQLAlchemy and nothing heavier (no plan compiler, no
-dialect), so `zdm status` starts quickly, and it works without the plan file.
+The state table is read with SQLAlchemy and nothing heavier (no plan compiler), so `zdm status`
+starts quickly, and it works without the plan file. For a plan waiting for complete, the dialect
+also looks up what its record says the steps left (an index a cancelled build left INVALID).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import datetime as dt
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +39,8 @@ class Record:
     plan: MigrationPlan
     checkpoint: Checkpoint
     runner: str | None = None
+    #: What the steps the record says ran should have left and the live database lacks (see read).
+    disagrees: list[str] = field(default_factory=list)
 
     @property
     def steps_done(self) -> int:
@@ -75,6 +78,7 @@ class Record:
                 "at": stopped.at, "phase": stopped.phase.value,
                 "reason": stopped.note.removeprefix(state.INTERRUPTED)},
             "checkpoint": self.checkpoint.to_dict(),
+            "disagrees": self.disagrees,
         }
 
 
@@ -91,7 +95,16 @@ def read(engine: sa.Engine, plan_id: str | None = None) -> list[Record]:
         else:
             stored = state.load_all(connection)
     runner = state.runner_at_work(engine) if stored else None
-    return [Record(plan, checkpoint, runner) for plan, checkpoint in stored]
+    records = [Record(plan, checkpoint, runner) for plan, checkpoint in stored]
+    waiting = [record for record in records if record.activity == "waiting"]
+    if waiting:  # the record alone cannot tell an index a cancelled build or drop left INVALID
+        from zdm.dialects import for_connection
+
+        with engine.connect() as connection:
+            for record in waiting:
+                ran = [a for s in record.plan.steps if s.executed and not s.rolled_back for a in s.forward]
+                record.disagrees = for_connection(connection).missing_objects(connection, ran)
+    return records
 
 
 # -- the human form ------------------------------------------------------------------------------
@@ -112,12 +125,14 @@ def progress_text(table: str, done: int, total: int, rows_per_s: float | None, e
 
 def steps_text(record: Record) -> str:
     plan, total = record.plan, len(record.plan.steps)
-    if plan.phase is Phase.ROLLED_BACK:
+    if plan.phase is Phase.ROLLED_BACK or plan.rolling_back:
         return f"{plural(record.steps_undone, 'step')} undone"
     return f"{record.steps_done}/{plural(total, 'step')} ({plan.progress:.0f}%)"
 
 
 def resume_hint(plan: MigrationPlan) -> str:
+    if plan.rolling_back:
+        return f"a rollback had begun (steps undone): `zdm rollback {plan.id}` finishes it"
     if plan.phase is Phase.CONTRACTING:
         return f"`zdm complete {plan.id}` finishes it"
     return f"`zdm start` with the same plan file resumes, `zdm rollback {plan.id}` undoes"
@@ -126,7 +141,10 @@ def resume_hint(plan: MigrationPlan) -> str:
 def format_record(record: Record) -> str:
     plan, checkpoint = record.plan, record.checkpoint
     lines = [f"{plan.id}: {plan.phase.value}, {steps_text(record)} — {plan.title}"]
-    if record.activity == "waiting":
+    if record.disagrees:
+        lines.append(f"  the database disagrees with the record: {record.disagrees[0]}; `zdm complete` refuses: "
+                     f"`zdm rollback {plan.id}` undoes it")
+    elif record.activity == "waiting":
         lines.append(f"  started: deploy the new app, then `zdm complete {plan.id}` (or `zdm rollback {plan.id}`)")
     backfilling = checkpoint.until is not None and checkpoint.step is not None
     if backfilling and checkpoint.step is not None:

@@ -261,6 +261,13 @@ class Dialect:
         among them, whatever kind of object it is (zdm drops by name what it created)."""
         raise NotImplementedError
 
+    def missing_objects(self, connection: sa.Connection, actions: list[Action]) -> list[str]:
+        """What ``actions`` (the forward actions of the steps a record says ran, in order) left
+        that the live database lacks: an index that is absent or INVALID, a trigger or constraint
+        that is gone, a validated constraint that is not. One line each; [] when the record holds.
+        Where every step commits with its record (SQLite), the record is the truth: []."""
+        return []
+
     def fold_name(self, name: str) -> str:
         """``name`` as the database compares it once quoted by the dialect (SQLite ignores case)."""
         return name

@@ -441,6 +441,42 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         with engine.connect() as connection:
             return _holder(connection)
 
+    def missing_objects(self, connection: sa.Connection, actions: list[Action]) -> list[str]:
+        # The objects the statements leave, read from their parse trees (pglast), then looked up:
+        # a CONCURRENTLY build or drop that was cancelled leaves an INVALID index (PostgreSQL docs,
+        # CREATE INDEX, "Building Indexes Concurrently"), which a record cannot tell.
+        left: dict[tuple[str, str], str] = {}  # (kind, name) -> table; kind: index, trigger, constraint, valid
+        for action in actions:
+            if isinstance(action, Statement):
+                _track(action.sql, left)
+        problems = []
+        for (kind, name), table in left.items():
+            if kind == "index":
+                valid = connection.execute(sa.text(
+                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE c.relname = :name AND n.nspname = current_schema()"),
+                    {"name": name}).scalar()
+                if valid is None:
+                    problems.append(f"index {name} on {table} is missing")
+                elif not valid:
+                    problems.append(f"index {name} on {table} is INVALID (a build or drop was interrupted)")
+            elif kind == "trigger":
+                if connection.execute(sa.text(
+                        "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE t.tgname = :name AND c.relname = :table "
+                        "AND n.nspname = current_schema()"), {"name": name, "table": table}).first() is None:
+                    problems.append(f"trigger {name} on {table} is missing")
+            else:
+                validated = connection.execute(sa.text(
+                    "SELECT co.convalidated FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE co.conname = :name AND c.relname = :table "
+                    "AND n.nspname = current_schema()"), {"name": name, "table": table}).scalar()
+                if validated is None:
+                    problems.append(f"constraint {name} on {table} is missing")
+                elif kind == "valid" and not validated:
+                    problems.append(f"constraint {name} on {table} is not validated")
+        return problems
+
     def object_names(self, connection: sa.Connection) -> dict[str, str]:
         # Relations (tables, views, indexes, sequences...) and types share one namespace per schema
         # (CREATE TABLE makes a type too); constraints, triggers and functions are named here as
@@ -483,6 +519,56 @@ WHERE n.nspname = current_schema()"""))
             )
         )
         return sorted(r[0] for r in rows)
+
+
+def _track(sql: str, left: dict[tuple[str, str], str]) -> None:
+    """Follow what ``sql`` creates, renames, validates and drops in ``left`` (see missing_objects);
+    SQL pglast cannot read (a user's odd statement) is skipped: its objects are not checked."""
+    import pglast
+    from pglast import ast, enums
+
+    try:
+        parsed = pglast.parse_sql(sql)
+    except pglast.parser.ParseError:
+        return
+    for raw in parsed:
+        stmt: Any = raw.stmt
+        node = type(stmt)  # not isinstance: pglast's fields are typed Optional, and these are set
+        if node is ast.IndexStmt and stmt.idxname:
+            left[("index", stmt.idxname)] = stmt.relation.relname
+        elif node is ast.CreateTrigStmt:
+            left[("trigger", stmt.trigname)] = stmt.relation.relname
+        elif node is ast.DropStmt:
+            for parts in stmt.objects or ():
+                names = [part.sval for part in parts] if isinstance(parts, tuple) else []
+                if stmt.removeType == enums.ObjectType.OBJECT_INDEX and names:
+                    left.pop(("index", names[-1]), None)
+                elif stmt.removeType == enums.ObjectType.OBJECT_TRIGGER and names:
+                    left.pop(("trigger", names[-1]), None)
+                elif stmt.removeType == enums.ObjectType.OBJECT_TABLE and names:
+                    for key in [key for key, table in left.items() if table == names[-1]]:
+                        del left[key]
+        elif node is ast.RenameStmt and stmt.relation is not None:
+            old, new = stmt.relation.relname, stmt.newname
+            if stmt.renameType == enums.ObjectType.OBJECT_INDEX and ("index", old) in left:
+                left[("index", new)] = left.pop(("index", old))
+            elif stmt.renameType == enums.ObjectType.OBJECT_TABLE:
+                for key, table in list(left.items()):
+                    left[key] = new if table == old else table
+        elif node is ast.AlterTableStmt and stmt.relation is not None:
+            table = stmt.relation.relname
+            for cmd in stmt.cmds or ():
+                kind = cmd.subtype
+                if kind == enums.AlterTableType.AT_AddConstraint and cmd.def_.conname:
+                    if cmd.def_.indexname:  # USING INDEX: the index takes the constraint's name
+                        left.pop(("index", cmd.def_.indexname), None)
+                    left[("constraint", cmd.def_.conname)] = table
+                elif kind == enums.AlterTableType.AT_ValidateConstraint:
+                    left.pop(("constraint", cmd.name), None)
+                    left[("valid", cmd.name)] = table
+                elif kind == enums.AlterTableType.AT_DropConstraint:
+                    left.pop(("constraint", cmd.name), None)
+                    left.pop(("valid", cmd.name), None)
 
 
 def _holder(connection: sa.Connection) -> str | None:
