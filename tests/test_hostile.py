@@ -315,3 +315,51 @@ def test_an_index_a_blocked_rollback_left_invalid_is_not_made_the_tables_index(z
     assert_agrees(engine, model)
     assert zdm_objects(engine) == []
     engine.dispose()
+
+
+# -- kind 5: passwords never printed ---------------------------------------------------------------
+PASSWORD = "Pl4nt3dS3cr3t"
+
+
+def test_a_planted_password_appears_in_no_output_of_any_command(zdm_postgres_url: str, tmp_path: Path) -> None:
+    """The issue's cases (`zdm demo` printed the whole URL, a malformed URL was echoed whole,
+    `?password=` was shown in `cannot connect to`), and every other command, human and --json,
+    successes and errors: the planted password is in no output and not in zdm's record."""
+    server = sa.make_url(zdm_postgres_url)  # trust auth: a password in the URL is accepted and ignored
+    good = [server.set(password=PASSWORD).render_as_string(hide_password=False),
+            server.update_query_dict({"password": PASSWORD}).render_as_string(hide_password=False)]
+    bad = [f"postgresql://u:{PASSWORD}@127.0.0.1:abc/db", f"postgresql://u:{PASSWORD}@[::1/db",
+           f"postgresql://u:{PASSWORD}@127.0.0.1:abc/db?password={PASSWORD}",
+           f"postgresql+nodriver://u:{PASSWORD}@h/db?sslpassword={PASSWORD}",
+           f"postgresql://u@127.0.0.1:1/db?password={PASSWORD}&sslmode=disable",
+           server.set(password=PASSWORD, database="no_such_db_zdm").render_as_string(hide_password=False)]
+    outputs: list[str] = []
+
+    def every(*args: str, url: str) -> None:
+        for extra in ((), ("--json",)):
+            code, out, err = zdm(*args, "--db", url, *extra)
+            outputs.append(f"{args} {code}\n{out}\n{err}")
+
+    every("demo", "--rows", "20", url=good[0])
+    every("demo", "--rows", "20", url=good[1])
+    engine = db.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+        connection.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+    setup(zdm_postgres_url, users_schema(rows=20)).dispose()
+    path = write_plan(tmp_path, {"id": "secret", "operations": [KILL_PLAN["operations"][0]]})
+    for url in good:
+        for command in (("validate", path), ("plan", path), ("start", path), ("status",), ("history", "secret"),
+                        ("rollback", "secret"), ("apply", path), ("status", "secret")):
+            every(*command, url=url)
+    for url in bad:
+        for command in (("validate", path), ("start", path), ("status",), ("demo",), ("rehearse", path)):
+            every(*command, url=url)
+    engine = db.create_engine(zdm_postgres_url)
+    with engine.connect() as connection:
+        outputs += [str(row) for row in connection.execute(sa.select(state.migrations))]
+    engine.dispose()
+    assert len(outputs) > 60 and any("Pl4nt" not in o and "***" in o for o in outputs)
+    leaked = [o for o in outputs if PASSWORD in o]
+    assert not leaked, leaked[0]
