@@ -7,20 +7,28 @@ every named object, zdm's own records).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import yaml
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from support import Phase, apply_phases, assert_agrees, setup, users_schema, zdm_objects
 
 from zdm import db, oracle, planfile, state, status
 from zdm.cli import main
 from zdm.dialects import for_connection
 from zdm.model import Index, Schema
+from zdm.operations import CATALOGUE
 from zdm.runner import PlanStateError, Reporter, Runner, ZdmError
+from zdm.state import RunnerBusy
 from zdm.status import format_record
 
 
@@ -363,3 +371,272 @@ def test_a_planted_password_appears_in_no_output_of_any_command(zdm_postgres_url
     assert len(outputs) > 60 and any("Pl4nt" not in o and "***" in o for o in outputs)
     leaked = [o for o in outputs if PASSWORD in o]
     assert not leaked, leaked[0]
+
+
+# -- kind 3: values that change silently or fail late -----------------------------------------------
+BOOL = {"table": "users", "column": "flag", "type": "BOOLEAN"}
+VALUES = [  # (operation, words of the one-line refusal)
+    ({"op": "add_column", **BOOL, "default": "false"}, "not str 'false'"),
+    ({"op": "add_column", **BOOL, "default": "no"}, "not str 'no'"),
+    ({"op": "add_column", **BOOL, "default": 0}, "not int 0"),
+    ({"op": "set_not_null", "table": "users", "column": "legacy_flag", "fill": "false"}, "not str 'false'"),
+    ({"op": "add_column", "table": "users", "column": "n", "type": "INTEGER", "default": 2147483648},
+     "out of the range of INTEGER"),
+    ({"op": "add_column", "table": "users", "column": "n", "type": "BIGINT", "default": 2**63},
+     "out of the range of BIGINT"),
+    ({"op": "add_column", "table": "users", "column": "n", "type": "INTEGER", "default": 3.9}, "not float 3.9"),
+    ({"op": "add_column", "table": "users", "column": "n", "type": "INTEGER", "default": "7"}, "not str '7'"),
+    ({"op": "set_not_null", "table": "users", "column": "age", "fill": 2147483648}, "out of the range of INTEGER"),
+    ({"op": "set_not_null", "table": "users", "column": "name", "fill": {"a": 1}}, "not dict"),
+    ({"op": "set_default", "table": "users", "column": "name", "default": 5}, "not int 5"),
+    ({"op": "set_default", "table": "users", "column": "name", "default": "a\x00b"}, "NUL"),
+    ({"op": "set_default", "table": "users", "column": "profile", "default": {"x": float("nan")}},
+     "not JSON compliant"),
+    ({"op": "create_table", "table": "t2", "columns": [{"name": "b", "type": "BOOLEAN", "default": "true"}]},
+     "not str 'true'"),
+]
+SETTINGS = [  # settings that became 1 ms, failed after expand ran, or slept for days
+    ({"lock_timeout_ms": True}, "lock_timeout_ms"), ({"lock_timeout_ms": 10**12}, "lock_timeout_ms"),
+    ({"batch_size": 10**30}, "batch_size"), ({"batch_pause_ms": 10**30}, "batch_pause_ms"),
+    ({"lock_retries": -1}, "lock_retries"), ({"batch_target_ms": "100"}, "batch_target_ms"),
+]
+
+
+def test_plan_values_are_converted_by_strict_rules_before_anything_runs(zdm_database_url: str, tmp_path: Path) -> None:
+    url = zdm_database_url
+    setup(url, users_schema(rows=5)).dispose()
+    for number, (operation, words) in enumerate(VALUES):
+        path = write_plan(tmp_path, {"id": f"value{number}", "operations": [operation]})
+        refused(url, path, words)
+    add = {"op": "add_column", "table": "users", "column": "nick", "type": "TEXT"}
+    for number, (given_settings, words) in enumerate(SETTINGS):
+        path = write_plan(tmp_path, {"id": f"setting{number}", "settings": given_settings, "operations": [add]})
+        refused(url, path, words)
+    for flag in ("--lock-timeout", "--batch-size", "--batch-pause-ms"):
+        path = write_plan(tmp_path, {"id": "flags", "operations": [add]})
+        code, _, err = zdm("start", path, "--db", url, flag, str(10**30))
+        assert code == 2 and err.startswith("zdm: error: ") and err.count("\n") == 1, err
+
+
+def test_a_fill_that_holds_the_dollar_quote_tag_is_stored_as_written(zdm_database_url: str, tmp_path: Path) -> None:
+    """A fill of ``$zdm$`` ended the trigger function's dollar-quoted body early on PostgreSQL."""
+    url = zdm_database_url
+    engine = setup(url, users_schema(rows=10))
+    fill = "$zdm$'; DROP TABLE users; --$zdm_$"
+    path = write_plan(tmp_path, {"id": "dollar", "operations": [
+        {"op": "set_not_null", "table": "users", "column": "name", "fill": fill}]})
+    code, _, err = zdm("start", path, "--db", url)
+    assert code == 0, err
+    with engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO users (id, email, name) VALUES (1000, 'x', NULL)")
+        stored = connection.exec_driver_sql("SELECT name FROM users WHERE id IN (7, 1000)").scalars().all()
+    assert stored == [fill, fill]
+    assert zdm("complete", "dollar", "--db", url)[0] == 0
+    engine.dispose()
+
+
+# -- kind 4: tracebacks and hangs ------------------------------------------------------------------
+def alias_bomb() -> str:
+    """About 600 bytes that expand to 9^9 strings when built."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(8):
+        prev, name = chr(97 + level), chr(98 + level)
+        lines.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+ADD = "  - {op: add_column, table: users, column: nick, type: TEXT}\n"
+FILES = [  # (file name, content, words of the one-line refusal)
+    ("bomb.yaml", alias_bomb(), "anchors and aliases"),
+    ("deep.yaml", "id: x\noperations: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested more than"),
+    ("deep.json", '{"id": "x", "operations": ' + "[" * 50_000 + "]" * 50_000 + "}", "nested more than"),
+    ("dup.yaml", f"id: x\noperations:\n  - {{op: drop_table, table: users}}\noperations:\n{ADD}",
+     "key 'operations' given twice"),
+    ("dup.json", '{"id": "x", "operations": [{"op": "drop_table", "table": "users"}], "operations": []}',
+     "key 'operations' given twice"),
+    ("inf.yaml", "id: x\noperations:\n  - {op: add_column, table: users, column: n, type: INTEGER, default: .inf}\n",
+     "default inf is not a valid INTEGER"),
+    ("sql.yaml", 'id: x\noperations:\n  - {op: sql, up: "", down: "SELECT 1"}\n', "`up` needs a statement"),
+    ("title.yaml", f'id: x\ntitle: "ok\\nusers: MIGRATING forged \\u001b[31mred"\noperations:\n{ADD}', "title"),
+    ("big.yaml", "id: x\noperations:\n" + ADD * 20_000, "larger than 1,000,000 bytes"),
+    ("many.yaml", "id: x\noperations:\n" + ADD * 201, "operations"),
+    ("bytes.yaml", "id: x\x00\xff", "not UTF-8"),
+]
+
+
+def test_hostile_plan_files_are_refused_in_one_line_quickly(zdm_database_url: str, tmp_path: Path) -> None:
+    url = zdm_database_url
+    setup(url, users_schema(rows=5)).dispose()
+    for name, content, words in FILES:
+        path = tmp_path / name
+        path.write_bytes(content.encode("utf-8", "surrogateescape") if name != "bytes.yaml"
+                         else b"id: x\x00\xff\xfe")
+        started = time.monotonic()
+        err = refused(url, str(path), words)
+        assert time.monotonic() - started < 10, (name, err)
+        assert "\x1b" not in err and "Traceback" not in err
+
+
+def test_a_malformed_port_is_one_line() -> None:
+    code, _, err = zdm("status", "--db", "postgresql://u:p@127.0.0.1:abc/db")
+    assert code == 2 and err.startswith("zdm: error: not a database URL") and err.count("\n") == 1, err
+
+
+def test_status_escapes_what_it_prints(zdm_database_url: str, tmp_path: Path) -> None:
+    """A title stored before titles were checked (or written by hand) cannot forge a line or an escape code."""
+    url = zdm_database_url
+    engine = setup(url, users_schema(rows=5))
+    path = write_plan(tmp_path, {"id": "forged", "operations": [
+        {"op": "add_column", "table": "users", "column": "nick", "type": "TEXT"}]})
+    assert zdm("start", path, "--db", url)[0] == 0
+    with engine.begin() as connection:
+        plan, _ = state.load(connection, "forged")
+        plan.title = "ok\nother: COMPLETE, all done \x1b[2J\x1b[31mred\r"
+        state.save(connection, plan)
+    engine.dispose()
+    for command in (("status",), ("status", "forged"), ("history", "forged")):
+        code, out, err = zdm(*command, "--db", url)
+        assert code == 0 and "\x1b" not in out + err and "\r" not in out, out
+        assert not any(line.startswith("other:") for line in out.splitlines()), out
+
+
+# -- kind 4: the fuzz test -------------------------------------------------------------------------
+NAMES = st.sampled_from(["users", "email", "name", "age", "legacy_flag", "profile", "created_at", "id", "nick",
+                         "accounts_email_uq", "zdm_migrations", "Users", "1bad", "a b", "", "x" * 70]
+                        ) | st.text(max_size=6)
+FUZZ_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=8),
+    st.sampled_from(["false", "no", "$zdm$", "now()", "'", "2026-01-01T00:00:00", "2026-01-01T00:00:00+02:00",
+                     '{"a": 1}', "\x1b[31m", "a\nb"]),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.lists(st.integers(), max_size=2))
+OPERATION = st.fixed_dictionaries(
+    {"op": st.sampled_from([*sorted(op.model_fields["op"].default for op in CATALOGUE), "nope"]),
+     "table": NAMES},
+    optional={"column": NAMES, "new_name": NAMES, "name": NAMES, "from_column": NAMES, "ref_table": NAMES,
+              "type": st.sampled_from(["TEXT", "INTEGER", "BIGINT", "BOOLEAN", "TIMESTAMP", "JSON", "OTHER", "DATE"]),
+              "default": FUZZ_VALUES, "fill": FUZZ_VALUES, "unique": FUZZ_VALUES, "nullable": FUZZ_VALUES,
+              "transform": FUZZ_VALUES,
+              "columns": st.lists(NAMES, max_size=3), "ref_columns": st.lists(NAMES, max_size=2),
+              "condition": st.sampled_from(["age >= 0", "age > 1000", "1/0 = 1", "x;", "nope(", "name IS NOT NULL"]),
+              "up": st.sampled_from(["SELECT 1", "", "SELEC", "CREATE INDEX fz_ix ON users (age)", ["SELECT 1"]]),
+              "down": st.sampled_from(["SELECT 1", "DROP INDEX IF EXISTS fz_ix", "", []]),
+              "phase": st.sampled_from(["expand", "migrate", "contract", "later"]), "extra": FUZZ_VALUES})
+SETTING = st.sampled_from(["lock_timeout_ms", "lock_retries", "batch_size", "batch_target_ms", "batch_pause_ms", "x"])
+PLANS = st.fixed_dictionaries(
+    {"id": st.sampled_from(["fz", "fz-2"]) | st.text(max_size=5), "operations": st.lists(OPERATION, max_size=3)},
+    optional={"title": st.text(max_size=12), "settings": st.dictionaries(SETTING, FUZZ_VALUES, max_size=2)})
+#: A plan (as JSON or YAML) or raw bytes, as a plan file's name and content.
+PLAN_FILES = st.one_of(
+    PLANS.map(lambda plan: ("plan.json", json.dumps(plan).encode())),
+    PLANS.map(lambda plan: ("plan.yaml", yaml.safe_dump(plan, allow_unicode=True).encode())),
+    st.tuples(st.sampled_from(["raw.yaml", "raw.json"]), st.binary(max_size=200)))
+DOCUMENTED = {0, 1, 2}
+FUZZ_EXAMPLES = int(os.environ.get("ZDM_FUZZ_EXAMPLES", "1000"))
+
+
+def test_fuzzed_plans_give_one_line_a_documented_code_and_an_unchanged_database(
+        zdm_database_url: str, tmp_path: Path) -> None:
+    """Hypothesis over the plan schema (ops, names, values, settings) plus raw bytes, at least 1,000
+    plans per database: `zdm start` never shows a traceback; a refusal (exit 2) is one `zdm: error:`
+    line and leaves the database byte-identical; a failure (exit 1) is one line and compensates;
+    a plan that starts (exit 0) rolls back with exit 0."""
+    url = zdm_database_url
+    setup(url, users_schema(rows=5)).dispose()
+    sqlite_file = None if url.startswith("postgresql") else Path(sa.make_url(url).database or "")
+
+    def state_of_database() -> Any:
+        """SQLite: the file's bytes (byte-identical, literally); PostgreSQL: everything snapshot reads."""
+        return hashlib.sha256(sqlite_file.read_bytes()).hexdigest() if sqlite_file else snapshot(url)
+
+    base = state_of_database()
+    seen = {"refused": 0, "failed": 0, "started": 0}
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(PLAN_FILES)
+    def one(plan_file: tuple[str, bytes]) -> None:
+        name, content = plan_file
+        path = tmp_path / name
+        path.write_bytes(content)
+        code, out, err = zdm("start", str(path), "--db", url)
+        assert code in DOCUMENTED and "Traceback" not in out + err, (content, code, out, err)
+        if code == 0:
+            seen["started"] += 1
+            plan_id = json.loads(content)["id"] if name.endswith(".json") else yaml.safe_load(content)["id"]
+            rolled = zdm("rollback", plan_id, "--db", url)
+            assert rolled[0] == 0, (content, rolled)
+            reset(url)
+            return
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("zdm: error: "), (content, err)
+        assert "\x1b" not in err
+        if code == 2:
+            seen["refused"] += 1
+            assert state_of_database() == base, content
+        else:
+            seen["failed"] += 1
+            reset(url)
+
+    def reset(url: str) -> None:
+        engine = db.create_engine(url)
+        with engine.begin() as connection:
+            for table in ("zdm_migrations", "users", "fz_table"):
+                connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+            for name in for_connection(connection).object_names(connection):
+                if name.startswith("zdm_fn") and engine.dialect.name == "postgresql":
+                    connection.exec_driver_sql(f"DROP FUNCTION IF EXISTS {name} CASCADE")
+        engine.dispose()
+        setup(url, users_schema(rows=5)).dispose()
+        nonlocal base
+        base = state_of_database()
+
+    one()
+    assert seen["refused"] >= FUZZ_EXAMPLES // 2, seen
+
+
+# -- kind 7: SQLite specifics ------------------------------------------------------------------------
+def test_renaming_a_column_another_tables_foreign_key_references(zdm_database_url: str, tmp_path: Path) -> None:
+    """The issue's case: `parent.code` renamed while `child.parent_code REFERENCES parent(code)`; on
+    SQLite start and complete passed, then every insert into child failed "foreign key mismatch"."""
+    url = zdm_database_url
+    engine = db.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY, code TEXT UNIQUE)")
+        connection.exec_driver_sql("CREATE TABLE child (id INTEGER PRIMARY KEY, "
+                                   "parent_code TEXT REFERENCES parent(code))")
+        connection.exec_driver_sql("INSERT INTO parent VALUES (1, 'a'), (2, 'b')")
+        connection.exec_driver_sql("INSERT INTO child VALUES (1, 'a')")
+    path = write_plan(tmp_path, {"id": "fk", "operations": [
+        {"op": "rename_column", "table": "parent", "column": "code", "new_name": "ref"}]})
+    for command in (("start", path), ("complete", "fk")):
+        code, _, err = zdm(*command, "--db", url)
+        assert code == 0, err
+    app = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with app.begin() as connection:
+        if app.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+            assert connection.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+        connection.exec_driver_sql("INSERT INTO child VALUES (2, 'b')")
+    with pytest.raises(sa.exc.IntegrityError), app.begin() as connection:
+        if app.dialect.name == "sqlite":
+            connection.exec_driver_sql("PRAGMA foreign_keys = ON")
+        connection.exec_driver_sql("INSERT INTO child VALUES (3, 'zz')")
+    app.dispose()
+    engine.dispose()
+
+
+def test_the_sqlite_runner_lock_is_the_database_files_not_its_paths(tmp_path: Path) -> None:
+    """A hard link in another directory (or a relative path) reaches the same database: one runner."""
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    engine = setup(url, users_schema(rows=5))
+    (tmp_path / "elsewhere").mkdir()
+    os.link(tmp_path / "app.db", tmp_path / "elsewhere" / "same.db")
+    other = db.create_engine(f"sqlite:///{tmp_path / 'elsewhere' / 'same.db'}")
+    with state.runner_lock(engine):
+        with pytest.raises(RunnerBusy), state.runner_lock(other):
+            pass
+        assert state.runner_at_work(other) is not None
+    with state.runner_lock(other):
+        pass
+    other.dispose()
+    engine.dispose()

@@ -18,6 +18,7 @@ import datetime as dt
 import enum
 import functools
 import json
+import math
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,40 @@ class ColumnType(enum.StrEnum):
     JSON = "JSON"
     #: A type zdm reads and copies (DATE, NUMERIC, UUID...) but does not declare.
     OTHER = "OTHER"
+
+    def from_plan(self, value: Any) -> Any:
+        """A value a plan file gives (a default, a fill) as this type holds it, by strict rules:
+        no truthiness (``"false"`` is not a BOOLEAN), no truncation (``3.9`` is not an INTEGER),
+        the real type's range (INTEGER: 32 bits, BIGINT: 64), no NUL in text (PostgreSQL
+        refuses it), JSON without NaN or infinity. Raises ValueError saying why."""
+        if value is None or self is ColumnType.OTHER or isinstance(value, SqlDefault):
+            return value
+        if self in (ColumnType.INTEGER, ColumnType.BIGINT):
+            if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"an {self.value} is a whole number, not {type(value).__name__} {value!r}")
+            bits = 31 if self is ColumnType.INTEGER else 63
+            if not -(2**bits) <= value < 2**bits:
+                raise ValueError(f"{value} is out of the range of {self.value} ({-(2**bits)} to {2**bits - 1})")
+            return value
+        if self is ColumnType.BOOLEAN:
+            if not isinstance(value, bool):
+                raise ValueError(f"a BOOLEAN is true or false, not {type(value).__name__} {value!r}")
+            return value
+        if self is ColumnType.TEXT:
+            if not isinstance(value, str):
+                raise ValueError(f"a TEXT value is a string (quote it), not {type(value).__name__} {value!r}")
+            if "\x00" in value:
+                raise ValueError("text cannot hold the NUL character")
+            return value
+        if self is ColumnType.JSON:
+            parsed = self.coerce(value)
+            json.dumps(parsed, allow_nan=False)  # ValueError for NaN and infinity, TypeError for the rest
+            return parsed
+        if self is ColumnType.TIMESTAMP and not isinstance(value, str | dt.datetime):
+            raise ValueError(f"a TIMESTAMP is an ISO 8601 string, not {type(value).__name__} {value!r}")
+        return self.coerce(value)
 
     def coerce(self, value: Any) -> Any:
         """Normalise a Python value to what this type holds, so rows compare across databases."""

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm import state
+from zdm.errors import printable
 from zdm.plan import Checkpoint, HistoryEntry, MigrationPlan, Phase
 
 #: What is happening to a plan, as `zdm status` tells it (``activity`` in --json).
@@ -140,7 +141,7 @@ def resume_hint(plan: MigrationPlan) -> str:
 
 def format_record(record: Record) -> str:
     plan, checkpoint = record.plan, record.checkpoint
-    lines = [f"{plan.id}: {plan.phase.value}, {steps_text(record)} — {plan.title}"]
+    lines = [f"{plan.id}: {plan.phase.value}, {steps_text(record)} — {printable(plan.title)}"]
     if record.disagrees:
         lines.append(f"  the database disagrees with the record: {record.disagrees[0]}; `zdm complete` refuses: "
                      f"`zdm rollback {plan.id}` undoes it")
@@ -162,7 +163,7 @@ def format_record(record: Record) -> str:
     elif record.activity == "at_work" and not backfilling:
         lines.append(f"  a runner is at work: {record.runner}")
     for entry in plan.history:
-        note = f"  {entry.note}" if entry.note else ""
+        note = f"  {printable(entry.note)}" if entry.note else ""
         lines.append(f"  {entry.at}  {entry.phase.value}{note}")
     return "\n".join(lines)
 
@@ -219,7 +220,7 @@ def format_history(record: Record, now: dt.datetime | None = None) -> str:
         rows.append((period["phase"], period["start"], period["end"] or ("(now)" if current else ""), duration,
                      "; ".join(notes)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [f"{plan.id}: {plan.title}"]
+    lines = [f"{plan.id}: {printable(plan.title)}"]
     for phase, start, end, duration, note in rows:
         lines.append(f"  {phase:<{widths[0]}}  {start:<{widths[1]}}  {end:<{widths[2]}}  "
                      f"{duration:>{widths[3]}}  {note}".rstrip())

@@ -332,7 +332,7 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
              "  RETURN NEW;", "END"]
         )
         create = [
-            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $zdm$\n{body}\n$zdm$",
+            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {_dollar_quoted(body)}",
             f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {table} "
             f"FOR EACH ROW EXECUTE FUNCTION {fn}()",
         ]
@@ -345,7 +345,7 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         fn, trigger = q(object_name("zdm_fn", name)), q(object_name("zdm_tg", name))
         body = f"BEGIN\n  IF NEW.{q(column)} IS NULL THEN NEW.{q(column)} := {value}; END IF;\n  RETURN NEW;\nEND"
         create = [
-            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $zdm$\n{body}\n$zdm$",
+            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {_dollar_quoted(body)}",
             f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {q(table)} FOR EACH ROW EXECUTE FUNCTION {fn}()",
         ]
         return statements(create), statements([f"DROP TRIGGER IF EXISTS {trigger} ON {q(table)}",
@@ -519,6 +519,15 @@ WHERE n.nspname = current_schema()"""))
             )
         )
         return sorted(r[0] for r in rows)
+
+
+def _dollar_quoted(body: str) -> str:
+    """``body`` as a dollar-quoted string whose tag it does not contain, so no value in it (a fill of
+    ``'$zdm$'``) can end the string early (PostgreSQL docs, "Dollar-Quoted String Constants")."""
+    tag = "zdm"
+    while f"${tag}$" in body:
+        tag += "_"
+    return f"${tag}$\n{body}\n${tag}$"
 
 
 def _track(sql: str, left: dict[tuple[str, str], str]) -> None:

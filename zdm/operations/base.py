@@ -58,8 +58,8 @@ Identifier = Annotated[str, AfterValidator(_plain_identifier), Field(json_schema
 def default_problem(value: Any, column_type: ColumnType) -> str | None:
     """Why ``value`` cannot be a default of ``column_type``; None when it can (or there is none)."""
     try:
-        column_type.coerce(value)
-    except (TypeError, ValueError) as exc:
+        column_type.from_plan(value)
+    except (TypeError, ValueError, OverflowError) as exc:
         return f"default {value!r} is not a valid {column_type.value} ({exc})"
     return None
 
