@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -639,4 +640,62 @@ def test_the_sqlite_runner_lock_is_the_database_files_not_its_paths(tmp_path: Pa
     with state.runner_lock(other):
         pass
     other.dispose()
+    engine.dispose()
+
+
+# -- kind 6: the blocker named rightly -------------------------------------------------------------
+def test_the_blocker_of_an_index_build_is_the_old_snapshot_on_another_table(zdm_postgres_url: str,
+                                                                              tmp_path: Path) -> None:
+    """The issue's case: CREATE INDEX CONCURRENTLY waits for an idle REPEATABLE READ transaction
+    that only read another table; zdm said "the blocking session had finished" while it was open."""
+    url = zdm_postgres_url
+    engine = setup(url, users_schema(rows=20))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE teams (id integer PRIMARY KEY)")
+    reporter = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"application_name": "slow-report"})
+    path = write_plan(tmp_path, {"id": "ix", "settings": {"lock_timeout_ms": 400, "lock_retries": 0}, "operations": [
+        {"op": "create_index", "table": "users", "name": "users_age_ix", "columns": ["age"]}]})
+    with reporter.connect() as session:
+        session.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        session.exec_driver_sql("SELECT count(*) FROM teams").scalar()
+        pid = session.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        code, _, err = zdm("start", path, "--db", url)
+    last = err.splitlines()[-1]  # progress before it, on stderr too
+    assert code == 1 and last.startswith("zdm: error: "), err
+    assert f"blocked by pid {pid} (application_name 'slow-report'" in last and "had finished" not in err, err
+    reporter.dispose()
+    engine.dispose()
+
+
+def test_a_session_queued_behind_zdm_is_not_named(zdm_postgres_url: str, tmp_path: Path) -> None:
+    """zdm waits for ACCESS EXCLUSIVE behind a reader; a second reader queues behind zdm. Only the
+    first is named: the second blocks nobody (it got its lock only once zdm gave up)."""
+    url = zdm_postgres_url
+    engine = setup(url, users_schema(rows=20))
+    blocker = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"application_name": "blocker"})
+    queued = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"application_name": "queued"})
+    path = write_plan(tmp_path, {"id": "col", "settings": {"lock_timeout_ms": 1500, "lock_retries": 0},
+                                 "operations": [{"op": "set_default", "table": "users", "column": "age",
+                                                 "default": 3}]})
+    with blocker.connect() as first, queued.connect() as second:
+        first.exec_driver_sql("SELECT count(*) FROM users").scalar()
+        pid = first.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        second.exec_driver_sql("SET lock_timeout = '5s'")
+
+        def queue_behind_zdm() -> None:
+            with engine.connect() as look:
+                while not look.exec_driver_sql("SELECT count(*) FROM pg_locks WHERE NOT granted "
+                                               "AND mode = 'AccessExclusiveLock'").scalar():
+                    time.sleep(0.02)
+                    look.rollback()
+            second.exec_driver_sql("SELECT count(*) FROM users").scalar()  # waits for zdm, then gets it
+
+        late = threading.Thread(target=queue_behind_zdm)
+        late.start()
+        code, _, err = zdm("start", path, "--db", url)
+        late.join()
+    assert code == 1, err
+    assert f"blocked by pid {pid} (application_name 'blocker'" in err and "'queued'" not in err, err
+    blocker.dispose()
+    queued.dispose()
     engine.dispose()

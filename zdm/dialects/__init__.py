@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -459,6 +459,12 @@ class Dialect:
     def blockers(self, engine: sa.Engine, tables: list[str]) -> str:
         """Who holds what zdm waited for, in one phrase for an error message."""
         return "another connection holds the lock"
+
+    def watch_blockers(self, engine: sa.Engine, connection: sa.Connection, lock_timeout_ms: int
+                       ) -> AbstractContextManager[Callable[[], str | None]]:
+        """While ``connection`` works, who blocks it, as the database itself says; the callable
+        yielded returns the last sample (None: nobody was seen blocking it)."""
+        return nullcontext(lambda: None)
 
     def runner_lock(self, engine: sa.Engine) -> AbstractContextManager[Callable[[], None]]:
         """One zdm runner per database; yields a check to run before each transaction (see zdm.state)."""

@@ -375,25 +375,51 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
             isinstance(exc, sa.exc.OperationalError) and getattr(exc.orig, "sqlstate", None) in (None, "57P03"))
 
     def blockers(self, engine: sa.Engine, tables: list[str]) -> str:
-        # The sessions holding a lock on the plan's tables (on any table for a raw step without one),
-        # oldest transaction first: the one zdm queued behind is among them.
-        quoted = [self.quote(name) for name in tables]
-        with engine.connect() as connection:
-            rows = connection.execute(sa.text(
-                "SELECT a.pid, a.application_name, a.state, "
-                "EXTRACT(EPOCH FROM now() - a.xact_start) AS open_s FROM pg_stat_activity a "
-                "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
-                "AND a.xact_start IS NOT NULL AND EXISTS (SELECT 1 FROM pg_locks l "
-                "WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation' AND (cardinality(:tables) = 0 "
-                "OR l.relation IN (SELECT to_regclass(t) FROM unnest(:tables) t))) "
-                "ORDER BY a.xact_start LIMIT 3"
-            ).bindparams(sa.bindparam("tables", type_=sa.ARRAY(sa.Text))), {"tables": quoted}).all()
-        if not rows:
-            return "the blocking session had finished by the time zdm looked"
-        return "blocked by " + "; ".join(
-            f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
-            f"{float(r.open_s):.1f} s)" for r in rows
-        )
+        # Only what watch_blockers saw counts: after the timeout, sessions holding locks on the
+        # tables may be innocent (queued behind zdm), and the real blocker may hold none (a snapshot).
+        return "no session was seen blocking zdm's statement (the blocker had finished when zdm looked)"
+
+    @contextmanager
+    def watch_blockers(self, engine: sa.Engine, connection: sa.Connection, lock_timeout_ms: int
+                       ) -> Iterator[Callable[[], str | None]]:
+        # pg_blocking_pids() names the sessions a backend waits for: lock holders, sessions ahead in
+        # the queue, and virtual-transaction waits (CREATE INDEX CONCURRENTLY waiting for older
+        # snapshots, on any table). Sampled from a second session once half the budget has passed.
+        import threading
+
+        info = getattr(connection.connection.driver_connection, "info", None)
+        pid = getattr(info, "backend_pid", None)
+        seen: list[str] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            if done.wait(lock_timeout_ms / 2000):
+                return
+            while not done.is_set():
+                try:
+                    with engine.connect() as watcher:
+                        rows = watcher.execute(sa.text(
+                            "SELECT a.pid, a.application_name, a.state, "
+                            "EXTRACT(EPOCH FROM now() - a.xact_start) AS open_s FROM pg_stat_activity a "
+                            "WHERE a.pid = ANY (pg_blocking_pids(:pid)) ORDER BY a.xact_start LIMIT 3"),
+                            {"pid": pid}).all()
+                except sa.exc.DBAPIError:
+                    return
+                if rows:
+                    seen[:] = ["blocked by " + "; ".join(
+                        f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
+                        f"{float(r.open_s or 0):.1f} s)" for r in rows)]
+                done.wait(min(0.1, lock_timeout_ms / 4000))
+
+        thread = threading.Thread(target=sample, name="zdm-blockers", daemon=True) if pid else None
+        if thread is not None:
+            thread.start()
+        try:
+            yield lambda: seen[0] if seen else None
+        finally:
+            done.set()
+            if thread is not None:
+                thread.join()
 
     @contextmanager
     def runner_lock(self, engine: sa.Engine) -> Iterator[Callable[[], None]]:
