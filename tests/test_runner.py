@@ -155,7 +155,7 @@ def test_second_runner_is_refused(zdm_database_url: str) -> None:
                 runner(engine).start(plan)
             holder.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
     else:
-        with open(f"{engine.url.database}.zdm-lock", "w") as handle:
+        with open(str(engine.url.database), "rb") as handle:  # the lock is the database file's own
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             with pytest.raises(RunnerBusy, match="another zdm runner"):
                 runner(engine).start(plan)

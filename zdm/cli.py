@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from zdm import __version__
+from zdm.errors import printable
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -90,7 +91,7 @@ class Invocation:
             click.echo(json.dumps({"command": self.command, "ok": True, "exit_code": 0, **payload}, indent=2,
                                   default=str))
         elif text is not None:
-            click.echo(text)
+            click.echo(printable(text, lines=True))
 
     def fail(self, kind: str, message: str, exit_code: int, **extra: Any) -> None:
         message = " ".join(message.split())
@@ -98,7 +99,7 @@ class Invocation:
             click.echo(json.dumps({"command": self.command, "ok": False, "exit_code": exit_code,
                                    "error": {"kind": kind, "message": message}, **extra}, indent=2, default=str))
         else:
-            click.echo(f"zdm: error: {message}", err=True)
+            click.echo(f"zdm: error: {printable(message)}", err=True)
         sys.exit(exit_code)
 
     def close(self) -> None:
@@ -241,12 +242,15 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--lock-timeout", "lock_timeout_ms", type=click.IntRange(min=1), metavar="MS",
+        click.option("--lock-timeout", "lock_timeout_ms", type=click.IntRange(min=1, max=60_000), metavar="MS",
                      help="Lock budget of each statement (default: the plan's, else 500 ms)."),
-        click.option("--lock-retries", type=click.IntRange(min=0), help="Retries after a lock timeout."),
-        click.option("--batch-size", type=click.IntRange(min=1), help="First backfill batch size (rows)."),
-        click.option("--batch-target-ms", type=click.IntRange(min=1), help="Backfill batch duration to aim for."),
-        click.option("--batch-pause-ms", type=click.IntRange(min=0), help="Pause between backfill batches."),
+        click.option("--lock-retries", type=click.IntRange(min=0, max=100), help="Retries after a lock timeout."),
+        click.option("--batch-size", type=click.IntRange(min=1, max=1_000_000),
+                     help="First backfill batch size (rows)."),
+        click.option("--batch-target-ms", type=click.IntRange(min=1, max=60_000),
+                     help="Backfill batch duration to aim for."),
+        click.option("--batch-pause-ms", type=click.IntRange(min=0, max=60_000),
+                     help="Pause between backfill batches."),
         click.option("--vacuum-every-pct", type=click.IntRange(min=0, max=100), metavar="PCT",
                      help="PostgreSQL: VACUUM the table after each PCT% of its rows backfilled (5; 0: never)."),
         click.option("--max-replica-lag", "max_replica_lag_ms", type=click.IntRange(min=1), metavar="MS",
@@ -610,8 +614,10 @@ def resume(invocation: Invocation, plan_id: str, url: str, as_json: bool) -> Non
 @main.command()
 @click.argument("plan_id", shell_complete=plan_ids("EXPANDING", "MIGRATING"))
 @db_option()
-@click.option("--batch-target-ms", type=click.IntRange(min=1), metavar="MS", help="Backfill batch duration to aim for.")
-@click.option("--batch-pause-ms", type=click.IntRange(min=0), metavar="MS", help="Pause between backfill batches.")
+@click.option("--batch-target-ms", type=click.IntRange(min=1, max=60_000), metavar="MS",
+              help="Backfill batch duration to aim for.")
+@click.option("--batch-pause-ms", type=click.IntRange(min=0, max=60_000), metavar="MS",
+              help="Pause between backfill batches.")
 @click.option("--max-replica-lag", "max_replica_lag_ms", type=click.IntRange(min=0), metavar="MS",
               help="Replica lag limit (0: none).")
 @click.option("--max-active-sessions", type=click.IntRange(min=0), metavar="N", help="Active sessions limit (0: none).")
@@ -830,7 +836,7 @@ def format_plan(plan: MigrationPlan, runner: Runner) -> str:
     from zdm.plan import STEP_PHASES
     from zdm.status import plural
 
-    lines = [f"plan {plan.id}: {plan.title}  [{runner.dialect.name}]"]
+    lines = [f"plan {plan.id}: {printable(plan.title)}  [{runner.dialect.name}]"]
     for phase in STEP_PHASES:
         steps = plan.steps_of(phase)
         lines.append(f"\n{phase.value} ({plural(len(steps), 'step')})")

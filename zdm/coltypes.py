@@ -20,6 +20,7 @@ import datetime as dt
 import decimal
 import enum
 import json
+import math
 import struct
 import uuid
 from dataclasses import dataclass, field
@@ -140,6 +141,46 @@ class ColumnType:
         if value is None or isinstance(value, SqlDefault):
             return value
         return _COERCE[self.family](self, value)
+
+    def from_plan(self, value: Any) -> Any:
+        """A value a plan file gives (a default, a fill) as this type holds it, by strict rules:
+        no truthiness (``"false"`` is not a BOOLEAN), no truncation (``3.9`` is not an INTEGER),
+        the type's range (SMALLINT 16 bits, INTEGER 32, BIGINT 64), no NUL in text (PostgreSQL
+        refuses it), JSON without NaN or infinity. Raises ValueError saying why."""
+        from zdm.model import SqlDefault
+
+        if value is None or self.family is Family.OTHER or isinstance(value, SqlDefault):
+            return value
+        if self.family is Family.INTEGER:
+            if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"an {self.name} is a whole number, not {type(value).__name__} {value!r}")
+            bits = _INTEGER_BITS.get(self.name, 63)
+            if not -(2**bits) <= value < 2**bits:
+                raise ValueError(f"{value} is out of the range of {self.name} ({-(2**bits)} to {2**bits - 1})")
+            return value
+        if self.family is Family.BOOLEAN:
+            if not isinstance(value, bool):
+                raise ValueError(f"a BOOLEAN is true or false, not {type(value).__name__} {value!r}")
+            return value
+        if self.family in (Family.TEXT, Family.ENUM):
+            if not isinstance(value, str):
+                raise ValueError(f"a {self.name} value is a string (quote it), not {type(value).__name__} {value!r}")
+            if "\x00" in value:
+                raise ValueError("text cannot hold the NUL character")
+            return self.coerce(value)
+        if self.family is Family.JSON:
+            parsed = self.coerce(value)
+            json.dumps(parsed, allow_nan=False)  # ValueError for NaN and infinity, TypeError for the rest
+            return parsed
+        if self.family in (Family.TIMESTAMP, Family.TIMESTAMPTZ) and not isinstance(value, str | dt.datetime):
+            raise ValueError(f"a {self.name} is an ISO 8601 string, not {type(value).__name__} {value!r}")
+        return self.coerce(value)
+
+
+#: Bits of the signed integer types, for the range of a plan's value (PostgreSQL docs, "Integer Types").
+_INTEGER_BITS = {"SMALLINT": 15, "INTEGER": 31, "BIGINT": 63}
 
 
 def _validate(value: Any) -> ColumnType:

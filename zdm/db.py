@@ -31,21 +31,47 @@ def create_engine(url: str | sa.URL, **kwargs: Any) -> sa.Engine:
     try:
         engine = sa.create_engine(parsed, connect_args=dialect.connect_args(), **kwargs)
     except (ImportError, sa.exc.ArgumentError) as exc:
-        raise BadDatabaseUrl(f"cannot use {parsed.render_as_string(hide_password=True)}: {exc}") from None
+        raise BadDatabaseUrl(f"cannot use {shown_url(parsed)}: {exc}") from None
     dialect.configure_engine(engine)
     return engine
 
 
-#: The password part of a URL that SQLAlchemy could not parse: ``scheme://user:PASSWORD@``.
-_PASSWORD = re.compile(r"(://[^/:@]*:)[^/@]*@")
+#: Query-string keys whose values are secrets (libpq's password and sslpassword, and the usual others).
+SECRET_KEYS = frozenset({"password", "sslpassword", "passwd", "pwd", "secret", "token", "access_token", "api_key"})
+MASK = "***"
 
 
 def shown_url(url: str | sa.URL) -> str:
-    """A URL as zdm prints it: without its password, even when it is malformed."""
+    """A URL as zdm prints it, everywhere: no password, neither after the user name nor in the
+    query string (``?password=``), even when the URL is malformed. SQLAlchemy renders a parsed one
+    (``render_as_string(hide_password=True)``); urllib splits one it cannot parse."""
     try:
-        return sa.make_url(url).render_as_string(hide_password=True)
+        parsed = sa.make_url(url)
     except (sa.exc.ArgumentError, ValueError):
-        return _PASSWORD.sub(r"\1***@", str(url))
+        return _shown_unparsed(str(url))
+    shown = parsed.set(query={}).render_as_string(hide_password=True)
+    return shown + (f"?{_shown_query(list(parsed.query.items()))}" if parsed.query else "")
+
+
+def _shown_query(pairs: list[tuple[str, Any]]) -> str:
+    from urllib.parse import urlencode
+
+    flat = [(key, item) for key, value in pairs for item in (value if isinstance(value, tuple) else (value,))]
+    return urlencode([(key, MASK if key.lower() in SECRET_KEYS else item) for key, item in flat], safe="*")
+
+
+def _shown_unparsed(url: str) -> str:
+    from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unbalanced "[" in the host
+        scheme, _, rest = url.partition("://")
+        return f"{scheme}://{MASK}" if rest else MASK
+    user, at, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}{':' + MASK if ':' in user else ''}@{host}" if at else host
+    query = _shown_query(parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 #: What SQLAlchemy's text() takes for a bind parameter (its own pattern): ``:name``, not ``::`` casts.
@@ -84,9 +110,8 @@ def check_connection(engine: sa.Engine) -> None:
             connection.execute(sa.text("SELECT 1"))
     except sa.exc.DBAPIError as exc:
         reason = " ".join(str(exc.orig).split()) if exc.orig else str(exc)
-        where = engine.url.render_as_string(hide_password=True)
-        raise DatabaseUnavailable(f"cannot connect to {where}: {reason}") from None
+        raise DatabaseUnavailable(f"cannot connect to {shown_url(engine.url)}: {reason}") from None
 
 
 def describe(engine: sa.Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    return shown_url(engine.url)

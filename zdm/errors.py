@@ -6,6 +6,7 @@ left). The command line maps each class to its code; library users catch them by
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,3 +54,11 @@ class ThrottleInvalid(ZdmError):
     fails, a replica URL that is not a replica; nothing ran."""
 
     exit_code = 2
+def printable(text: str, *, lines: bool = False) -> str:
+    """``text`` safe for a terminal and a log: control characters (C0, C1, DEL: escape codes,
+    carriage returns, and newlines and tabs unless ``lines``) as ``\\xNN``/``\\uNNNN`` escapes, so a title
+    cannot forge a line of `zdm status` nor recolour the terminal. Unicode category Cc and Cf
+    (bidirectional overrides) are escaped; other characters are kept."""
+    return "".join(
+        char if (lines and char in "\n\t") or unicodedata.category(char) not in ("Cc", "Cf")
+        else char.encode("unicode_escape").decode("ascii") for char in text)

@@ -55,6 +55,7 @@ class Executor:
         that outlasts them, as the database error it is.
         """
         attempts = self.lock_retries + 1
+        blocked_by: str | None = None  # who blocked the last try, as the database said while it waited
         for attempt in range(1, attempts + 1):
             try:
                 self.still_held()
@@ -62,11 +63,19 @@ class Executor:
                     with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
                         for sql in self.dialect.begin(self.lock_timeout_ms, autocommit=True):
                             connection.exec_driver_sql(sql)
-                        return work(connection)
+                        with self.dialect.watch_blockers(self.engine, connection, self.lock_timeout_ms) as seen:
+                            try:
+                                return work(connection)
+                            finally:
+                                blocked_by = seen()
                 with self.engine.begin() as connection:
                     for sql in self.dialect.begin(self.lock_timeout_ms):
                         connection.exec_driver_sql(sql)
-                    result = work(connection)
+                    with self.dialect.watch_blockers(self.engine, connection, self.lock_timeout_ms) as seen:
+                        try:
+                            result = work(connection)
+                        finally:
+                            blocked_by = seen()
                 self.reporter.committed()
                 return result
             except sa.exc.DBAPIError as exc:
@@ -78,7 +87,7 @@ class Executor:
                         raise
                     raise LockBudgetExceeded(
                         f"{what}: no lock within {self.lock_timeout_ms} ms after {attempts} tries; "
-                        f"{self.dialect.blockers(self.engine, self.tables)}"
+                        f"{blocked_by or self.dialect.blockers(self.engine, self.tables)}"
                     ) from exc
                 # A lock comes free in milliseconds; a restarting server takes seconds.
                 first = 0.05 if lock_timeout else 0.5

@@ -173,7 +173,13 @@ class MigrationPlan:
     def is_started(self) -> bool:
         """Expand and migrate are done: the plan waits for ``complete`` or ``rollback``."""
         before_contract = [s for s in self.steps if s.phase is not Phase.CONTRACTING]
-        return self.phase is Phase.MIGRATING and all(s.executed for s in before_contract)
+        return self.phase is Phase.MIGRATING and all(s.executed and not s.rolled_back for s in before_contract)
+
+    @property
+    def rolling_back(self) -> bool:
+        """A rollback undid steps and stopped before recording ROLLED_BACK (a kill, a lost
+        connection, a compensation that failed): only ``zdm rollback`` may go on from here."""
+        return self.phase is not Phase.ROLLED_BACK and any(s.rolled_back for s in self.steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {

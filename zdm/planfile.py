@@ -14,16 +14,21 @@ from typing import Annotated, Any
 
 import sqlalchemy as sa
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zdm import introspect
 from zdm.dialects import for_connection, for_name
+from zdm.errors import printable
 from zdm.model import Schema
 from zdm.operations import AnyOperation, Compiler
 from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
 
 #: More operations than this in one plan is allowed, but deserves a second look.
 MANY_OPERATIONS = 10
+#: Limits of a plan file, checked before it is parsed into objects: a plan is a page, not a data set.
+MAX_BYTES = 1_000_000
+MAX_DEPTH = 20
+MAX_OPERATIONS = 200
 
 
 class PlanFileError(ValueError):
@@ -33,24 +38,30 @@ class PlanFileError(ValueError):
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    lock_timeout_ms: int = Field(500, ge=1, description="lock budget of every DDL statement")
-    lock_retries: int = Field(5, ge=0, description="retries after a lock timeout")
-    batch_size: int = Field(1000, ge=1, description="first backfill batch size (rows)")
-    batch_target_ms: int = Field(100, ge=1, description="backfill batch duration to aim for")
-    batch_pause_ms: int = Field(0, ge=0, description="pause between backfill batches")
-    vacuum_every_pct: int = Field(5, ge=0, le=100, description=(
+    # Whole numbers only (strict: `true` is not 1), each in a range checked by `validate`.
+    lock_timeout_ms: int = Field(500, ge=1, le=60_000, strict=True,
+                                 description="lock budget of every DDL statement (1 to 60,000 ms)")
+    lock_retries: int = Field(5, ge=0, le=100, strict=True, description="retries after a lock timeout (0 to 100)")
+    batch_size: int = Field(1000, ge=1, le=1_000_000, strict=True,
+                            description="first backfill batch size (1 to 1,000,000 rows)")
+    batch_target_ms: int = Field(100, ge=1, le=60_000, strict=True,
+                                 description="backfill batch duration to aim for (1 to 60,000 ms)")
+    batch_pause_ms: int = Field(0, ge=0, le=60_000, strict=True,
+                                description="pause between backfill batches (0 to 60,000 ms)")
+    vacuum_every_pct: int = Field(5, ge=0, le=100, strict=True, description=(
         "PostgreSQL: VACUUM the table after each stretch of this percent of its rows (at least 1,000) "
         "that the backfill updated, so later batches reuse the space of the rows it left dead (0: never)"))
-    max_replica_lag_ms: int | None = Field(None, ge=1, description=(
+    max_replica_lag_ms: int | None = Field(None, ge=1, le=3_600_000, strict=True, description=(
         "PostgreSQL: wait before a backfill batch while a streaming replica lags more than this "
         "(pg_stat_replication, and the replicas of `replicas` measured on themselves)"))
     replicas: list[str] = Field(default_factory=list, description=(
         "database URLs of replicas whose lag is measured on the replica itself (with max_replica_lag_ms)"))
-    max_active_sessions: int | None = Field(None, ge=1, description=(
+    max_active_sessions: int | None = Field(None, ge=1, le=100_000, strict=True, description=(
         "PostgreSQL: wait before a backfill batch while more app sessions than this run a statement"))
     probe_query: str | None = Field(None, min_length=1, description=(
         "a cheap query representative of the app, timed before each backfill batch (with max_probe_ms)"))
-    max_probe_ms: int | None = Field(None, ge=1, description="wait while probe_query takes longer than this")
+    max_probe_ms: int | None = Field(None, ge=1, le=3_600_000, strict=True,
+                                     description="wait while probe_query takes longer than this")
 
     @model_validator(mode="after")
     def _pairs(self) -> Settings:
@@ -67,9 +78,16 @@ class PlanFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
-    title: str = ""
+    title: Annotated[str, Field(max_length=200)] = ""
     settings: Settings = Field(default_factory=Settings)
-    operations: list[AnyOperation]
+    operations: Annotated[list[AnyOperation], Field(max_length=MAX_OPERATIONS)]
+
+    @field_validator("title")
+    @classmethod
+    def _one_line(cls, title: str) -> str:
+        if printable(title) != title:
+            raise ValueError("a title is one line of printable characters (no newline, tab or escape code)")
+        return title
 
 
 def json_schema() -> dict[str, Any]:
@@ -81,19 +99,85 @@ def json_schema() -> dict[str, Any]:
 
 
 def load(path: str | Path) -> PlanFile:
+    """Read, check the limits of, and validate a plan file (raises PlanFileError, one line).
+
+    Limits come before any object is built: at most MAX_BYTES, nesting at most MAX_DEPTH deep, no
+    YAML anchors or aliases (a few hundred bytes of them expand to gigabytes), no key given twice
+    in one mapping (YAML and JSON parsers otherwise keep the last and drop the first silently).
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise PlanFileError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise PlanFileError(f"{path}: larger than {MAX_BYTES:,} bytes; a plan is a page of operations")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PlanFileError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise PlanFileError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
-                            f"{' '.join(str(exc).split())}") from None
+        data = _json(text) if kind == "JSON" else _yaml(text)
+    except (json.JSONDecodeError, yaml.YAMLError, _Refused) as exc:
+        raise PlanFileError(f"{path}: not valid {kind}: {' '.join(str(exc).split())}") from None
+    except RecursionError:
+        raise PlanFileError(f"{path}: not valid {kind}: nested more than {MAX_DEPTH} deep") from None
     return parse(data, source=str(path))
+
+
+class _Refused(ValueError):
+    """A plan file beyond a limit, or with a key given twice."""
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    found: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise _Refused(f"key {key!r} given twice")
+        found[key] = value
+    return found
+
+
+def _json(text: str) -> Any:
+    data = json.loads(text, object_pairs_hook=_no_duplicates)
+    stack = [(data, 1)]  # depth, without recursion
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} deep")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack += [(child, depth + 1) for child in children]
+    return data
+
+
+class _PlanLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        pairs = [(self.construct_object(key, deep=deep), key.start_mark.line + 1) for key, _ in node.value]
+        seen: dict[Any, int] = {}
+        for key, line in pairs:
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise _Refused(f"key {key!r} given twice (lines {seen[key]} and {line})")
+            if isinstance(key, str | int | float | bool):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml(text: str) -> Any:
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events: no recursion, nothing built yet
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise _Refused("anchors and aliases (& and *) are not allowed in a plan file")
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} deep")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return yaml.load(text, Loader=_PlanLoader)
 
 
 def parse(data: Any, source: str = "<plan>") -> PlanFile:
@@ -176,7 +260,13 @@ def compile_plan(
             raise ValueError("compiling offline needs the schema and the dialect name")
         sql_dialect, working = for_name(dialect), schema.copy()
     compilers = []
-    for operation in plan.operations:
+    taken = sql_dialect.object_names(connection) if connection is not None else {}
+    for number, operation in enumerate(plan.operations, 1):
+        for name in operation.creates():
+            if (key := sql_dialect.fold_name(name)) in taken:
+                raise ValueError(f"operation {number} ({operation.describe()}): the name {name!r} is taken by "
+                                 f"{taken[key]}; pick a name no object of the schema has")
+            taken[key] = f"operation {number} of this plan"
         compiler = Compiler(sql_dialect, connection, working.copy(), plan.id)
         if errors := operation.check_live(compiler):
             raise ValueError(errors[0])

@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from zdm.backfill import BackfillProgress
+from zdm.errors import printable
 from zdm.plan import MigrationPlan, MigrationStep, Phase
 from zdm.status import progress_text
 
@@ -192,7 +193,7 @@ class HumanReporter(WatchesStatements):
     def step(self, step: MigrationStep) -> None:
         self._step(step)
         self._stop_bar()
-        self.console.print(f"  • {escape(step.description)}")
+        self.console.print(f"  • {escape(printable(step.description))}")
         self._last_line = time.monotonic()  # a log line every line_every_s into a backfill, not at its first batch
 
     def statement(self, sql: str) -> None:
@@ -206,7 +207,7 @@ class HumanReporter(WatchesStatements):
     def note(self, message: str) -> None:
         self._long.end()
         self._stop_bar()
-        self.console.print(f"[yellow]  ! {escape(message)}[/]")
+        self.console.print(f"[yellow]  ! {escape(printable(message))}[/]")
 
     def backfill(self, progress: BackfillProgress) -> None:
         total = max(progress.rows_total, 1)

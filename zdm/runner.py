@@ -125,9 +125,20 @@ class Runner:
             plan, _ = self._load(plan_id)
             if plan.phase is Phase.COMPLETE:
                 raise PlanStateError(f"plan {plan_id!r} is already complete")
+            if plan.rolling_back:
+                raise PlanStateError(_rolling_back(plan))
             if not plan.is_started and plan.phase is not Phase.CONTRACTING:
                 hint = "start it again first" if plan.phase is Phase.ROLLED_BACK else "run `zdm start` first"
                 raise PlanStateError(f"plan {plan_id!r} is {plan.phase.value}, not ready to complete: {hint}")
+            if plan.phase is Phase.MIGRATING:  # before any lock: what contract relies on is there
+                with self.engine.connect() as connection:
+                    ran = [action for step in plan.steps if step.executed for action in step.forward]
+                    problems = self.dialect.missing_objects(connection, ran)
+            else:  # CONTRACTING: checked before its first step ran, which may have dropped some
+                problems = []
+            if problems:
+                raise PlanStateError(f"plan {plan_id!r} cannot complete: {problems[0]}; `zdm rollback {plan_id}` "
+                                     "undoes it, then `zdm start` again")
             self._contract(plan)
             return plan
 
@@ -195,6 +206,8 @@ class Runner:
             previous, checkpoint = found
             if previous.phase is Phase.COMPLETE:
                 raise PlanStateError(f"plan {plan_file.id!r} is already complete")
+            if previous.rolling_back:
+                raise PlanStateError(_rolling_back(previous))
             if previous.phase is Phase.CONTRACTING:
                 raise PlanStateError(f"plan {plan_file.id!r} is being completed: run `zdm complete {plan_file.id}`")
             if previous.is_started:
@@ -435,9 +448,12 @@ class Runner:
             self._undo_group(plan, [step], run=False)
         self._undo_group(plan, group)
         plan.transition(Phase.ROLLED_BACK, state.now(), note)
-        with self.engine.begin() as connection:
+
+        def record(connection: sa.Connection) -> None:
             state.ensure_table(connection)
             state.save(connection, plan)
+
+        self.executor.transaction(record, f"record {Phase.ROLLED_BACK.value}")
 
     def _undo_group(self, plan: MigrationPlan, steps: list[MigrationStep], run: bool = True) -> None:
         if not steps:
@@ -458,6 +474,12 @@ class Runner:
             for step in steps:
                 step.rolled_back = False
             raise
+
+
+def _rolling_back(plan: MigrationPlan) -> str:
+    undone = sum(1 for step in plan.steps if step.rolled_back)
+    return (f"plan {plan.id!r} was being rolled back ({undone} of {len(plan.steps)} steps undone) when it "
+            f"stopped: `zdm rollback {plan.id}` finishes the rollback")
 
 
 def _tables_of(plan: MigrationPlan) -> list[str]:

@@ -1,7 +1,8 @@
 """What `zdm status` and `zdm history` read and show: a plan's record, what is happening to it, its phases.
 
-Only the state table is read, with SQLAlchemy and nothing heavier (no plan compiler, no
-dialect), so `zdm status` starts quickly, and it works without the plan file.
+The state table is read with SQLAlchemy and nothing heavier (no plan compiler), so `zdm status`
+starts quickly, and it works without the plan file. For a plan waiting for complete, the dialect
+also looks up what its record says the steps left (an index a cancelled build left INVALID).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm import state
+from zdm.errors import printable
 from zdm.plan import Checkpoint, HistoryEntry, MigrationPlan, Phase
 
 #: What is happening to a plan, as `zdm status` tells it (``activity`` in --json).
@@ -40,6 +42,8 @@ class Record:
     runner: str | None = None
     #: What `zdm pause` / `zdm throttle` asked of the run (empty: nothing).
     control: state.Control = field(default_factory=state.Control)
+    #: What the steps the record says ran should have left and the live database lacks (see read).
+    disagrees: list[str] = field(default_factory=list)
 
     @property
     def steps_done(self) -> int:
@@ -79,6 +83,7 @@ class Record:
             "checkpoint": self.checkpoint.to_dict(),
             "control": None if self.control.empty else self.control.to_dict(),
             "throttling": self.checkpoint.throttling,
+            "disagrees": self.disagrees,
         }
 
 
@@ -97,7 +102,16 @@ def read(engine: sa.Engine, plan_id: str | None = None) -> list[Record]:
         controls = {plan.id: state.read_control(connection, plan.id) for plan, _ in stored} \
             if stored and state.has_control(connection) else {}
     runner = state.runner_at_work(engine) if stored else None
-    return [Record(plan, checkpoint, runner, controls.get(plan.id, state.Control())) for plan, checkpoint in stored]
+    records = [Record(plan, checkpoint, runner, controls.get(plan.id, state.Control())) for plan, checkpoint in stored]
+    waiting = [record for record in records if record.activity == "waiting"]
+    if waiting:  # the record alone cannot tell an index a cancelled build or drop left INVALID
+        from zdm.dialects import for_connection
+
+        with engine.connect() as connection:
+            for record in waiting:
+                ran = [a for s in record.plan.steps if s.executed and not s.rolled_back for a in s.forward]
+                record.disagrees = for_connection(connection).missing_objects(connection, ran)
+    return records
 
 
 # -- the human form ------------------------------------------------------------------------------
@@ -118,12 +132,14 @@ def progress_text(table: str, done: int, total: int, rows_per_s: float | None, e
 
 def steps_text(record: Record) -> str:
     plan, total = record.plan, len(record.plan.steps)
-    if plan.phase is Phase.ROLLED_BACK:
+    if plan.phase is Phase.ROLLED_BACK or plan.rolling_back:
         return f"{plural(record.steps_undone, 'step')} undone"
     return f"{record.steps_done}/{plural(total, 'step')} ({plan.progress:.0f}%)"
 
 
 def resume_hint(plan: MigrationPlan) -> str:
+    if plan.rolling_back:
+        return f"a rollback had begun (steps undone): `zdm rollback {plan.id}` finishes it"
     if plan.phase is Phase.CONTRACTING:
         return f"`zdm complete {plan.id}` finishes it"
     return f"`zdm start` with the same plan file resumes, `zdm rollback {plan.id}` undoes"
@@ -131,8 +147,11 @@ def resume_hint(plan: MigrationPlan) -> str:
 
 def format_record(record: Record) -> str:
     plan, checkpoint = record.plan, record.checkpoint
-    lines = [f"{plan.id}: {plan.phase.value}, {steps_text(record)} — {plan.title}"]
-    if record.activity == "waiting":
+    lines = [f"{plan.id}: {plan.phase.value}, {steps_text(record)} — {printable(plan.title)}"]
+    if record.disagrees:
+        lines.append(f"  the database disagrees with the record: {record.disagrees[0]}; `zdm complete` refuses: "
+                     f"`zdm rollback {plan.id}` undoes it")
+    elif record.activity == "waiting":
         lines.append(f"  started: deploy the new app, then `zdm complete {plan.id}` (or `zdm rollback {plan.id}`)")
     backfilling = checkpoint.until is not None and checkpoint.step is not None
     if backfilling and checkpoint.step is not None:
@@ -158,7 +177,7 @@ def format_record(record: Record) -> str:
     elif record.activity == "at_work" and not backfilling:
         lines.append(f"  a runner is at work: {record.runner}")
     for entry in plan.history:
-        note = f"  {entry.note}" if entry.note else ""
+        note = f"  {printable(entry.note)}" if entry.note else ""
         lines.append(f"  {entry.at}  {entry.phase.value}{note}")
     return "\n".join(lines)
 
@@ -215,7 +234,7 @@ def format_history(record: Record, now: dt.datetime | None = None) -> str:
         rows.append((period["phase"], period["start"], period["end"] or ("(now)" if current else ""), duration,
                      "; ".join(notes)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [f"{plan.id}: {plan.title}"]
+    lines = [f"{plan.id}: {printable(plan.title)}"]
     for phase, start, end, duration, note in rows:
         lines.append(f"  {phase:<{widths[0]}}  {start:<{widths[1]}}  {end:<{widths[2]}}  "
                      f"{duration:>{widths[3]}}  {note}".rstrip())

@@ -275,6 +275,23 @@ class Dialect:
     def user_types(self, connection: sa.Connection) -> dict[str, ColumnType]:
         """The database's enum types by name, with their labels (none on SQLite)."""
         return {}
+    def object_names(self, connection: sa.Connection) -> dict[str, str]:
+        """Every name taken in the schema a plan works in, folded by ``fold_name``, each with what
+        holds it (``"unique index accounts_email_uq on accounts"``): tables, views, indexes,
+        sequences, types, constraints, triggers and functions. A name a plan creates must not be
+        among them, whatever kind of object it is (zdm drops by name what it created)."""
+        raise NotImplementedError
+
+    def missing_objects(self, connection: sa.Connection, actions: list[Action]) -> list[str]:
+        """What ``actions`` (the forward actions of the steps a record says ran, in order) left
+        that the live database lacks: an index that is absent or INVALID, a trigger or constraint
+        that is gone, a validated constraint that is not. One line each; [] when the record holds.
+        Where every step commits with its record (SQLite), the record is the truth: []."""
+        return []
+
+    def fold_name(self, name: str) -> str:
+        """``name`` as the database compares it once quoted by the dialect (SQLite ignores case)."""
+        return name
 
     def statement_progress(self, engine: sa.Engine, sql: str) -> dict[str, Any]:
         """What the database reports about zdm's statement ``sql`` while it runs (zdm.report shows it)."""
@@ -511,6 +528,11 @@ class Dialect:
             started = time.perf_counter()
             connection.execute(sa.text(sql)).fetchall()
             return (time.perf_counter() - started) * 1000
+    def watch_blockers(self, engine: sa.Engine, connection: sa.Connection, lock_timeout_ms: int
+                       ) -> AbstractContextManager[Callable[[], str | None]]:
+        """While ``connection`` works, who blocks it, as the database itself says; the callable
+        yielded returns the last sample (None: nobody was seen blocking it)."""
+        return nullcontext(lambda: None)
 
     def runner_lock(self, engine: sa.Engine) -> AbstractContextManager[Callable[[], None]]:
         """One zdm runner per database; yields a check to run before each transaction (see zdm.state)."""

@@ -398,7 +398,7 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
              "  RETURN NEW;", "END"]
         )
         create = [
-            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $zdm$\n{body}\n$zdm$",
+            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {_dollar_quoted(body)}",
             # The backfill's own batches set b to up(a), what this trigger would do: they mark their
             # transaction (``batch_begin``) and skip it, so the backfill costs what a plain UPDATE
             # costs. The WHEN test is a C function call per row, no PL/pgSQL; app writes never carry the mark.
@@ -415,7 +415,7 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         fn, trigger = q(object_name("zdm_fn", name)), q(object_name("zdm_tg", name))
         body = f"BEGIN\n  IF NEW.{q(column)} IS NULL THEN NEW.{q(column)} := {value}; END IF;\n  RETURN NEW;\nEND"
         create = [
-            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $zdm$\n{body}\n$zdm$",
+            f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {_dollar_quoted(body)}",
             f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {q(table)} FOR EACH ROW EXECUTE FUNCTION {fn}()",
         ]
         return statements(create), statements([f"DROP TRIGGER IF EXISTS {trigger} ON {q(table)}",
@@ -515,25 +515,51 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
             isinstance(exc, sa.exc.OperationalError) and getattr(exc.orig, "sqlstate", None) in (None, "57P03"))
 
     def blockers(self, engine: sa.Engine, tables: list[str]) -> str:
-        # The sessions holding a lock on the plan's tables (on any table for a raw step without one),
-        # oldest transaction first: the one zdm queued behind is among them.
-        quoted = [self.quote(name) for name in tables]
-        with engine.connect() as connection:
-            rows = connection.execute(sa.text(
-                "SELECT a.pid, a.application_name, a.state, "
-                "EXTRACT(EPOCH FROM now() - a.xact_start) AS open_s FROM pg_stat_activity a "
-                "WHERE a.datname = current_database() AND a.pid <> pg_backend_pid() "
-                "AND a.xact_start IS NOT NULL AND EXISTS (SELECT 1 FROM pg_locks l "
-                "WHERE l.pid = a.pid AND l.granted AND l.locktype = 'relation' AND (cardinality(:tables) = 0 "
-                "OR l.relation IN (SELECT to_regclass(t) FROM unnest(:tables) t))) "
-                "ORDER BY a.xact_start LIMIT 3"
-            ).bindparams(sa.bindparam("tables", type_=sa.ARRAY(sa.Text))), {"tables": quoted}).all()
-        if not rows:
-            return "the blocking session had finished by the time zdm looked"
-        return "blocked by " + "; ".join(
-            f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
-            f"{float(r.open_s):.1f} s)" for r in rows
-        )
+        # Only what watch_blockers saw counts: after the timeout, sessions holding locks on the
+        # tables may be innocent (queued behind zdm), and the real blocker may hold none (a snapshot).
+        return "no session was seen blocking zdm's statement (the blocker had finished when zdm looked)"
+
+    @contextmanager
+    def watch_blockers(self, engine: sa.Engine, connection: sa.Connection, lock_timeout_ms: int
+                       ) -> Iterator[Callable[[], str | None]]:
+        # pg_blocking_pids() names the sessions a backend waits for: lock holders, sessions ahead in
+        # the queue, and virtual-transaction waits (CREATE INDEX CONCURRENTLY waiting for older
+        # snapshots, on any table). Sampled from a second session once half the budget has passed.
+        import threading
+
+        info = getattr(connection.connection.driver_connection, "info", None)
+        pid = getattr(info, "backend_pid", None)
+        seen: list[str] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            if done.wait(lock_timeout_ms / 2000):
+                return
+            while not done.is_set():
+                try:
+                    with engine.connect() as watcher:
+                        rows = watcher.execute(sa.text(
+                            "SELECT a.pid, a.application_name, a.state, "
+                            "EXTRACT(EPOCH FROM now() - a.xact_start) AS open_s FROM pg_stat_activity a "
+                            "WHERE a.pid = ANY (pg_blocking_pids(:pid)) ORDER BY a.xact_start LIMIT 3"),
+                            {"pid": pid}).all()
+                except sa.exc.DBAPIError:
+                    return
+                if rows:
+                    seen[:] = ["blocked by " + "; ".join(
+                        f"pid {r.pid} (application_name {r.application_name!r}, {r.state}, transaction open "
+                        f"{float(r.open_s or 0):.1f} s)" for r in rows)]
+                done.wait(min(0.1, lock_timeout_ms / 4000))
+
+        thread = threading.Thread(target=sample, name="zdm-blockers", daemon=True) if pid else None
+        if thread is not None:
+            thread.start()
+        try:
+            yield lambda: seen[0] if seen else None
+        finally:
+            done.set()
+            if thread is not None:
+                thread.join()
 
     # -- throttling -------------------------------------------------------------------------------
     measures_load = True
@@ -630,6 +656,73 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         with engine.connect() as connection:
             return _holder(connection)
 
+    def missing_objects(self, connection: sa.Connection, actions: list[Action]) -> list[str]:
+        # The objects the statements leave, read from their parse trees (pglast), then looked up:
+        # a CONCURRENTLY build or drop that was cancelled leaves an INVALID index (PostgreSQL docs,
+        # CREATE INDEX, "Building Indexes Concurrently"), which a record cannot tell.
+        left: dict[tuple[str, str], str] = {}  # (kind, name) -> table; kind: index, trigger, constraint, valid
+        for action in actions:
+            if isinstance(action, Statement):
+                _track(action.sql, left)
+        problems = []
+        for (kind, name), table in left.items():
+            if kind == "index":
+                valid = connection.execute(sa.text(
+                    "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE c.relname = :name AND n.nspname = current_schema()"),
+                    {"name": name}).scalar()
+                if valid is None:
+                    problems.append(f"index {name} on {table} is missing")
+                elif not valid:
+                    problems.append(f"index {name} on {table} is INVALID (a build or drop was interrupted)")
+            elif kind == "trigger":
+                if connection.execute(sa.text(
+                        "SELECT 1 FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+                        "ON n.oid = c.relnamespace WHERE t.tgname = :name AND c.relname = :table "
+                        "AND n.nspname = current_schema()"), {"name": name, "table": table}).first() is None:
+                    problems.append(f"trigger {name} on {table} is missing")
+            else:
+                validated = connection.execute(sa.text(
+                    "SELECT co.convalidated FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE co.conname = :name AND c.relname = :table "
+                    "AND n.nspname = current_schema()"), {"name": name, "table": table}).scalar()
+                if validated is None:
+                    problems.append(f"constraint {name} on {table} is missing")
+                elif kind == "valid" and not validated:
+                    problems.append(f"constraint {name} on {table} is not validated")
+        return problems
+
+    def object_names(self, connection: sa.Connection) -> dict[str, str]:
+        # Relations (tables, views, indexes, sequences...) and types share one namespace per schema
+        # (CREATE TABLE makes a type too); constraints, triggers and functions are named here as
+        # well, since zdm drops what it made by name. Source: PostgreSQL docs, "System Catalogs".
+        rows = connection.execute(sa.text("""
+SELECT c.relname, CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
+  WHEN 'm' THEN 'materialized view' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table'
+  WHEN 'c' THEN 'type' ELSE CASE WHEN ix.indisunique THEN 'unique index' ELSE 'index' END END
+  || ' ' || c.relname || COALESCE(' on ' || t.relname, '')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_index ix ON ix.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = ix.indrelid
+WHERE n.nspname = current_schema()
+UNION ALL
+SELECT ty.typname, 'type ' || ty.typname FROM pg_type ty JOIN pg_namespace n ON n.oid = ty.typnamespace
+WHERE n.nspname = current_schema() AND ty.typrelid = 0 AND ty.typcategory <> 'A'
+UNION ALL
+SELECT co.conname, 'constraint ' || co.conname || COALESCE(' on ' || t.relname, '')
+FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace LEFT JOIN pg_class t ON t.oid = co.conrelid
+WHERE n.nspname = current_schema()
+UNION ALL
+SELECT tg.tgname, 'trigger ' || tg.tgname || ' on ' || t.relname
+FROM pg_trigger tg JOIN pg_class t ON t.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE NOT tg.tgisinternal AND n.nspname = current_schema()
+UNION ALL
+SELECT p.proname, 'function ' || p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname = current_schema()"""))
+        names: dict[str, str] = {}
+        for name, holder in rows:
+            names.setdefault(str(name), str(holder))
+        return names
+
     def zdm_objects(self, connection: sa.Connection) -> list[str]:
         rows = connection.execute(
             sa.text(
@@ -641,6 +734,65 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
             )
         )
         return sorted(r[0] for r in rows)
+
+
+def _dollar_quoted(body: str) -> str:
+    """``body`` as a dollar-quoted string whose tag it does not contain, so no value in it (a fill of
+    ``'$zdm$'``) can end the string early (PostgreSQL docs, "Dollar-Quoted String Constants")."""
+    tag = "zdm"
+    while f"${tag}$" in body:
+        tag += "_"
+    return f"${tag}$\n{body}\n${tag}$"
+
+
+def _track(sql: str, left: dict[tuple[str, str], str]) -> None:
+    """Follow what ``sql`` creates, renames, validates and drops in ``left`` (see missing_objects);
+    SQL pglast cannot read (a user's odd statement) is skipped: its objects are not checked."""
+    import pglast
+    from pglast import ast, enums
+
+    try:
+        parsed = pglast.parse_sql(sql)
+    except pglast.parser.ParseError:
+        return
+    for raw in parsed:
+        stmt: Any = raw.stmt
+        node = type(stmt)  # not isinstance: pglast's fields are typed Optional, and these are set
+        if node is ast.IndexStmt and stmt.idxname:
+            left[("index", stmt.idxname)] = stmt.relation.relname
+        elif node is ast.CreateTrigStmt:
+            left[("trigger", stmt.trigname)] = stmt.relation.relname
+        elif node is ast.DropStmt:
+            for parts in stmt.objects or ():
+                names = [part.sval for part in parts] if isinstance(parts, tuple) else []
+                if stmt.removeType == enums.ObjectType.OBJECT_INDEX and names:
+                    left.pop(("index", names[-1]), None)
+                elif stmt.removeType == enums.ObjectType.OBJECT_TRIGGER and names:
+                    left.pop(("trigger", names[-1]), None)
+                elif stmt.removeType == enums.ObjectType.OBJECT_TABLE and names:
+                    for key in [key for key, table in left.items() if table == names[-1]]:
+                        del left[key]
+        elif node is ast.RenameStmt and stmt.relation is not None:
+            old, new = stmt.relation.relname, stmt.newname
+            if stmt.renameType == enums.ObjectType.OBJECT_INDEX and ("index", old) in left:
+                left[("index", new)] = left.pop(("index", old))
+            elif stmt.renameType == enums.ObjectType.OBJECT_TABLE:
+                for key, table in list(left.items()):
+                    left[key] = new if table == old else table
+        elif node is ast.AlterTableStmt and stmt.relation is not None:
+            table = stmt.relation.relname
+            for cmd in stmt.cmds or ():
+                kind = cmd.subtype
+                if kind == enums.AlterTableType.AT_AddConstraint and cmd.def_.conname:
+                    if cmd.def_.indexname:  # USING INDEX: the index takes the constraint's name
+                        left.pop(("index", cmd.def_.indexname), None)
+                    left[("constraint", cmd.def_.conname)] = table
+                elif kind == enums.AlterTableType.AT_ValidateConstraint:
+                    left.pop(("constraint", cmd.name), None)
+                    left[("valid", cmd.name)] = table
+                elif kind == enums.AlterTableType.AT_DropConstraint:
+                    left.pop(("constraint", cmd.name), None)
+                    left.pop(("valid", cmd.name), None)
 
 
 def _holder(connection: sa.Connection) -> str | None:

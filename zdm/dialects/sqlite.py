@@ -12,7 +12,7 @@ import fcntl
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -287,17 +287,20 @@ class SQLiteDialect(Dialect):
 
     @contextmanager
     def runner_lock(self, engine: sa.Engine) -> Iterator[Callable[[], None]]:
-        """An flock on a file beside the database's real path (a symlink is the same database),
-        released by the kernel if the runner dies."""
+        """An flock on the database file itself, so every path that reaches it (a symlink, a hard
+        link, a relative path, a bind mount) meets the same lock; released by the kernel if the
+        runner dies. SQLite locks with fcntl, which flock does not touch on Linux. The holder's
+        PID is written beside the database's real path (``app.db.zdm-lock``) for `zdm status`."""
         from zdm.state import RunnerBusy
 
         lock_file = _lock_file(engine)
         if lock_file is None:
             yield lambda: None
             return
-        with open(lock_file, "a+") as handle:  # not "w": that would erase the holder's PID before the lock is tried
+        # "a+", not "w": that would erase the holder's PID before the lock is tried
+        with open(lock_file, "a+") as handle, _identity(engine, handle) as locked:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(locked, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunnerBusy(f"another zdm runner is working on {engine.url.database} "
                                  f"(lock file {handle.name})") from None
@@ -308,18 +311,18 @@ class SQLiteDialect(Dialect):
             try:
                 yield lambda: None
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                fcntl.flock(locked, fcntl.LOCK_UN)
 
     def runner_at_work(self, engine: sa.Engine) -> str | None:
         lock_file = _lock_file(engine)
         if lock_file is None or not os.path.exists(lock_file):
             return None
-        with open(lock_file) as handle:
+        with open(lock_file) as handle, _identity(engine, handle) as locked:
             try:
-                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(locked, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return f"pid {handle.read().strip() or '?'}"
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(locked, fcntl.LOCK_UN)
         return None
 
     # -- reading the live schema ---------------------------------------------------------------
@@ -365,6 +368,21 @@ class SQLiteDialect(Dialect):
             {"t": table})
         return {name: sql for name, sql in rows}
 
+    def object_names(self, connection: sa.Connection) -> dict[str, str]:
+        # Tables, views and indexes share one namespace, triggers another, all case-insensitive
+        # (sqlite.org/lang_createtable.html); a name is refused if any of them holds it.
+        rows = connection.execute(sa.text(
+            "SELECT name, CASE type WHEN 'index' THEN 'index ' || name || ' on ' || tbl_name "
+            "WHEN 'trigger' THEN 'trigger ' || name || ' on ' || tbl_name ELSE type || ' ' || name END "
+            "FROM sqlite_master"))
+        names: dict[str, str] = {}
+        for name, holder in rows:
+            names.setdefault(self.fold_name(str(name)), str(holder))
+        return names
+
+    def fold_name(self, name: str) -> str:
+        return name.lower()
+
     def zdm_objects(self, connection: sa.Connection) -> list[str]:
         rows = connection.execute(
             sa.text("SELECT name FROM sqlite_master WHERE name LIKE 'zdm\\_%' ESCAPE '\\' "
@@ -382,6 +400,19 @@ def _begin_immediate(connection: sa.Connection) -> None:
     # would commit it, and its statements would be rolled back when the connection closes.
     if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def _identity(engine: sa.Engine, fallback: IO[str]) -> Iterator[IO[Any]]:
+    """The database file, opened read-only, to lock by identity (its inode); ``fallback`` (the PID
+    file) while the database file does not exist yet."""
+    try:
+        database = open(os.path.realpath(engine.url.database or ""), "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        yield fallback
+        return
+    with database:
+        yield database
 
 
 def _lock_file(engine: sa.Engine) -> str | None:

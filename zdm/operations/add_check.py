@@ -40,6 +40,9 @@ class AddCheck(Operation):
     def describe(self) -> str:
         return f"add check {self.name} on {self.table}: {self.condition}"
 
+    def creates(self) -> list[str]:
+        return [self.name]
+
     def expand(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect
         if not d.not_valid_constraints:

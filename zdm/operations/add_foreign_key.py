@@ -38,6 +38,9 @@ class AddForeignKey(Operation):
         return (f"add foreign key {self.name}: {self.table}({', '.join(self.columns)}) -> "
                 f"{self.ref_table}({', '.join(self.ref_columns)})")
 
+    def creates(self) -> list[str]:
+        return [self.name]
+
     def check(self, schema: Schema) -> list[str]:
         if errors := self.column_check(schema, *self.columns):
             return errors

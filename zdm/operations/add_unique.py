@@ -14,7 +14,7 @@ from pydantic import Field
 from zdm.dialects import Dialect, object_name
 from zdm.model import Index, Schema
 from zdm.operations.base import Compiler, Identifier, Operation
-from zdm.operations.common import existing_indexes, no_duplicates
+from zdm.operations.common import no_duplicates
 from zdm.plan import MigrationStep, Phase
 
 
@@ -26,15 +26,11 @@ class AddUnique(Operation):
     def describe(self) -> str:
         return f"add unique {self.name} on {self.table} ({', '.join(self.columns)})"
 
+    def creates(self) -> list[str]:
+        return [self.name]
+
     def check(self, schema: Schema) -> list[str]:
         return self.column_check(schema, *self.columns)
-
-    def check_live(self, c: Compiler) -> list[str]:
-        if c.connection is None:
-            return []
-        if self.name in existing_indexes(c.connection, self.table):
-            return [f"an index or constraint named {self.name!r} already exists on {self.table!r}"]
-        return []
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
         d = c.dialect

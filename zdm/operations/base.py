@@ -16,7 +16,7 @@ the same questions in the same order, so reading one module teaches all of them:
   something can happen, the operation reads a dialect flag, never the database's name.
 - ``apply_to_model(schema, phase, dialect)``: the same change on the reference model.
 - Facts others ask about: ``describe()``, ``touches()``, ``deletes_data``, ``existing_column``,
-  ``filled_columns()``, ``column_fate(kind, dialect)``.
+  ``filled_columns()``, ``column_fate(kind, dialect)``, ``creates()``.
 
 Helpers several operations share live in ``zdm.operations.common``. A new operation is one module
 here, one entry in the catalogue (``zdm/operations/__init__.py``), one example plan in
@@ -66,8 +66,8 @@ def type_problems(c: Compiler, *column_types: ColumnType) -> list[str]:
 def default_problem(value: Any, column_type: ColumnType) -> str | None:
     """Why ``value`` cannot be a default of ``column_type``; None when it can (or there is none)."""
     try:
-        column_type.coerce(value)
-    except (TypeError, ValueError) as exc:
+        column_type.from_plan(value)
+    except (TypeError, ValueError, OverflowError) as exc:
         return f"default {value!r} is not a valid {column_type.value} ({exc})"
     return None
 
@@ -145,6 +145,12 @@ class Operation(BaseModel):
     def existing_column(self) -> str | None:
         """The existing column the operation reads (Alembic's offline hints describe it)."""
         return getattr(self, "column", None)
+
+    def creates(self) -> list[str]:
+        """Names the plan's author chose for the tables, views, indexes and constraints this operation
+        creates. None may be taken by any object of the schema: ``compile_plan`` checks the live
+        catalog before anything runs, so zdm never drops (by name) what it did not create."""
+        return []
 
     def filled_columns(self) -> list[str]:
         """Columns whose NULLs the operation replaces: a rollback cannot tell them from written values."""

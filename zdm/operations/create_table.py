@@ -51,6 +51,8 @@ class CreateTable(Operation):
 
     def check_live(self, c: Compiler) -> list[str]:
         return type_problems(c, *(column.type for column in self.columns))
+    def creates(self) -> list[str]:
+        return [self.table]
 
     def touches(self) -> set[tuple[str, str]]:
         return set()

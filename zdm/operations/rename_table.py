@@ -29,6 +29,9 @@ class RenameTable(Operation):
             return errors
         return [f"table {self.new_name!r} already exists"] if schema.has_table(self.new_name) else []
 
+    def creates(self) -> list[str]:
+        return [self.new_name]
+
     def touches(self) -> set[tuple[str, str]]:
         return set()
 

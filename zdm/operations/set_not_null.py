@@ -41,9 +41,9 @@ class SetNotNull(Operation):
             return [f"{self.table}.{self.column} is already NOT NULL"]
         if self.fill is not None:
             try:
-                column.type.coerce(self.fill)
-            except (TypeError, ValueError):
-                return [f"fill {self.fill!r} is not a valid {column.type.value}"]
+                column.type.from_plan(self.fill)
+            except (TypeError, ValueError, OverflowError) as exc:
+                return [f"fill {self.fill!r} is not a valid {column.type.value} ({exc})"]
             if not schema.table(self.table).primary_key:
                 return [f"table {self.table!r} has no primary key; the backfill needs one"]
         return []

@@ -38,6 +38,9 @@ class RawSql(Operation):
 
     @model_validator(mode="after")
     def _undoable(self) -> RawSql:
+        up, down = self._listed()
+        if not up or any(not statement.strip() for statement in [*up, *down]):
+            raise ValueError("`up` needs a statement, and no statement of `up` or `down` may be blank")
         if self.down is None and self.phase != "contract":
             raise ValueError("a sql step before contract needs `down`, the statements that undo it")
         return self
