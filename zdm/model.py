@@ -538,8 +538,8 @@ class Schema:
                     self._on_delete(child, child_row)
                     child.rows.remove(child_row)
             elif fk.on_delete == "SET NULL":
-                for child_row in referencing:
-                    for column in fk.columns:
-                        child_row[column] = None
+                for child_row in referencing:  # an UPDATE of the child: its BEFORE triggers (links, fills) fire
+                    index = next(i for i, r in enumerate(child.rows) if r is child_row)
+                    child.rows[index] = child.updated_row(child_row, {column: None for column in fk.columns})
             else:
                 raise ConstraintViolation("foreign key", f"{child.name} still references {key} ({name})")

@@ -364,6 +364,16 @@ class Dialect:
         """Turn a unique index into a named UNIQUE constraint: no scan, only a brief lock."""
         raise NotImplementedError
 
+    def primary_key_using_index(self, table: str, name: str, index: str) -> list[Action]:
+        """Make the unique index ``index`` (on NOT NULL columns) ``table``'s primary key ``name``: no
+        scan, only a brief lock; the index takes the constraint's name."""
+        raise NotImplementedError
+
+    def widen_sequence(self, sequence: str, column_type: sa.types.TypeEngine[Any]) -> list[Action]:
+        """Let ``sequence`` (schema-qualified, as ``column_facts`` reads it) reach the maximum of
+        ``column_type``, keeping its current value."""
+        return []
+
     # -- indexes ----------------------------------------------------------------------------------
     def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[Action]:
         """Build an index (CONCURRENTLY where ``concurrent_indexes``)."""

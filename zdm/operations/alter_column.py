@@ -23,9 +23,11 @@ import sqlalchemy as sa
 from pydantic import model_validator
 
 from zdm import transforms
+from zdm.dialects import Dialect
 from zdm.model import Column, ColumnType, Schema, SqlDefault
 from zdm.operations.base import Compiler, Identifier, default_problem
 from zdm.operations.dual_column import DualColumn
+from zdm.plan import MigrationStep, Phase
 from zdm.transforms import Transform
 
 #: (from, to) -> (up, down) when the plan does not name them.
@@ -82,7 +84,45 @@ class AlterColumn(DualColumn):
             return (self.up_transform or "copy", self.down_transform or "copy")
         return (self.up_transform or defaults[0], self.down_transform or defaults[1])
 
+    # -- a key column: zdm.operations.widen_key takes over ------------------------------------------
+    def _widens_key(self, schema: Schema) -> bool:
+        from zdm.operations import widen_key
+
+        return type(self) is AlterColumn and widen_key.is_key(self, schema)
+
+    def check_live(self, c: Compiler) -> list[str]:
+        from zdm.operations import widen_key
+
+        return widen_key.check_live(self, c) if self._widens_key(c.schema) else super().check_live(c)
+
+    def expand(self, c: Compiler) -> list[MigrationStep]:
+        from zdm.operations import widen_key
+
+        return widen_key.expand(self, c) if self._widens_key(c.schema) else super().expand(c)
+
+    def migrate(self, c: Compiler) -> list[MigrationStep]:
+        from zdm.operations import widen_key
+
+        return widen_key.migrate(self, c) if self._widens_key(c.schema) else super().migrate(c)
+
+    def contract(self, c: Compiler) -> list[MigrationStep]:
+        from zdm.operations import widen_key
+
+        return widen_key.contract(self, c) if self._widens_key(c.schema) else super().contract(c)
+
+    def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
+        from zdm.operations import widen_key
+
+        if self._widens_key(schema):
+            widen_key.apply_to_model(self, schema, phase, dialect)
+        else:
+            super().apply_to_model(schema, phase, dialect)
+
     def check(self, schema: Schema) -> list[str]:
+        if self._widens_key(schema):
+            from zdm.operations import widen_key
+
+            return widen_key.check(self, schema)
         if errors := super().check(schema):
             return errors
         old = schema.table(self.table).column(self.column).type
