@@ -190,6 +190,9 @@ class Dialect:
     triggers_fill_before_checks = False
     #: A type change retypes the column in place (a rebuild) instead of swapping in a new column.
     retypes_in_place = False
+    #: An INTEGER primary key already holds BIGINT's values (SQLite's rowid is 64-bit): widening it
+    #: changes nothing, and declaring it BIGINT would end the rowid alias (automatic ids, AUTOINCREMENT).
+    wide_integer_keys = False
     #: add_unique gives a UNIQUE constraint (else a unique index, which enforces the same).
     unique_constraints = False
     #: Raw SQL steps are read for lock risks before they run (zdm.risks knows PostgreSQL's locks).

@@ -49,6 +49,9 @@ def _safe_json(element: SafeJson, compiler: Any, **kw: Any) -> str:
 class SQLiteDialect(Dialect):
     name = "sqlite"
     retypes_in_place = True
+    # "INTEGER PRIMARY KEY" is the rowid, a 64-bit signed integer (sqlite.org/lang_createtable.html#rowid);
+    # a column declared BIGINT PRIMARY KEY is not (no automatic ids, AUTOINCREMENT refused).
+    wide_integer_keys = True
 
     # -- engines: zdm, not pysqlite, decides when a transaction begins --------------------------------
     def connect_args(self) -> dict[str, Any]:

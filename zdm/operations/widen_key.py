@@ -23,6 +23,11 @@ contract one brief transaction: each referencing table's old column goes (its ol
 rollback the compensations, newest first: foreign key copies, checks, index, triggers and new
          columns dropped; the old key, its sequence and the old foreign keys were never touched.
 
+On SQLite an ``INTEGER PRIMARY KEY`` is the rowid, already 64-bit, and stays declared INTEGER
+(``BIGINT PRIMARY KEY`` would not be the rowid: no automatic ids, no AUTOINCREMENT); only the
+referencing columns change, each by SQLite's type change (a rebuild that keeps the AUTOINCREMENT
+counter and every foreign key, with PRAGMA foreign_key_check before commit).
+
 Peers: pgroll and Reshape refuse key columns; pg-osc/gh-ost-style tools copy the whole table.
 The new column is physically last: PostgreSQL cannot reorder columns without a rewrite, so
 ``SELECT *`` lists it last; the catalogue is otherwise that of a table created with ``bigint``.
@@ -119,12 +124,13 @@ def referencing(op: AlterColumn, schema: Schema) -> list[tuple[ReferencingColumn
     return result
 
 
-def parts(op: AlterColumn, schema: Schema) -> tuple[KeyColumn, list[ReferencingColumn]]:
-    """The key column and the distinct referencing columns widened with it."""
+def parts(op: AlterColumn, schema: Schema, dialect: Dialect) -> tuple[KeyColumn | None, list[ReferencingColumn]]:
+    """The key column (None where the dialect's integer keys are already wide: nothing to do) and
+    the distinct referencing columns widened with it."""
     children: dict[tuple[str, str], ReferencingColumn] = {}
     for child, _name in referencing(op, schema):
         children[(child.table, child.column)] = child
-    return key_column(op), list(children.values())
+    return (None if dialect.wide_integer_keys else key_column(op)), list(children.values())
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -155,16 +161,15 @@ def check(op: AlterColumn, schema: Schema) -> list[str]:
             if other.column(fk.columns[0]).primary_key:
                 return [f"{other.name}.{fk.columns[0]} refers to {what} and is {other.name}'s primary key; "
                         f"widen {other.name} first"]
-    key, children = parts(op, schema)
-    errors = key.check(schema)
-    for child in children:
+    errors = key_column(op).check(schema)
+    for child, _name in referencing(op, schema):
         errors += child.check(schema)
     return errors
 
 
 def check_live(op: AlterColumn, c: Compiler) -> list[str]:
-    key, children = parts(op, c.schema)
-    errors = key.check_live(c)
+    key, children = parts(op, c.schema, c.dialect)
+    errors = [] if key is None else key.check_live(c)
     for child in children:
         errors += child.check_live(c)
     return errors
@@ -176,8 +181,9 @@ EXPANDING, MIGRATING, CONTRACTING = Phase.EXPANDING, Phase.MIGRATING, Phase.CONT
 
 def expand(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     """The new key column and its trigger, then the same on each referencing table."""
-    key, children = parts(op, c.schema)
-    steps = key.expand(c)
+    key, children = parts(op, c.schema, c.dialect)
+    steps = [MigrationStep(EXPANDING, f"{op.table}.{op.column} keeps its declaration: this database's integer "
+                           "key already holds BIGINT's values")] if key is None else key.expand(c)
     for child in children:
         for step in child.expand(c):
             step.description += f" (refers to {op.table}.{op.column})"
@@ -204,7 +210,9 @@ def _rules(part: AlterColumn, c: Compiler) -> tuple[list[Action], list[Action], 
 def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     """Backfills, the future key's unique index, then the new columns' rules NOT VALID and validated."""
     d = c.dialect
-    key, children = parts(op, c.schema)
+    key, children = parts(op, c.schema, d)
+    if key is None:  # each referencing column by the dialect's own type change
+        return [step for child in children for step in child.migrate(c)]
     steps = key.migrate(c)
     for child in children:
         steps += child.migrate(c)
@@ -241,7 +249,9 @@ def contract(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     """One brief transaction: the referencing columns, then the key, swapped; the primary key on
     the new column through its index; the sequence widened."""
     d = c.dialect
-    key, children = parts(op, c.schema)
+    key, children = parts(op, c.schema, d)
+    if key is None:
+        return [step for child in children for step in child.contract(c)]
     forward: list[Action] = []
     for child in children:
         forward += _swap(child, c)
@@ -259,8 +269,10 @@ def contract(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
 
 # -- reference model ------------------------------------------------------------------------------
 def apply_to_model(op: AlterColumn, schema: Schema, phase: Phase, dialect: Dialect) -> None:
-    key, children = parts(op, schema)
-    ordered: list[AlterColumn] = [*children, key] if phase is CONTRACTING else [key, *children]
+    key, children = parts(op, schema, dialect)
+    ordered: list[AlterColumn] = [*children, *([key] if key else [])]
+    if phase is not CONTRACTING:
+        ordered.reverse()
     if phase is Phase.ROLLED_BACK:
         ordered.reverse()
     for part in ordered:
