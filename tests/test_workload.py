@@ -72,6 +72,10 @@ CASES = [
          values=digits),
     Case("alter_checked", [op("alter_column", column="age", type="BIGINT")]),
     Case("alter_foreign_key", [op("alter_column", column="team_id", type="BIGINT")]),
+    # The key of teams, with users.team_id (ON DELETE SET NULL) widened alongside (tests/test_widen_key.py
+    # has the parent and two referencing tables written at once).
+    Case("alter_primary_key", [{"op": "alter_column", "table": "teams", "column": "id", "type": "BIGINT"}],
+         table="teams"),
     Case("add_column", [op("add_column", column="nickname", type="TEXT")]),
     Case("add_column_not_null_default", [op("add_column", column="active", type="BOOLEAN", nullable=False,
                                             default=True)]),

@@ -372,6 +372,13 @@ class Dialect:
         scan, only a brief lock; the index takes the constraint's name."""
         raise NotImplementedError
 
+    def lock_tables(self, tables: list[str], *, exclusive: bool) -> list[Action]:
+        """Take the locks a step's statements will take, in this order (parents before children, the
+        order apps write in), so that zdm never holds one table while waiting for another that an
+        app holds while waiting for the first. ``exclusive``: the lock of a column swap; else the
+        lock of adding a foreign key (writes wait, reads go on)."""
+        return []
+
     def widen_sequence(self, sequence: str, column_type: sa.types.TypeEngine[Any]) -> list[Action]:
         """Let ``sequence`` (schema-qualified, as ``column_facts`` reads it) reach the maximum of
         ``column_type``, keeping its current value."""

@@ -234,6 +234,12 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         q = self.quote
         return [Statement(f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} PRIMARY KEY USING INDEX {q(index)}")]
 
+    def lock_tables(self, tables: list[str], *, exclusive: bool) -> list[Action]:
+        # LOCK TABLE docs: tables are locked one by one in the order given. ADD FOREIGN KEY takes
+        # SHARE ROW EXCLUSIVE on both tables; DROP/RENAME COLUMN ACCESS EXCLUSIVE.
+        mode = "ACCESS EXCLUSIVE" if exclusive else "SHARE ROW EXCLUSIVE"
+        return [Statement(f"LOCK TABLE {', '.join(self.quote(t) for t in tables)} IN {mode} MODE")]
+
     def widen_sequence(self, sequence: str, column_type: sa.types.TypeEngine[Any]) -> list[Action]:
         # ALTER SEQUENCE docs: AS changes MAXVALUE too when it was the old type's maximum; the
         # value is kept. serial's sequence is AS integer, bigserial's AS bigint.

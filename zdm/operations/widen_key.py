@@ -191,20 +191,29 @@ def expand(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     return steps
 
 
-def _rules(part: AlterColumn, c: Compiler) -> tuple[list[Action], list[Action], list[Action]]:
-    """(add NOT VALID, validate, drop) of what the part's new column must obey before the swap: NOT
-    NULL through a check, and the copies of its constraints (for the key: the foreign keys to it)."""
+def _rules(part: AlterColumn, key: KeyColumn, c: Compiler) -> list[MigrationStep]:
+    """What the part's new column must obey before the swap, each rule added NOT VALID in its own
+    brief transaction (the referenced table locked first, as apps lock it) and validated in another
+    (SHARE UPDATE EXCLUSIVE: writes go on): NOT NULL through a check, and the copies of its
+    constraints (for the key, the foreign keys that point at it)."""
     d = c.dialect
-    add: list[Action] = []
-    validate: list[Action] = []
-    drop: list[Action] = []
+    rules: list[tuple[str, list[Action], list[Action], list[Action], list[Action]]] = []
     if part._facts(c).not_null:
-        add, validate, drop = (list(a) for a in d.refuse_nulls(part._sync_name(c), part.table, part.shadow))
+        add, validate, drop = d.refuse_nulls(part._sync_name(c), part.table, part.shadow)
+        rules.append((f"NOT NULL of {part.table}.{part.shadow}", [], add, validate, drop))
     for copy in part._constraint_copies(c):
-        add += d.add_constraint(copy.table, copy.temporary, copy.definition)
-        validate += d.validate_constraint(copy.table, copy.temporary)
-        drop += d.drop_constraint(copy.table, copy.temporary)
-    return add, validate, drop
+        lock = d.lock_tables([key.table, copy.table], exclusive=False) if copy.table != part.table else []
+        rules.append((f"{copy.final} of {copy.table} as {copy.temporary}", lock,
+                      d.add_constraint(copy.table, copy.temporary, copy.definition),
+                      d.validate_constraint(copy.table, copy.temporary), d.drop_constraint(copy.table, copy.temporary)))
+    steps = []
+    for what, lock, add, validate, drop in rules:
+        # A leftover of an earlier try goes first (the add may run again after a kill), after the locks.
+        steps.append(MigrationStep(MIGRATING, f"{what} (NOT VALID)", forward=[*lock, *drop, *add], compensate=drop))
+        if validate:  # outside a transaction: never in one with the brief lock of an ADD
+            steps.append(MigrationStep(MIGRATING, f"validate {what}", forward=validate, compensate=drop,
+                                       transactional=False))
+    return steps
 
 
 def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
@@ -221,15 +230,7 @@ def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
         forward=d.create_index(key.pk_index(c), op.table, [key.shadow], unique=True),
         compensate=d.drop_index(key.pk_index(c), op.table), transactional=not d.concurrent_indexes))
     for part in [*children, key]:  # the key's copies are the foreign keys, which need the children's columns
-        add, validate, drop = _rules(part, c)
-        if not add:
-            continue
-        what = "NOT NULL and foreign keys" if part is key else "NOT NULL and constraints"
-        steps.append(MigrationStep(MIGRATING, f"{what} of {part.table}.{part.shadow} (NOT VALID)",
-                                   forward=add, compensate=drop))
-        if validate:
-            steps.append(MigrationStep(MIGRATING, f"validate them on {part.table}.{part.shadow}", forward=validate,
-                                       compensate=drop))
+        steps += _rules(part, key, c)
     return steps
 
 
@@ -252,7 +253,8 @@ def contract(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     key, children = parts(op, c.schema, d)
     if key is None:
         return [step for child in children for step in child.contract(c)]
-    forward: list[Action] = []
+    # The table first, then those that refer to it: the order apps lock them in.
+    forward = d.lock_tables([op.table, *dict.fromkeys(child.table for child in children)], exclusive=True)
     for child in children:
         forward += _swap(child, c)
     forward += _swap(key, c)
