@@ -294,3 +294,37 @@ def test_no_app_query_fails_and_no_write_waits_past_the_budget(zdm_postgres_url:
         assert connection.scalar(sa.text("SELECT data_type FROM information_schema.columns "
                                          "WHERE table_name = 'items' AND column_name = 'order_id'")) == "bigint"
     engine.dispose()
+
+
+def test_sqlite_keeps_the_rowid_key_and_its_autoincrement_counter(zdm_sqlite_url: str) -> None:
+    """SQLite: the key stays INTEGER PRIMARY KEY AUTOINCREMENT (already 64-bit), its counter (a deleted
+    highest id) survives, the referencing columns become BIGINT by rebuilds that keep every foreign key."""
+    engine, app = sa.create_engine(zdm_sqlite_url), sqlite_app_engine(zdm_sqlite_url)
+    with engine.begin() as connection:
+        for sql in DDL.replace("{serial}", "INTEGER PRIMARY KEY AUTOINCREMENT").replace(" PRIMARY KEY,", ",", 1) \
+                .replace("{ref}", "integer").replace("generate_series(1, 50) g", "series").split(";"):
+            if "series" in sql:
+                sql = "WITH RECURSIVE series(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM series WHERE g < 50) " + sql
+            connection.exec_driver_sql(sql.replace("generate_series(1, 120) g", "series")
+                                       .replace("generate_series(1, 30) g", "series"))
+    with app.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM orders WHERE id = 50")  # the counter stays at 50
+    run = runner(engine, batch_size=16)
+    plan = planfile.parse(PLAN)
+    run.start(plan)
+    run.rollback(plan.id)
+    run.start(plan)
+    run.complete(plan.id)
+    with app.begin() as connection:
+        tables = dict(connection.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'table'")).all())
+        assert "id INTEGER PRIMARY KEY AUTOINCREMENT" in tables["orders"]
+        assert "order_id BIGINT NOT NULL REFERENCES orders ON DELETE CASCADE" in tables["items"]
+        assert "order_id BIGINT REFERENCES orders ON DELETE SET NULL" in tables["shipments"]
+        assert connection.scalar(sa.text("INSERT INTO orders (note) VALUES ('n') RETURNING id")) == 51
+        assert connection.execute(sa.text("PRAGMA foreign_key_check")).all() == []
+        connection.exec_driver_sql("DELETE FROM orders WHERE id = 7")  # the foreign keys still act
+        assert connection.scalar(sa.text("SELECT count(*) FROM items WHERE order_id = 7")) == 0
+        assert connection.scalar(sa.text("SELECT count(*) FROM shipments WHERE order_id IS NULL")) >= 1
+    assert zdm_objects(engine) == []
+    engine.dispose()
+    app.dispose()
