@@ -349,7 +349,8 @@ class Table:
             "columns": {c.name: (c.type.value, c.nullable, _default_text(c), c.comment)
                         for c in self.columns.values()},
             "primary key": tuple(self.primary_key),
-            "indexes": dict(sorted(self.indexes.items())),
+            "indexes": {name: index for name, index in sorted(self.indexes.items())
+                        if not name.startswith("zdm_")},  # zdm's own, while a plan is in flight
             "unique constraints": dict(sorted(self.uniques.items())),
             "checks": {name: sorted(condition_columns(cond)) for name, cond in sorted(self.checks.items())
                        if not name.startswith("zdm_")},  # zdm's own, while a plan is in flight

@@ -367,9 +367,9 @@ class Dialect:
         """Turn a unique index into a named UNIQUE constraint: no scan, only a brief lock."""
         raise NotImplementedError
 
-    def primary_key_using_index(self, table: str, name: str, index: str) -> list[Action]:
-        """Make the unique index ``index`` (on NOT NULL columns) ``table``'s primary key ``name``: no
-        scan, only a brief lock; the index takes the constraint's name."""
+    def primary_key_using_index(self, table: str, name: str, index: str, columns: list[str]) -> list[Action]:
+        """Make the unique index ``index`` on ``columns`` (NOT NULL) ``table``'s primary key ``name``:
+        no scan, only a brief lock where the database can; the index takes the constraint's name."""
         raise NotImplementedError
 
     def lock_tables(self, tables: list[str], *, exclusive: bool) -> list[Action]:

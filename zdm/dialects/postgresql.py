@@ -228,7 +228,7 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         q = self.quote
         return [Statement(f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} UNIQUE USING INDEX {q(index)}")]
 
-    def primary_key_using_index(self, table: str, name: str, index: str) -> list[Action]:
+    def primary_key_using_index(self, table: str, name: str, index: str, columns: list[str]) -> list[Action]:
         # ALTER TABLE docs: "ADD table_constraint_definition ... USING INDEX": the index is renamed
         # to the constraint; with the columns already NOT NULL no scan runs.
         q = self.quote

@@ -100,6 +100,11 @@ class SQLiteDialect(Dialect):
     def unique_constraint_using_index(self, table: str, name: str, index: str) -> list[Action]:
         raise NotImplementedError("SQLite keeps a unique index (unique_constraints is False)")
 
+    def primary_key_using_index(self, table: str, name: str, index: str, columns: list[str]) -> list[Action]:
+        # SQLite adds no key to a table: a rebuild with it in the CREATE TABLE, checking every row.
+        key = {"name": name, "columns": columns, "unique": True, "constraint": True, "primary_key": True}
+        return [Rebuild(table, drop_indexes=[index], create_indexes=[key])]
+
     def combine(self, actions: list[Action]) -> list[Action]:
         """Adjacent rebuilds of one table as one: each rebuild copies the whole table."""
         combined: list[Action] = []

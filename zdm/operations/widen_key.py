@@ -258,7 +258,7 @@ def contract(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     for child in children:
         forward += _swap(child, c)
     forward += _swap(key, c)
-    forward += d.primary_key_using_index(op.table, key.pk_name(c), key.pk_index(c))
+    forward += d.primary_key_using_index(op.table, key.pk_name(c), key.pk_index(c), [op.column])
     facts = key._facts(c)
     if facts.sequence and not facts.identity:
         forward += d.widen_sequence(facts.sequence, d.column_type(op.type))
