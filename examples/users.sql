@@ -22,6 +22,11 @@ CREATE TABLE sessions (
     token TEXT CONSTRAINT sessions_token_ck CHECK (length(token) > 0)
 );
 
+CREATE TABLE events (
+    id INTEGER,
+    what TEXT
+);
+
 CREATE INDEX users_name_ix ON users (name);
 
 INSERT INTO teams (id, name) VALUES (1, 'core');
@@ -35,3 +40,6 @@ INSERT INTO users (id, email, name, legacy_flag, age, zip, prefs, team_id)
     VALUES (3, 'Linus@Kernel.ORG', NULL, NULL, 28, '97201', NULL, NULL);
 
 INSERT INTO sessions (id, token) VALUES (1, 'abc');
+
+INSERT INTO events (id, what) VALUES (1, 'signup');
+INSERT INTO events (id, what) VALUES (2, 'login');
