@@ -328,3 +328,43 @@ def test_sqlite_keeps_the_rowid_key_and_its_autoincrement_counter(zdm_sqlite_url
     assert zdm_objects(engine) == []
     engine.dispose()
     app.dispose()
+
+
+def test_rollback_from_every_phase(zdm_database_url: str) -> None:
+    """Right after expand (a runner killed before the backfill), and after a complete that could not
+    get its lock (PostgreSQL: another session holds items): the tables are as they were."""
+    model = orders_schema(rows=12)
+    engine = setup(zdm_database_url, model)
+    serial(engine)
+    learn_catalogue(engine, model)
+    dialect = engine.dialect.name
+    plan = planfile.parse(PLAN)
+    run = runner(engine, batch_size=5, lock_timeout_ms=100, lock_retries=1)
+    try:
+        with pytest.raises(Interrupted):
+            type(run)(engine, StopBefore(Phase.MIGRATING), run.overrides).start(plan)
+        run.rollback(plan.id)
+        assert_agrees(engine, model)
+        assert zdm_objects(engine) == []
+        if dialect != "postgresql":
+            return
+        run.start(plan)
+        blocker = engine.connect()
+        blocker.exec_driver_sql("LOCK TABLE items IN ROW EXCLUSIVE MODE")  # an app's open write transaction
+        try:
+            with pytest.raises(Exception, match="CONTRACTING failed"):
+                run.complete(plan.id)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        with engine.connect() as connection:
+            assert connection.scalar(sa.text("SELECT phase FROM zdm_migrations")) == "MIGRATING"
+        run.rollback(plan.id)
+        assert_agrees(engine, model)
+        assert zdm_objects(engine) == []
+        with engine.connect() as connection:
+            found = connection.scalar(sa.text("SELECT data_type FROM pg_sequences WHERE sequencename = 'orders_id_seq'"
+                                              ))
+        assert found == "integer"
+    finally:
+        engine.dispose()
