@@ -13,6 +13,9 @@ contract check again; drop the old column; the new one takes the column's name (
 Without ``new_name`` both app versions keep using the column's name, and the new type takes over
 at complete: this fits widening changes (INTEGER -> BIGINT) and apps that convert in code. With
 ``new_name`` the new app reads and writes the new column during the window.
+
+On a primary-key column (INTEGER -> BIGINT) zdm.operations.widen_key takes over: the key and
+every column whose foreign key points at it go the same path together.
 """
 
 from __future__ import annotations
