@@ -368,3 +368,25 @@ def test_rollback_from_every_phase(zdm_database_url: str) -> None:
         assert found == "integer"
     finally:
         engine.dispose()
+
+
+def test_zdm_plan_names_each_referencing_column_and_refusals_exit_2(zdm_database_url: str, tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from zdm.cli import main
+
+    engine = setup(zdm_database_url, orders_schema(rows=3))
+    engine.dispose()
+    plan = tmp_path / "widen.yaml"
+    plan.write_text("id: widen\noperations:\n  - {op: alter_column, table: orders, column: id, type: BIGINT}\n")
+    result = CliRunner().invoke(main, ["plan", str(plan), "--db", zdm_database_url])
+    assert result.exit_code == 0, result.stderr
+    for column in ("items.order_id_zdm_new", "shipments.order_id_zdm_new"):
+        assert f"add column {column} (refers to orders.id)" in result.stdout
+    if "postgresql" in zdm_database_url:
+        assert "PRIMARY KEY USING INDEX" in result.stdout
+    refused = tmp_path / "refused.yaml"
+    refused.write_text("id: refused\noperations:\n  - {op: alter_column, table: orders, column: id, type: TEXT}\n")
+    result = CliRunner().invoke(main, ["start", str(refused), "--db", zdm_database_url])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0 and "from INTEGER to BIGINT only" in result.stderr
