@@ -9,8 +9,9 @@ every transaction and counting every error.
 
 zdm     ``alter_column orders.id -> BIGINT``: start (expand, three backfills, the unique index
         CONCURRENTLY, checks and foreign keys NOT VALID + VALIDATE), then complete (one brief swap).
-plain   ``ALTER TABLE ... ALTER COLUMN ... TYPE bigint`` on the three columns and ``ALTER SEQUENCE
-        ... AS bigint``, in one transaction: every table and index rewritten under ACCESS EXCLUSIVE.
+plain   ``ALTER TABLE ... ALTER COLUMN ... TYPE bigint`` on the three columns (the parent first) and
+        ``ALTER SEQUENCE ... AS bigint``, in one transaction: every table and index rewritten under
+        ACCESS EXCLUSIVE; run again when PostgreSQL ends it as a deadlock's victim.
 
 Printed per scenario: client transactions and errors, p50 / p99 / max latency during the change,
 the change's total time, and the longest transaction of zdm's (the lock it held, at most).
@@ -40,10 +41,10 @@ from zdm.plan import MigrationPlan, MigrationStep
 from zdm.runner import Reporter, Runner
 
 PLAN = {"id": "widen", "operations": [{"op": "alter_column", "table": "orders", "column": "id", "type": "BIGINT"}]}
-PLAIN = [
+PLAIN = [  # the parent first, as the apps lock it
+    "ALTER TABLE orders ALTER COLUMN id TYPE bigint",
     "ALTER TABLE items ALTER COLUMN order_id TYPE bigint",
     "ALTER TABLE shipments ALTER COLUMN order_id TYPE bigint",
-    "ALTER TABLE orders ALTER COLUMN id TYPE bigint",
     "ALTER SEQUENCE orders_id_seq AS bigint",
 ]
 SCHEMA = """
@@ -129,10 +130,16 @@ def scenario(name: str, server: sa.URL, rows: int, clients: int, budget_ms: int)
             run.start(plan)
             run.complete(plan.id)
             reporter._close()
-        else:
-            with engine.begin() as connection:
-                for statement in PLAIN:
-                    connection.exec_driver_sql(statement)
+        else:  # retried, as a person would, when PostgreSQL picks it as a deadlock's victim
+            for attempt in range(1, 6):
+                try:
+                    with engine.begin() as connection:
+                        for statement in PLAIN:
+                            connection.exec_driver_sql(statement)
+                    break
+                except sa.exc.OperationalError as exc:
+                    print(f"plain: attempt {attempt} failed: {str(exc.orig).splitlines()[0]}", file=sys.stderr)
+                    reporter.steps.append((f"failed attempt {attempt}", 0.0))
         change_ended = time.perf_counter()
         time.sleep(1.0)
         stop.set()
@@ -168,7 +175,10 @@ def main() -> None:
     parser.add_argument("--db", default=DEFAULT_SERVER)
     args = parser.parse_args()
     server = server_url(args.db)
-    found = [scenario(name, server, args.rows, args.clients, args.lock_budget_ms) for name in ("zdm", "plain")]
+    found = []
+    for name in ("zdm", "plain"):
+        found.append(scenario(name, server, args.rows, args.clients, args.lock_budget_ms))
+        print(json.dumps({k: v for k, v in found[-1].items() if k != "steps"}), file=sys.stderr)
     zdm, plain = found
     print(f"widen orders.id INTEGER -> BIGINT with 2 referencing tables, {args.rows:,} rows each, "
           f"{args.clients} app clients, lock budget {args.lock_budget_ms} ms; machine load {machine_load()}")
