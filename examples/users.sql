@@ -29,6 +29,11 @@ CREATE TABLE orders (
     status VARCHAR(20) DEFAULT 'new'
 );
 
+CREATE TABLE events (
+    id INTEGER,
+    what TEXT
+);
+
 CREATE INDEX users_name_ix ON users (name);
 
 INSERT INTO teams (id, name) VALUES (1, 'core');
@@ -45,3 +50,5 @@ INSERT INTO sessions (id, token) VALUES (1, 'abc');
 
 INSERT INTO orders (id, customer_email, amount, status) VALUES (1, 'ada@example.com', 19.95, 'paid');
 INSERT INTO orders (id, customer_email, amount) VALUES (2, 'grace@example.com', 1234.50);
+INSERT INTO events (id, what) VALUES (1, 'signup');
+INSERT INTO events (id, what) VALUES (2, 'login');

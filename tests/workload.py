@@ -52,7 +52,8 @@ TYPED_POSTGRESQL: dict[str, tuple[str, Callable[[int], Any]]] = {
 
 
 def workload_schema(rows: int = 40, typed: str | None = None) -> Schema:
-    """Three tables in the shape of a real app: a parent, the table plans change, and a child.
+    """Four tables in the shape of a real app: a parent, the table plans change, a child, and a log
+    without a primary key.
 
     ``users`` has a NOT NULL unique column with a comment, a column with a default, one of each
     type (with ``typed``, a database's name, also the real types in TYPED or TYPED_POSTGRESQL), a
@@ -85,7 +86,11 @@ def workload_schema(rows: int = 40, typed: str | None = None) -> Schema:
                               Column("user_email", ColumnType.TEXT, nullable=False),
                               Column("total", ColumnType.INTEGER)])
     orders.foreign_keys["orders_user_email_fkey"] = ForeignKey(("user_email",), "users", ("email",), "CASCADE")
-    schema = Schema({"teams": teams, "users": users, "orders": orders})
+    # A log without a primary key (add_primary_key gives it one); its id may be NULL until then.
+    events = Table("events", [Column("id", ColumnType.INTEGER), Column("what", ColumnType.TEXT)])
+    schema = Schema({"teams": teams, "users": users, "orders": orders, "events": events})
+    for i in range(1, rows + 1):
+        events.insert({"id": i, "what": f"event {i}"})
     for i in range(1, 5):
         teams.insert({"id": i, "title": f"team {i}"})
     for i in range(1, rows + 1):
@@ -171,7 +176,7 @@ class Client:
     # -- the writes -----------------------------------------------------------------------------
     def insert(self, values: dict[str, Any]) -> None:
         self._write(f"insert {values}", lambda c: c.execute(self._sa(list(values)).insert().values(values)),
-                    lambda: self.model.insert(self.view.name, values), values["id"])
+                    lambda: self.model.insert(self.view.name, values), values.get("id"))  # a table without a key
 
     def update(self, key: int, values: dict[str, Any]) -> None:
         table = self._sa([*values, "id"])
@@ -196,7 +201,7 @@ class Client:
                     lambda: self.model.delete(self.view.name, {"id": key}), key)
 
     def _write(self, what: str, database: Callable[[sa.Connection], Any], model: Callable[[], Any],
-               key: int) -> None:
+               key: int | None) -> None:
         what = f"{self.version} app: {what}"
         self.log.append(what)
         before = self.model.copy()
@@ -217,7 +222,7 @@ class Client:
                                 f"{'refused: ' + refused if refused else 'accepted it'}")
         self._compare_row(what, key)
 
-    def _compare_row(self, what: str, key: int) -> None:
+    def _compare_row(self, what: str, key: int | None) -> None:
         table = self.physical
         with self.engine.connect() as connection:
             live = introspect.live_table(connection, table.name)

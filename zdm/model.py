@@ -323,7 +323,8 @@ class Table:
             "columns": {c.name: (c.type.value, c.nullable, _default_text(c), c.comment)
                         for c in self.columns.values()},
             "primary key": tuple(self.primary_key),
-            "indexes": dict(sorted(self.indexes.items())),
+            "indexes": {name: index for name, index in sorted(self.indexes.items())
+                        if not name.startswith("zdm_")},  # zdm's own, while a plan is in flight
             "unique constraints": dict(sorted(self.uniques.items())),
             "checks": {name: sorted(condition_columns(cond)) for name, cond in sorted(self.checks.items())
                        if not name.startswith("zdm_")},  # zdm's own, while a plan is in flight
@@ -526,8 +527,8 @@ class Schema:
                     self._on_delete(child, child_row)
                     child.rows.remove(child_row)
             elif fk.on_delete == "SET NULL":
-                for child_row in referencing:
-                    for column in fk.columns:
-                        child_row[column] = None
+                for child_row in referencing:  # an UPDATE of the child: its BEFORE triggers (links, fills) fire
+                    index = next(i for i, r in enumerate(child.rows) if r is child_row)
+                    child.rows[index] = child.updated_row(child_row, {column: None for column in fk.columns})
             else:
                 raise ConstraintViolation("foreign key", f"{child.name} still references {key} ({name})")

@@ -32,7 +32,6 @@ from alembic.runtime.migration import MigrationContext
 
 from zdm import introspect
 from zdm.alembic.offline import Hints
-from zdm.model import ColumnType
 from zdm.operations import Operation
 from zdm.planfile import PlanFile
 
@@ -167,7 +166,7 @@ def _zdm_form(table: str, op: ops.MigrateOperation) -> tuple[Operation, ops.Migr
         key = ("column", f"{table}.{op.column_name}")
         if op.modify_type is not None:
             new_type = introspect.column_type(op.modify_type)
-            if new_type is ColumnType.OTHER:
+            if not new_type.declared:
                 return None
             rest = _rest(op, modify_type=None)
             return operation(op="alter_column", table=table, column=op.column_name, type=new_type.value), rest, key

@@ -185,6 +185,9 @@ class Dialect:
     triggers_fill_before_checks = False
     #: A type change retypes the column in place (a rebuild) instead of swapping in a new column.
     retypes_in_place = False
+    #: An INTEGER primary key already holds BIGINT's values (SQLite's rowid is 64-bit): widening it
+    #: changes nothing, and declaring it BIGINT would end the rowid alias (automatic ids, AUTOINCREMENT).
+    wide_integer_keys = False
     #: add_unique gives a UNIQUE constraint (else a unique index, which enforces the same).
     unique_constraints = False
     #: Raw SQL steps are read for lock risks before they run (zdm.risks knows PostgreSQL's locks).
@@ -402,6 +405,23 @@ class Dialect:
     def unique_constraint_using_index(self, table: str, name: str, index: str) -> list[Action]:
         """Turn a unique index into a named UNIQUE constraint: no scan, only a brief lock."""
         raise NotImplementedError
+
+    def primary_key_using_index(self, table: str, name: str, index: str, columns: list[str]) -> list[Action]:
+        """Make the unique index ``index`` on ``columns`` (NOT NULL) ``table``'s primary key ``name``:
+        no scan, only a brief lock where the database can; the index takes the constraint's name."""
+        raise NotImplementedError
+
+    def lock_tables(self, tables: list[str], *, exclusive: bool) -> list[Action]:
+        """Take the locks a step's statements will take, in this order (parents before children, the
+        order apps write in), so that zdm never holds one table while waiting for another that an
+        app holds while waiting for the first. ``exclusive``: the lock of a column swap; else the
+        lock of adding a foreign key (writes wait, reads go on)."""
+        return []
+
+    def widen_sequence(self, sequence: str, column_type: sa.types.TypeEngine[Any]) -> list[Action]:
+        """Let ``sequence`` (schema-qualified, as ``column_facts`` reads it) reach the maximum of
+        ``column_type``, keeping its current value."""
+        return []
 
     # -- indexes ----------------------------------------------------------------------------------
     def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[Action]:

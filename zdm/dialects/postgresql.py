@@ -294,6 +294,23 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         q = self.quote
         return [Statement(f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} UNIQUE USING INDEX {q(index)}")]
 
+    def primary_key_using_index(self, table: str, name: str, index: str, columns: list[str]) -> list[Action]:
+        # ALTER TABLE docs: "ADD table_constraint_definition ... USING INDEX": the index is renamed
+        # to the constraint; with the columns already NOT NULL no scan runs.
+        q = self.quote
+        return [Statement(f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} PRIMARY KEY USING INDEX {q(index)}")]
+
+    def lock_tables(self, tables: list[str], *, exclusive: bool) -> list[Action]:
+        # LOCK TABLE docs: tables are locked one by one in the order given. ADD FOREIGN KEY takes
+        # SHARE ROW EXCLUSIVE on both tables; DROP/RENAME COLUMN ACCESS EXCLUSIVE.
+        mode = "ACCESS EXCLUSIVE" if exclusive else "SHARE ROW EXCLUSIVE"
+        return [Statement(f"LOCK TABLE {', '.join(self.quote(t) for t in tables)} IN {mode} MODE")]
+
+    def widen_sequence(self, sequence: str, column_type: sa.types.TypeEngine[Any]) -> list[Action]:
+        # ALTER SEQUENCE docs: AS changes MAXVALUE too when it was the old type's maximum; the
+        # value is kept. serial's sequence is AS integer, bigserial's AS bigint.
+        return [Statement(f"ALTER SEQUENCE {sequence} AS {column_type.compile(dialect=self.sa)}")]
+
     # -- indexes: CONCURRENTLY, which never blocks writes --------------------------------------------
     def create_index(self, name: str, table: str, columns: list[str], *, unique: bool = False) -> list[Action]:
         # A failed try leaves an INVALID index behind, which IF NOT EXISTS would then keep,

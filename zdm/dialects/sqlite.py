@@ -51,6 +51,9 @@ def _safe_json(element: SafeJson, compiler: Any, **kw: Any) -> str:
 class SQLiteDialect(Dialect):
     name = "sqlite"
     retypes_in_place = True
+    # "INTEGER PRIMARY KEY" is the rowid, a 64-bit signed integer (sqlite.org/lang_createtable.html#rowid);
+    # a column declared BIGINT PRIMARY KEY is not (no automatic ids, AUTOINCREMENT refused).
+    wide_integer_keys = True
 
     # -- engines: zdm, not pysqlite, decides when a transaction begins --------------------------------
     def user_triggers_quiet(self, connection: sa.Connection, table: str, columns: list[str]) -> tuple[bool, str | None]:
@@ -150,6 +153,11 @@ class SQLiteDialect(Dialect):
 
     def unique_constraint_using_index(self, table: str, name: str, index: str) -> list[Action]:
         raise NotImplementedError("SQLite keeps a unique index (unique_constraints is False)")
+
+    def primary_key_using_index(self, table: str, name: str, index: str, columns: list[str]) -> list[Action]:
+        # SQLite adds no key to a table: a rebuild with it in the CREATE TABLE, checking every row.
+        key = {"name": name, "columns": columns, "unique": True, "constraint": True, "primary_key": True}
+        return [Rebuild(table, drop_indexes=[index], create_indexes=[key])]
 
     def combine(self, actions: list[Action]) -> list[Action]:
         """Adjacent rebuilds of one table as one: each rebuild copies the whole table."""

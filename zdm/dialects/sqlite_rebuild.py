@@ -45,7 +45,8 @@ def describe_rebuild(spec: Rebuild, quote: Any) -> str:
                 f"{quote(f['ref_table'])}" for f in spec.create_foreign_keys]
     changes += [f"drop index {quote(name)}" for name in spec.drop_indexes]
     for index in spec.create_indexes:
-        kind = "unique constraint" if index.get("constraint") else "unique index" if index["unique"] else "index"
+        kind = "primary key" if index.get("primary_key") else "unique constraint" if index.get("constraint") \
+            else "unique index" if index["unique"] else "index"
         changes.append(f"{kind} {quote(index['name'])} ({', '.join(map(quote, index['columns']))})")
     return f"-- rebuild table {quote(spec.table)} (copy, drop, rename): {'; '.join(changes)}"
 
@@ -265,8 +266,11 @@ def _unexpected_changes(before: list[tuple[Any, ...]], after: list[tuple[Any, ..
     # a new default is checked by SQLite's own parser; it reports it in its own way
     new_default = {renames.get(column.lower(), column).lower()
                    for column, change in spec.alter.items() if "server_default" in change}
+    keyed = {column.lower(): number for index in spec.create_indexes if index.get("primary_key")
+             for number, column in enumerate(index["columns"], start=1)}  # pragma's pk: place in the key
     expected = [(renames.get(name.lower(), name), retyped.get(name.lower(), declared),
-                 int(not nullable[name.lower()]) if name.lower() in nullable else notnull, default, pk, hidden)
+                 int(not nullable[name.lower()]) if name.lower() in nullable else notnull, default,
+                 keyed.get(name.lower(), pk), hidden)
                 for name, declared, notnull, default, pk, hidden in before if name.lower() not in _lower(spec.drop)]
 
     def compared(facts: tuple[Any, ...] | None) -> tuple[Any, ...] | None:
@@ -782,7 +786,8 @@ def _new_table_sql(table: _TableSQL, spec: Rebuild, quote: Any) -> str:
     for index in spec.create_indexes:
         if index.get("constraint"):  # the new table is built before RENAME COLUMN: the old names
             columns = [renamed_from.get(column, column) for column in index["columns"]]
-            added.append(f"CONSTRAINT {quote(index['name'])} UNIQUE ({', '.join(map(quote, columns))})")
+            kind = "PRIMARY KEY" if index.get("primary_key") else "UNIQUE"
+            added.append(f"CONSTRAINT {quote(index['name'])} {kind} ({', '.join(map(quote, columns))})")
     items = table.items
     between = sql[items[-2].end:items[-1].start] if len(items) > 1 else ", "
     separator = between if between.strip() == "," else ", "  # the table's own layout, unless a comment is there

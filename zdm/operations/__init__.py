@@ -9,6 +9,7 @@ from pydantic import Field
 from zdm.operations.add_check import AddCheck
 from zdm.operations.add_column import AddColumn
 from zdm.operations.add_foreign_key import AddForeignKey
+from zdm.operations.add_primary_key import AddPrimaryKey
 from zdm.operations.add_unique import AddUnique
 from zdm.operations.alter_column import AlterColumn
 from zdm.operations.base import Compiler, Operation
@@ -28,12 +29,12 @@ from zdm.operations.sql import RawSql
 
 CATALOGUE = (
     AddColumn, RenameColumn, AlterColumn, DropColumn, SetNotNull, DropNotNull, SetDefault, DropDefault,
-    AddCheck, AddUnique, AddForeignKey, DropConstraint, CreateIndex, DropIndex,
+    AddCheck, AddUnique, AddForeignKey, AddPrimaryKey, DropConstraint, CreateIndex, DropIndex,
     CreateTable, DropTable, RenameTable, RawSql,
 )
 AnyOperation = Annotated[
     AddColumn | RenameColumn | AlterColumn | DropColumn | SetNotNull | DropNotNull | SetDefault | DropDefault
-    | AddCheck | AddUnique | AddForeignKey | DropConstraint | CreateIndex | DropIndex
+    | AddCheck | AddUnique | AddForeignKey | AddPrimaryKey | DropConstraint | CreateIndex | DropIndex
     | CreateTable | DropTable | RenameTable | RawSql,
     Field(discriminator="op"),
 ]

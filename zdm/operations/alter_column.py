@@ -13,6 +13,9 @@ contract check again; drop the old column; the new one takes the column's name (
 Without ``new_name`` both app versions keep using the column's name, and the new type takes over
 at complete: this fits widening changes (INTEGER -> BIGINT) and apps that convert in code. With
 ``new_name`` the new app reads and writes the new column during the window.
+
+On a primary-key column (INTEGER -> BIGINT) zdm.operations.widen_key takes over: the key and
+every column whose foreign key points at it go the same path together.
 """
 
 from __future__ import annotations
@@ -93,25 +96,51 @@ class AlterColumn(DualColumn):
     def final_name(self) -> str:
         return self.new_name or self.column
 
-    # -- the cheap path: in place, when the dialect allows it for the two types (retype_in_place.py) -------
+    # -- which path: a key column (widen_key.py), in place when the dialect allows it for the two types
+    # -- (retype_in_place.py), else the dual-column path -----------------------------------------------
+    def _widens_key(self, schema: Schema) -> bool:
+        from zdm.operations import widen_key
+
+        return type(self) is AlterColumn and widen_key.is_key(self, schema)
+
     def expand(self, c: Compiler) -> list[MigrationStep]:
+        from zdm.operations import widen_key
+
+        if self._widens_key(c.schema):
+            return widen_key.expand(self, c)
         return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().expand(c)
 
     def migrate(self, c: Compiler) -> list[MigrationStep]:
+        from zdm.operations import widen_key
+
+        if self._widens_key(c.schema):
+            return widen_key.migrate(self, c)
         return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().migrate(c)
 
     def contract(self, c: Compiler) -> list[MigrationStep]:
+        from zdm.operations import widen_key
+
+        if self._widens_key(c.schema):
+            return widen_key.contract(self, c)
         if retype_in_place.reason(self, c.schema, c.dialect):
             return retype_in_place.contract(self, c)
         return super().contract(c)
 
     def check_live(self, c: Compiler) -> list[str]:
+        from zdm.operations import widen_key
+
         if problems := type_problems(c, self.type):
             return problems
+        if self._widens_key(c.schema):
+            return widen_key.check_live(self, c)
         return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().check_live(c)
 
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
-        if retype_in_place.reason(self, schema, dialect):
+        from zdm.operations import widen_key
+
+        if self._widens_key(schema):
+            widen_key.apply_to_model(self, schema, phase, dialect)
+        elif retype_in_place.reason(self, schema, dialect):
             retype_in_place.apply_to_model(self, schema, phase)
         else:
             super().apply_to_model(schema, phase, dialect)
@@ -126,6 +155,10 @@ class AlterColumn(DualColumn):
         return (self.up_transform or defaults[0], self.down_transform or defaults[1])
 
     def check(self, schema: Schema) -> list[str]:
+        if self._widens_key(schema):
+            from zdm.operations import widen_key
+
+            return widen_key.check(self, schema)
         if errors := super().check(schema):
             return errors
         old = schema.table(self.table).column(self.column).type

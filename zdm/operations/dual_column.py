@@ -92,6 +92,12 @@ class DualColumn(Operation):
         """Whether an app writes the shadow during the window (so writes flow back to the old column)."""
         return True
 
+    @property
+    def carries_key(self) -> bool:
+        """True when the column is the primary key and the subclass moves the key to the shadow
+        (zdm.operations.widen_key); else a key column is refused."""
+        return False
+
     def up(self, schema: Schema) -> Transform:
         """Old value -> new value; ``schema`` still holds the old column."""
         return transforms.get("copy")
@@ -121,7 +127,7 @@ class DualColumn(Operation):
         for name in {self.shadow, self.final_name} - {self.column}:
             if name in table.columns:
                 errors.append(f"table {self.table!r} already has a column {name!r}")
-        if table.columns[self.column].primary_key:
+        if table.columns[self.column].primary_key and not self.carries_key:
             errors.append(f"{self.table}.{self.column} is part of the primary key; zdm does not change keys")
         if not table.primary_key:
             errors.append(f"table {self.table!r} has no primary key; the backfill and triggers need one")
@@ -165,7 +171,7 @@ class DualColumn(Operation):
             raise ValueError(f"{dependent} uses {what}, which this change replaces: drop it before the change and "
                              "create it again after complete")
         for name, (kind, _definition) in facts.constraints.items():
-            if kind in ("p", "x"):
+            if kind == "x" or (kind == "p" and not self.carries_key):
                 what_kind = "primary key" if kind == "p" else "exclusion constraint"
                 raise ValueError(f"{what_kind} {name} uses {what}; zdm does not change it: drop it before this change "
                                  "and add it again after")
@@ -482,6 +488,7 @@ class DualColumn(Operation):
                                   for n, fk in other.foreign_keys.items()}
         new = table.column(shadow)
         new.nullable, new.default, new.comment = link.a_nullable, default, old.comment
+        new.primary_key = old.primary_key
         if shadow != self.final_name:
             schema.rename_column(self.table, shadow, self.final_name)
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from zdm import introspect
 from zdm.dialects import for_connection
-from zdm.model import ColumnType, Table
+from zdm.model import ColumnType, Family, Table
 from zdm.runner import reason as _reason
 
 #: A rewrite of a table with more rows than this breaks the promise (``--max-rewrite-rows``).
@@ -187,7 +187,7 @@ def _some(names: list[str], shown: int = 3) -> str:
 
 def _key_value(connection: sa.Connection, live: sa.Table, shape: Table, name: str, token: str) -> Any:
     column_type = shape.columns[name].type
-    if column_type in (ColumnType.INTEGER, ColumnType.BIGINT):
+    if column_type.family is Family.INTEGER:
         return int(connection.scalar(sa.select(sa.func.coalesce(sa.func.max(live.c[name]), 0))) or 0) + 1
     return sample_value(column_type, 0, token)
 
