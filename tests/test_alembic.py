@@ -445,3 +445,43 @@ def test_alter_column_takes_sqlalchemy_types(zdm_database_url: str, tmp_path: Pa
     with engine.connect() as connection:
         assert introspect.read_table(connection, "users").columns[column].type.name == created
     engine.dispose()
+
+
+# -- ordinary Alembic ops are transactional on every database (SQLite: pysqlite's legacy mode is not) -----
+def _after(revision: str, down: str, *upgrade: str) -> tuple[str, str]:
+    """A revision after ``down`` whose upgrade() runs ``upgrade``."""
+    name, source = _revision(revision, *upgrade)
+    return name, source.replace("'0001_create_users'", repr(down))
+
+
+def test_a_revision_refused_for_overlap_changes_nothing(zdm_database_url: str, tmp_path: Path) -> None:
+    """README: a revision refused for a table in flight is refused "before it changes anything"."""
+    url = zdm_database_url
+    scripts = _project(tmp_path, _revision("0002_nick", 'op.zdm_add_column("users", "nick", "TEXT")'),
+                       _after("0003_audit", "0002_nick",
+                              'op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))',
+                              'op.zdm_add_column("users", "bio", "TEXT")'))
+    upgrade(url, "0002_nick", scripts=scripts)
+    with pytest.raises(CommandError, match=r"being changed by zdm plan '0002_nick'"):
+        upgrade(url, "head", scripts=scripts)
+    assert "audit" not in tables(url) and current(url, scripts) == "0002_nick"
+    zdm("complete", "0002_nick", "--db", url, "--quiet")  # the next deploy: the rerun goes through
+    upgrade(url, "head", scripts=scripts)
+    assert "audit" in tables(url) and "bio" in shape(url)
+    assert_agree(url, "0003_audit", "MIGRATING", scripts)
+
+
+def test_ordinary_ops_after_a_zdm_op_are_retried_by_a_rerun(zdm_database_url: str, tmp_path: Path) -> None:
+    """README: fix the cause and rerun (it skips the started plan and retries the ordinary ops)."""
+    url = zdm_database_url
+    scripts = _project(tmp_path, _revision(
+        "0002_mixed", 'op.zdm_rename_column("users", "email", "email_address")',
+        'op.add_column("users", sa.Column("nick", sa.Text()))', 'op.execute("SELECT * FROM no_such_table")'))
+    upgrade(url, "0001_create_users", scripts=scripts)
+    with pytest.raises(sa.exc.DBAPIError, match="no_such_table"):
+        upgrade(url, "head", scripts=scripts)
+    assert "nick" not in shape(url) and current(url, scripts) == "0001_create_users"
+    execute(url, "CREATE TABLE no_such_table (id INTEGER)")  # the cause, fixed
+    upgrade(url, "head", scripts=scripts)
+    assert {"nick", "email", "email_address"} <= set(shape(url))
+    assert_agree(url, "0002_mixed", "MIGRATING", scripts)

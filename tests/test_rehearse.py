@@ -481,3 +481,32 @@ def test_a_plan_a_user_trigger_cannot_follow_is_refused_before_anything_runs(zdm
         assert "zdm_migrations" not in sa.inspect(connection).get_table_names()
         assert "email_address" not in {c["name"] for c in sa.inspect(connection).get_columns("users")}
     engine.dispose()
+
+
+#: A safe foreign key: every member's team exists. The probes must write team ids the key accepts.
+TEAMS = ("CREATE TABLE teams (id int primary key, name text)", "INSERT INTO teams VALUES (1,'a'),(2,'b')",
+         "CREATE TABLE members (id int primary key, team_id int, qty int)",
+         "INSERT INTO members VALUES (1,1,1),(2,2,1)")
+ADD_FK = """\
+id: fk
+operations:
+  - {op: add_foreign_key, table: members, name: members_team_fk, columns: [team_id], ref_table: teams,
+     ref_columns: [id]}
+"""
+
+
+def test_probes_write_values_a_foreign_key_accepts(zdm_database_url: str, tmp_path: Path) -> None:
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        for statement in TEAMS:
+            connection.exec_driver_sql(statement)
+    code, out = rehearse(write(tmp_path, ADD_FK), "--db", zdm_database_url, "--json", "--lock-timeout", "10000")
+    assert code == 0, out
+    report = json.loads(out)
+    assert report["probes"] and all(p["ok"] is True for p in report["probes"]), report["probes"]
+    assert report["restored"] and report["violations"] == []
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT id, team_id, qty FROM members ORDER BY id").all() == [
+            (1, 1, 1), (2, 2, 1)]
+        assert not sa.inspect(connection).get_foreign_keys("members")
+    engine.dispose()

@@ -45,6 +45,7 @@ from pydantic import ValidationError
 from zdm import db, state
 from zdm.alembic import autogenerate
 from zdm.alembic.offline import Hints, OfflineSchema
+from zdm.dialects import for_name
 from zdm.model import ModelError
 from zdm.operations import Operation
 from zdm.plan import MigrationPlan, Phase
@@ -138,7 +139,7 @@ def run_migrations(context: EnvironmentContext, *, engine: sa.Engine | None = No
     try:
         if not offline and mode == "complete":
             _contract_before_upgrading(migration_context, session)
-        with _following_create_table(session), context.begin_transaction():
+        with _following_create_table(session), _transactional_ddl(migration_context), context.begin_transaction():
             context.run_migrations()
         for plan_id in session.started:
             session.reporter.note(
@@ -242,6 +243,12 @@ def _contract_before_upgrading(migration_context: MigrationContext, session: Ses
         if any(not step.is_upgrade for step in planned):
             raise ZdmAlembicError("-x zdm=complete contracts zdm plans before an upgrade, and a downgrade needs "
                                   "what a contract drops: run the downgrade without -x zdm=complete")
+        connection = migration.connection
+        if migration._transaction is None and connection is not None and connection.in_transaction():
+            # Alembic read its version table in a transaction SQLAlchemy began on its own, which
+            # holds SQLite's shared lock (a real BEGIN: see _transactional_ddl) and would keep zdm's
+            # contract from committing. Nothing was written in it yet.
+            connection.commit()
         _complete_started(session)
         return planned
 
@@ -292,14 +299,20 @@ def _refuse_overlap(session: Session, context: MigrationContext, revision: str, 
 
 
 def _load(session: Session, plan_id: str) -> MigrationPlan | None:
-    with session.engine.connect() as connection:
+    with _reading(session) as connection:
         found = state.load(connection, plan_id)
     return None if found is None else found[0]
 
 
 def _load_all(session: Session) -> list[MigrationPlan]:
-    with session.engine.connect() as connection:
+    with _reading(session) as connection:
         return [plan for plan, _ in state.load_all(connection)]
+
+
+def _reading(session: Session) -> sa.Connection:
+    """A connection of zdm's that only reads, in no transaction: it takes no write lock (SQLite's
+    BEGIN IMMEDIATE would wait for Alembic's open transaction, which wrote the revision's ops so far)."""
+    return session.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _number(plan: MigrationPlan, revision: str) -> int:
@@ -329,6 +342,21 @@ def _following_create_table(session: Session) -> Iterator[None]:
         yield
         return
     with session.offline.following_create_table():
+        yield
+
+
+@contextmanager
+def _transactional_ddl(context: MigrationContext) -> Iterator[None]:
+    """Alembic's connection rolls back DDL with the rest of a failed revision (SQLite: see the dialect)."""
+    if context.as_sql or context.connection is None:  # offline
+        yield
+        return
+    try:
+        dialect = for_name(context.dialect.name)
+    except ValueError:  # a database zdm does not run on: Alembic as it is
+        yield
+        return
+    with dialect.transactional_ddl(context.connection):
         yield
 
 

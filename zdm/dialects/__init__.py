@@ -214,6 +214,15 @@ class Dialect:
         """Why ``url`` names no existing database, when connecting would create one (else None)."""
         return None
 
+    def transactional_ddl(self, connection: sa.Connection) -> AbstractContextManager[None]:
+        """While entered, every transaction SQLAlchemy begins on ``connection`` (not one of zdm's own,
+        another tool's, such as Alembic's) holds its DDL too, so that a rollback undoes it.
+
+        The connection's own statements are unchanged; on leaving, it is as it was. Nothing to do
+        where the driver already begins a transaction before DDL (psycopg on PostgreSQL).
+        """
+        return nullcontext()
+
     # -- quoting and compiling ----------------------------------------------------------------
     def quote(self, name: str) -> str:
         return self.sa.identifier_preparer.quote(name)

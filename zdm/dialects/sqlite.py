@@ -89,6 +89,25 @@ class SQLiteDialect(Dialect):
         sa.event.listen(engine, "connect", _autocommit_driver)
         sa.event.listen(engine, "begin", _begin_immediate)
 
+    @contextmanager
+    def transactional_ddl(self, connection: sa.Connection) -> Iterator[None]:
+        # pysqlite's legacy transaction handling begins a transaction before INSERT, UPDATE, DELETE
+        # only, so DDL commits on its own. SQLAlchemy's documented pysqlite recipe ("Serializable
+        # isolation / Savepoints / Transactional DDL"): the driver begins nothing, and an explicit
+        # BEGIN starts each transaction SQLAlchemy begins. A deferred BEGIN takes no lock until
+        # the transaction's first write, so zdm's own BEGIN IMMEDIATE connections are not held back
+        # while Alembic's connection only reads or sits in an autocommit block.
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        before = driver.isolation_level
+        sa.event.listen(connection, "begin", _begin_deferred)
+        try:
+            yield
+        finally:
+            sa.event.remove(connection, "begin", _begin_deferred)
+            if not connection.in_transaction():  # changing it inside a transaction would commit it
+                driver.isolation_level = before
+
     def missing_database(self, url: sa.URL) -> str | None:
         # SQLite would create an empty database and zdm would report on it: a typo must not look fine.
         database = url.database
@@ -421,6 +440,18 @@ def _identity(engine: sa.Engine, fallback: IO[str]) -> Iterator[IO[Any]]:
         return
     with database:
         yield database
+
+
+def _begin_deferred(connection: sa.Connection) -> None:
+    # SQLAlchemy resets the driver's isolation level after an AUTOCOMMIT block (Alembic's
+    # autocommit_block): hand transaction control back before every BEGIN. No transaction is open
+    # at this point, so the change commits nothing.
+    if connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        return
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    driver.isolation_level = None
+    connection.exec_driver_sql("BEGIN")
 
 
 def _lock_file(engine: sa.Engine) -> str | None:

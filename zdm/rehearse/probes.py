@@ -119,12 +119,16 @@ def _write_and_read(connection: sa.Connection, shape: Table, plan: ProbePlan) ->
         raise ProbeMismatch(f"no column {', '.join(missing)}")
     done = ["read"]
     _doing("read", lambda: connection.execute(sa.select(*[live.c[n] for n in shape.columns]).limit(1)).all())
+    referenced = _referenced_values(connection, shape)
     if key:
-        done += _update_unrelated(connection, live, shape, plan, probe_column, token)
+        done += _update_unrelated(connection, live, shape, plan, probe_column, token, referenced)
+
+    def value(name: str, n: int, token: str) -> Any:
+        return referenced[name] if name in referenced else sample_value(shape.columns[name].type, n, token)
 
     def insert(named: list[str], token: str, what: str) -> dict[str, Any]:
         values = {n: _key_value(connection, live, shape, n, token) if n in key
-                  else sample_value(shape.columns[n].type, i, token) for i, n in enumerate(named)}
+                  else value(n, i, token) for i, n in enumerate(named)}
         _doing(what, lambda: connection.execute(live.insert().values(values)))
         if key:
             where = sa.and_(*[live.c[k] == values[k] for k in key])
@@ -143,7 +147,7 @@ def _write_and_read(connection: sa.Connection, shape: Table, plan: ProbePlan) ->
         return ", ".join([*done, "(no primary key: no read-back)"])
     if probe_column is not None:
         where = sa.and_(*[live.c[k] == values[k] for k in key])
-        changed = {probe_column: sample_value(shape.columns[probe_column].type, len(names) + 1, token[::-1])}
+        changed = {probe_column: value(probe_column, len(names) + 1, token[::-1])}
         what = f"update {probe_column}"
         _doing(what, lambda: connection.execute(live.update().where(where).values(changed)))
         _read_back(connection, live, shape, where, changed, what)
@@ -152,7 +156,7 @@ def _write_and_read(connection: sa.Connection, shape: Table, plan: ProbePlan) ->
 
 
 def _update_unrelated(connection: sa.Connection, live: sa.Table, shape: Table, plan: ProbePlan,
-                      probe_column: str | None, token: str) -> list[str]:
+                      probe_column: str | None, token: str, referenced: dict[str, Any]) -> list[str]:
     """Update a column the plan does not touch on the existing row with the highest key.
 
     A backfill walks the key upwards, so before it ends this row is one it has not reached:
@@ -173,11 +177,41 @@ def _update_unrelated(connection: sa.Connection, live: sa.Table, shape: Table, p
     found = row._mapping
     where = sa.and_(*[live.c[k] == found[k] for k in key])
     what = f"update {column} of the row {', '.join(f'{k}={found[k]!r}' for k in key)}"
-    written = {column: sample_value(shape.columns[column].type, 7, token[::-1])}
+    written = {column: referenced[column] if column in referenced
+               else sample_value(shape.columns[column].type, 7, token[::-1])}
     _doing(what, lambda: connection.execute(live.update().where(where).values(written)))
     expected = {**written, **{n: found[n] for n in kept if found[n] is not None}}
     _read_back(connection, live, shape, where, expected, what)
     return [what]
+
+
+def _referenced_values(connection: sa.Connection, shape: Table) -> dict[str, Any]:
+    """Values a foreign key accepts, for the columns of ``shape`` one covers: {column: value}.
+
+    A made-up number is (rightly) refused by a foreign key, so an app's write that names such a
+    column takes a key of a row that exists in the referenced table, read from the live database.
+    The keys are those of the shape and those the table has now (added by an expand, NOT VALID
+    on PostgreSQL, that the old shape does not know). A column whose referenced table has no row
+    gets NULL when it may be NULL, else the probe cannot write the shape (``CannotProbe``: not
+    judged). Rows of the referenced table written by the probe itself are not used.
+    """
+    keys = [(list(fk.columns), fk.ref_table, list(fk.ref_columns)) for fk in shape.foreign_keys.values()]
+    keys += [(fk["constrained_columns"], fk["referred_table"], fk["referred_columns"])
+             for fk in sa.inspect(connection).get_foreign_keys(shape.name)]
+    values: dict[str, Any] = {}
+    for columns, ref_table, ref_columns in keys:
+        if not all(c in shape.columns for c in columns) or all(c in values for c in columns):
+            continue
+        referenced = introspect.live_table(connection, ref_table)
+        if not all(r in referenced.c for r in ref_columns):
+            continue
+        row = connection.execute(sa.select(*[referenced.c[r] for r in ref_columns])
+                                 .where(*[referenced.c[r].is_not(None) for r in ref_columns]).limit(1)).first()
+        if row is None and any(shape.columns[c].required for c in columns):
+            raise CannotProbe(f"no row in {ref_table} for the foreign key on {shape.name} ({', '.join(columns)}) "
+                              "to reference")
+        values.update({c: None if row is None else row[i] for i, c in enumerate(columns)})
+    return values
 
 
 def _some(names: list[str], shown: int = 3) -> str:
