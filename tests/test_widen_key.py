@@ -118,9 +118,9 @@ def test_widen_key_under_the_app_workload(zdm_database_url: str) -> None:
         for name, table in final.tables.items():
             assert model.table(name).catalogue() == table.catalogue()
         expected = ColumnType.INTEGER if dialect == "sqlite" else ColumnType.BIGINT  # SQLite's rowid is 64-bit
-        assert final.table("orders").column("id").type is expected
-        assert final.table("items").column("order_id").type is ColumnType.BIGINT
-        assert final.table("shipments").column("order_id").type is ColumnType.BIGINT
+        assert final.table("orders").column("id").type == expected
+        assert final.table("items").column("order_id").type == ColumnType.BIGINT
+        assert final.table("shipments").column("order_id").type == ColumnType.BIGINT
         window(5, app, model, original, final, "new").play(50_000)
         assert_agrees(engine, model)
         assert_sequence_goes_past_int32(engine)

@@ -498,10 +498,12 @@ _BUILTIN_NAMES = {"TEXT", "VARCHAR", "SMALLINT", "INTEGER", "BIGINT", "REAL", "D
                   "TIMESTAMP", "TIMESTAMPTZ", "DATE", "TIME", "INTERVAL", "UUID", "BYTEA", "JSON", "JSONB"}
 
 
-ColumnType.TEXT = parse("TEXT")
-ColumnType.INTEGER = parse("INTEGER")
-ColumnType.BIGINT = parse("BIGINT")
-ColumnType.BOOLEAN = parse("BOOLEAN")
-ColumnType.TIMESTAMP = parse("TIMESTAMP")
-ColumnType.JSON = parse("JSON")
+# Built directly, as parse() would give them: importing this module must not load the SQL parser
+# (`zdm status` starts without it).
+ColumnType.TEXT = ColumnType("TEXT", Family.TEXT)
+ColumnType.INTEGER = ColumnType("INTEGER", Family.INTEGER)
+ColumnType.BIGINT = ColumnType("BIGINT", Family.INTEGER)
+ColumnType.BOOLEAN = ColumnType("BOOLEAN", Family.BOOLEAN)
+ColumnType.TIMESTAMP = ColumnType("TIMESTAMP", Family.TIMESTAMP)
+ColumnType.JSON = ColumnType("JSON", Family.JSON)
 ColumnType.OTHER = ColumnType("OTHER", Family.OTHER)
