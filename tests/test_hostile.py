@@ -532,8 +532,8 @@ PLAN_FILES = st.one_of(
     PLANS.map(lambda plan: ("plan.yaml", yaml.safe_dump(plan, allow_unicode=True).encode())),
     st.tuples(st.sampled_from(["raw.yaml", "raw.json"]), st.binary(max_size=200)))
 DOCUMENTED = {0, 1, 2}
-#: 300 per database in the suite (its time budget); ZDM_FUZZ_EXAMPLES=1000 for the issue's full run.
-FUZZ_EXAMPLES = int(os.environ.get("ZDM_FUZZ_EXAMPLES", "300"))
+#: 200 per database in the suite (its time budget); ZDM_FUZZ_EXAMPLES=1000 for the issue's full run.
+FUZZ_EXAMPLES = int(os.environ.get("ZDM_FUZZ_EXAMPLES", "200"))
 
 
 def test_fuzzed_plans_give_one_line_a_documented_code_and_an_unchanged_database(
