@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from support import Phase, apply_phases, assert_agrees, setup, users_schema
 
-from zdm import db, planfile, state, status
+from zdm import db, dialects, planfile, state, status
 from zdm.backfill import BackfillProgress
 from zdm.errors import ThrottleInvalid
 from zdm.runner import Reporter, Runner
@@ -73,6 +73,31 @@ def replay(pair: StreamingPair, action: str) -> None:
     engine.dispose()
 
 
+def lagging(pair: StreamingPair, measured: str) -> None:
+    """Write on the primary until the lag zdm reads is over the limit of the test (300 ms).
+
+    With replay paused, ``pg_stat_replication.replay_lag`` grows only as the replica reports WAL
+    it received and has not replayed, so WAL must keep flowing; waiting for it here keeps the
+    test from racing a short backfill against the first report."""
+    engine = sa.create_engine(pair.primary_url, isolation_level="AUTOCOMMIT")
+    dialect = dialects.for_connection(engine)
+    with engine.connect() as connection:
+        connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS zdm_test_wal (n bigint)")
+
+        def over() -> bool:
+            connection.exec_driver_sql("INSERT INTO zdm_test_wal VALUES (1)")
+            if measured == "on the replica":
+                replica = sa.create_engine(pair.replica_url)
+                with replica.connect() as on_replica:
+                    lag = dialect.replay_lag_ms(on_replica)
+                replica.dispose()
+                return lag > 300
+            return any((lag or 0) > 300 for lag in dialect.replica_lags(connection).values())
+
+        until(over)
+    engine.dispose()
+
+
 def until(test: Any, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not test():
@@ -99,6 +124,7 @@ def test_the_backfill_waits_while_the_replica_lags(pair: StreamingPair, primary:
 
     replay(pair, "pause")
     try:
+        lagging(pair, measured)
         thread = threading.Thread(target=run)
         thread.start()
         until(lambda: any(w is not None and w.kind == "replica_lag" for w in reporter.waits) or errors)
