@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from support import Phase, apply_phases, assert_agrees, setup, users_schema, zdm
 
 from zdm import db, oracle, planfile, state, status
 from zdm.cli import main
-from zdm.dialects import for_connection
+from zdm.dialects import for_connection, mint, object_name, shadow_column
 from zdm.model import Index, Schema
 from zdm.operations import CATALOGUE
 from zdm.runner import PlanStateError, Reporter, Runner, ZdmError
@@ -172,6 +173,103 @@ def test_a_free_name_still_runs(zdm_database_url: str, tmp_path: Path) -> None:
     after = snapshot(url)
     assert after[0] == before[0]
     assert [o for o in after[3] if "zdm_migrations" not in o[1]] == before[3]
+
+
+def old_sync_name(plan_id: str, table: str, *parts: str) -> str:
+    """How names were minted before: parts joined by ``_`` (``-`` made ``_``), cut at 55 characters."""
+    readable = "_".join(("zdm_tg", plan_id.replace("-", "_"), table, *parts))
+    return readable if len(readable) <= 55 else f"{readable[:46]}_{hashlib.sha1(readable.encode()).hexdigest()[:8]}"
+
+
+def test_names_zdm_mints_are_unambiguous_and_fit() -> None:
+    """Joined parts, cut names and case (SQLite) cannot make two different parts mint one name."""
+    assert old_sync_name("a", "b_c", "x") == old_sync_name("a_b", "c", "x")  # the collision of old
+    assert mint("a", "b_c", "x") != mint("a_b", "c", "x")
+    assert mint("p-1", "t") != mint("p_1", "t") and mint("P1", "t").lower() != mint("p1", "t").lower()
+    assert mint("p1", "users", "email") == "p1_users_email"  # plain parts stay readable, no hash
+    long_a, long_b = "c" * 50 + "_one", "c" * 50 + "_two"
+    names = {object_name("zdm_tg", mint("plan", "users", column), part)
+             for column in (long_a, long_b, "x" * 63) for part in ("ins", "a")}
+    assert len(names) == 6 and all(len(name.encode()) <= 63 for name in names)
+    assert all(name.startswith("zdm_tg_plan_users_ccc") for name in names if "ccc" in name)
+    shadows = {shadow_column(column) for column in ("d" * 60 + "xyz", "d" * 60 + "xyw", "d" * 63, "short")}
+    assert len(shadows) == 4 and all(len(s) <= 63 and s.endswith("_zdm_new") for s in shadows)
+    assert "__" not in mint("plain", "parts") and "__" in mint("not_plain", "parts")  # never equal
+
+
+def test_plans_whose_old_names_collided_both_start_and_complete(zdm_database_url: str, tmp_path: Path) -> None:
+    """Plan ``a`` on table ``b_c`` and plan ``a_b`` on table ``c`` minted one trigger (and, on
+    PostgreSQL, one function) name: the second plan's objects took the first's. Now each has its own."""
+    url = zdm_database_url
+    engine = db.create_engine(url)
+    with engine.begin() as connection:
+        for table in ("b_c", "c"):
+            connection.exec_driver_sql(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, x INTEGER)")
+            connection.exec_driver_sql(f"INSERT INTO {table} VALUES (1, NULL), (2, 5)")
+    fills = {"b_c": 0, "c": 7}
+    plans = {"a": "b_c", "a_b": "c"}
+    for plan_id, table in plans.items():
+        path = write_plan(tmp_path, {"id": plan_id, "operations": [
+            {"op": "set_not_null", "table": table, "column": "x", "fill": fills[table]}]})
+        code, _, err = zdm("start", path, "--db", url)
+        assert code == 0, err
+    assert len({name for name in zdm_objects(engine) if "_tg_" in name}) >= 2
+    with engine.begin() as connection:  # the old app writes NULL into both tables: each fill its own
+        for table in plans.values():
+            connection.exec_driver_sql(f"INSERT INTO {table} VALUES (3, NULL)")
+    for plan_id in plans:
+        code, _, err = zdm("complete", plan_id, "--db", url)
+        assert code == 0, err
+    with engine.connect() as connection:
+        for table, fill in fills.items():
+            assert connection.exec_driver_sql(f"SELECT id, x FROM {table} ORDER BY id").all() == [
+                (1, fill), (2, 5), (3, fill)]
+            assert not {c["name"]: c for c in sa.inspect(connection).get_columns(table)}["x"]["nullable"]
+    assert zdm_objects(engine) == []
+    engine.dispose()
+
+
+def test_a_user_object_named_like_a_name_zdm_mints_is_refused_and_survives(zdm_database_url: str,
+                                                                          tmp_path: Path) -> None:
+    """A trigger (SQLite, PostgreSQL) or function (PostgreSQL) of the user's that happens to bear
+    the name zdm gives its own: start would have clobbered it, or rollback dropped it. Refused
+    before anything runs (validate and start, exit 2, one line); it is still there, unchanged."""
+    url = zdm_database_url
+    engine = setup(url, users_schema(rows=5))
+    path = write_plan(tmp_path, {"id": "fill-it", "operations": [
+        {"op": "set_not_null", "table": "users", "column": "name", "fill": "anon"}]})
+    with engine.connect() as connection:
+        compiled = planfile.compile_plan(planfile.load(Path(path)), connection)
+    sql = " ".join(str(action) for step in compiled.steps for action in step.forward)
+    minted = sorted(set(re.findall(r"\bzdm_(?:fn|tg)_\w+", sql)))
+    assert minted and all("fill_it" in name for name in minted), minted
+    postgres = engine.dialect.name == "postgresql"
+    for name in minted:
+        with engine.begin() as connection:
+            if postgres and "_fn_" in name:
+                connection.exec_driver_sql(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+                                           "$$ BEGIN RETURN NEW; END $$")
+                holder = f"function {name}"
+            elif postgres:
+                connection.exec_driver_sql("CREATE FUNCTION mine() RETURNS trigger LANGUAGE plpgsql AS "
+                                           "$$ BEGIN RETURN NEW; END $$")
+                connection.exec_driver_sql(f"CREATE TRIGGER {name} BEFORE UPDATE ON users "
+                                           "FOR EACH ROW EXECUTE FUNCTION mine()")
+                holder = f"trigger {name} on users"
+            else:
+                connection.exec_driver_sql(f"CREATE TRIGGER {name} AFTER UPDATE ON users BEGIN SELECT 1; END")
+                holder = f"trigger {name} on users"
+        refused(url, path, "operation 1 ", repr(name), holder)
+        with engine.begin() as connection:  # still there: the next name is tried alone
+            if postgres and "_fn_" in name:
+                assert "zdm" not in str(connection.exec_driver_sql(
+                    f"SELECT prosrc FROM pg_proc WHERE proname = '{name}'").scalar())
+                connection.exec_driver_sql(f"DROP FUNCTION {name}()")
+            else:
+                connection.exec_driver_sql(f"DROP TRIGGER {name}" + (" ON users" if postgres else ""))
+                if postgres:
+                    connection.exec_driver_sql("DROP FUNCTION mine()")
+    engine.dispose()
 
 
 # -- kind 1: a status that lies, and commands that trust it ---------------------------------------

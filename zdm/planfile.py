@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from zdm import introspect
-from zdm.dialects import for_connection, for_name
+from zdm.dialects import for_connection, for_name, minted_names
 from zdm.errors import printable
 from zdm.model import Schema
 from zdm.operations import AnyOperation, Compiler
@@ -275,8 +275,13 @@ def compile_plan(
             operation.apply_to_model(working, phase, sql_dialect)
     steps: list[MigrationStep] = []
     for phase in STEP_PHASES:
-        for operation, compiler in zip(plan.operations, compilers, strict=True):
-            steps += _phase_steps(operation, phase, compiler)
+        for number, (operation, compiler) in enumerate(zip(plan.operations, compilers, strict=True), 1):
+            with minted_names() as minted:
+                steps += _phase_steps(operation, phase, compiler)
+            for name in minted:  # zdm's own names too: a user's object so named would be dropped by rollback
+                if (key := sql_dialect.fold_name(name)) in taken and taken[key] != f"operation {number} of this plan":
+                    raise ValueError(f"operation {number} ({operation.describe()}): zdm names an object it makes "
+                                     f"{name!r}, which is taken by {taken[key]}; rename or drop that object first")
     for step in steps:
         step.forward, step.compensate = sql_dialect.combine(step.forward), sql_dialect.combine(step.compensate)
         if connection is not None:  # what an action cannot do to the live table is refused before anything runs

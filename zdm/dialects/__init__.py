@@ -12,8 +12,9 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,13 +108,66 @@ class ColumnFacts:
     triggers: list[UserTrigger] = field(default_factory=list)
 
 
-def object_name(prefix: str, *parts: str) -> str:
-    """A name for a zdm-owned object that fits PostgreSQL's 63-byte limit and stays unique."""
-    readable = "_".join((prefix, *parts))
-    if len(readable) <= 55:
+#: PostgreSQL keeps the first 63 bytes of a name (NAMEDATALEN - 1) and silently drops the rest.
+NAME_BYTES = 63
+_PLAIN = re.compile(r"[a-z0-9]+")
+#: Where ``object_name`` records the names it mints while a plan compiles (``minted_names``).
+_minted: ContextVar[list[str] | None] = ContextVar("zdm_minted", default=None)
+
+
+def _digest(parts: tuple[str, ...]) -> str:
+    """8 hex digits of a hash of ``parts`` as a list (so ``("a", "b_c")`` and ``("a_b", "c")`` differ)."""
+    return hashlib.sha1(json.dumps(list(parts)).encode()).hexdigest()[:8]
+
+
+def _hashed(readable: str, parts: tuple[str, ...], suffix: str = "") -> str:
+    """The readable name's head, ``__``, the digest of ``parts``, then ``suffix``; within NAME_BYTES."""
+    room = NAME_BYTES - len(suffix) - 10
+    head = re.sub(r"[^A-Za-z0-9_]", "_", readable)[:room].rstrip("_")
+    return f"{head}__{_digest(parts)}{suffix}"
+
+
+def mint(*parts: str) -> str:
+    """One unambiguous token for names as they came (plan id, table, column...), to build
+    ``object_name``'s from: the parts joined by ``_`` when each is lowercase letters and digits
+    (nothing to confuse), else their readable head with ``__`` and a hash of the parts appended:
+    plan ``a`` on table ``b_c`` and plan ``a_b`` on table ``c`` get different names, and so do
+    plans ``p-1`` and ``p_1``, or ``P1`` and ``p1`` on SQLite (which ignores case). A joined
+    token never holds ``__``, so it never equals a hashed one."""
+    readable = "_".join(parts)
+    if all(_PLAIN.fullmatch(part) for part in parts) and len(readable) <= NAME_BYTES:
         return readable
-    digest = hashlib.sha1(readable.encode()).hexdigest()[:8]
-    return f"{readable[:46]}_{digest}"
+    return _hashed(readable, parts)
+
+
+def object_name(prefix: str, *parts: str) -> str:
+    """The name of a zdm-owned object: ``prefix`` and ``parts`` (tokens from ``mint``, or words of
+    zdm's code) joined by ``_``; over 63 bytes, its head with a hash of the whole. Every name minted
+    while a plan compiles is checked against the live schema before anything runs
+    (``minted_names``): zdm never creates, nor later drops, an object it did not make."""
+    readable = "_".join((prefix, *parts))
+    name = readable if len(readable.encode()) <= NAME_BYTES else _hashed(readable, (prefix, *parts))
+    if (collected := _minted.get()) is not None:
+        collected.append(name)
+    return name
+
+
+def shadow_column(column: str) -> str:
+    """The temporary column that takes ``column``'s new type: ``<column>_zdm_new``, or for a long
+    name its head, a hash of the name and ``_zdm_new`` (a cut name could equal another column's)."""
+    name = f"{column}_zdm_new"
+    return name if len(name.encode()) <= NAME_BYTES else _hashed(column, (column,), "_zdm_new")
+
+
+@contextmanager
+def minted_names() -> Iterator[list[str]]:
+    """Collect the names ``object_name`` mints inside the block (``compile_plan`` checks them)."""
+    collected: list[str] = []
+    token = _minted.set(collected)
+    try:
+        yield collected
+    finally:
+        _minted.reset(token)
 
 
 def index_copy_problem(definition: str, column: str) -> str | None:

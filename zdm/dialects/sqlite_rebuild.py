@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from zdm.actions import Rebuild
-from zdm.dialects import object_name
+from zdm.dialects import mint, object_name
 from zdm.introspect import describe_reference, referencing_foreign_keys
 
 
@@ -239,7 +239,7 @@ def _copy(connection: sa.Connection, name: str, new_sql: str, has_rowid: bool, d
         hidden = _lower(_columns(connection, name, stored=False))
         copied.insert(0, next(alias for alias in _ROWID_NAMES if alias not in hidden))
         values.insert(0, q(copied[0]))
-    columns, aside = ", ".join(map(q, copied)), q(object_name("zdm_rebuild", name))
+    columns, aside = ", ".join(map(q, copied)), q(object_name("zdm_rebuild", mint(name)))
     connection.exec_driver_sql(f"ALTER TABLE {q(name)} RENAME TO {aside}")
     connection.exec_driver_sql(new_sql)
     # OR ABORT: a column's own ON CONFLICT IGNORE / REPLACE must not skip or change a row here.

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from pydantic import model_validator
 
 from zdm import transforms
-from zdm.dialects import Dialect
+from zdm.dialects import Dialect, shadow_column
 from zdm.model import Column, ColumnType, Family, Schema, SqlDefault
 from zdm.operations import retype_in_place
 from zdm.operations.base import Compiler, Identifier, default_problem, type_problems
@@ -90,7 +90,7 @@ class AlterColumn(DualColumn):
 
     @property
     def shadow(self) -> str:
-        return self.new_name or f"{self.column}_zdm_new"[:63]
+        return self.new_name or shadow_column(self.column)
 
     @property
     def final_name(self) -> str:

@@ -33,7 +33,7 @@ from typing import Annotated, Any, ClassVar
 import sqlalchemy as sa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from zdm.dialects import Dialect
+from zdm.dialects import Dialect, mint
 from zdm.model import ColumnType, Schema
 from zdm.plan import MigrationStep, Phase
 
@@ -178,5 +178,5 @@ class Operation(BaseModel):
         return [f"table {self.table!r} has no column {missing[0]!r}"] if missing else []
 
     def sync_name(self, plan_id: str, *parts: str) -> str:
-        """A stable name for this operation's zdm-owned objects."""
-        return "_".join((plan_id.replace("-", "_"), self.table, *parts))
+        """A stable, unambiguous token naming this operation's zdm-owned objects (see ``mint``)."""
+        return mint(plan_id, self.table, *parts)
