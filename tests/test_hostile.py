@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from support import Phase, apply_phases, assert_agrees, setup, users_schema, zdm_objects
 
 from zdm import db, oracle, planfile, state, status
+from zdm.actions import Rebuild, Statement
 from zdm.cli import main
 from zdm.dialects import for_connection, mint, object_name, shadow_column
 from zdm.model import Index, Schema
@@ -421,6 +422,64 @@ def test_an_index_a_blocked_rollback_left_invalid_is_not_made_the_tables_index(z
     run(engine, "rollback", plan)
     assert_agrees(engine, model)
     assert zdm_objects(engine) == []
+    engine.dispose()
+
+
+def test_status_and_complete_see_an_object_of_zdm_dropped_by_hand(zdm_database_url: str) -> None:
+    """On both databases the record is checked against the database: a trigger or index copy of a
+    waiting plan dropped by hand shows in status (`disagrees`), complete refuses naming it (exit 2,
+    one line), and rollback still restores the table."""
+    url = zdm_database_url
+    plan = planfile.parse(KILL_PLAN)
+    engine, model = fresh(url)
+    run(engine, "start", plan)
+    (record,) = status.read(engine)
+    assert record.activity == "waiting" and record.disagrees == [], record.disagrees
+    objects = zdm_objects(engine)
+    trigger = next(name for name in objects if name.startswith("zdm_tg_") and "name_nn" in name)
+    index = re.findall(r"\bzdm_ix_\w+", " ".join(str(a) for step in record.plan.steps for a in step.forward))[0]
+    engine.dispose()
+    for kind, name in (("trigger", trigger), ("index", index)):
+        engine, model = fresh(url)
+        run(engine, "start", plan)
+        with engine.begin() as connection:
+            on = " ON users" if kind == "trigger" and engine.dialect.name == "postgresql" else ""
+            connection.exec_driver_sql(f"DROP {kind.upper()} {name}{on}")
+        (record,) = status.read(engine)
+        assert record.disagrees == [f"{kind} {name} on users is missing"], record.disagrees
+        code, _, err = zdm("complete", plan.id, "--db", url)
+        assert code == 2 and err.count("\n") == 1 and f"{kind} {name} on users is missing" in err, err
+        run(engine, "rollback", plan)
+        assert_agrees(engine, model)
+        assert zdm_objects(engine) == []
+        engine.dispose()
+
+
+def test_the_sqlite_record_is_read_against_sqlite_master_and_the_columns(tmp_path: Path) -> None:
+    """What SQLite statements and rebuilds leave is followed through renames and drops; a string a
+    trigger writes is not mistaken for a statement; what is gone since is named, nothing else."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'track.db'}")
+    actions: list[Any] = [Statement(sql) for sql in (
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT)",
+        'ALTER TABLE t ADD COLUMN "b" TEXT', "ALTER TABLE t ADD COLUMN c TEXT", "ALTER TABLE t RENAME COLUMN c TO d",
+        "CREATE INDEX zdm_ix_one ON t (b)", "CREATE INDEX zdm_ix_gone ON t (a)", "DROP INDEX IF EXISTS zdm_ix_gone",
+        "CREATE TRIGGER zdm_tg_one AFTER INSERT ON t BEGIN UPDATE t SET a = 'CREATE INDEX fake ON t (a)' "
+        "WHERE id = NEW.id; END",
+        "CREATE VIEW v AS SELECT * FROM t", "ALTER TABLE t RENAME TO u")]
+    with engine.begin() as connection:
+        for action in actions:
+            connection.exec_driver_sql(action.sql)
+        dialect = for_connection(connection)
+        assert dialect.missing_objects(connection, actions) == []
+        connection.exec_driver_sql("DROP TRIGGER zdm_tg_one")
+        connection.exec_driver_sql("DROP VIEW v")
+        connection.exec_driver_sql("ALTER TABLE u DROP COLUMN d")
+        assert sorted(dialect.missing_objects(connection, actions)) == [
+            "column u.d is missing", "trigger zdm_tg_one on u is missing", "view v is missing"]
+        rebuilt = Rebuild("u", create_checks=[{"name": "u_ok", "condition": "id > 0"}], create_indexes=[
+            {"name": "zdm_ix_two", "columns": ["a"], "unique": False}])
+        assert dialect.missing_objects(connection, [rebuilt]) == [
+            "index zdm_ix_two on u is missing", "constraint u_ok on u is missing"]
     engine.dispose()
 
 

@@ -352,7 +352,7 @@ class Dialect:
         """What ``actions`` (the forward actions of the steps a record says ran, in order) left
         that the live database lacks: an index that is absent or INVALID, a trigger or constraint
         that is gone, a validated constraint that is not. One line each; [] when the record holds.
-        Where every step commits with its record (SQLite), the record is the truth: []."""
+        A tracked object dropped by hand since shows too."""
         return []
 
     def fold_name(self, name: str) -> str:

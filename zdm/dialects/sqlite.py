@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
 
 from zdm import coltypes
-from zdm.actions import Action, Rebuild, statements
+from zdm.actions import Action, Rebuild, Statement, statements
 from zdm.coltypes import ColumnType
 from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, keeps_every_value, mentions, object_name
 from zdm.dialects.sqlite_rebuild import (
@@ -410,6 +411,34 @@ class SQLiteDialect(Dialect):
     def fold_name(self, name: str) -> str:
         return name.lower()
 
+    def missing_objects(self, connection: sa.Connection, actions: list[Action]) -> list[str]:
+        # Every step commits with its record here, so a kill cannot part them; but zdm is not the
+        # only one with the file: a trigger, index or column dropped by hand since the record was
+        # written would let complete build the final shape on what is no longer there.
+        left: dict[tuple[str, str], str] = {}  # (kind, folded name) -> table; kind: index, trigger, view, column, check
+        for action in actions:
+            if isinstance(action, Rebuild):
+                _track_rebuild(action, left)
+            elif isinstance(action, Statement):
+                _track(action.sql, left)
+        master = {(kind, name.lower()): table.lower() for kind, name, table in connection.execute(sa.text(
+            "SELECT type, name, tbl_name FROM sqlite_master WHERE type IN ('index', 'trigger', 'view')"))}
+        problems = []
+        for (kind, name), table in left.items():
+            if kind == "view":
+                if (kind, name) not in master:
+                    problems.append(f"view {name} is missing")
+            elif kind in ("index", "trigger"):
+                if (kind, name) not in master:
+                    problems.append(f"{kind} {name} on {table} is missing")
+            elif kind == "column":
+                if name.split(".", 1)[1] not in _column_names(connection, table):
+                    problems.append(f"column {name} is missing")
+            elif name not in {str(check.get("name") or "").lower()
+                              for check in sa.inspect(connection).get_check_constraints(table)}:
+                problems.append(f"constraint {name} on {table} is missing")
+        return problems
+
     def zdm_objects(self, connection: sa.Connection) -> list[str]:
         rows = connection.execute(
             sa.text("SELECT name FROM sqlite_master WHERE name LIKE 'zdm\\_%' ESCAPE '\\' "
@@ -458,3 +487,76 @@ def _lock_file(engine: sa.Engine) -> str | None:
     """SQLite's runner lock file, beside the database's real path (a symlink is the same database)."""
     database = engine.url.database
     return None if not database or database == ":memory:" else f"{os.path.realpath(database)}.zdm-lock"
+
+
+_IDENT = r'("(?:[^"]|"")+"|\w+)'
+_TRACKED = re.compile(
+    rf"\bCREATE\s+(?:UNIQUE\s+)?(?P<create>INDEX|TRIGGER|VIEW)\s+(?:IF\s+NOT\s+EXISTS\s+)?(?P<cname>{_IDENT})"
+    rf"(?:[^;]*?\bON\s+(?P<ctable>{_IDENT}))?"
+    rf"|\bDROP\s+(?P<drop>INDEX|TRIGGER|VIEW|TABLE)\s+(?:IF\s+EXISTS\s+)?(?P<dname>{_IDENT})"
+    rf"|\bALTER\s+TABLE\s+(?P<atable>{_IDENT})\s+(?:"
+    rf"ADD\s+(?:COLUMN\s+)?(?P<add>{_IDENT})|DROP\s+(?:COLUMN\s+)?(?P<dropped>{_IDENT})"
+    rf"|RENAME\s+(?:COLUMN\s+)?(?P<old>{_IDENT})\s+TO\s+(?P<new>{_IDENT})|RENAME\s+TO\s+(?P<renamed>{_IDENT}))",
+    re.I)
+
+
+def _unquote(name: str | None) -> str:
+    name = name or ""
+    return (name[1:-1].replace('""', '"') if name.startswith('"') else name).lower()
+
+
+def _track(sql: str, left: dict[tuple[str, str], str]) -> None:
+    """Follow what ``sql`` creates, renames and drops in ``left`` (see missing_objects). Read by
+    pattern (no parser here reads SQLite's triggers), after taking string literals out, so that a
+    value a trigger writes cannot look like a statement; a trigger's body holds only DML."""
+    text = re.sub(r"'(?:[^']|'')*'", "''", sql)
+    for match in _TRACKED.finditer(text):
+        if match["create"]:
+            kind = match["create"].lower()
+            left[(kind, _unquote(match["cname"]))] = _unquote(match["ctable"] or match["cname"])
+        elif match["drop"]:
+            kind, name = match["drop"].lower(), _unquote(match["dname"])
+            if kind == "table":
+                for key in [key for key, table in left.items() if table == name]:
+                    del left[key]
+            else:
+                left.pop((kind, name), None)
+        else:
+            table = _unquote(match["atable"])
+            if match["add"] and match["add"].upper() not in ("CONSTRAINT", "PRIMARY", "UNIQUE", "CHECK", "FOREIGN"):
+                left[("column", f"{table}.{_unquote(match['add'])}")] = table
+            elif match["dropped"]:
+                left.pop(("column", f"{table}.{_unquote(match['dropped'])}"), None)
+            elif match["old"] and ("column", f"{table}.{_unquote(match['old'])}") in left:
+                left[("column", f"{table}.{_unquote(match['new'])}")] = \
+                    left.pop(("column", f"{table}.{_unquote(match['old'])}"))
+            elif match["renamed"]:
+                new = _unquote(match["renamed"])
+                for (kind, name), held in list(left.items()):
+                    if held == table:
+                        del left[(kind, name)]
+                        left[(kind, f"{new}.{name.split('.', 1)[1]}" if kind == "column" else name)] = new
+
+
+def _track_rebuild(rebuild: Rebuild, left: dict[tuple[str, str], str]) -> None:
+    """What a rebuild leaves: its indexes and named checks; the columns it drops or renames go."""
+    table = rebuild.table.lower()
+    for name in rebuild.drop_indexes:
+        left.pop(("index", name.lower()), None)
+    for index in rebuild.create_indexes:
+        left[("index", str(index["name"]).lower())] = table
+    for name in rebuild.drop_constraints:
+        left.pop(("check", name.lower()), None)
+    for check in rebuild.create_checks:
+        left[("check", check["name"].lower())] = table
+    for column in rebuild.drop:
+        left.pop(("column", f"{table}.{column.lower()}"), None)
+    for old, new in rebuild.renames.items():
+        if ("column", f"{table}.{old.lower()}") in left:
+            left[("column", f"{table}.{new.lower()}")] = left.pop(("column", f"{table}.{old.lower()}"))
+
+
+def _column_names(connection: sa.Connection, table: str) -> set[str]:
+    """The table's columns, generated ones included, in lower case (SQLite ignores case)."""
+    q = connection.dialect.identifier_preparer.quote
+    return {str(row[1]).lower() for row in connection.exec_driver_sql(f"PRAGMA table_xinfo({q(table)})")}
