@@ -325,6 +325,23 @@ def test_a_user_object_named_like_a_name_zdm_mints_is_refused_and_survives(zdm_d
     engine.dispose()
 
 
+def test_a_table_named_like_the_copy_a_sqlite_rebuild_sets_aside_is_refused(zdm_sqlite_url: str,
+                                                                           tmp_path: Path) -> None:
+    """SQLite rebuilds a table by moving it aside under a name of zdm's: a table of the user's so
+    named is refused before anything runs, and stays."""
+    url = zdm_sqlite_url
+    engine = setup(url, users_schema(rows=5))
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE zdm_rebuild_users (kept TEXT)")
+        connection.exec_driver_sql("INSERT INTO zdm_rebuild_users VALUES ('mine')")
+    path = write_plan(tmp_path, {"id": "chk", "operations": [
+        {"op": "add_check", "table": "users", "name": "users_age_ok", "condition": "age >= 0"}]})
+    refused(url, path, "zdm_rebuild_users", "table")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT kept FROM zdm_rebuild_users").all() == [("mine",)]
+    engine.dispose()
+
+
 # -- kind 1: a status that lies, and commands that trust it ---------------------------------------
 class Killed(BaseException):
     """kill -9 at a statement boundary: nothing after it runs, nothing is compensated."""

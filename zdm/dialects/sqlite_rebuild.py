@@ -125,6 +125,11 @@ def rebuild_refusal(connection: sa.Connection, spec: Rebuild, *, strict: bool = 
     sql = _master_sql(connection, "table", name).get(name)
     if sql is None:
         return f"cannot rebuild table {name}: there is no such table" if strict else None
+    aside = object_name("zdm_rebuild", mint(name))
+    if holder := connection.execute(sa.text("SELECT type FROM sqlite_master WHERE lower(name) = lower(:n)"),
+                                    {"n": aside}).scalar():
+        return (f"cannot rebuild table {name}: zdm moves it aside as {aside} while it copies the rows, and a "
+                f"{holder} has that name; rename or drop that {holder} first")
     if _tokens(sql)[1].word == "VIRTUAL":
         return (f"cannot rebuild table {name}: it is a virtual table, whose content lives in its module; "
                 "change it by hand")
@@ -239,7 +244,7 @@ def _copy(connection: sa.Connection, name: str, new_sql: str, has_rowid: bool, d
         hidden = _lower(_columns(connection, name, stored=False))
         copied.insert(0, next(alias for alias in _ROWID_NAMES if alias not in hidden))
         values.insert(0, q(copied[0]))
-    columns, aside = ", ".join(map(q, copied)), q(object_name("zdm_rebuild", mint(name)))
+    columns, aside = ", ".join(map(q, copied)), q(object_name("zdm_rebuild", mint(name)))  # free: rebuild_refusal
     connection.exec_driver_sql(f"ALTER TABLE {q(name)} RENAME TO {aside}")
     connection.exec_driver_sql(new_sql)
     # OR ABORT: a column's own ON CONFLICT IGNORE / REPLACE must not skip or change a row here.
