@@ -219,3 +219,18 @@ def test_in_place_is_cheap_on_a_large_table(zdm_database_url: str) -> None:
         found = introspect.read_table(connection, "orders")
     assert {c: found.column(c).type.name for c in ("status", "customer_email", "amount", "noted")} == {
         "status": "TEXT", "customer_email": "VARCHAR(320)", "amount": "NUMERIC(14,2)", "noted": "TIMESTAMPTZ"}
+
+
+@pytest.mark.parametrize(("column", "new_type", "refused"), [
+    ("status", "VARCHAR(20)", True), ("status", "character varying(20)", True), ("status", "TEXT", False),
+    ("status", "VARCHAR(21)", False), ("amount", "NUMERIC(10, 2)", True), ("amount", "NUMERIC(10,3)", False),
+])
+def test_the_same_type_is_a_no_op_whatever_its_spelling(zdm_database_url: str, column: str, new_type: str,
+                                                       refused: bool) -> None:
+    """Types compare by value: ``VARCHAR(20)`` -> ``VARCHAR(20)`` is refused as a no-op, ``VARCHAR(20)`` -> ``TEXT``
+    is a change (each parse gives a new object, so an identity test would take every type for a new one)."""
+    _, model = orders(zdm_database_url)
+    plan = planfile.parse({"id": "t", "operations": [
+        {"op": "alter_column", "table": "orders", "column": column, "type": new_type}]})
+    problems = plan.operations[0].check(model)
+    assert any("is already" in p for p in problems) == refused, problems

@@ -162,7 +162,7 @@ class AlterColumn(DualColumn):
         if errors := super().check(schema):
             return errors
         old = schema.table(self.table).column(self.column).type
-        if old is self.type and not self.new_name:
+        if old == self.type and not self.new_name:  # by value: a parsed type is a new object
             return [f"{self.table}.{self.column} is already {self.type.value}"]
         if default_transforms(old, self.type) is None and None in (self.up_transform, self.down_transform) \
                 and old != self.type:
