@@ -7,6 +7,7 @@ the catalogue (columns with their defaults and comments, indexes, constraints) a
 
 from __future__ import annotations
 
+import decimal
 import json
 from typing import Any
 
@@ -93,7 +94,20 @@ def differences(database: Schema, model: Schema, *, comments: bool = True) -> li
         if len(db_rows) != len(model_rows):
             found.append(f"{name}: database has {len(db_rows)} rows, model {len(model_rows)}")
         for db_row, model_row in zip(db_rows, model_rows, strict=False):
-            if db_row != model_row:
+            if not same_row(db_row, model_row):
                 found.append(f"{name} row: database {db_row} != model {model_row}")
                 break
     return found
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal, or both NaN (a NaN is no value's equal, itself included, yet both hold the same)."""
+    if a == b:
+        return True
+    nan = (float, decimal.Decimal)
+    return isinstance(a, nan) and isinstance(b, nan) and a != a and b != b
+
+
+def same_row(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Rows with the same columns and the same values (``same_value``)."""
+    return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)

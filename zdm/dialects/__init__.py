@@ -194,6 +194,9 @@ class Dialect:
     judges_raw_sql = False
     #: A simple view takes writes as it is (else triggers make it writable, keyed by the primary key).
     updatable_views = False
+    #: A value beyond its column type's limits (longer than VARCHAR(n), out of NUMERIC(p,s)'s or
+    #: INTEGER's range) is refused; else it is stored as given (SQLite's type affinity).
+    enforces_type_limits = False
 
     def __init__(self, sa_dialect: SADialect) -> None:
         self.sa = sa_dialect

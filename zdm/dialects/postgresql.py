@@ -70,6 +70,7 @@ class PostgresDialect(Dialect):
     unique_constraints = True
     judges_raw_sql = True
     updatable_views = True
+    enforces_type_limits = True
 
     def engine_url(self, url: sa.URL) -> sa.URL:
         return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
