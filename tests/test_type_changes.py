@@ -234,3 +234,77 @@ def test_the_same_type_is_a_no_op_whatever_its_spelling(zdm_database_url: str, c
         {"op": "alter_column", "table": "orders", "column": column, "type": new_type}]})
     problems = plan.operations[0].check(model)
     assert any("is already" in p for p in problems) == refused, problems
+
+
+def test_a_new_enum_value_is_usable_as_soon_as_start_returns(zdm_postgres_url: str, tmp_path: Any) -> None:
+    """ALTER TYPE ... ADD VALUE runs in a step of its own outside a transaction: a later step of the
+    same start (a column whose default is the new label) and an app right after start both use it,
+    which PostgreSQL refuses in the transaction that added it. Rollback keeps the label (PostgreSQL
+    cannot drop one; `zdm plan` says so) and every row written with it; start again adds nothing."""
+    engine = db.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(STATUS_ENUM)
+        connection.exec_driver_sql("CREATE TABLE tickets (id serial PRIMARY KEY, status order_status NOT NULL "
+                                   "DEFAULT 'new')")
+        connection.exec_driver_sql("INSERT INTO tickets (status) VALUES ('new'), ('paid'), ('shipped')")
+        model = oracle.read(connection)
+    path = tmp_path / "plan.yaml"
+    path.write_text("id: refunds\noperations:\n"
+                    "  - {op: add_enum_value, table: tickets, column: status, value: refunded, after: paid}\n"
+                    "  - {op: add_column, table: tickets, column: was, type: order_status, default: refunded}\n")
+    shown = CliRunner().invoke(main, ["plan", str(path), "--db", zdm_postgres_url])
+    assert shown.exit_code == 0, shown.stderr
+    assert "ADD VALUE IF NOT EXISTS 'refunded' AFTER 'paid';\n  -- (runs outside a transaction)" in shown.stdout
+    assert "a rollback keeps it: PostgreSQL cannot drop an enum value" in shown.stdout
+    assert "PostgreSQL cannot drop an enum value: a rollback leaves 'refunded' in order_status" in shown.stderr
+    plan = planfile.load(path)
+    run = runner(engine)
+
+    def labels() -> list[str]:
+        with engine.connect() as connection:
+            return list(connection.exec_driver_sql("SELECT enum_range(NULL::order_status)::text[]").scalar_one())
+
+    def app_writes(status: str, key: int) -> None:  # another session, right after start
+        with engine.begin() as connection:
+            new_id = connection.execute(sa.text("INSERT INTO tickets (status) VALUES (CAST(:s AS order_status)) "
+                                                "RETURNING id"), {"s": status}).scalar_one()
+            connection.execute(sa.text("UPDATE tickets SET status = CAST(:s AS order_status) WHERE id = :k"),
+                               {"s": status, "k": key})
+        model.insert("tickets", {"id": new_id, "status": status})
+        model.update("tickets", {"id": key}, {"status": status})
+
+    for attempt in ("rollback", "complete"):
+        run.start(plan)
+        apply_phases(plan, model, "postgresql", Phase.EXPANDING, Phase.MIGRATING)
+        assert labels() == ["new", "paid", "refunded", "shipped"]
+        app_writes("refunded", 1)
+        assert_agrees(engine, model)
+        if attempt == "rollback":
+            run.rollback(plan.id)
+            rollback_model(plan, model, "postgresql")
+            assert labels() == ["new", "paid", "refunded", "shipped"]  # kept: PostgreSQL cannot drop a label
+        else:
+            run.complete(plan.id)
+            apply_phases(plan, model, "postgresql", Phase.CONTRACTING)
+        assert_agrees(engine, model)
+    assert "refunded" in model.types["order_status"].labels
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"column": "status", "value": "refunded"}, "orders.status is VARCHAR(20), not of an enum type"),
+    ({"column": "stage", "value": "refunded", "before": "lost"}, "'lost' is not a label of order_status"),
+], ids=["not-an-enum", "unknown-label"])
+def test_add_enum_value_refuses_in_one_line(zdm_database_url: str, tmp_path: Any, fields: dict[str, str],
+                                            message: str) -> None:
+    engine, _ = orders(zdm_database_url)
+    if "before" in fields:
+        if engine.dialect.name != "postgresql":
+            pytest.skip("SQLite has no enums")
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE orders ADD COLUMN stage order_status")
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"id: t\noperations:\n  - {{op: add_enum_value, table: orders, "
+                    f"{', '.join(f'{k}: {v}' for k, v in fields.items())}}}\n")
+    result = CliRunner().invoke(main, ["plan", str(path), "--db", zdm_database_url])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("zdm: error:") and result.stderr.count("\n") == 1, result.stderr

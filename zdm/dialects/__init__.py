@@ -270,6 +270,12 @@ class Dialect:
         """Give ``column`` the type ``new`` in place; only for pairs ``in_place_retype`` allows."""
         raise NotImplementedError
 
+    def add_enum_value(self, enum: str, value: str, *, before: str | None = None,
+                       after: str | None = None) -> list[Action]:
+        """Add the label ``value`` to the enum type ``enum`` (``before`` or ``after`` a label, else
+        last), doing nothing when it is there already. Only where the database has enums."""
+        raise NotImplementedError
+
     # -- reading the live schema ---------------------------------------------------------------
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         """Every index of ``table`` as the CREATE INDEX statement the database keeps for it."""

@@ -116,6 +116,21 @@ class PostgresDialect(Dialect):
         alter = Statement(self.sql(AlterType(table, column, self.column_type(new))))
         return [Statement("SET LOCAL TIME ZONE 'UTC'"), alter] if new.family is Family.TIMESTAMPTZ else [alter]
 
+    def add_enum_value(self, enum: str, value: str, *, before: str | None = None,
+                       after: str | None = None) -> list[Action]:
+        """``ALTER TYPE ... ADD VALUE IF NOT EXISTS``: a step of its own outside a transaction (before
+        PostgreSQL 12 it cannot run in a transaction block; from 12 the label is unusable until the
+        transaction that added it commits). No compensation exists: PostgreSQL cannot drop a label."""
+        from zdm.coltypes import NamedType
+
+        def label(text: str) -> str:
+            return self.sql(sa.literal(text, sa.Text()))
+
+        where = f" BEFORE {label(before)}" if before is not None else f" AFTER {label(after)}" if after is not None \
+            else ""
+        name = NamedType(enum).compile(dialect=self.sa)
+        return [Statement(f"ALTER TYPE {name} ADD VALUE IF NOT EXISTS {label(value)}{where}")]
+
     # -- reading the live schema ---------------------------------------------------------------
     def user_types(self, connection: sa.Connection) -> dict[str, ColumnType]:
         """Enums of the default schema, read by SQLAlchemy's inspector (``get_enums``)."""
