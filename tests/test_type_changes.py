@@ -139,11 +139,18 @@ DUAL = [  # (changes in order, old-app values, new-app values, databases)
      {"status": "shipped"}, ("postgresql",)),
     ([{"column": "customer_email", "type": "VARCHAR(50)"}], {"customer_email": "short@old"},
      {"customer_email": "short@new"}, ("postgresql", "sqlite")),
+    # wall-clock times of a named zone: an hour that occurs twice, then one that does not exist
+    ([{"column": "noted", "type": "TIMESTAMPTZ", "zone": "Europe/Paris"}], {"noted": dt.datetime(2024, 10, 27, 2, 30)},
+     {"noted": dt.datetime(2024, 3, 31, 2, 30, tzinfo=dt.timezone(dt.timedelta(hours=-12)))}, ("postgresql",)),
+    ([{"column": "placed_at", "type": "TIMESTAMP", "zone": "Pacific/Kiritimati"}],
+     {"placed_at": dt.datetime(2024, 2, 29, 23, tzinfo=dt.UTC)}, {"placed_at": dt.datetime(2024, 3, 31, 2, 30)},
+     ("postgresql",)),
 ]
 
 
 @pytest.mark.parametrize(("changes", "old_values", "new_values", "databases"), DUAL,
-                         ids=["numeric-12-4", "uuid-text-uuid", "text-enum", "varchar-narrower"])
+                         ids=["numeric-12-4", "uuid-text-uuid", "text-enum", "varchar-narrower", "timestamptz-paris",
+                              "timestamp-kiritimati"])
 def test_other_changes_take_the_dual_column_path(zdm_database_url: str, changes: list[dict[str, Any]],
                                                  old_values: dict[str, Any], new_values: dict[str, Any],
                                                  databases: tuple[str, ...]) -> None:
@@ -308,3 +315,55 @@ def test_add_enum_value_refuses_in_one_line(zdm_database_url: str, tmp_path: Any
     result = CliRunner().invoke(main, ["plan", str(path), "--db", zdm_database_url])
     assert result.exit_code == 2 and message in result.stderr, result.stderr
     assert result.stderr.startswith("zdm: error:") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_timestamps_convert_in_the_named_zone_whatever_the_session(zdm_postgres_url: str) -> None:
+    """An app whose sessions run in Asia/Tokyo writes during the window: the triggers convert in the
+    plan's zone (Europe/Paris for noted, UTC for placed_at), as the backfill and the model do, not in
+    the writer's session zone."""
+    engine, model = orders(zdm_postgres_url)
+    plan = planfile.parse({"id": "zones", "operations": [
+        {"op": "alter_column", "table": "orders", "column": "noted", "type": "TIMESTAMPTZ", "zone": "Europe/Paris"},
+        {"op": "alter_column", "table": "orders", "column": "placed_at", "type": "TIMESTAMP"}]})
+    tokyo = sa.create_engine(engine.url, connect_args={"options": "-c TimeZone=Asia/Tokyo"})
+    try:
+        runner(engine).start(plan)
+        apply_phases(plan, model, "postgresql", Phase.EXPANDING, Phase.MIGRATING)
+        write(tokyo, model, {"customer_email": "tokyo@app", "amount": Decimal("1.00"),
+                             "noted": dt.datetime(2024, 7, 14, 12)})
+        write(tokyo, model, {"noted": dt.datetime(2024, 1, 1), "placed_at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)},
+              key=2)
+        assert_agrees(engine, model)
+        runner(engine).complete(plan.id)
+        apply_phases(plan, model, "postgresql", Phase.CONTRACTING)
+        assert_agrees(engine, model)
+        with engine.connect() as connection:
+            row = connection.execute(sa.text("SELECT noted, placed_at FROM orders WHERE id = 2")).one()
+        assert row == (dt.datetime(2023, 12, 31, 23, tzinfo=dt.UTC), dt.datetime(2024, 1, 1))
+    finally:
+        tokyo.dispose()
+
+
+@pytest.mark.parametrize(("change", "shown"), [
+    ({"column": "noted", "type": "TIMESTAMPTZ"}, "in place, metadata only: values read as UTC"),
+    ({"column": "noted", "type": "TIMESTAMPTZ", "zone": "Etc/UTC"}, "in place, metadata only: values read as UTC"),
+    ({"column": "noted", "type": "TIMESTAMPTZ", "zone": "Europe/Paris"}, "dual-write triggers"),
+    ({"column": "noted", "type": "TIMESTAMPTZ", "zone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
+    ({"column": "status", "type": "TEXT", "zone": "Europe/Paris"}, "`zone` is for a change between TIMESTAMP and "
+                                                                   "TIMESTAMPTZ, not VARCHAR(20) -> TEXT"),
+], ids=["utc", "etc-utc", "paris", "unknown-zone", "not-timestamps"])
+def test_a_zone_chooses_the_path(zdm_database_url: str, tmp_path: Any, change: dict[str, str], shown: str) -> None:
+    """In place only when the TIMESTAMP values are UTC (zdm runs the change in UTC); another zone
+    changes every value: dual column. SQLite has no TIMESTAMPTZ: one line, exit 2."""
+    engine, _ = orders(zdm_database_url)
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"id: t\noperations:\n  - {{op: alter_column, table: orders, "
+                    f"{', '.join(f'{k}: {v}' for k, v in change.items())}}}\n")
+    result = CliRunner().invoke(main, ["plan", str(path), "--db", zdm_database_url])
+    if engine.dialect.name == "sqlite" and change["type"] == "TIMESTAMPTZ" and "unknown" not in shown:
+        shown = "SQLite has no type TIMESTAMPTZ"
+    if "zone" in shown or "no type" in shown:
+        assert result.exit_code == 2 and result.stderr.startswith("zdm: error:"), result.stderr
+        assert shown in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    else:
+        assert result.exit_code == 0 and shown in result.stdout, result.stderr + result.stdout

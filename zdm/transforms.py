@@ -10,9 +10,11 @@ that no row holds a value in the old column and NULL in the new one, and names t
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import json
 import re
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -51,6 +53,48 @@ class SafeJson(FunctionElement[Any]):
 
     inherit_cache = True
     type = sa.JSON()
+
+
+class AtTimeZone(FunctionElement[Any]):
+    """``value AT TIME ZONE zone``: a TIMESTAMP read as wall-clock time in ``zone`` gives a TIMESTAMPTZ,
+    a TIMESTAMPTZ gives the wall-clock TIMESTAMP there. The zone is named, so the result does not
+    depend on the session that runs it (an app's trigger or zdm's backfill). PostgreSQL compiles it."""
+
+    inherit_cache = True
+
+    def __init__(self, value: ColumnElement[Any], zone: str, aware: bool) -> None:
+        super().__init__(value)
+        self.zone = zone
+        self.type = sa.DateTime(timezone=aware)
+
+
+#: Zones whose offset is always zero: a TIMESTAMP read there is read as UTC.
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu",
+                       "GMT", "Etc/GMT", "Etc/GMT0", "Etc/GMT+0", "Etc/GMT-0", "GMT0", "Greenwich", "Etc/Greenwich"})
+
+
+def local_to_utc(value: dt.datetime, zone: str) -> dt.datetime:
+    """A wall-clock time in ``zone`` as an aware UTC datetime, by PostgreSQL's rules for the times a
+    transition makes invalid or ambiguous: one in a gap (spring forward) takes the offset before the
+    transition, one that occurs twice (fall back) the offset after it (PostgreSQL docs, "Handling of
+    Invalid or Ambiguous Timestamps")."""
+    where = zoneinfo.ZoneInfo(zone)
+    first, second = value.replace(tzinfo=where, fold=0), value.replace(tzinfo=where, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first.astimezone(dt.UTC)
+    exists = first.astimezone(dt.UTC).astimezone(where).replace(tzinfo=None) == value
+    return (second if exists else first).astimezone(dt.UTC)
+
+
+def utc_to_local(value: dt.datetime, zone: str) -> dt.datetime:
+    """An aware datetime as the wall-clock time (naive) in ``zone``."""
+    return value.astimezone(zoneinfo.ZoneInfo(zone)).replace(tzinfo=None)
+
+
+def at_time_zone(zone: str, aware: bool) -> Transform:
+    """TIMESTAMP -> TIMESTAMPTZ (``aware``) or back, the TIMESTAMP being wall-clock time in ``zone``."""
+    return Transform(f"at time zone {zone}", lambda c: AtTimeZone(c, zone, aware),
+                     (lambda v: local_to_utc(v, zone)) if aware else (lambda v: utc_to_local(v, zone)))
 
 
 def _integer(value: Any) -> int | None:

@@ -251,6 +251,10 @@ class Dialect:
             return f"zdm copies columns of type {column_type.name} but does not create them; pick another type"
         return None
 
+    def zone_problem(self, zone: str, connection: sa.Connection | None) -> str | None:
+        """Why this database cannot read times in the time zone ``zone`` (one line), or None."""
+        return None
+
     def literal(self, value: Any, column_type: ColumnType) -> str:
         """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""
         if column_type.family is Family.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text

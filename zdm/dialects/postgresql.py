@@ -15,7 +15,7 @@ from zdm.actions import Action, Statement, statements
 from zdm.coltypes import ColumnType, Family
 from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, keeps_every_value, mentions, object_name
 from zdm.errors import ThrottleInvalid
-from zdm.transforms import SafeCast, SafeInteger, SafeJson, Transform
+from zdm.transforms import AtTimeZone, SafeCast, SafeInteger, SafeJson, Transform
 
 
 @compiles(SafeInteger, "postgresql")
@@ -38,6 +38,12 @@ def _safe_cast(element: SafeCast, compiler: Any, **kw: Any) -> str:
     value = compiler.process(next(iter(element.clauses)), **kw)
     target = compiler.dialect.type_compiler_instance.process(element.type)
     return f"zdm_try_cast({value}, CAST(NULL AS {target}))"
+
+
+@compiles(AtTimeZone, "postgresql")
+def _at_time_zone(element: AtTimeZone, compiler: Any, **kw: Any) -> str:
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    return f"({value} AT TIME ZONE {compiler.render_literal_value(element.zone, sa.Text())})"
 
 
 #: Arbitrary but fixed: every zdm runner on a PostgreSQL database asks for this advisory lock.
@@ -97,6 +103,14 @@ class PostgresDialect(Dialect):
         if kind not in ("e", "d"):
             return f"zdm declares enums and domains by name, and {item.name} is neither"
         return None
+
+    def zone_problem(self, zone: str, connection: sa.Connection | None) -> str | None:
+        """The zone must be one of the server's (``pg_timezone_names``, read from its tz database)."""
+        if connection is None:
+            return None
+        known = connection.execute(sa.text("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = :z)"),
+                                   {"z": zone}).scalar()
+        return None if known else f"PostgreSQL has no time zone {zone!r}"
 
     def in_place_retype(self, old: ColumnType, new: ColumnType) -> str | None:
         """Metadata only, no rewrite and no scan, ACCESS EXCLUSIVE for an instant under the lock
