@@ -261,7 +261,7 @@ class Table:
 
     def _link_insert(self, link: Link, row: dict[str, Any]) -> None:
         a, b = self.column(link.a), self.column(link.b)
-        if row[b.name] == b.default_value():  # the writer left b out: it follows a
+        if same_value(row[b.name], b.default_value()):  # the writer left b out: it follows a
             row[b.name] = b.type.coerce(_apply(link.up, row[a.name]))
         elif link.down:  # the writer named b: only the new app knows it
             row[a.name] = a.type.coerce(_apply(link.down, row[b.name]))
@@ -269,9 +269,9 @@ class Table:
     def _link_update(self, link: Link, before: dict[str, Any], row: dict[str, Any]) -> None:
         a, b = self.column(link.a), self.column(link.b)
         up = b.type.coerce(_apply(link.up, row[a.name]))
-        if row[a.name] != before[a.name]:
+        if not same_value(row[a.name], before[a.name]):
             row[b.name] = up
-        elif link.down and row[b.name] != before[b.name] and row[b.name] != up:
+        elif link.down and not same_value(row[b.name], before[b.name]) and not same_value(row[b.name], up):
             row[a.name] = a.type.coerce(_apply(link.down, row[b.name]))
         elif link.fill_unreached and row[b.name] is None and row[a.name] is not None:
             row[b.name] = up  # a row the backfill has not reached: any write brings it up to date
@@ -339,6 +339,20 @@ def _default_text(column: Column) -> str | None:
     if isinstance(column.default, SqlDefault):
         return f"SQL {column.default.sql}"
     return repr(column.default_value())
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """Equal, or both NaN: a NaN equals nothing, itself included, yet two NaNs hold the same (and both
+    databases take a NaN for a NaN: neither an update from NaN to NaN nor a row of NaN differs)."""
+    if a == b:
+        return True
+    nan = (float, decimal.Decimal)
+    return isinstance(a, nan) and isinstance(b, nan) and a != a and b != b
+
+
+def same_row(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Rows with the same columns and the same values (``same_value``)."""
+    return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
 
 
 def _apply(function: Callable[[Any], Any], value: Any) -> Any:

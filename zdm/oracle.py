@@ -7,7 +7,6 @@ the catalogue (columns with their defaults and comments, indexes, constraints) a
 
 from __future__ import annotations
 
-import decimal
 import json
 from typing import Any
 
@@ -16,7 +15,7 @@ import sqlalchemy as sa
 from zdm import introspect
 from zdm.coltypes import Family, to_sa
 from zdm.db import sql_text
-from zdm.model import ColumnType, Schema, SqlDefault, Table
+from zdm.model import ColumnType, Schema, SqlDefault, Table, same_row
 
 
 def _server_default(column_type: ColumnType, default: Any) -> Any:
@@ -99,15 +98,3 @@ def differences(database: Schema, model: Schema, *, comments: bool = True) -> li
                 break
     return found
 
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal, or both NaN (a NaN is no value's equal, itself included, yet both hold the same)."""
-    if a == b:
-        return True
-    nan = (float, decimal.Decimal)
-    return isinstance(a, nan) and isinstance(b, nan) and a != a and b != b
-
-
-def same_row(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Rows with the same columns and the same values (``same_value``)."""
-    return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)

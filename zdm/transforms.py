@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from zdm.coltypes import ColumnType
 
 INTEGER_TEXT = re.compile(r"\s*[-+]?[0-9]{1,18}\s*")
+#: The text PostgreSQL's uuid type reads: 32 hex digits, a hyphen allowed after any group of four,
+#: upper or lower case, the whole in braces or not (docs, "UUID Type").
+UUID_TEXT = re.compile(r"\{[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}\}|[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}")
 BIGINT_RANGE = (-(2**63), 2**63 - 1)
 
 
@@ -182,7 +185,9 @@ def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transfo
         if target.family in (Family.UUID, Family.ENUM):
             def coerce(value: Any) -> Any:
                 try:
-                    return target.coerce(str(value).strip() if target.family is Family.UUID else value)
+                    if target.family is Family.UUID and not UUID_TEXT.fullmatch(str(value)):
+                        return None  # Python's UUID() takes more (spaces, urn:uuid:) than PostgreSQL's uuid_in
+                    return target.coerce(value)
                 except (TypeError, ValueError):
                     return None
 
@@ -190,8 +195,11 @@ def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transfo
         elif target.family is Family.TEXT and source.family is not Family.TEXT:
             chosen = Transform("cast", lambda c: sa.cast(c, sa.Text), lambda v: str(v))
         elif target.family is Family.INTEGER and source.family is Family.NUMERIC:
-            chosen = Transform("cast", lambda c: sa.cast(sa.func.round(c), sa.BigInteger),
-                               lambda v: int(decimal.Decimal(v).quantize(1, decimal.ROUND_HALF_UP)))
+            # NaN, an infinity or a number beyond BIGINT has no integer: NULL, not a failed write
+            low, high = BIGINT_RANGE
+            chosen = Transform("cast", lambda c: sa.case((c.between(low, high),
+                                                          sa.cast(sa.func.round(c), sa.BigInteger))),
+                               _numeric_to_integer)
         elif target.family is Family.NUMERIC:
             chosen = Transform("cast", lambda c: c, lambda v: decimal.Decimal(v))
     if transform.name == "cast":
@@ -203,6 +211,13 @@ def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transfo
     if target.family is Family.NUMERIC and target.precision is not None:
         return _numeric(chosen, target.precision, target.scale or 0)
     return chosen
+
+
+def _numeric_to_integer(value: Any) -> int | None:
+    number = decimal.Decimal(value)
+    if not number.is_finite() or not BIGINT_RANGE[0] <= number <= BIGINT_RANGE[1]:
+        return None
+    return int(number.quantize(1, decimal.ROUND_HALF_UP))
 
 
 INTEGER_RANGES = {"SMALLINT": (-(2**15), 2**15 - 1), "INTEGER": (-(2**31), 2**31 - 1)}
@@ -244,7 +259,7 @@ def _numeric(transform: Transform, precision: int, scale: int) -> Transform:
         if converted is None:
             return None
         rounded = decimal.Decimal(converted).quantize(decimal.Decimal(1).scaleb(-scale), decimal.ROUND_HALF_UP)
-        return rounded if abs(rounded) < limit else None
+        return rounded if rounded.is_finite() and abs(rounded) < limit else None  # NaN is beyond any limit
 
     return replace(transform, sql=sql, python=python, identity=False)
 
