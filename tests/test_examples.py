@@ -6,6 +6,7 @@ examples/users.sql, then `zdm plan` and `zdm apply` as a user would type them.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,14 @@ def load_schema(url: str) -> sa.Engine:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_example_plans_and_applies(zdm_database_url: str, path: Path) -> None:
     engine = load_schema(zdm_database_url)
+    # "# requires (postgresql): SQL" lines: what the example needs besides users.sql, on that database only
+    needs = re.findall(r"^# requires \((\w+)\): (.+)$", path.read_text(), re.MULTILINE)
+    if needs and engine.dialect.name not in {database for database, _ in needs}:
+        pytest.skip(f"the example needs {needs[0][0]}")
+    with engine.begin() as connection:
+        for database, statement in needs:
+            if database == engine.dialect.name:
+                connection.exec_driver_sql(statement)
     for command in ("plan", "apply"):
         result = CliRunner().invoke(main, [command, str(path), "--db", zdm_database_url, "--quiet"]
                                     if command == "apply" else [command, str(path), "--db", zdm_database_url])

@@ -139,11 +139,18 @@ DUAL = [  # (changes in order, old-app values, new-app values, databases)
      {"status": "shipped"}, ("postgresql",)),
     ([{"column": "customer_email", "type": "VARCHAR(50)"}], {"customer_email": "short@old"},
      {"customer_email": "short@new"}, ("postgresql", "sqlite")),
+    # wall-clock times of a named zone: an hour that occurs twice, then one that does not exist
+    ([{"column": "noted", "type": "TIMESTAMPTZ", "zone": "Europe/Paris"}], {"noted": dt.datetime(2024, 10, 27, 2, 30)},
+     {"noted": dt.datetime(2024, 3, 31, 2, 30, tzinfo=dt.timezone(dt.timedelta(hours=-12)))}, ("postgresql",)),
+    ([{"column": "placed_at", "type": "TIMESTAMP", "zone": "Pacific/Kiritimati"}],
+     {"placed_at": dt.datetime(2024, 2, 29, 23, tzinfo=dt.UTC)}, {"placed_at": dt.datetime(2024, 3, 31, 2, 30)},
+     ("postgresql",)),
 ]
 
 
 @pytest.mark.parametrize(("changes", "old_values", "new_values", "databases"), DUAL,
-                         ids=["numeric-12-4", "uuid-text-uuid", "text-enum", "varchar-narrower"])
+                         ids=["numeric-12-4", "uuid-text-uuid", "text-enum", "varchar-narrower", "timestamptz-paris",
+                              "timestamp-kiritimati"])
 def test_other_changes_take_the_dual_column_path(zdm_database_url: str, changes: list[dict[str, Any]],
                                                  old_values: dict[str, Any], new_values: dict[str, Any],
                                                  databases: tuple[str, ...]) -> None:
@@ -219,3 +226,144 @@ def test_in_place_is_cheap_on_a_large_table(zdm_database_url: str) -> None:
         found = introspect.read_table(connection, "orders")
     assert {c: found.column(c).type.name for c in ("status", "customer_email", "amount", "noted")} == {
         "status": "TEXT", "customer_email": "VARCHAR(320)", "amount": "NUMERIC(14,2)", "noted": "TIMESTAMPTZ"}
+
+
+@pytest.mark.parametrize(("column", "new_type", "refused"), [
+    ("status", "VARCHAR(20)", True), ("status", "character varying(20)", True), ("status", "TEXT", False),
+    ("status", "VARCHAR(21)", False), ("amount", "NUMERIC(10, 2)", True), ("amount", "NUMERIC(10,3)", False),
+])
+def test_the_same_type_is_a_no_op_whatever_its_spelling(zdm_database_url: str, column: str, new_type: str,
+                                                       refused: bool) -> None:
+    """Types compare by value: ``VARCHAR(20)`` -> ``VARCHAR(20)`` is refused as a no-op, ``VARCHAR(20)`` -> ``TEXT``
+    is a change (each parse gives a new object, so an identity test would take every type for a new one)."""
+    _, model = orders(zdm_database_url)
+    plan = planfile.parse({"id": "t", "operations": [
+        {"op": "alter_column", "table": "orders", "column": column, "type": new_type}]})
+    problems = plan.operations[0].check(model)
+    assert any("is already" in p for p in problems) == refused, problems
+
+
+def test_a_new_enum_value_is_usable_as_soon_as_start_returns(zdm_postgres_url: str, tmp_path: Any) -> None:
+    """ALTER TYPE ... ADD VALUE runs in a step of its own outside a transaction: a later step of the
+    same start (a column whose default is the new label) and an app right after start both use it,
+    which PostgreSQL refuses in the transaction that added it. Rollback keeps the label (PostgreSQL
+    cannot drop one; `zdm plan` says so) and every row written with it; start again adds nothing."""
+    engine = db.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(STATUS_ENUM)
+        connection.exec_driver_sql("CREATE TABLE tickets (id serial PRIMARY KEY, status order_status NOT NULL "
+                                   "DEFAULT 'new')")
+        connection.exec_driver_sql("INSERT INTO tickets (status) VALUES ('new'), ('paid'), ('shipped')")
+        model = oracle.read(connection)
+    path = tmp_path / "plan.yaml"
+    path.write_text("id: refunds\noperations:\n"
+                    "  - {op: add_enum_value, table: tickets, column: status, value: refunded, after: paid}\n"
+                    "  - {op: add_column, table: tickets, column: was, type: order_status, default: refunded}\n")
+    shown = CliRunner().invoke(main, ["plan", str(path), "--db", zdm_postgres_url])
+    assert shown.exit_code == 0, shown.stderr
+    assert "ADD VALUE IF NOT EXISTS 'refunded' AFTER 'paid';\n  -- (runs outside a transaction)" in shown.stdout
+    assert "a rollback keeps it: PostgreSQL cannot drop an enum value" in shown.stdout
+    assert "PostgreSQL cannot drop an enum value: a rollback leaves 'refunded' in order_status" in shown.stderr
+    plan = planfile.load(path)
+    run = runner(engine)
+
+    def labels() -> list[str]:
+        with engine.connect() as connection:
+            return list(connection.exec_driver_sql("SELECT enum_range(NULL::order_status)::text[]").scalar_one())
+
+    def app_writes(status: str, key: int) -> None:  # another session, right after start
+        with engine.begin() as connection:
+            new_id = connection.execute(sa.text("INSERT INTO tickets (status) VALUES (CAST(:s AS order_status)) "
+                                                "RETURNING id"), {"s": status}).scalar_one()
+            connection.execute(sa.text("UPDATE tickets SET status = CAST(:s AS order_status) WHERE id = :k"),
+                               {"s": status, "k": key})
+        model.insert("tickets", {"id": new_id, "status": status})
+        model.update("tickets", {"id": key}, {"status": status})
+
+    for attempt in ("rollback", "complete"):
+        run.start(plan)
+        apply_phases(plan, model, "postgresql", Phase.EXPANDING, Phase.MIGRATING)
+        assert labels() == ["new", "paid", "refunded", "shipped"]
+        app_writes("refunded", 1)
+        assert_agrees(engine, model)
+        if attempt == "rollback":
+            run.rollback(plan.id)
+            rollback_model(plan, model, "postgresql")
+            assert labels() == ["new", "paid", "refunded", "shipped"]  # kept: PostgreSQL cannot drop a label
+        else:
+            run.complete(plan.id)
+            apply_phases(plan, model, "postgresql", Phase.CONTRACTING)
+        assert_agrees(engine, model)
+    assert "refunded" in model.types["order_status"].labels
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"column": "status", "value": "refunded"}, "orders.status is VARCHAR(20), not of an enum type"),
+    ({"column": "stage", "value": "refunded", "before": "lost"}, "'lost' is not a label of order_status"),
+], ids=["not-an-enum", "unknown-label"])
+def test_add_enum_value_refuses_in_one_line(zdm_database_url: str, tmp_path: Any, fields: dict[str, str],
+                                            message: str) -> None:
+    engine, _ = orders(zdm_database_url)
+    if "before" in fields:
+        if engine.dialect.name != "postgresql":
+            pytest.skip("SQLite has no enums")
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE orders ADD COLUMN stage order_status")
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"id: t\noperations:\n  - {{op: add_enum_value, table: orders, "
+                    f"{', '.join(f'{k}: {v}' for k, v in fields.items())}}}\n")
+    result = CliRunner().invoke(main, ["plan", str(path), "--db", zdm_database_url])
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert result.stderr.startswith("zdm: error:") and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_timestamps_convert_in_the_named_zone_whatever_the_session(zdm_postgres_url: str) -> None:
+    """An app whose sessions run in Asia/Tokyo writes during the window: the triggers convert in the
+    plan's zone (Europe/Paris for noted, UTC for placed_at), as the backfill and the model do, not in
+    the writer's session zone."""
+    engine, model = orders(zdm_postgres_url)
+    plan = planfile.parse({"id": "zones", "operations": [
+        {"op": "alter_column", "table": "orders", "column": "noted", "type": "TIMESTAMPTZ", "zone": "Europe/Paris"},
+        {"op": "alter_column", "table": "orders", "column": "placed_at", "type": "TIMESTAMP"}]})
+    tokyo = sa.create_engine(engine.url, connect_args={"options": "-c TimeZone=Asia/Tokyo"})
+    try:
+        runner(engine).start(plan)
+        apply_phases(plan, model, "postgresql", Phase.EXPANDING, Phase.MIGRATING)
+        write(tokyo, model, {"customer_email": "tokyo@app", "amount": Decimal("1.00"),
+                             "noted": dt.datetime(2024, 7, 14, 12)})
+        write(tokyo, model, {"noted": dt.datetime(2024, 1, 1), "placed_at": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)},
+              key=2)
+        assert_agrees(engine, model)
+        runner(engine).complete(plan.id)
+        apply_phases(plan, model, "postgresql", Phase.CONTRACTING)
+        assert_agrees(engine, model)
+        with engine.connect() as connection:
+            row = connection.execute(sa.text("SELECT noted, placed_at FROM orders WHERE id = 2")).one()
+        assert row == (dt.datetime(2023, 12, 31, 23, tzinfo=dt.UTC), dt.datetime(2024, 1, 1))
+    finally:
+        tokyo.dispose()
+
+
+@pytest.mark.parametrize(("change", "shown"), [
+    ({"column": "noted", "type": "TIMESTAMPTZ"}, "in place, metadata only: values read as UTC"),
+    ({"column": "noted", "type": "TIMESTAMPTZ", "zone": "Etc/UTC"}, "in place, metadata only: values read as UTC"),
+    ({"column": "noted", "type": "TIMESTAMPTZ", "zone": "Europe/Paris"}, "dual-write triggers"),
+    ({"column": "noted", "type": "TIMESTAMPTZ", "zone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
+    ({"column": "status", "type": "TEXT", "zone": "Europe/Paris"}, "`zone` is for a change between TIMESTAMP and "
+                                                                   "TIMESTAMPTZ, not VARCHAR(20) -> TEXT"),
+], ids=["utc", "etc-utc", "paris", "unknown-zone", "not-timestamps"])
+def test_a_zone_chooses_the_path(zdm_database_url: str, tmp_path: Any, change: dict[str, str], shown: str) -> None:
+    """In place only when the TIMESTAMP values are UTC (zdm runs the change in UTC); another zone
+    changes every value: dual column. SQLite has no TIMESTAMPTZ: one line, exit 2."""
+    engine, _ = orders(zdm_database_url)
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"id: t\noperations:\n  - {{op: alter_column, table: orders, "
+                    f"{', '.join(f'{k}: {v}' for k, v in change.items())}}}\n")
+    result = CliRunner().invoke(main, ["plan", str(path), "--db", zdm_database_url])
+    if engine.dialect.name == "sqlite" and change["type"] == "TIMESTAMPTZ" and "unknown" not in shown:
+        shown = "SQLite has no type TIMESTAMPTZ"
+    if "zone" in shown or "no type" in shown:
+        assert result.exit_code == 2 and result.stderr.startswith("zdm: error:"), result.stderr
+        assert shown in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    else:
+        assert result.exit_code == 0 and shown in result.stdout, result.stderr + result.stdout

@@ -21,7 +21,7 @@ from support import Phase, apply_phases, assert_agrees, learn_catalogue, rollbac
 from workload import TYPED_POSTGRESQL, Client, Round, Values, sqlite_app_engine, workload_schema
 
 from zdm import planfile
-from zdm.model import ColumnType
+from zdm.model import Column, ColumnType
 from zdm.plan import MigrationPlan
 from zdm.runner import Reporter
 
@@ -108,6 +108,11 @@ CASES = [
                     "ALTER TABLE users ALTER COLUMN name SET DEFAULT 'new'"],
          model_rows=lambda m: [r.update(name="paid") for r in m.table("users").rows if r["name"] is not None],
          values=lambda column, _, n: ("new", "paid", "shipped")[n % 3] if column == "name" else None),
+    # The label is usable by both apps once start returns; rollback keeps it (PostgreSQL cannot drop one).
+    Case("add_enum_value", [op("add_enum_value", column="stage", value="refunded", after="paid")],
+         databases=("postgresql",), setup_sql=[ORDER_STATUS, "ALTER TABLE users ADD COLUMN stage order_status"],
+         model_rows=lambda m: m.table("users").add_column(Column("stage", m.types["order_status"])),
+         values=lambda column, t, n: t.labels[n % len(t.labels)] if column == "stage" else None),
     Case("create_table_typed", [{"op": "create_table", "table": "invoices", "columns": [
         {"name": "id", "type": "INTEGER", "primary_key": True}, {"name": "number", "type": "VARCHAR(12)"},
         {"name": "total", "type": "NUMERIC(12,2)", "nullable": False, "default": "0.00"},

@@ -215,7 +215,7 @@ class Client:
             with self.engine.begin() as connection:
                 database(connection)
             refused = None
-        except sa.exc.IntegrityError as exc:
+        except (sa.exc.IntegrityError, sa.exc.DataError) as exc:  # DataError: beyond a type's limits
             refused = " ".join(str(exc.orig).split())
         if (expected is None) != (refused is None):
             raise WriteMismatch(f"{what}: the model says {expected or 'ok'}, the database "

@@ -142,6 +142,35 @@ class ColumnType:
             return value
         return _COERCE[self.family](self, value)
 
+    def stored(self, value: Any) -> Any:
+        """``value`` as a database that enforces the type's limits stores it (PostgreSQL does; SQLite
+        keeps any value): ValueError, worded as PostgreSQL's, for a text longer than ``VARCHAR(n)``
+        or ``CHAR(n)`` (unless the excess is only spaces, which are cut), a NUMERIC(p,s) of more than
+        p-s integer digits after rounding to s places (or infinite), and a SMALLINT, INTEGER or
+        BIGINT out of its range; a ``CHAR(n)`` is padded with spaces. Not array items: a client that
+        casts its array explicitly (SQLAlchemy's ARRAY on psycopg does) gets them cut, not refused.
+        Source: PostgreSQL docs, "Character Types", "Numeric Types"."""
+        value = self.coerce(value)
+        if value is None:
+            return None
+        if self.family is Family.TEXT and self.length is not None:
+            if len(value) > self.length:
+                if value[self.length:].strip(" "):
+                    raise ValueError(f"value too long for type {self.name} ({len(value)} characters)")
+                value = value[:self.length]
+            return value.ljust(self.length) if self.name.startswith("CHAR(") else value
+        if self.family is Family.NUMERIC and self.precision is not None:
+            digits = self.precision - (self.scale or 0)
+            if value.is_infinite() or (value.is_finite() and abs(value) >= decimal.Decimal(10) ** digits):
+                raise ValueError(f"numeric field overflow: {value} does not fit {self.name} "
+                                 f"(below 10^{digits} in absolute value)")
+            return value
+        if self.family is Family.INTEGER and self.name in _INTEGER_BITS:
+            bits = _INTEGER_BITS[self.name]
+            if not -(2**bits) <= value < 2**bits:
+                raise ValueError(f"{self.name.lower()} out of range: {value}")
+        return value
+
     def from_plan(self, value: Any) -> Any:
         """A value a plan file gives (a default, a fill) as this type holds it, by strict rules:
         no truthiness (``"false"`` is not a BOOLEAN), no truncation (``3.9`` is not an INTEGER),
@@ -169,14 +198,14 @@ class ColumnType:
                 raise ValueError(f"a {self.name} value is a string (quote it), not {type(value).__name__} {value!r}")
             if "\x00" in value:
                 raise ValueError("text cannot hold the NUL character")
-            return self.coerce(value)
+            return self.stored(value) if self.family is Family.TEXT else self.coerce(value)
         if self.family is Family.JSON:
             parsed = self.coerce(value)
             json.dumps(parsed, allow_nan=False)  # ValueError for NaN and infinity, TypeError for the rest
             return parsed
         if self.family in (Family.TIMESTAMP, Family.TIMESTAMPTZ) and not isinstance(value, str | dt.datetime):
             raise ValueError(f"a {self.name} is an ISO 8601 string, not {type(value).__name__} {value!r}")
-        return self.coerce(value)
+        return self.stored(value) if self.family is Family.NUMERIC else self.coerce(value)
 
 
 #: Bits of the signed integer types, for the range of a plan's value (PostgreSQL docs, "Integer Types").

@@ -140,7 +140,8 @@ def read_schema(
     names = tables if tables is not None else inspector.get_table_names()
     from zdm.dialects import for_connection
 
-    schema = Schema(types=for_connection(connection).user_types(connection))
+    dialect = for_connection(connection)
+    schema = Schema(types=dialect.user_types(connection), type_limits=dialect.enforces_type_limits)
     for name in names:
         if name in INTERNAL_TABLES or name.startswith("_alembic_tmp_"):
             continue

@@ -34,7 +34,8 @@ class ModelError(ValueError):
 
 
 class ConstraintViolation(ModelError):
-    """A write the database must refuse: ``kind`` is "not null", "unique", "check" or "foreign key"."""
+    """A write the database must refuse: ``kind`` is "not null", "unique", "check", "foreign key" or
+    "value" (beyond the column type's limits)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -260,7 +261,7 @@ class Table:
 
     def _link_insert(self, link: Link, row: dict[str, Any]) -> None:
         a, b = self.column(link.a), self.column(link.b)
-        if row[b.name] == b.default_value():  # the writer left b out: it follows a
+        if same_value(row[b.name], b.default_value()):  # the writer left b out: it follows a
             row[b.name] = b.type.coerce(_apply(link.up, row[a.name]))
         elif link.down:  # the writer named b: only the new app knows it
             row[a.name] = a.type.coerce(_apply(link.down, row[b.name]))
@@ -268,9 +269,9 @@ class Table:
     def _link_update(self, link: Link, before: dict[str, Any], row: dict[str, Any]) -> None:
         a, b = self.column(link.a), self.column(link.b)
         up = b.type.coerce(_apply(link.up, row[a.name]))
-        if row[a.name] != before[a.name]:
+        if not same_value(row[a.name], before[a.name]):
             row[b.name] = up
-        elif link.down and row[b.name] != before[b.name] and row[b.name] != up:
+        elif link.down and not same_value(row[b.name], before[b.name]) and not same_value(row[b.name], up):
             row[a.name] = a.type.coerce(_apply(link.down, row[b.name]))
         elif link.fill_unreached and row[b.name] is None and row[a.name] is not None:
             row[b.name] = up  # a row the backfill has not reached: any write brings it up to date
@@ -340,6 +341,20 @@ def _default_text(column: Column) -> str | None:
     return repr(column.default_value())
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Equal, or both NaN: a NaN equals nothing, itself included, yet two NaNs hold the same (and both
+    databases take a NaN for a NaN: neither an update from NaN to NaN nor a row of NaN differs)."""
+    if a == b:
+        return True
+    nan = (float, decimal.Decimal)
+    return isinstance(a, nan) and isinstance(b, nan) and a != a and b != b
+
+
+def same_row(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Rows with the same columns and the same values (``same_value``)."""
+    return a.keys() == b.keys() and all(same_value(a[k], b[k]) for k in a)
+
+
 def _apply(function: Callable[[Any], Any], value: Any) -> Any:
     return None if value is None else function(value)
 
@@ -401,6 +416,10 @@ class Schema:
     memo: dict[str, Any] = field(default_factory=dict)
     #: The database's enum types by name, with their labels (PostgreSQL), for types declared by name.
     types: dict[str, ColumnType] = field(default_factory=dict)
+    #: The database refuses a value beyond its column type's limits (a text too long for VARCHAR(n),
+    #: a number out of NUMERIC(p,s)'s or INTEGER's range), as PostgreSQL does and SQLite does not
+    #: (``Dialect.enforces_type_limits``): app writes through the schema are then refused alike.
+    type_limits: bool = False
 
     def resolve(self, column_type: ColumnType) -> ColumnType:
         """``column_type`` with what the database knows of it: an enum declared by name gets its labels."""
@@ -454,8 +473,25 @@ class Schema:
         return copy.deepcopy(self)
 
     # -- app writes, with the foreign keys between tables ------------------------------------------
+    def within_limits(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` as the database stores them in ``table``'s columns; with ``type_limits``, a value
+        beyond its column type's limits raises ConstraintViolation ("value"), before any other rule
+        is checked (the database converts the values it is given first)."""
+        if not self.type_limits:
+            return values
+        target = self.table(table)
+        stored = dict(values)
+        for name, value in values.items():
+            if name in target.columns:
+                try:
+                    stored[name] = target.columns[name].type.stored(value)
+                except (TypeError, ValueError) as exc:
+                    raise ConstraintViolation("value", f"{target.name}.{name}: {exc}") from None
+        return stored
+
     def insert(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
         target = self.table(table)
+        values = self.within_limits(table, values)
         row = target.new_row(values)
         target.check_row(row, named=set(values))
         self._check_references(target, row)
@@ -464,6 +500,7 @@ class Schema:
 
     def update(self, table: str, key: dict[str, Any], values: dict[str, Any]) -> int:
         target = self.table(table)
+        values = self.within_limits(table, values)
         matched = 0
         for index, row in enumerate(list(target.rows)):
             if all(row.get(k) == v for k, v in key.items()):
@@ -478,6 +515,8 @@ class Schema:
     def upsert(self, table: str, values: dict[str, Any], update: dict[str, Any]) -> None:
         """INSERT ... ON CONFLICT (key) DO UPDATE SET ``update``."""
         target = self.table(table)
+        values = self.within_limits(table, values)
+        update = self.within_limits(table, update)
         key = {k: target.column(k).type.coerce(values[k]) for k in target.primary_key}
         # PostgreSQL and SQLite check the proposed row's NOT NULL and CHECKs before they look for a conflict.
         target.check_row(target.new_row(values), named=set(values), unique=False)

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from zdm import introspect
 from zdm.coltypes import Family, to_sa
 from zdm.db import sql_text
-from zdm.model import ColumnType, Schema, SqlDefault, Table
+from zdm.model import ColumnType, Schema, SqlDefault, Table, same_row
 
 
 def _server_default(column_type: ColumnType, default: Any) -> Any:
@@ -93,7 +93,8 @@ def differences(database: Schema, model: Schema, *, comments: bool = True) -> li
         if len(db_rows) != len(model_rows):
             found.append(f"{name}: database has {len(db_rows)} rows, model {len(model_rows)}")
         for db_row, model_row in zip(db_rows, model_rows, strict=False):
-            if db_row != model_row:
+            if not same_row(db_row, model_row):
                 found.append(f"{name} row: database {db_row} != model {model_row}")
                 break
     return found
+

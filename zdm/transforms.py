@@ -10,9 +10,11 @@ that no row holds a value in the old column and NULL in the new one, and names t
 
 from __future__ import annotations
 
+import datetime as dt
 import decimal
 import json
 import re
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -25,6 +27,9 @@ if TYPE_CHECKING:
     from zdm.coltypes import ColumnType
 
 INTEGER_TEXT = re.compile(r"\s*[-+]?[0-9]{1,18}\s*")
+#: The text PostgreSQL's uuid type reads: 32 hex digits, a hyphen allowed after any group of four,
+#: upper or lower case, the whole in braces or not (docs, "UUID Type").
+UUID_TEXT = re.compile(r"\{[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}\}|[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}")
 BIGINT_RANGE = (-(2**63), 2**63 - 1)
 
 
@@ -51,6 +56,48 @@ class SafeJson(FunctionElement[Any]):
 
     inherit_cache = True
     type = sa.JSON()
+
+
+class AtTimeZone(FunctionElement[Any]):
+    """``value AT TIME ZONE zone``: a TIMESTAMP read as wall-clock time in ``zone`` gives a TIMESTAMPTZ,
+    a TIMESTAMPTZ gives the wall-clock TIMESTAMP there. The zone is named, so the result does not
+    depend on the session that runs it (an app's trigger or zdm's backfill). PostgreSQL compiles it."""
+
+    inherit_cache = True
+
+    def __init__(self, value: ColumnElement[Any], zone: str, aware: bool) -> None:
+        super().__init__(value)
+        self.zone = zone
+        self.type = sa.DateTime(timezone=aware)
+
+
+#: Zones whose offset is always zero: a TIMESTAMP read there is read as UTC.
+UTC_ZONES = frozenset({"UTC", "Etc/UTC", "UCT", "Etc/UCT", "Universal", "Etc/Universal", "Zulu", "Etc/Zulu",
+                       "GMT", "Etc/GMT", "Etc/GMT0", "Etc/GMT+0", "Etc/GMT-0", "GMT0", "Greenwich", "Etc/Greenwich"})
+
+
+def local_to_utc(value: dt.datetime, zone: str) -> dt.datetime:
+    """A wall-clock time in ``zone`` as an aware UTC datetime, by PostgreSQL's rules for the times a
+    transition makes invalid or ambiguous: one in a gap (spring forward) takes the offset before the
+    transition, one that occurs twice (fall back) the offset after it (PostgreSQL docs, "Handling of
+    Invalid or Ambiguous Timestamps")."""
+    where = zoneinfo.ZoneInfo(zone)
+    first, second = value.replace(tzinfo=where, fold=0), value.replace(tzinfo=where, fold=1)
+    if first.utcoffset() == second.utcoffset():
+        return first.astimezone(dt.UTC)
+    exists = first.astimezone(dt.UTC).astimezone(where).replace(tzinfo=None) == value
+    return (second if exists else first).astimezone(dt.UTC)
+
+
+def utc_to_local(value: dt.datetime, zone: str) -> dt.datetime:
+    """An aware datetime as the wall-clock time (naive) in ``zone``."""
+    return value.astimezone(zoneinfo.ZoneInfo(zone)).replace(tzinfo=None)
+
+
+def at_time_zone(zone: str, aware: bool) -> Transform:
+    """TIMESTAMP -> TIMESTAMPTZ (``aware``) or back, the TIMESTAMP being wall-clock time in ``zone``."""
+    return Transform(f"at time zone {zone}", lambda c: AtTimeZone(c, zone, aware),
+                     (lambda v: local_to_utc(v, zone)) if aware else (lambda v: utc_to_local(v, zone)))
 
 
 def _integer(value: Any) -> int | None:
@@ -138,7 +185,9 @@ def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transfo
         if target.family in (Family.UUID, Family.ENUM):
             def coerce(value: Any) -> Any:
                 try:
-                    return target.coerce(str(value).strip() if target.family is Family.UUID else value)
+                    if target.family is Family.UUID and not UUID_TEXT.fullmatch(str(value)):
+                        return None  # Python's UUID() takes more (spaces, urn:uuid:) than PostgreSQL's uuid_in
+                    return target.coerce(value)
                 except (TypeError, ValueError):
                     return None
 
@@ -146,8 +195,11 @@ def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transfo
         elif target.family is Family.TEXT and source.family is not Family.TEXT:
             chosen = Transform("cast", lambda c: sa.cast(c, sa.Text), lambda v: str(v))
         elif target.family is Family.INTEGER and source.family is Family.NUMERIC:
-            chosen = Transform("cast", lambda c: sa.cast(sa.func.round(c), sa.BigInteger),
-                               lambda v: int(decimal.Decimal(v).quantize(1, decimal.ROUND_HALF_UP)))
+            # NaN, an infinity or a number beyond BIGINT has no integer: NULL, not a failed write
+            low, high = BIGINT_RANGE
+            chosen = Transform("cast", lambda c: sa.case((c.between(low, high),
+                                                          sa.cast(sa.func.round(c), sa.BigInteger))),
+                               _numeric_to_integer)
         elif target.family is Family.NUMERIC:
             chosen = Transform("cast", lambda c: c, lambda v: decimal.Decimal(v))
     if transform.name == "cast":
@@ -159,6 +211,13 @@ def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transfo
     if target.family is Family.NUMERIC and target.precision is not None:
         return _numeric(chosen, target.precision, target.scale or 0)
     return chosen
+
+
+def _numeric_to_integer(value: Any) -> int | None:
+    number = decimal.Decimal(value)
+    if not number.is_finite() or not BIGINT_RANGE[0] <= number <= BIGINT_RANGE[1]:
+        return None
+    return int(number.quantize(1, decimal.ROUND_HALF_UP))
 
 
 INTEGER_RANGES = {"SMALLINT": (-(2**15), 2**15 - 1), "INTEGER": (-(2**31), 2**31 - 1)}
@@ -200,7 +259,7 @@ def _numeric(transform: Transform, precision: int, scale: int) -> Transform:
         if converted is None:
             return None
         rounded = decimal.Decimal(converted).quantize(decimal.Decimal(1).scaleb(-scale), decimal.ROUND_HALF_UP)
-        return rounded if abs(rounded) < limit else None
+        return rounded if rounded.is_finite() and abs(rounded) < limit else None  # NaN is beyond any limit
 
     return replace(transform, sql=sql, python=python, identity=False)
 

@@ -248,6 +248,9 @@ class Dialect:
     judges_raw_sql = False
     #: A simple view takes writes as it is (else triggers make it writable, keyed by the primary key).
     updatable_views = False
+    #: A value beyond its column type's limits (longer than VARCHAR(n), out of NUMERIC(p,s)'s or
+    #: INTEGER's range) is refused; else it is stored as given (SQLite's type affinity).
+    enforces_type_limits = False
 
     def __init__(self, sa_dialect: SADialect) -> None:
         self.sa = sa_dialect
@@ -302,6 +305,10 @@ class Dialect:
             return f"zdm copies columns of type {column_type.name} but does not create them; pick another type"
         return None
 
+    def zone_problem(self, zone: str, connection: sa.Connection | None) -> str | None:
+        """Why this database cannot read times in the time zone ``zone`` (one line), or None."""
+        return None
+
     def literal(self, value: Any, column_type: ColumnType) -> str:
         """A Python value as a SQL literal of ``column_type`` (for DEFAULT clauses)."""
         if column_type.family is Family.JSON:  # SQLAlchemy renders no JSON literal; both databases read the text
@@ -319,6 +326,12 @@ class Dialect:
 
     def retype(self, table: str, column: str, new: ColumnType) -> list[Action]:
         """Give ``column`` the type ``new`` in place; only for pairs ``in_place_retype`` allows."""
+        raise NotImplementedError
+
+    def add_enum_value(self, enum: str, value: str, *, before: str | None = None,
+                       after: str | None = None) -> list[Action]:
+        """Add the label ``value`` to the enum type ``enum`` (``before`` or ``after`` a label, else
+        last), doing nothing when it is there already. Only where the database has enums."""
         raise NotImplementedError
 
     # -- reading the live schema ---------------------------------------------------------------

@@ -15,7 +15,7 @@ from zdm.actions import Action, Statement, statements
 from zdm.coltypes import ColumnType, Family
 from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, keeps_every_value, mentions, object_name
 from zdm.errors import ThrottleInvalid
-from zdm.transforms import SafeCast, SafeInteger, SafeJson, Transform
+from zdm.transforms import AtTimeZone, SafeCast, SafeInteger, SafeJson, Transform
 
 
 @compiles(SafeInteger, "postgresql")
@@ -38,6 +38,12 @@ def _safe_cast(element: SafeCast, compiler: Any, **kw: Any) -> str:
     value = compiler.process(next(iter(element.clauses)), **kw)
     target = compiler.dialect.type_compiler_instance.process(element.type)
     return f"zdm_try_cast({value}, CAST(NULL AS {target}))"
+
+
+@compiles(AtTimeZone, "postgresql")
+def _at_time_zone(element: AtTimeZone, compiler: Any, **kw: Any) -> str:
+    value = compiler.process(next(iter(element.clauses)), **kw)
+    return f"({value} AT TIME ZONE {compiler.render_literal_value(element.zone, sa.Text())})"
 
 
 #: Arbitrary but fixed: every zdm runner on a PostgreSQL database asks for this advisory lock.
@@ -70,6 +76,7 @@ class PostgresDialect(Dialect):
     unique_constraints = True
     judges_raw_sql = True
     updatable_views = True
+    enforces_type_limits = True
 
     def engine_url(self, url: sa.URL) -> sa.URL:
         return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
@@ -97,6 +104,14 @@ class PostgresDialect(Dialect):
             return f"zdm declares enums and domains by name, and {item.name} is neither"
         return None
 
+    def zone_problem(self, zone: str, connection: sa.Connection | None) -> str | None:
+        """The zone must be one of the server's (``pg_timezone_names``, read from its tz database)."""
+        if connection is None:
+            return None
+        known = connection.execute(sa.text("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = :z)"),
+                                   {"z": zone}).scalar()
+        return None if known else f"PostgreSQL has no time zone {zone!r}"
+
     def in_place_retype(self, old: ColumnType, new: ColumnType) -> str | None:
         """Metadata only, no rewrite and no scan, ACCESS EXCLUSIVE for an instant under the lock
         budget: the widening changes (``keeps_every_value``), and TIMESTAMP -> TIMESTAMPTZ with the
@@ -114,6 +129,21 @@ class PostgresDialect(Dialect):
 
         alter = Statement(self.sql(AlterType(table, column, self.column_type(new))))
         return [Statement("SET LOCAL TIME ZONE 'UTC'"), alter] if new.family is Family.TIMESTAMPTZ else [alter]
+
+    def add_enum_value(self, enum: str, value: str, *, before: str | None = None,
+                       after: str | None = None) -> list[Action]:
+        """``ALTER TYPE ... ADD VALUE IF NOT EXISTS``: a step of its own outside a transaction (before
+        PostgreSQL 12 it cannot run in a transaction block; from 12 the label is unusable until the
+        transaction that added it commits). No compensation exists: PostgreSQL cannot drop a label."""
+        from zdm.coltypes import NamedType
+
+        def label(text: str) -> str:
+            return self.sql(sa.literal(text, sa.Text()))
+
+        where = f" BEFORE {label(before)}" if before is not None else f" AFTER {label(after)}" if after is not None \
+            else ""
+        name = NamedType(enum).compile(dialect=self.sa)
+        return [Statement(f"ALTER TYPE {name} ADD VALUE IF NOT EXISTS {label(value)}{where}")]
 
     # -- reading the live schema ---------------------------------------------------------------
     def user_types(self, connection: sa.Connection) -> dict[str, ColumnType]:

@@ -257,10 +257,14 @@ class SQLiteDialect(Dialect):
                 f"WHEN {old_b} IS NULL AND {new_b} IS NULL AND {new_a} IS NOT NULL AND {new_a} IS {old_a} "
                 f"BEGIN UPDATE {table} SET {q(sync.b)} = {up} WHERE {row}; END"
             )
+        # The UPDATEs of a above (b written: a follows down(b)) fire the trigger of a in turn; where up(down(b))
+        # is not b (a text ' 12' back from INTEGER 12, a NUMERIC rounded), it would overwrite the b just
+        # written. Such a cascade leaves a exactly down(b): the trigger of a skips it.
+        from_b = f" AND {new_a} IS NOT {self.expr(sync.down, new_b)}" if sync.down is not None else ""
         create = [
             f"CREATE TRIGGER {names['ins']} AFTER INSERT ON {table} BEGIN {' '.join(insert_body)} END",
             f"CREATE TRIGGER {names['a']} AFTER UPDATE OF {q(sync.a)} ON {table} "
-            f"WHEN {new_a} IS NOT {old_a} AND {new_b} IS NOT {up} "
+            f"WHEN {new_a} IS NOT {old_a} AND {new_b} IS NOT {up}{from_b} "
             f"BEGIN UPDATE {table} SET {q(sync.b)} = {up} WHERE {row}; END",
             *create_b,
         ]

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from zdm.operations.add_check import AddCheck
 from zdm.operations.add_column import AddColumn
+from zdm.operations.add_enum_value import AddEnumValue
 from zdm.operations.add_foreign_key import AddForeignKey
 from zdm.operations.add_primary_key import AddPrimaryKey
 from zdm.operations.add_unique import AddUnique
@@ -30,12 +31,12 @@ from zdm.operations.sql import RawSql
 CATALOGUE = (
     AddColumn, RenameColumn, AlterColumn, DropColumn, SetNotNull, DropNotNull, SetDefault, DropDefault,
     AddCheck, AddUnique, AddForeignKey, AddPrimaryKey, DropConstraint, CreateIndex, DropIndex,
-    CreateTable, DropTable, RenameTable, RawSql,
+    CreateTable, DropTable, RenameTable, AddEnumValue, RawSql,
 )
 AnyOperation = Annotated[
     AddColumn | RenameColumn | AlterColumn | DropColumn | SetNotNull | DropNotNull | SetDefault | DropDefault
     | AddCheck | AddUnique | AddForeignKey | AddPrimaryKey | DropConstraint | CreateIndex | DropIndex
-    | CreateTable | DropTable | RenameTable | RawSql,
+    | CreateTable | DropTable | RenameTable | AddEnumValue | RawSql,
     Field(discriminator="op"),
 ]
 

@@ -20,6 +20,7 @@ every column whose foreign key points at it go the same path together.
 
 from __future__ import annotations
 
+import zoneinfo
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -52,7 +53,7 @@ FAMILY_TRANSFORMS: dict[tuple[Family, Family], tuple[str, str]] = {
     (Family.INTEGER, Family.NUMERIC): ("cast", "cast"), (Family.NUMERIC, Family.INTEGER): ("cast", "cast"),
     (Family.TEXT, Family.UUID): ("cast", "cast"), (Family.UUID, Family.TEXT): ("cast", "cast"),
     (Family.TEXT, Family.ENUM): ("cast", "cast"), (Family.ENUM, Family.TEXT): ("cast", "cast"),
-    # read and written in the session's time zone, which zdm's sessions keep at UTC
+    # (AlterColumn.up/down read the TIMESTAMP in a named zone, UTC unless `zone` says otherwise)
     (Family.TIMESTAMP, Family.TIMESTAMPTZ): ("cast", "cast"), (Family.TIMESTAMPTZ, Family.TIMESTAMP): ("cast", "cast"),
 }
 
@@ -73,6 +74,9 @@ class AlterColumn(DualColumn):
     new_name: Identifier | None = None
     #: The column's default after complete (the old one rarely fits the new type).
     default: Any = None
+    #: TIMESTAMP <-> TIMESTAMPTZ: the time zone whose wall-clock time the TIMESTAMP holds (an IANA
+    #: name such as Europe/Paris; default UTC). Outside UTC the change takes the dual-column path.
+    zone: str | None = None
 
     @model_validator(mode="after")
     def _known(self) -> AlterColumn:
@@ -82,11 +86,19 @@ class AlterColumn(DualColumn):
         if not self.type.declared:
             raise ValueError(f"zdm copies columns of type {self.type.name} but does not create them; "
                              "pick another type")
+        if self.zone is not None:
+            try:
+                zoneinfo.ZoneInfo(self.zone)
+            except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+                raise ValueError(f"unknown time zone {self.zone!r} (an IANA name such as Europe/Paris)") from None
+            if self.up_transform or self.down_transform:
+                raise ValueError("give `zone` or up_transform/down_transform, not both")
         return self
 
     def describe(self) -> str:
         renamed = f" as {self.new_name}" if self.new_name else ""
-        return f"change {self.table}.{self.column} to {self.type.value}{renamed}"
+        zone = f" (TIMESTAMP in {self.zone})" if self.zone else ""
+        return f"change {self.table}.{self.column} to {self.type.value}{renamed}{zone}"
 
     @property
     def shadow(self) -> str:
@@ -131,6 +143,8 @@ class AlterColumn(DualColumn):
 
         if problems := type_problems(c, self.type):
             return problems
+        if self.zone is not None and (problem := c.dialect.zone_problem(self.zone, c.connection)):
+            return [problem]
         if self._widens_key(c.schema):
             return widen_key.check_live(self, c)
         return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().check_live(c)
@@ -162,8 +176,10 @@ class AlterColumn(DualColumn):
         if errors := super().check(schema):
             return errors
         old = schema.table(self.table).column(self.column).type
-        if old is self.type and not self.new_name:
+        if old == self.type and not self.new_name:  # by value: a parsed type is a new object
             return [f"{self.table}.{self.column} is already {self.type.value}"]
+        if self.zone is not None and self._zoned(old) is None:
+            return [f"`zone` is for a change between TIMESTAMP and TIMESTAMPTZ, not {old.value} -> {self.type.value}"]
         if default_transforms(old, self.type) is None and None in (self.up_transform, self.down_transform) \
                 and old != self.type:
             return [f"no default conversion from {old.value} to {self.type.value}: give up_transform and "
@@ -177,13 +193,24 @@ class AlterColumn(DualColumn):
                     "give `default`"]
         return []
 
+    def _zoned(self, old: ColumnType) -> bool | None:
+        """For TIMESTAMP -> TIMESTAMPTZ True, for the way back False (the new type is aware), else None."""
+        families = (old.family, self.type.family)
+        if families == (Family.TIMESTAMP, Family.TIMESTAMPTZ):
+            return True
+        return False if families == (Family.TIMESTAMPTZ, Family.TIMESTAMP) else None
+
     def up(self, schema: Schema) -> Transform:
-        chosen = transforms.get(self._pair(schema.table(self.table).column(self.column).type)[0])
         old = schema.table(self.table).column(self.column).type
+        if not (self.up_transform or self.down_transform) and (aware := self._zoned(old)) is not None:
+            return transforms.at_time_zone(self.zone or "UTC", aware)  # in a named zone, whatever the session's
+        chosen = transforms.get(self._pair(old)[0])
         return transforms.fit(chosen, schema.resolve(old), schema.resolve(self.type))
 
     def down(self, schema: Schema) -> Transform:
         old = schema.table(self.table).column(self.column).type
+        if not (self.up_transform or self.down_transform) and (aware := self._zoned(old)) is not None:
+            return transforms.at_time_zone(self.zone or "UTC", not aware)
         chosen = transforms.get(self._pair(old)[1])
         return transforms.fit(chosen, schema.resolve(self.type), schema.resolve(old))
 

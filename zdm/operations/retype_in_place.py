@@ -11,8 +11,8 @@ contract ALTER COLUMN ... TYPE (PostgreSQL), a rebuild with the new declared typ
          type takes over at complete, as on the dual-column path without ``new_name``; a rollback
          before it has nothing to undo.
 
-A change with ``new_name``, a named ``up``/``down`` transform, or a pair the dialect does not
-allow takes the dual-column path (operations/dual_column.py).
+A change with ``new_name``, a named ``up``/``down`` transform, a TIMESTAMP whose ``zone`` is not
+UTC, or a pair the dialect does not allow takes the dual-column path (operations/dual_column.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from zdm.dialects import Dialect
 from zdm.model import Schema
 from zdm.operations.base import Compiler
 from zdm.plan import MigrationStep, Phase
+from zdm.transforms import UTC_ZONES
 
 if TYPE_CHECKING:
     from zdm.operations.alter_column import AlterColumn
@@ -32,6 +33,8 @@ def reason(operation: AlterColumn, schema: Schema, dialect: Dialect) -> str | No
     """Why ``operation`` runs in place on ``dialect`` (a phrase ``zdm plan`` shows), or None."""
     if operation.new_name or operation.up_transform or operation.down_transform:
         return None
+    if operation.zone is not None and operation.zone not in UTC_ZONES:
+        return None  # TIMESTAMP values of another zone: each value changes, the dual-column path
     old = schema.table(operation.table).column(operation.column).type
     return dialect.in_place_retype(old, operation.type)
 
