@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from zdm import transforms
 from zdm.dialects import Dialect
@@ -63,6 +63,8 @@ def default_transforms(old: ColumnType, new: ColumnType) -> tuple[str, str] | No
 
 
 class AlterColumn(DualColumn):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     op: Literal["alter_column"] = "alter_column"
     column: Identifier
     type: ColumnType
@@ -73,12 +75,19 @@ class AlterColumn(DualColumn):
     new_name: Identifier | None = None
     #: The column's default after complete (the old one rarely fits the new type).
     default: Any = None
+    #: ``up`` in a plan: a PostgreSQL expression giving a primary key's new value when it changes to
+    #: UUID (``gen_random_uuid()``, ``md5(id::text)::uuid``); see zdm.operations.widen_key.
+    up_sql: str | None = Field(None, alias="up")
 
     @model_validator(mode="after")
     def _known(self) -> AlterColumn:
         for name in (self.up_transform, self.down_transform):
             if name is not None:
                 transforms.get(name)
+        if self.up_sql is not None:
+            from zdm.operations.add_check import one_expression
+
+            one_expression(self.up_sql)
         if not self.type.declared:
             raise ValueError(f"zdm copies columns of type {self.type.name} but does not create them; "
                              "pick another type")
@@ -161,6 +170,8 @@ class AlterColumn(DualColumn):
             return widen_key.check(self, schema)
         if errors := super().check(schema):
             return errors
+        if self.up_sql is not None and not self.carries_key:
+            return [f"{self.table}.{self.column}: `up` is for a primary key changed to UUID; give up_transform here"]
         old = schema.table(self.table).column(self.column).type
         if old is self.type and not self.new_name:
             return [f"{self.table}.{self.column} is already {self.type.value}"]

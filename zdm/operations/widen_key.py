@@ -35,20 +35,35 @@ The new column is physically last: PostgreSQL cannot reorder columns without a r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
+from zdm import transforms
 from zdm.actions import Action
-from zdm.dialects import Dialect, object_name
-from zdm.model import ColumnType, Schema
+from zdm.coltypes import Family, to_sa
+from zdm.dialects import ColumnFacts, Dialect, object_name
+from zdm.model import ColumnType, Schema, SqlDefault
 from zdm.operations.alter_column import AlterColumn
 from zdm.operations.base import Compiler
+from zdm.operations.dual_column import DualColumn
 from zdm.plan import MigrationStep, Phase
+from zdm.sqltree import condition_columns
+from zdm.transforms import Transform
 
 if TYPE_CHECKING:
     from zdm.operations.dual_column import ConstraintCopy
 
 #: (from, to) that a key may take: what keeps every existing value and every foreign key valid.
 WIDENINGS = {(ColumnType.INTEGER, ColumnType.BIGINT)}
+#: Keys that may become UUID through the plan's ``up`` expression.
+TO_UUID = {ColumnType.INTEGER, ColumnType.BIGINT}
+
+
+def to_uuid(op: AlterColumn) -> bool:
+    """Whether ``op`` changes the key's values (to UUID through ``up``), not only its width."""
+    return op.type.family is Family.UUID
 
 
 def is_key(op: AlterColumn, schema: Schema) -> bool:
@@ -64,6 +79,35 @@ class KeyColumn(AlterColumn):
     @property
     def carries_key(self) -> bool:
         return True
+
+    def up(self, schema: Schema) -> Transform:
+        if self.up_sql is None:
+            return super().up(schema)
+        return transforms.expression(self.up_sql, self.column, to_sa(self.type))
+
+    def _generates(self) -> bool:
+        """``up`` names no column (``gen_random_uuid()``): after complete it is the key's default."""
+        return self.up_sql is not None and not condition_columns(self.up_sql)
+
+    def final_default(self, c: Compiler) -> str | None:
+        if not to_uuid(self):
+            return super().final_default(c)
+        return self.up_sql if self._generates() else None
+
+    def final_model_default(self, schema: Schema) -> Any:
+        if not to_uuid(self):
+            return super().final_model_default(schema)
+        return SqlDefault(str(self.up_sql)) if self._generates() else None
+
+    def check(self, schema: Schema) -> list[str]:
+        # To UUID the values come from ``up`` (widen_key.check judged it), not from a conversion.
+        return DualColumn.check(self, schema) if to_uuid(self) else super().check(schema)
+
+    def swap_facts(self, c: Compiler) -> ColumnFacts:
+        """What the swap carries: to UUID, not the sequence or identity (dropped with the old column:
+        numbers do not fit a UUID key; rollback before complete keeps them)."""
+        facts = self._facts(c)
+        return dataclasses.replace(facts, sequence=None, identity=None) if to_uuid(self) else facts
 
     def pk_index(self, c: Compiler) -> str:
         """The unique index on the new column that becomes the primary key at contract."""
@@ -93,10 +137,46 @@ class KeyColumn(AlterColumn):
 
 
 class ReferencingColumn(AlterColumn):
-    """A column of another table whose foreign key points at the key: widened alongside it."""
+    """A column of another table whose foreign key points at the key: widened alongside it.
+
+    To UUID its new column takes the parent's new key of the row it refers to, read from the parent
+    (a join), never ``up`` applied on its own: ``gen_random_uuid()`` would give the child another
+    value than its parent, and even a deterministic ``up`` would have to be trusted to be one. The
+    parent's backfill runs first; a child row written while its parent had no new key yet is filled
+    by the child's backfill (or by its next write), and the check before contract names any left.
+    """
 
     #: The foreign keys to the widened key, which the key's copies replace.
     to_key: tuple[str, ...] = ()
+    #: The key's table, column and new column (the join's other side), for a change to UUID.
+    ref_table: str = ""
+    ref_column: str = ""
+    ref_shadow: str = ""
+
+    def up(self, schema: Schema) -> Transform:
+        if not to_uuid(self):
+            return super().up(schema)
+        parent = sa.table(self.ref_table, sa.column(self.ref_column), sa.column(self.ref_shadow)).alias("zdm_ref")
+        target = to_sa(self.type)
+
+        def sql(reference: Any) -> Any:
+            found = sa.select(parent.c[self.ref_shadow]).where(parent.c[self.ref_column] == reference)
+            return sa.cast(found.scalar_subquery(), target)
+
+        def python(value: Any) -> Any:
+            rows = schema.table(self.ref_table).rows
+            return next((row[self.ref_shadow] for row in rows if row[self.ref_column] == value), None)
+
+        return Transform(f"the new key of {self.ref_table}", sql, python)
+
+    def check(self, schema: Schema) -> list[str]:
+        return DualColumn.check(self, schema) if to_uuid(self) else super().check(schema)
+
+    def backfill_source(self, c: Compiler) -> Any:
+        if not to_uuid(self):
+            return super().backfill_source(c)
+        # Qualified: the join's subquery reads the parent, which may have a column of the same name.
+        return sa.literal_column(f"{c.dialect.quote(self.table)}.{c.dialect.quote(self.column)}")
 
     def _constraint_copies(self, c: Compiler) -> list[ConstraintCopy]:
         return [copy for copy in super()._constraint_copies(c) if copy.final not in self.to_key]
@@ -119,7 +199,8 @@ def referencing(op: AlterColumn, schema: Schema) -> list[tuple[ReferencingColumn
                 found.setdefault((child.name, fk.columns[0]), []).append(name)
     result = []
     for (table, column), names in sorted(found.items()):
-        part = ReferencingColumn(table=table, column=column, type=op.type, to_key=tuple(names))
+        part = ReferencingColumn(table=table, column=column, type=op.type, to_key=tuple(names), ref_table=op.table,
+                                 ref_column=op.column, ref_shadow=op.shadow)
         result += [(part, name) for name in names]
     return result
 
@@ -142,12 +223,28 @@ def check(op: AlterColumn, schema: Schema) -> list[str]:
     if len(table.primary_key) > 1:
         return [f"{what} is part of the composite primary key {tuple(table.primary_key)}; zdm widens a "
                 "single-column key only"]
-    if (old, op.type) not in WIDENINGS:
-        return [f"{what} is the primary key; zdm changes a key from INTEGER to BIGINT only, not from "
-                f"{old.value} to {op.type.value}"]
-    if op.new_name or op.up_transform or op.down_transform or op.default is not None:
+    if to_uuid(op) and old in TO_UUID:
+        if op.new_name or op.up_transform or op.down_transform or op.default is not None:
+            return [f"{what} is the primary key: changing it to UUID keeps its name; `up` gives the new values "
+                    "(drop new_name, up_transform, down_transform and default)"]
+        if op.up_sql is None:
+            return [f"{what} is the primary key: changing it to UUID needs `up`, an expression giving each row's "
+                    "new key (gen_random_uuid(), md5(id::text)::uuid)"]
+        if others := condition_columns(op.up_sql) - {op.column}:
+            return [f"{what}: `up` may read {op.column} only, not {', '.join(sorted(others))}"]
+        for other in schema.tables.values():
+            for name, condition in other.checks.items():
+                named = condition_columns(condition)
+                fks = [fk for fk in other.foreign_keys.values() if fk.ref_table == op.table]
+                if (other.name == op.table and op.column in named) or any(set(fk.columns) & named for fk in fks):
+                    return [f"CHECK {name} of {other.name} reads a column that becomes UUID: drop it before this "
+                            "change and add it again after complete"]
+    elif (old, op.type) not in WIDENINGS:
+        return [f"{what} is the primary key; zdm changes a key from INTEGER to BIGINT, or from INTEGER or BIGINT "
+                f"to UUID with `up`, not from {old.value} to {op.type.value}"]
+    elif op.new_name or op.up_transform or op.down_transform or op.default is not None or op.up_sql:
         return [f"{what} is the primary key: widening it keeps its name, values and default "
-                "(drop new_name, up_transform, down_transform and default)"]
+                "(drop new_name, up_transform, down_transform, up and default)"]
     for other in schema.tables.values():
         for name, fk in other.foreign_keys.items():
             if fk.ref_table != op.table or op.column not in fk.ref_columns:
@@ -240,7 +337,7 @@ def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
 def _swap(part: AlterColumn, c: Compiler) -> list[Action]:
     """The part's old column goes; its new one takes its place (see DualColumn._contract_swap)."""
     d = c.dialect
-    facts = part._facts(c)
+    facts = part.swap_facts(c)
     not_null = d.refuse_nulls(part._sync_name(c), part.table, part.shadow) if facts.not_null else None
     return [*part._drop_triggers(c), *d.replace_column(
         part.table, part.column, part.shadow, part.final_name, facts, default=part.final_default(c),
@@ -262,7 +359,7 @@ def contract(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
         forward += _swap(child, c)
     forward += _swap(key, c)
     forward += d.primary_key_using_index(op.table, key.pk_name(c), key.pk_index(c), [op.column])
-    facts = key._facts(c)
+    facts = key.swap_facts(c)
     if facts.sequence and not facts.identity:
         forward += d.widen_sequence(facts.sequence, d.column_type(op.type))
     names = ", ".join(f"{child.table}.{child.column}" for child in children)
