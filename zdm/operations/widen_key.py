@@ -109,6 +109,19 @@ class KeyColumn(AlterColumn):
         facts = self._facts(c)
         return dataclasses.replace(facts, sequence=None, identity=None) if to_uuid(self) else facts
 
+    def key_columns(self, c: Compiler) -> list[str]:
+        """The primary key's columns in its own order (a composite key's, read from the catalog)."""
+        if c.connection is not None:
+            found = sa.inspect(c.connection).get_pk_constraint(self.table).get("constrained_columns")
+            if found:
+                return list(found)
+        return c.schema.table(self.table).primary_key
+
+    def future_key(self, c: Compiler) -> list[str]:
+        """The columns of the unique index that becomes the primary key: the key's, in its order, with
+        the new column in the old one's place."""
+        return [self.shadow if name == self.column else name for name in self.key_columns(c)]
+
     def pk_index(self, c: Compiler) -> str:
         """The unique index on the new column that becomes the primary key at contract."""
         return object_name("zdm_pk", self.sync_name(c.plan_id, self.column))
@@ -211,7 +224,10 @@ def parts(op: AlterColumn, schema: Schema, dialect: Dialect) -> tuple[KeyColumn 
     children: dict[tuple[str, str], ReferencingColumn] = {}
     for child, _name in referencing(op, schema):
         children[(child.table, child.column)] = child
-    return (None if dialect.wide_integer_keys else key_column(op)), list(children.values())
+    # SQLite: a single INTEGER PRIMARY KEY is the rowid, 64-bit already; a column of a composite key is
+    # not, and takes its type by a rebuild like any column.
+    rowid = dialect.wide_integer_keys and len(schema.table(op.table).primary_key) == 1
+    return (None if rowid else key_column(op)), list(children.values())
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -220,9 +236,9 @@ def check(op: AlterColumn, schema: Schema) -> list[str]:
     table = schema.table(op.table)
     what = f"{op.table}.{op.column}"
     old = table.column(op.column).type
-    if len(table.primary_key) > 1:
-        return [f"{what} is part of the composite primary key {tuple(table.primary_key)}; zdm widens a "
-                "single-column key only"]
+    if len(table.primary_key) > 1 and (to_uuid(op) or (old, op.type) not in WIDENINGS):
+        return [f"{what} is part of the composite primary key {tuple(table.primary_key)}; zdm widens one of its "
+                "columns from INTEGER to BIGINT, and changes a single-column key only to UUID"]
     if to_uuid(op) and old in TO_UUID:
         if op.new_name or op.up_transform or op.down_transform or op.default is not None:
             return [f"{what} is the primary key: changing it to UUID keeps its name; `up` gives the new values "
@@ -320,14 +336,14 @@ def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     """Backfills, the future key's unique index, then the new columns' rules NOT VALID and validated."""
     d = c.dialect
     key, children = parts(op, c.schema, d)
-    if key is None:  # each referencing column by the dialect's own type change
-        return [step for child in children for step in child.migrate(c)]
+    if key is None or d.retypes_in_place:  # each column by the dialect's own type change
+        return [step for part in [*children, *([key] if key else [])] for step in part.migrate(c)]
     steps = key.migrate(c)
     for child in children:
         steps += child.migrate(c)
     steps.append(MigrationStep(
         MIGRATING, f"unique index {key.pk_index(c)} on {op.table}.{key.shadow}, the future primary key",
-        forward=d.create_index(key.pk_index(c), op.table, [key.shadow], unique=True),
+        forward=d.create_index(key.pk_index(c), op.table, key.future_key(c), unique=True),
         compensate=d.drop_index(key.pk_index(c), op.table), transactional=not d.concurrent_indexes))
     for part in [*children, key]:  # the key's copies are the foreign keys, which need the children's columns
         steps += _rules(part, key, c)
@@ -351,14 +367,14 @@ def contract(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     the new column through its index; the sequence widened."""
     d = c.dialect
     key, children = parts(op, c.schema, d)
-    if key is None:
-        return [step for child in children for step in child.contract(c)]
+    if key is None or d.retypes_in_place:  # SQLite: a composite key's column, too, by a rebuild
+        return [step for part in [*children, *([key] if key else [])] for step in part.contract(c)]
     # The table first, then those that refer to it: the order apps lock them in.
     forward = d.lock_tables([op.table, *dict.fromkeys(child.table for child in children)], exclusive=True)
     for child in children:
         forward += _swap(child, c)
     forward += _swap(key, c)
-    forward += d.primary_key_using_index(op.table, key.pk_name(c), key.pk_index(c), [op.column])
+    forward += d.primary_key_using_index(op.table, key.pk_name(c), key.pk_index(c), key.key_columns(c))
     facts = key.swap_facts(c)
     if facts.sequence and not facts.identity:
         forward += d.widen_sequence(facts.sequence, d.column_type(op.type))
