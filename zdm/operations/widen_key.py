@@ -282,9 +282,10 @@ def check(op: AlterColumn, schema: Schema) -> list[str]:
 
 def check_live(op: AlterColumn, c: Compiler) -> list[str]:
     key, children = parts(op, c.schema, c.dialect)
-    if c.connection is None and key is not None:  # the foreign keys' definitions come from the catalog
-        return [f"{op.table}.{op.column} is the primary key: widening it reads the live catalog (the foreign keys "
-                "that point at it); run zdm against the database instead of offline"]
+    if c.connection is None:  # the referencing tables and their foreign keys come from the catalog
+        return [f"{op.table}.{op.column} is the primary key: changing it reads the live catalog (the tables whose "
+                "foreign keys point at it, the sequence, the constraints' definitions), which an offline (--sql) "
+                "run does not have; run zdm against the database instead of offline"]
     errors = [] if key is None else key.check_live(c)
     for child in children:
         errors += child.check_live(c)
