@@ -99,8 +99,3 @@ def substitute_column(sql: str, column: str, reference: str) -> str:
             found.fields = replacement.fields
     return render(tree)
 
-
-def function_names(sql: str) -> set[str]:
-    """The names of the functions an expression calls (the last part of a qualified name)."""
-    called: Any = [found for found in walk(expression(sql)) if isinstance(found, ast.FuncCall)]
-    return {str(found.funcname[-1].sval) for found in called}

@@ -1,4 +1,4 @@
-"""alter_column on a primary key: widen it (INTEGER -> BIGINT) with the foreign keys that point at it.
+"""alter_column on a primary key: widen it (INTEGER -> BIGINT) or make it a UUID, with the foreign keys to it.
 
 An ``integer`` key running out of values is the change teams fear most: the textbook
 ``ALTER TABLE orders ALTER COLUMN id TYPE bigint`` rewrites the table, its indexes and every
@@ -22,6 +22,15 @@ contract one brief transaction: each referencing table's old column goes (its ol
          from the old one's value), the default and the column's name.
 rollback the compensations, newest first: foreign key copies, checks, index, triggers and new
          columns dropped; the old key, its sequence and the old foreign keys were never touched.
+
+To UUID (PostgreSQL, ``up`` an expression over the key: ``gen_random_uuid()``, ``md5(id::text)::uuid``)
+the same path, with values: the key's trigger and backfill compute ``up``; each referencing column's
+take the parent's new key by a join (ReferencingColumn), the parent's backfill first; the sequence
+or identity goes with the old column, and an ``up`` that reads no column becomes the default.
+
+One column of a composite key widens the same way; the future key's unique index keeps the key's
+column order. Offline (Alembic ``--sql``) any key change is refused: the referencing tables and the
+constraints' definitions are in the live catalog only.
 
 On SQLite an ``INTEGER PRIMARY KEY`` is the rowid, already 64-bit, and stays declared INTEGER
 (``BIGINT PRIMARY KEY`` would not be the rowid: no automatic ids, no AUTOINCREMENT); only the
