@@ -335,9 +335,12 @@ def _rules(part: AlterColumn, key: KeyColumn, c: Compiler) -> list[MigrationStep
     steps = []
     for what, lock, add, validate, drop in rules:
         # A leftover of an earlier try goes first (the add may run again after a kill), after the locks.
-        steps.append(MigrationStep(MIGRATING, f"{what} (NOT VALID)", forward=[*lock, *drop, *add], compensate=drop))
-        if validate:  # outside a transaction: never in one with the brief lock of an ADD
-            steps.append(MigrationStep(MIGRATING, f"validate {what}", forward=validate, compensate=drop,
+        # Undone in a transaction too, the tables locked in the same order: dropping a foreign key locks
+        # the referencing table before the referenced one, the reverse of the apps, which deadlocks.
+        steps.append(MigrationStep(MIGRATING, f"{what} (NOT VALID)", forward=[*lock, *drop, *add],
+                                   compensate=[*lock, *drop]))
+        if validate:  # outside a transaction: never in one with the brief lock of an ADD; the step above undoes both
+            steps.append(MigrationStep(MIGRATING, f"validate {what}", forward=validate, compensate=[],
                                        transactional=False))
     return steps
 
