@@ -218,6 +218,9 @@ def test_uuid_key_reads_as_created_uuid(zdm_postgres_url: str, zdm_postgres_serv
      "widening it keeps its name, values and default"),
     ("CREATE TABLE orders (id integer PRIMARY KEY, n integer)", {"column": "n", "type": "BIGINT", "up": "n"},
      "orders.n: `up` is for a primary key changed to UUID"),
+    ("CREATE TABLE orders (id integer PRIMARY KEY); CREATE TABLE items (id integer PRIMARY KEY, "
+     "order_id integer REFERENCES orders DEFERRABLE INITIALLY DEFERRED)", {"up": "gen_random_uuid()"},
+     "foreign key items_order_id_fkey of items is DEFERRABLE: a row written before the orders row"),
 ])
 def test_what_cannot_become_uuid_is_refused(zdm_postgres_url: str, ddl: str, operation: dict[str, Any],
                                             message: str) -> None:

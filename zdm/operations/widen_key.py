@@ -298,6 +298,12 @@ def check_live(op: AlterColumn, c: Compiler) -> list[str]:
     errors = [] if key is None else key.check_live(c)
     for child in children:
         errors += child.check_live(c)
+    if key is not None and to_uuid(op):
+        for table, name, definition in key._facts(c).referenced_by:
+            # A child written before its parent (the check deferred to commit) would find no new key to copy.
+            if " DEFERRABLE" in definition.upper() and "NOT DEFERRABLE" not in definition.upper():
+                errors.append(f"foreign key {name} of {table} is DEFERRABLE: a row written before the {op.table} row "
+                              f"it refers to would find no new key to take; make it NOT DEFERRABLE before this change")
     return errors
 
 
