@@ -485,3 +485,23 @@ def test_ordinary_ops_after_a_zdm_op_are_retried_by_a_rerun(zdm_database_url: st
     upgrade(url, "head", scripts=scripts)
     assert {"nick", "email", "email_address"} <= set(shape(url))
     assert_agree(url, "0002_mixed", "MIGRATING", scripts)
+
+
+@pytest.mark.parametrize("change", [
+    '"BIGINT"', '"UUID", up="gen_random_uuid()"'], ids=["bigint", "uuid"])
+def test_offline_refuses_to_change_a_primary_key(zdm_database_url: str, tmp_path: Path, change: str) -> None:
+    """Offline (--sql) zdm cannot see the tables whose foreign keys point at the key (nor the sequence
+    and the constraints' definitions): a key change is refused with one clear line, nothing printed for it."""
+    if "UUID" in change and zdm_database_url.startswith("sqlite"):
+        pytest.skip("SQLite has no UUID (refused online and offline alike)")
+    scripts = _project(tmp_path, _revision(
+        "0002_widen", f'op.zdm_alter_column("users", "id", {change}, existing_type=sa.Integer(), '
+        'existing_nullable=False, existing_primary_key=["id"])'))
+    out = io.StringIO()
+    with pytest.raises(Exception, match=r"users\.id is the primary key: changing it reads the live catalog .* "
+                                        r"run zdm against the database instead of offline") as caught:
+        alembic.command.upgrade(config(zdm_database_url, out=out, scripts=scripts), "0001_create_users:head",
+                                sql=True)
+    assert "\n" not in str(caught.value).strip()
+    assert "id_zdm_new" not in out.getvalue()
+    assert tables(zdm_database_url) == set()  # offline never touches the database

@@ -206,13 +206,15 @@ def _compare_with_created_bigint(engine: sa.Engine, reference: sa.Engine, narrow
 
 
 @pytest.mark.parametrize(("ddl", "operation", "message"), [
-    ("CREATE TABLE orders (id integer, region integer, PRIMARY KEY (id, region))", {},
-     "orders.id is part of the composite primary key ('id', 'region'); zdm widens a single-column key only"),
+    ("CREATE TABLE orders (id integer, region integer, PRIMARY KEY (id, region))", {"type": "TEXT"},
+     "orders.id is part of the composite primary key ('id', 'region'); zdm widens one of its columns from "
+     "INTEGER to BIGINT"),
     ("CREATE TABLE orders (id integer PRIMARY KEY)", {"type": "TEXT"},
-     "orders.id is the primary key; zdm changes a key from INTEGER to BIGINT only, not from INTEGER to TEXT"),
+     "orders.id is the primary key; zdm changes a key from INTEGER to BIGINT, or from INTEGER or BIGINT to UUID "
+     "with `up`, not from INTEGER to TEXT"),
     ("CREATE TABLE orders (id integer PRIMARY KEY)", {"new_name": "order_id"},
      "orders.id is the primary key: widening it keeps its name, values and default (drop new_name, "
-     "up_transform, down_transform and default)"),
+     "up_transform, down_transform, up and default)"),
     ("CREATE TABLE orders (id integer PRIMARY KEY, parent integer REFERENCES orders (id))", {},
      "of orders refers to its own key; zdm does not widen a self-referencing key"),
 ])
@@ -389,4 +391,5 @@ def test_zdm_plan_names_each_referencing_column_and_refusals_exit_2(zdm_database
     refused.write_text("id: refused\noperations:\n  - {op: alter_column, table: orders, column: id, type: TEXT}\n")
     result = CliRunner().invoke(main, ["start", str(refused), "--db", zdm_database_url])
     assert result.exit_code == 2
-    assert result.stderr.strip().count("\n") == 0 and "from INTEGER to BIGINT only" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "from INTEGER to BIGINT, or from INTEGER or BIGINT to UUID" in result.stderr

@@ -216,7 +216,7 @@ class Runner:
                     f"`zdm complete {plan_file.id}`, or undo it with `zdm rollback {plan_file.id}`"
                 )
             if previous.phase in (Phase.EXPANDING, Phase.MIGRATING):
-                if previous.source.get("operations") != plan_file.model_dump(mode="json")["operations"]:
+                if _operations(previous.source) != plan_file.model_dump(mode="json")["operations"]:
                     raise PlanStateError(
                         f"plan {plan_file.id!r} was interrupted during {previous.phase.value} with other operations "
                         f"than this file's: resume it with the file it started with, or `zdm rollback "
@@ -491,3 +491,11 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
         return " ".join(str(exc.orig).split())
     return " ".join(str(exc).split())
+
+
+def _operations(source: dict[str, Any]) -> Any:
+    """A stored plan's operations as this release dumps them (a field added since reads as its default)."""
+    try:
+        return PlanFile.model_validate(source).model_dump(mode="json")["operations"]
+    except ValueError:
+        return source.get("operations")

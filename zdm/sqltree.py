@@ -84,3 +84,18 @@ def rename_in_condition(condition: str, old: str, new: str) -> str:
 def render(node: ast.Node) -> str:
     """A parsed statement or expression as SQL, as pglast prints it."""
     return str(RawStream()(node))
+
+
+def substitute_column(sql: str, column: str, reference: str) -> str:
+    """Expression ``sql`` with every unqualified reference to ``column`` replaced by ``reference``
+    (an already-quoted column reference such as ``NEW."id"``), rendered by pglast."""
+    tree = expression(sql)
+    replacement = expression(reference)
+    assert isinstance(replacement, ast.ColumnRef), reference
+    found: Any
+    for found in walk(tree):
+        fields = found.fields if isinstance(found, ast.ColumnRef) else None
+        if fields and len(fields) == 1 and isinstance(fields[0], ast.String) and fields[0].sval == column:
+            found.fields = replacement.fields
+    return render(tree)
+

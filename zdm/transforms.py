@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import hashlib
 import json
 import re
+import uuid
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -262,6 +264,40 @@ def _numeric(transform: Transform, precision: int, scale: int) -> Transform:
         return rounded if rounded.is_finite() and abs(rounded) < limit else None  # NaN is beyond any limit
 
     return replace(transform, sql=sql, python=python, identity=False)
+
+
+def _md5_uuid(value: Any) -> uuid.UUID:
+    return uuid.UUID(hashlib.md5(str(value).encode()).hexdigest())
+
+
+#: Python twins of the ``up`` expressions the reference model knows, by their form with the column
+#: named ``x``: ``md5(id::text)::uuid`` (deterministic) and ``gen_random_uuid()`` (a new value each
+#: call, which the model cannot predict: any UUID).
+EXPRESSION_TWINS: dict[str, Callable[[Any], Any]] = {
+    "md5(x::text)::uuid": _md5_uuid,
+    "gen_random_uuid()": lambda _value: uuid.uuid4(),
+}
+
+
+def expression(sql: str, column: str, target: sa.types.TypeEngine[Any]) -> Transform:
+    """An SQL expression written in a plan (``up`` of a key changed to UUID) over ``column``, as a
+    transform: the SQL form puts the reference it is given (``NEW."id"`` in a trigger, ``id`` in a
+    backfill) where the expression names the column; the Python twin is that of a known form
+    (EXPRESSION_TWINS), else a new UUID per call (the model cannot run SQL)."""
+    from zdm.sqltree import expression as parse
+    from zdm.sqltree import render, substitute_column
+
+    def sql_form(column_element: ColumnElement[Any]) -> ColumnElement[Any]:
+        name = getattr(column_element, "name", None)
+        if getattr(column_element, "is_literal", False):
+            reference = str(name)
+        else:
+            reference = '"' + str(name).replace('"', '""') + '"'
+        return sa.literal_column(f"({substitute_column(sql, column, reference)})", type_=target)
+
+    forms = {render(parse(form)): twin for form, twin in EXPRESSION_TWINS.items()}
+    twin = forms.get(substitute_column(sql, column, "x"), lambda _value: uuid.uuid4())
+    return Transform(f"up {sql}", sql_form, twin)
 
 
 def get(name: str) -> Transform:

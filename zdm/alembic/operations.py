@@ -115,7 +115,8 @@ def _signature_default(field: Any) -> str:
 
 def _takes_none(operation_class: type[Operation], name: str) -> bool:
     """Whether None is a real value for this argument, rather than "not given" (see _signature_default)."""
-    field = operation_class.model_fields.get(name)
+    fields = {f.alias or n: f for n, f in operation_class.model_fields.items()}
+    field = fields.get(name)
     if field is None or field.is_required():
         return True
     return field.default_factory is None and isinstance(field.default, _LITERALS)
@@ -124,9 +125,10 @@ def _takes_none(operation_class: type[Operation], name: str) -> bool:
 def _method(name: str, operation_class: type[Operation]) -> Any:
     """A classmethod whose real parameters are the operation's fields (Alembic reads the code object)."""
     required, optional = [], []
-    for field_name, field in operation_class.model_fields.items():
-        if field_name == "op":
+    for declared_name, field in operation_class.model_fields.items():
+        if declared_name == "op":
             continue
+        field_name = field.alias or declared_name  # as a plan file names it (alter_column's ``up``)
         if field.is_required():
             required.append(field_name)
         else:

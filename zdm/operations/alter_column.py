@@ -24,7 +24,7 @@ import zoneinfo
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from pydantic import model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from zdm import transforms
 from zdm.dialects import Dialect, shadow_column
@@ -64,6 +64,8 @@ def default_transforms(old: ColumnType, new: ColumnType) -> tuple[str, str] | No
 
 
 class AlterColumn(DualColumn):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     op: Literal["alter_column"] = "alter_column"
     column: Identifier
     type: ColumnType
@@ -77,12 +79,19 @@ class AlterColumn(DualColumn):
     #: TIMESTAMP <-> TIMESTAMPTZ: the time zone whose wall-clock time the TIMESTAMP holds (an IANA
     #: name such as Europe/Paris; default UTC). Outside UTC the change takes the dual-column path.
     zone: str | None = None
+    #: ``up`` in a plan: a PostgreSQL expression giving a primary key's new value when it changes to
+    #: UUID (``gen_random_uuid()``, ``md5(id::text)::uuid``); see zdm.operations.widen_key.
+    up_sql: str | None = Field(None, alias="up")
 
     @model_validator(mode="after")
     def _known(self) -> AlterColumn:
         for name in (self.up_transform, self.down_transform):
             if name is not None:
                 transforms.get(name)
+        if self.up_sql is not None:
+            from zdm.operations.add_check import one_expression
+
+            one_expression(self.up_sql)
         if not self.type.declared:
             raise ValueError(f"zdm copies columns of type {self.type.name} but does not create them; "
                              "pick another type")
@@ -175,6 +184,8 @@ class AlterColumn(DualColumn):
             return widen_key.check(self, schema)
         if errors := super().check(schema):
             return errors
+        if self.up_sql is not None and not self.carries_key:
+            return [f"{self.table}.{self.column}: `up` is for a primary key changed to UUID; give up_transform here"]
         old = schema.table(self.table).column(self.column).type
         if old == self.type and not self.new_name:  # by value: a parsed type is a new object
             return [f"{self.table}.{self.column} is already {self.type.value}"]

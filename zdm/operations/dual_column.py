@@ -147,6 +147,14 @@ class DualColumn(Operation):
             return ColumnFacts(default=sql, not_null=not column.nullable)
         return c.dialect.column_facts(c.connection, self.table, self.column)
 
+    def swap_facts(self, c: Compiler) -> ColumnFacts:
+        """What a swap carries onto the new column (all the old one has, unless a subclass says)."""
+        return self._facts(c)
+
+    def backfill_source(self, c: Compiler) -> sa.ColumnElement[Any]:
+        """The old column as the backfill's UPDATE reads it."""
+        return sa.column(self.column)
+
     def refuse_what_cannot_be_carried(self, c: Compiler) -> None:
         """Raise ValueError naming the first object that uses the column and cannot follow the change."""
         if c.connection is None:
@@ -282,7 +290,7 @@ class DualColumn(Operation):
             backfill=Backfill(
                 table=self.table,
                 key=c.schema.table(self.table).primary_key,
-                assignments={self.shadow: d.sql(self.up(c.schema).sql(old))},
+                assignments={self.shadow: d.sql(self.up(c.schema).sql(self.backfill_source(c)))},
                 pending=d.sql(sa.and_(new.is_(None), old.is_not(None))),
             ),
         )]

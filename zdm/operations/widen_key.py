@@ -1,4 +1,4 @@
-"""alter_column on a primary key: widen it (INTEGER -> BIGINT) with the foreign keys that point at it.
+"""alter_column on a primary key: widen it (INTEGER -> BIGINT) or make it a UUID, with the foreign keys to it.
 
 An ``integer`` key running out of values is the change teams fear most: the textbook
 ``ALTER TABLE orders ALTER COLUMN id TYPE bigint`` rewrites the table, its indexes and every
@@ -23,6 +23,15 @@ contract one brief transaction: each referencing table's old column goes (its ol
 rollback the compensations, newest first: foreign key copies, checks, index, triggers and new
          columns dropped; the old key, its sequence and the old foreign keys were never touched.
 
+To UUID (PostgreSQL, ``up`` an expression over the key: ``gen_random_uuid()``, ``md5(id::text)::uuid``)
+the same path, with values: the key's trigger and backfill compute ``up``; each referencing column's
+take the parent's new key by a join (ReferencingColumn), the parent's backfill first; the sequence
+or identity goes with the old column, and an ``up`` that reads no column becomes the default.
+
+One column of a composite key widens the same way; the future key's unique index keeps the key's
+column order. Offline (Alembic ``--sql``) any key change is refused: the referencing tables and the
+constraints' definitions are in the live catalog only.
+
 On SQLite an ``INTEGER PRIMARY KEY`` is the rowid, already 64-bit, and stays declared INTEGER
 (``BIGINT PRIMARY KEY`` would not be the rowid: no automatic ids, no AUTOINCREMENT); only the
 referencing columns change, each by SQLite's type change (a rebuild that keeps the AUTOINCREMENT
@@ -35,20 +44,35 @@ The new column is physically last: PostgreSQL cannot reorder columns without a r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
+
+from zdm import transforms
 from zdm.actions import Action
-from zdm.dialects import Dialect, object_name
-from zdm.model import ColumnType, Schema
+from zdm.coltypes import Family, to_sa
+from zdm.dialects import ColumnFacts, Dialect, object_name
+from zdm.model import ColumnType, Schema, SqlDefault
 from zdm.operations.alter_column import AlterColumn
 from zdm.operations.base import Compiler
+from zdm.operations.dual_column import DualColumn
 from zdm.plan import MigrationStep, Phase
+from zdm.sqltree import condition_columns
+from zdm.transforms import Transform
 
 if TYPE_CHECKING:
     from zdm.operations.dual_column import ConstraintCopy
 
 #: (from, to) that a key may take: what keeps every existing value and every foreign key valid.
 WIDENINGS = {(ColumnType.INTEGER, ColumnType.BIGINT)}
+#: Keys that may become UUID through the plan's ``up`` expression.
+TO_UUID = {ColumnType.INTEGER, ColumnType.BIGINT}
+
+
+def to_uuid(op: AlterColumn) -> bool:
+    """Whether ``op`` changes the key's values (to UUID through ``up``), not only its width."""
+    return op.type.family is Family.UUID
 
 
 def is_key(op: AlterColumn, schema: Schema) -> bool:
@@ -64,6 +88,48 @@ class KeyColumn(AlterColumn):
     @property
     def carries_key(self) -> bool:
         return True
+
+    def up(self, schema: Schema) -> Transform:
+        if self.up_sql is None:
+            return super().up(schema)
+        return transforms.expression(self.up_sql, self.column, to_sa(self.type))
+
+    def _generates(self) -> bool:
+        """``up`` names no column (``gen_random_uuid()``): after complete it is the key's default."""
+        return self.up_sql is not None and not condition_columns(self.up_sql)
+
+    def final_default(self, c: Compiler) -> str | None:
+        if not to_uuid(self):
+            return super().final_default(c)
+        return self.up_sql if self._generates() else None
+
+    def final_model_default(self, schema: Schema) -> Any:
+        if not to_uuid(self):
+            return super().final_model_default(schema)
+        return SqlDefault(str(self.up_sql)) if self._generates() else None
+
+    def check(self, schema: Schema) -> list[str]:
+        # To UUID the values come from ``up`` (widen_key.check judged it), not from a conversion.
+        return DualColumn.check(self, schema) if to_uuid(self) else super().check(schema)
+
+    def swap_facts(self, c: Compiler) -> ColumnFacts:
+        """What the swap carries: to UUID, not the sequence or identity (dropped with the old column:
+        numbers do not fit a UUID key; rollback before complete keeps them)."""
+        facts = self._facts(c)
+        return dataclasses.replace(facts, sequence=None, identity=None) if to_uuid(self) else facts
+
+    def key_columns(self, c: Compiler) -> list[str]:
+        """The primary key's columns in its own order (a composite key's, read from the catalog)."""
+        if c.connection is not None:
+            found = sa.inspect(c.connection).get_pk_constraint(self.table).get("constrained_columns")
+            if found:
+                return list(found)
+        return c.schema.table(self.table).primary_key
+
+    def future_key(self, c: Compiler) -> list[str]:
+        """The columns of the unique index that becomes the primary key: the key's, in its order, with
+        the new column in the old one's place."""
+        return [self.shadow if name == self.column else name for name in self.key_columns(c)]
 
     def pk_index(self, c: Compiler) -> str:
         """The unique index on the new column that becomes the primary key at contract."""
@@ -93,10 +159,46 @@ class KeyColumn(AlterColumn):
 
 
 class ReferencingColumn(AlterColumn):
-    """A column of another table whose foreign key points at the key: widened alongside it."""
+    """A column of another table whose foreign key points at the key: widened alongside it.
+
+    To UUID its new column takes the parent's new key of the row it refers to, read from the parent
+    (a join), never ``up`` applied on its own: ``gen_random_uuid()`` would give the child another
+    value than its parent, and even a deterministic ``up`` would have to be trusted to be one. The
+    parent's backfill runs first; a child row written while its parent had no new key yet is filled
+    by the child's backfill (or by its next write), and the check before contract names any left.
+    """
 
     #: The foreign keys to the widened key, which the key's copies replace.
     to_key: tuple[str, ...] = ()
+    #: The key's table, column and new column (the join's other side), for a change to UUID.
+    ref_table: str = ""
+    ref_column: str = ""
+    ref_shadow: str = ""
+
+    def up(self, schema: Schema) -> Transform:
+        if not to_uuid(self):
+            return super().up(schema)
+        parent = sa.table(self.ref_table, sa.column(self.ref_column), sa.column(self.ref_shadow)).alias("zdm_ref")
+        target = to_sa(self.type)
+
+        def sql(reference: Any) -> Any:
+            found = sa.select(parent.c[self.ref_shadow]).where(parent.c[self.ref_column] == reference)
+            return sa.cast(found.scalar_subquery(), target)
+
+        def python(value: Any) -> Any:
+            rows = schema.table(self.ref_table).rows
+            return next((row[self.ref_shadow] for row in rows if row[self.ref_column] == value), None)
+
+        return Transform(f"the new key of {self.ref_table}", sql, python)
+
+    def check(self, schema: Schema) -> list[str]:
+        return DualColumn.check(self, schema) if to_uuid(self) else super().check(schema)
+
+    def backfill_source(self, c: Compiler) -> Any:
+        if not to_uuid(self):
+            return super().backfill_source(c)
+        # Qualified: the join's subquery reads the parent, which may have a column of the same name.
+        return sa.literal_column(f"{c.dialect.quote(self.table)}.{c.dialect.quote(self.column)}")
 
     def _constraint_copies(self, c: Compiler) -> list[ConstraintCopy]:
         return [copy for copy in super()._constraint_copies(c) if copy.final not in self.to_key]
@@ -119,7 +221,8 @@ def referencing(op: AlterColumn, schema: Schema) -> list[tuple[ReferencingColumn
                 found.setdefault((child.name, fk.columns[0]), []).append(name)
     result = []
     for (table, column), names in sorted(found.items()):
-        part = ReferencingColumn(table=table, column=column, type=op.type, to_key=tuple(names))
+        part = ReferencingColumn(table=table, column=column, type=op.type, to_key=tuple(names), ref_table=op.table,
+                                 ref_column=op.column, ref_shadow=op.shadow)
         result += [(part, name) for name in names]
     return result
 
@@ -130,7 +233,10 @@ def parts(op: AlterColumn, schema: Schema, dialect: Dialect) -> tuple[KeyColumn 
     children: dict[tuple[str, str], ReferencingColumn] = {}
     for child, _name in referencing(op, schema):
         children[(child.table, child.column)] = child
-    return (None if dialect.wide_integer_keys else key_column(op)), list(children.values())
+    # SQLite: a single INTEGER PRIMARY KEY is the rowid, 64-bit already; a column of a composite key is
+    # not, and takes its type by a rebuild like any column.
+    rowid = dialect.wide_integer_keys and len(schema.table(op.table).primary_key) == 1
+    return (None if rowid else key_column(op)), list(children.values())
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -139,15 +245,31 @@ def check(op: AlterColumn, schema: Schema) -> list[str]:
     table = schema.table(op.table)
     what = f"{op.table}.{op.column}"
     old = table.column(op.column).type
-    if len(table.primary_key) > 1:
-        return [f"{what} is part of the composite primary key {tuple(table.primary_key)}; zdm widens a "
-                "single-column key only"]
-    if (old, op.type) not in WIDENINGS:
-        return [f"{what} is the primary key; zdm changes a key from INTEGER to BIGINT only, not from "
-                f"{old.value} to {op.type.value}"]
-    if op.new_name or op.up_transform or op.down_transform or op.default is not None:
+    if len(table.primary_key) > 1 and (to_uuid(op) or (old, op.type) not in WIDENINGS):
+        return [f"{what} is part of the composite primary key {tuple(table.primary_key)}; zdm widens one of its "
+                "columns from INTEGER to BIGINT, and changes a single-column key only to UUID"]
+    if to_uuid(op) and old in TO_UUID:
+        if op.new_name or op.up_transform or op.down_transform or op.default is not None:
+            return [f"{what} is the primary key: changing it to UUID keeps its name; `up` gives the new values "
+                    "(drop new_name, up_transform, down_transform and default)"]
+        if op.up_sql is None:
+            return [f"{what} is the primary key: changing it to UUID needs `up`, an expression giving each row's "
+                    "new key (gen_random_uuid(), md5(id::text)::uuid)"]
+        if others := condition_columns(op.up_sql) - {op.column}:
+            return [f"{what}: `up` may read {op.column} only, not {', '.join(sorted(others))}"]
+        for other in schema.tables.values():
+            for name, condition in other.checks.items():
+                named = condition_columns(condition)
+                fks = [fk for fk in other.foreign_keys.values() if fk.ref_table == op.table]
+                if (other.name == op.table and op.column in named) or any(set(fk.columns) & named for fk in fks):
+                    return [f"CHECK {name} of {other.name} reads a column that becomes UUID: drop it before this "
+                            "change and add it again after complete"]
+    elif (old, op.type) not in WIDENINGS:
+        return [f"{what} is the primary key; zdm changes a key from INTEGER to BIGINT, or from INTEGER or BIGINT "
+                f"to UUID with `up`, not from {old.value} to {op.type.value}"]
+    elif op.new_name or op.up_transform or op.down_transform or op.default is not None or op.up_sql:
         return [f"{what} is the primary key: widening it keeps its name, values and default "
-                "(drop new_name, up_transform, down_transform and default)"]
+                "(drop new_name, up_transform, down_transform, up and default)"]
     for other in schema.tables.values():
         for name, fk in other.foreign_keys.items():
             if fk.ref_table != op.table or op.column not in fk.ref_columns:
@@ -169,12 +291,19 @@ def check(op: AlterColumn, schema: Schema) -> list[str]:
 
 def check_live(op: AlterColumn, c: Compiler) -> list[str]:
     key, children = parts(op, c.schema, c.dialect)
-    if c.connection is None and key is not None:  # the foreign keys' definitions come from the catalog
-        return [f"{op.table}.{op.column} is the primary key: widening it reads the live catalog (the foreign keys "
-                "that point at it); run zdm against the database instead of offline"]
+    if c.connection is None:  # the referencing tables and their foreign keys come from the catalog
+        return [f"{op.table}.{op.column} is the primary key: changing it reads the live catalog (the tables whose "
+                "foreign keys point at it, the sequence, the constraints' definitions), which an offline (--sql) "
+                "run does not have; run zdm against the database instead of offline"]
     errors = [] if key is None else key.check_live(c)
     for child in children:
         errors += child.check_live(c)
+    if key is not None and to_uuid(op):
+        for table, name, definition in key._facts(c).referenced_by:
+            # A child written before its parent (the check deferred to commit) would find no new key to copy.
+            if " DEFERRABLE" in definition.upper() and "NOT DEFERRABLE" not in definition.upper():
+                errors.append(f"foreign key {name} of {table} is DEFERRABLE: a row written before the {op.table} row "
+                              f"it refers to would find no new key to take; make it NOT DEFERRABLE before this change")
     return errors
 
 
@@ -212,9 +341,12 @@ def _rules(part: AlterColumn, key: KeyColumn, c: Compiler) -> list[MigrationStep
     steps = []
     for what, lock, add, validate, drop in rules:
         # A leftover of an earlier try goes first (the add may run again after a kill), after the locks.
-        steps.append(MigrationStep(MIGRATING, f"{what} (NOT VALID)", forward=[*lock, *drop, *add], compensate=drop))
-        if validate:  # outside a transaction: never in one with the brief lock of an ADD
-            steps.append(MigrationStep(MIGRATING, f"validate {what}", forward=validate, compensate=drop,
+        # Undone in a transaction too, the tables locked in the same order: dropping a foreign key locks
+        # the referencing table before the referenced one, the reverse of the apps, which deadlocks.
+        steps.append(MigrationStep(MIGRATING, f"{what} (NOT VALID)", forward=[*lock, *drop, *add],
+                                   compensate=[*lock, *drop]))
+        if validate:  # outside a transaction: never in one with the brief lock of an ADD; the step above undoes both
+            steps.append(MigrationStep(MIGRATING, f"validate {what}", forward=validate, compensate=[],
                                        transactional=False))
     return steps
 
@@ -223,14 +355,14 @@ def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     """Backfills, the future key's unique index, then the new columns' rules NOT VALID and validated."""
     d = c.dialect
     key, children = parts(op, c.schema, d)
-    if key is None:  # each referencing column by the dialect's own type change
-        return [step for child in children for step in child.migrate(c)]
+    if key is None or d.retypes_in_place:  # each column by the dialect's own type change
+        return [step for part in [*children, *([key] if key else [])] for step in part.migrate(c)]
     steps = key.migrate(c)
     for child in children:
         steps += child.migrate(c)
     steps.append(MigrationStep(
         MIGRATING, f"unique index {key.pk_index(c)} on {op.table}.{key.shadow}, the future primary key",
-        forward=d.create_index(key.pk_index(c), op.table, [key.shadow], unique=True),
+        forward=d.create_index(key.pk_index(c), op.table, key.future_key(c), unique=True),
         compensate=d.drop_index(key.pk_index(c), op.table), transactional=not d.concurrent_indexes))
     for part in [*children, key]:  # the key's copies are the foreign keys, which need the children's columns
         steps += _rules(part, key, c)
@@ -240,7 +372,7 @@ def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
 def _swap(part: AlterColumn, c: Compiler) -> list[Action]:
     """The part's old column goes; its new one takes its place (see DualColumn._contract_swap)."""
     d = c.dialect
-    facts = part._facts(c)
+    facts = part.swap_facts(c)
     not_null = d.refuse_nulls(part._sync_name(c), part.table, part.shadow) if facts.not_null else None
     return [*part._drop_triggers(c), *d.replace_column(
         part.table, part.column, part.shadow, part.final_name, facts, default=part.final_default(c),
@@ -254,15 +386,15 @@ def contract(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
     the new column through its index; the sequence widened."""
     d = c.dialect
     key, children = parts(op, c.schema, d)
-    if key is None:
-        return [step for child in children for step in child.contract(c)]
+    if key is None or d.retypes_in_place:  # SQLite: a composite key's column, too, by a rebuild
+        return [step for part in [*children, *([key] if key else [])] for step in part.contract(c)]
     # The table first, then those that refer to it: the order apps lock them in.
     forward = d.lock_tables([op.table, *dict.fromkeys(child.table for child in children)], exclusive=True)
     for child in children:
         forward += _swap(child, c)
     forward += _swap(key, c)
-    forward += d.primary_key_using_index(op.table, key.pk_name(c), key.pk_index(c), [op.column])
-    facts = key._facts(c)
+    forward += d.primary_key_using_index(op.table, key.pk_name(c), key.pk_index(c), key.key_columns(c))
+    facts = key.swap_facts(c)
     if facts.sequence and not facts.identity:
         forward += d.widen_sequence(facts.sequence, d.column_type(op.type))
     names = ", ".join(f"{child.table}.{child.column}" for child in children)
