@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from zdm.runner import Reporter, Runner
 
 USAGE, RUNTIME, INTERRUPTED, TERMINATED = 2, 1, 130, 143
+#: zdm rehearse: no promise broken, but a probe could not be judged.
+NOT_JUDGED = 3
 
 
 class Terminated(KeyboardInterrupt):
@@ -67,6 +69,8 @@ ERROR_KINDS = {
     "failed": (RUNTIME, "a step failed (and was compensated), or no lock within the budget; the message says "
                         "what state was left"),
     "broken_promise": (RUNTIME, "zdm rehearse: a lock, rewrite, probe or rollback broke a promise"),
+    "not_judged": (NOT_JUDGED, "zdm rehearse: no promise broken, but a probe could not be judged (a required "
+                               "column zdm cannot make a value for, a foreign key with no row to reference)"),
     "not_running": (RUNTIME, "zdm status --watch: the plan stopped mid-phase and no runner is at work"),
     "lint_input": (USAGE, "zdm lint: a file cannot be read, parsed or (an Alembic revision) run offline, or "
                           "pyproject.toml names an unknown rule"),
@@ -787,7 +791,9 @@ def rehearse(invocation: Invocation, plan_path: str, url: str, and_complete: boo
     Exit codes: 0 every promise kept; 1 a promise broken (a lock stronger than SHARE UPDATE
     EXCLUSIVE held past the budget, a rewrite of a table over --max-rewrite-rows, a failed
     probe, a rollback that does not restore the snapshot, a failed step) or a runtime error;
-    2 bad input (invalid plan, a plan already started or complete in this database).
+    2 bad input (invalid plan, a plan already started or complete in this database); 3 no
+    promise broken, but a probe could not be judged (a required column of a type zdm makes no
+    value for).
     """
     from rich.console import Console
 
@@ -802,12 +808,19 @@ def rehearse(invocation: Invocation, plan_path: str, url: str, and_complete: boo
     if not as_json:
         wide = sys.stdout.isatty() or "COLUMNS" in os.environ  # else a log: wider than rich's 80 columns
         print_report(result, Console(highlight=False, width=None if wide else 120))
-    if not result.ok:
+    if result.violations:
         if not as_json:
             sys.exit(RUNTIME)  # the report said why, on stdout
-        broken = len(result.to_dict().get("violations", []))
+        broken = len(result.violations)
         raise CommandFailed("broken_promise", f"rehearsal of {plan_file.id}: {broken} broken "
                             f"promise{'' if broken == 1 else 's'}", RUNTIME, rehearsal=result.to_dict())
+    if result.not_judged:
+        if not as_json:
+            sys.exit(NOT_JUDGED)  # the report said which, on stdout
+        first = result.not_judged[0]
+        raise CommandFailed("not_judged", f"rehearsal of {plan_file.id}: no promise broken, but "
+                            f"{len(result.not_judged)} probe(s) not judged: {first.table}: {first.detail}",
+                            NOT_JUDGED, rehearsal=result.to_dict())
     invocation.result({"rehearsal": result.to_dict()})
 
 

@@ -494,6 +494,15 @@ def to_sa(column_type: ColumnType) -> sa.types.TypeEngine[Any]:
     raise ValueError(f"zdm copies columns of type {t.name} but does not create them")
 
 
+def is_builtin(column_type: ColumnType) -> bool:
+    """Whether ``column_type`` is one of the databases' own types (not an enum or a domain by name)."""
+    t = column_type
+    if t.family is Family.ARRAY:
+        return t.item is not None and is_builtin(t.item)
+    return t.family is not Family.ENUM and (t.name in _BUILTIN_NAMES or t.family is Family.OTHER
+                                            or t.name.startswith(("VARCHAR", "CHAR(", "NUMERIC")))
+
+
 _BUILTIN_NAMES = {"TEXT", "VARCHAR", "SMALLINT", "INTEGER", "BIGINT", "REAL", "DOUBLE PRECISION", "BOOLEAN",
                   "TIMESTAMP", "TIMESTAMPTZ", "DATE", "TIME", "INTERVAL", "UUID", "BYTEA", "JSON", "JSONB"}
 
