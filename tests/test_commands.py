@@ -521,3 +521,50 @@ def test_help_and_schema_import_nothing_heavy() -> None:
 def test_status_imports_no_plan_compiler(zdm_sqlite_url: str) -> None:
     setup(zdm_sqlite_url, users_schema(3)).dispose()
     assert imported_by("status", "--db", zdm_sqlite_url) == {"sqlalchemy"}
+
+
+# -- a type change that keeps the name: the new app writes the old type until complete -----------------
+def retype(column: str, type_: str, **more: str) -> dict[str, Any]:
+    return {"id": f"retype_{column}", "operations": [
+        {"op": "alter_column", "table": "prices", "column": column, "type": type_, **more}]}
+
+
+def test_a_type_change_that_keeps_the_name_warns_when_the_new_type_accepts_more(zdm_database_url: str,
+                                                                                tmp_path: Path) -> None:
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE prices (id integer PRIMARY KEY, amount numeric(10,2), "
+                                   "label varchar(20), code text)")
+    engine.dispose()
+    url = ["--db", zdm_database_url]
+    wider = write_plan(tmp_path, retype("amount", "NUMERIC(12,4)"))
+    for command in ("plan", "validate"):
+        code, _, err = zdm(command, wider, *url)
+        assert code == 0, err
+        assert "prices.amount keeps its name, and NUMERIC(12,4) accepts values NUMERIC(10,2) does not (more " \
+               "decimal places (2 -> 4)): until complete both app versions write the NUMERIC(10,2) column, so the " \
+               "new app's values must fit it" in err and "give a new_name" in err, err
+        code, document, _ = zdm_json(command, wider, *url)
+        assert code == 0 and len(document["warnings"]) == 1 and "more decimal places" in document["warnings"][0]
+    code, document, _ = zdm_json("validate", write_plan(tmp_path, retype("label", "TEXT")), *url)
+    assert code == 0 and "longer text (20 -> no limit)" in document["warnings"][0]
+    # Nothing to warn of: the new type's values fit the old one, or the new app writes a new column.
+    for quiet in (retype("amount", "NUMERIC(8,2)"), retype("label", "VARCHAR(10)"),
+                  retype("amount", "NUMERIC(12,4)", new_name="amount_precise")):
+        code, _, err = zdm("plan", write_plan(tmp_path, quiet), *url)
+        assert code == 0 and "warning" not in err, err
+        code, document, _ = zdm_json("plan", write_plan(tmp_path, quiet), *url)
+        assert code == 0 and document["warnings"] == []
+
+
+@pytest.mark.parametrize(("old", "new", "why"), [
+    ("UUID", "TEXT", "another kind of value"), ("INTEGER", "BIGINT", "larger numbers"),
+    ("REAL", "DOUBLE PRECISION", "more precise"), ("NUMERIC(10,2)", "NUMERIC(12,2)", "larger numbers"),
+    ("NUMERIC(10,2)", "NUMERIC", "any size"), ("CHAR(2)", "VARCHAR(5)", "longer text"),
+    ("TEXT", "mood", None), ("BIGINT", "INTEGER", None), ("NUMERIC(12,4)", "NUMERIC(10,2)", None),
+    ("VARCHAR(20)", "VARCHAR(10)", None), ("TEXT", "VARCHAR(3)", None)])
+def test_which_type_changes_accept_values_the_old_type_does_not(old: str, new: str, why: str | None) -> None:
+    from zdm import coltypes
+
+    found = coltypes.wider_values(coltypes.parse(old), coltypes.parse(new))
+    assert (found is None) if why is None else (found is not None and why in found), found

@@ -419,6 +419,20 @@ def main() -> None:
     """
 
 
+def notes_reporter() -> Any:
+    """A reporter that keeps the plan's notes (its warnings) for a JSON document."""
+    from zdm.runner import Reporter
+
+    class Notes(Reporter):
+        def __init__(self) -> None:
+            self.notes: list[str] = []
+
+        def note(self, message: str) -> None:
+            self.notes.append(message)
+
+    return Notes()
+
+
 @main.command("plan")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @db_option()
@@ -426,13 +440,14 @@ def main() -> None:
 @zdm_command
 def plan_command(invocation: Invocation, plan_path: str, url: str, as_json: bool) -> None:
     """Print each phase's forward and compensating SQL; changes nothing."""
-    from zdm.runner import Reporter, Runner
+    from zdm.runner import Runner
 
     plan_file = load_plan_file(plan_path)
-    # The plan's warnings go to stderr as notes; with --json there is no line of text anywhere.
-    runner = Runner(connect(url), Reporter() if as_json else make_reporter(invocation, False, False))
+    # The plan's warnings go to stderr as notes; with --json, into the document's `warnings`.
+    notes = notes_reporter()
+    runner = Runner(connect(url), notes if as_json else make_reporter(invocation, False, False))
     plan = runner.plan(plan_file)
-    invocation.result({"dialect": runner.dialect.name, "plan": plan.to_dict()},
+    invocation.result({"dialect": runner.dialect.name, "plan": plan.to_dict(), "warnings": notes.notes},
                       None if as_json else format_plan(plan, runner))
 
 
@@ -665,17 +680,10 @@ def history(invocation: Invocation, plan_id: str, url: str, as_json: bool) -> No
 @zdm_command
 def validate(invocation: Invocation, plan_path: str, url: str | None, as_json: bool) -> None:
     """Check a plan file (and, with --db, that it fits the live schema)."""
-    from zdm.runner import Reporter, Runner
-
-    class Notes(Reporter):
-        def __init__(self) -> None:
-            self.notes: list[str] = []
-
-        def note(self, message: str) -> None:
-            self.notes.append(message)
+    from zdm.runner import Runner
 
     plan_file = load_plan_file(plan_path)
-    notes = Notes()
+    notes = notes_reporter()
     if url:
         Runner(connect(url), notes).plan(plan_file)
     for message in notes.notes if not as_json else []:

@@ -494,6 +494,44 @@ def to_sa(column_type: ColumnType) -> sa.types.TypeEngine[Any]:
     raise ValueError(f"zdm copies columns of type {t.name} but does not create them")
 
 
+def wider_values(old: ColumnType, new: ColumnType) -> str | None:
+    """Why ``new`` accepts values ``old`` does not (a phrase), or None when every value of ``new``
+    is also one of ``old`` as far as the types tell (a narrowing change, an enum's labels into text).
+
+    Wider: a longer or no text limit, a larger integer, a NUMERIC with more digits before or after
+    the point, DOUBLE PRECISION for REAL; and every change of family (``UUID`` -> ``TEXT``
+    accepts any text), except text into an enum, whose labels are text.
+    """
+    if old == new:
+        return None
+    if old.family is Family.ARRAY and new.family is Family.ARRAY and old.item and new.item:
+        return wider_values(old.item, new.item)
+    if old.family is not new.family:
+        if old.family is Family.TEXT and new.family is Family.ENUM:
+            return None
+        return f"{new.value} is another kind of value than {old.value}"
+    if old.family is Family.TEXT:
+        if old.length is not None and (new.length is None or new.length > old.length):
+            return f"longer text ({old.length} -> {new.length or 'no limit'})"
+    elif old.family is Family.INTEGER:
+        if _INTEGER_BITS.get(new.name, 63) > _INTEGER_BITS.get(old.name, 63):
+            return "larger numbers"
+    elif old.family is Family.NUMERIC:
+        if old.precision is not None and new.precision is None:
+            return "numbers of any size and scale"
+        if old.scale is not None and (new.scale or 0) > old.scale:
+            return f"more decimal places ({old.scale} -> {new.scale})"
+        if old.precision is not None and new.precision is not None \
+                and new.precision - (new.scale or 0) > old.precision - (old.scale or 0):
+            return "larger numbers"
+    elif old.family is Family.FLOAT:
+        if old.name == "REAL" and new.name != "REAL":
+            return "more precise numbers"
+    elif old.family is Family.ENUM:
+        return f"{new.value} is another type than {old.value}"
+    return None
+
+
 def is_builtin(column_type: ColumnType) -> bool:
     """Whether ``column_type`` is one of the databases' own types (not an enum or a domain by name)."""
     t = column_type
