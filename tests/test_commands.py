@@ -568,3 +568,27 @@ def test_which_type_changes_accept_values_the_old_type_does_not(old: str, new: s
 
     found = coltypes.wider_values(coltypes.parse(old), coltypes.parse(new))
     assert (found is None) if why is None else (found is not None and why in found), found
+
+
+# -- a closed output pipe changes nothing the run does to the database -----------------------------------
+@pytest.mark.parametrize("mode", ["human", "json"])
+def test_a_closed_output_pipe_leaves_the_run_as_it_would_be(zdm_database_url: str, tmp_path: Path,
+                                                            mode: str) -> None:
+    """`zdm start ... 2>&1 | head -2`, where head exits at once: every write fails with EPIPE."""
+    setup(zdm_database_url, users_schema(60)).dispose()
+    plan = write_plan(tmp_path, RENAME)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before zdm writes anything
+    try:
+        process = subprocess.run([sys.executable, "-m", "zdm.cli", "start", plan, "--db", zdm_database_url,
+                                  "--batch-size", "10", *(["--json"] if mode == "json" else [])],
+                                 stdout=write_end, stderr=write_end, timeout=120)
+    finally:
+        os.close(write_end)
+    assert process.returncode == 0
+    code, document, _ = zdm_json("status", "rename_email", "--db", zdm_database_url)
+    record = document["plan"]
+    assert record["phase"] == "MIGRATING" and record["activity"] == "waiting" and record["interrupted"] is None
+    assert record["steps_done"] == record["steps_total"] - 1  # all but contract's
+    code, out, _ = zdm("complete", "rename_email", "--db", zdm_database_url, "--quiet")
+    assert code == 0, out

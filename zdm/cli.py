@@ -16,12 +16,13 @@ imports click and nothing heavy: each command imports what it uses when it runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -367,6 +368,60 @@ def plan_result(invocation: Invocation, plan: MigrationPlan) -> None:
     invocation.result({"plan": plan.to_dict()}, text)
 
 
+class SafeOutput:
+    """stdout or stderr, where a failed write (a closed pipe: ``zdm start ... | head``, a lost
+    terminal, a full disk) never reaches the command: output is what zdm says about a run, never
+    a reason to stop one halfway. The first failure sends the stream to the null device (so
+    nothing, Python's exit flush included, tries it again); later writes are dropped."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: Any) -> int:
+        if not self.broken:
+            try:
+                return int(self._stream.write(text) or 0)
+            except (OSError, ValueError):  # ValueError: a stream closed under us
+                self._give_up()
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._give_up()
+
+    def _give_up(self) -> None:
+        self.broken = True
+        with contextlib.suppress(Exception):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def safe_output() -> Iterator[None]:
+    """stdout and stderr as `SafeOutput` while a command runs (see there)."""
+    previous = sys.stdout, sys.stderr
+    if sys.stdout is not None:
+        sys.stdout = SafeOutput(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = SafeOutput(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = previous
+
+
 class Zdm(click.Group):
     """click parses the command line; a usage error is still one ``zdm: error:`` line (or a JSON
     document with --json), and SIGTERM stops a run the way Ctrl-C does."""
@@ -382,7 +437,18 @@ class Zdm(click.Group):
         if _main_thread():
             signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            with safe_output():
+                code = self._run(argv, prog_name, complete_var, invocation, **extra)
+        finally:
+            if _main_thread():
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def _run(self, argv: list[str], prog_name: str | None, complete_var: str | None, invocation: Invocation,
+             **extra: Any) -> Any:
+        try:
+            return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(USAGE)
@@ -395,11 +461,7 @@ class Zdm(click.Group):
             terminated = isinstance(exc.__cause__, Terminated)
             invocation.fail("interrupted", f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}",
                             TERMINATED if terminated else INTERRUPTED)
-        finally:
-            if _main_thread():
-                for number, handler in previous.items():
-                    signal.signal(number, handler)
-        sys.exit(code if isinstance(code, int) else 0)
+        return None
 
 
 def _main_thread() -> bool:
