@@ -592,3 +592,31 @@ def test_a_closed_output_pipe_leaves_the_run_as_it_would_be(zdm_database_url: st
     assert record["steps_done"] == record["steps_total"] - 1  # all but contract's
     code, out, _ = zdm("complete", "rename_email", "--db", zdm_database_url, "--quiet")
     assert code == 0, out
+
+
+def test_status_watch_without_an_id_follows_the_one_plan_in_flight_even_when_it_waits(zdm_database_url: str,
+                                                                                        tmp_path: Path) -> None:
+    setup(zdm_database_url, users_schema(10)).dispose()
+    url = ["--db", zdm_database_url]
+    code, out, err = zdm("start", write_plan(tmp_path, RENAME), *url, "--quiet")
+    assert code == 0, err
+    code, out, err = zdm("status", "--watch", *url)  # MIGRATING, waiting, no runner: the one in flight
+    assert code == 0, err
+    assert out.splitlines()[-1] == ("rename_email: MIGRATING done, waiting: deploy the new app, then "
+                                    "`zdm complete rename_email` (or `zdm rollback rename_email`)")
+    code, document, _ = zdm_json("status", "--watch", *url)
+    assert code == 0 and document["plan"]["id"] == "rename_email" and document["watched_phase"] == "MIGRATING"
+    code, out, err = zdm("start", write_plan(tmp_path, ACCOUNTS_FREE), *url, "--quiet")
+    assert code == 0, err
+    code, out, err = zdm("status", "--watch", *url)  # two in flight: which one?
+    assert code == 2 and "--watch needs a plan id: 2 plans are in flight (" in err, err
+    code, _, err = zdm("complete", "rename_email", *url, "--quiet")
+    assert code == 0, err
+    code, out, err = zdm("status", "--watch", *url)  # the other one is the only one in flight now
+    assert code == 0 and out.splitlines()[-1].startswith("add_nick: MIGRATING done, waiting"), (out, err)
+
+
+#: Another plan on the users table's neighbour: two plans in flight at once.
+ACCOUNTS_FREE = {"id": "add_nick", "operations": [
+    {"op": "create_table", "table": "nicks", "columns": [
+        {"name": "id", "type": "INTEGER", "primary_key": True}, {"name": "nick", "type": "TEXT"}]}]}

@@ -602,7 +602,8 @@ def watch_plan(invocation: Invocation, engine: sa.Engine, plan_id: str | None, i
     from zdm import status as status_module
 
     if plan_id is None:
-        moving = [r.plan.id for r in status_module.read(engine) if r.activity in ("at_work", "interrupted")]
+        # In flight: neither COMPLETE nor ROLLED_BACK, whether a runner is at work, it stopped, or it waits.
+        moving = [r.plan.id for r in status_module.read(engine) if r.activity != "done"]
         if len(moving) != 1:
             raise CommandFailed("usage", "--watch needs a plan id" + (
                 f": {len(moving)} plans are in flight ({', '.join(moving)})" if moving else ""), USAGE)
