@@ -620,3 +620,86 @@ def test_status_watch_without_an_id_follows_the_one_plan_in_flight_even_when_it_
 ACCOUNTS_FREE = {"id": "add_nick", "operations": [
     {"op": "create_table", "table": "nicks", "columns": [
         {"name": "id", "type": "INTEGER", "primary_key": True}, {"name": "nick", "type": "TEXT"}]}]}
+
+
+# -- the README's samples are what zdm prints ------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_sample(command: str) -> list[str]:
+    """The lines the README shows after ``$ <command>``, up to the next prompt or the block's end."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(f"$ {command}") + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(("$ ", "```")))
+    return lines[start:end]
+
+
+def shown_in(sample: list[str], real: list[str]) -> None:
+    """Every line of the sample, in order, in the real output; `...` is lines left out, and a line
+    ending ` ...` is the start of a real one."""
+    at = 0
+    for line in sample:
+        if line.strip() in ("...", ""):
+            continue
+        prefix = line[:-4] if line.endswith(" ...") else None
+        while at < len(real) and not (real[at] == line or (prefix is not None and real[at].startswith(prefix))):
+            at += 1
+        assert at < len(real), f"README line not in zdm's output (in order): {line!r}\n" + "\n".join(real)
+        at += 1
+
+
+def test_the_readme_sqlite_walk_through_shows_what_zdm_prints(tmp_path: Path) -> None:
+    import sqlite3
+
+    database = tmp_path / "zdm-try.db"
+    with sqlite3.connect(database) as connection:  # as `sqlite3 /tmp/zdm-try.db < examples/users.sql`
+        connection.executescript((ROOT / "examples" / "users.sql").read_text())
+    connection.close()
+    url = f"sqlite:///{database}"
+    plan = str(ROOT / "plans" / "rename_email.yaml")
+    code, out, err = zdm("plan", plan, "--db", url)
+    assert code == 0, err
+    shown_in(readme_sample("zdm plan plans/rename_email.yaml --db sqlite:////tmp/zdm-try.db"), out.splitlines())
+    code, out, err = zdm("start", plan, "--db", url, "--quiet")
+    assert code == 0, err
+    assert out.splitlines() == readme_sample("zdm start plans/rename_email.yaml --db sqlite:////tmp/zdm-try.db")
+    code, out, err = zdm("status", "--db", url)
+    assert out.splitlines()[:2] == readme_sample("zdm status --db sqlite:////tmp/zdm-try.db")[:2]
+
+
+# -- messages that say how to fix what they refuse --------------------------------------------------------
+def test_a_quoted_fill_is_refused_with_how_to_write_it(zdm_database_url: str, tmp_path: Path) -> None:
+    setup(zdm_database_url, users_schema(5)).dispose()
+    for fill, hint in (("0", "write it without quotes: 0, not '0'"), ("x", None)):
+        plan = {"id": "fill_age", "operations": [{"op": "set_not_null", "table": "users", "column": "age",
+                                                  "fill": fill}]}
+        code, _, err = zdm("validate", write_plan(tmp_path, plan), "--db", zdm_database_url)
+        assert code == 2 and f"fill {fill!r} is not a valid INTEGER (an INTEGER is a whole number, not str " \
+               f"{fill!r}" in err, err
+        assert (hint in err) if hint else "without quotes" not in err, err
+
+
+def test_a_sql_step_is_named_by_the_start_of_its_statement_cut_between_words() -> None:
+    up = "ALTER TABLE orders ADD COLUMN token text DEFAULT md5(random()::text)"
+    step = planfile.parse({"id": "s", "operations": [{"op": "sql", "table": "orders", "up": up,
+                                                      "down": "ALTER TABLE orders DROP COLUMN token"}]})
+    assert step.operations[0].describe() == "sql (expand): ALTER TABLE orders ADD COLUMN token text DEFAULT ..."
+    short = planfile.parse({"id": "s", "operations": [{"op": "sql", "up": ["SELECT 1", "SELECT 2"],
+                                                       "down": "SELECT 3"}]})
+    assert short.operations[0].describe() == "sql (expand): SELECT 1 ..."
+    alone = planfile.parse({"id": "s", "operations": [{"op": "sql", "up": "SELECT\n  1", "down": "SELECT 3"}]})
+    assert alone.operations[0].describe() == "sql (expand): SELECT 1"
+
+
+def test_a_refused_sql_step_names_its_statement_without_cutting_a_token(zdm_postgres_url: str,
+                                                                        tmp_path: Path) -> None:
+    engine = db.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE orders (id integer PRIMARY KEY)")
+    engine.dispose()
+    plan = {"id": "token", "operations": [{"op": "sql", "table": "orders", "up": "ALTER TABLE orders ADD COLUMN "
+                                           "token text DEFAULT md5(random()::text)",
+                                           "down": "ALTER TABLE orders DROP COLUMN token"}]}
+    code, _, err = zdm("validate", write_plan(tmp_path, plan), "--db", zdm_postgres_url)
+    assert code == 2 and err.startswith("zdm: error: sql (expand): ALTER TABLE orders ADD COLUMN token text "
+                                        "DEFAULT ...: ADD COLUMN token with a volatile default"), err

@@ -155,14 +155,16 @@ class ColumnType:
             if isinstance(value, float) and math.isfinite(value) and value.is_integer():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"an {self.name} is a whole number, not {type(value).__name__} {value!r}")
+                raise ValueError(f"an {self.name} is a whole number, not {type(value).__name__} {value!r}"
+                                 f"{_unquoted(value, int)}")
             bits = _INTEGER_BITS.get(self.name, 63)
             if not -(2**bits) <= value < 2**bits:
                 raise ValueError(f"{value} is out of the range of {self.name} ({-(2**bits)} to {2**bits - 1})")
             return value
         if self.family is Family.BOOLEAN:
             if not isinstance(value, bool):
-                raise ValueError(f"a BOOLEAN is true or false, not {type(value).__name__} {value!r}")
+                raise ValueError(f"a BOOLEAN is true or false, not {type(value).__name__} {value!r}"
+                                 f"{_unquoted(value, bool)}")
             return value
         if self.family in (Family.TEXT, Family.ENUM):
             if not isinstance(value, str):
@@ -177,6 +179,22 @@ class ColumnType:
         if self.family in (Family.TIMESTAMP, Family.TIMESTAMPTZ) and not isinstance(value, str | dt.datetime):
             raise ValueError(f"a {self.name} is an ISO 8601 string, not {type(value).__name__} {value!r}")
         return self.coerce(value)
+
+
+def _unquoted(value: Any, kind: type) -> str:
+    """The hint for a number or a boolean written in quotes (``fill: "0"``): how to write it."""
+    if not isinstance(value, str):
+        return ""
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return ""
+    if type(parsed) is not kind:
+        return ""
+    written = str(parsed).lower() if kind is bool else str(parsed)
+    return f"; write it without quotes: {written}, not {value!r}"
 
 
 #: Bits of the signed integer types, for the range of a plan's value (PostgreSQL docs, "Integer Types").
