@@ -521,3 +521,185 @@ def test_help_and_schema_import_nothing_heavy() -> None:
 def test_status_imports_no_plan_compiler(zdm_sqlite_url: str) -> None:
     setup(zdm_sqlite_url, users_schema(3)).dispose()
     assert imported_by("status", "--db", zdm_sqlite_url) == {"sqlalchemy"}
+
+
+# -- a type change that keeps the name: the new app writes the old type until complete -----------------
+def retype(column: str, type_: str, **more: str) -> dict[str, Any]:
+    return {"id": f"retype_{column}", "operations": [
+        {"op": "alter_column", "table": "prices", "column": column, "type": type_, **more}]}
+
+
+def test_a_type_change_that_keeps_the_name_warns_when_the_new_type_accepts_more(zdm_database_url: str,
+                                                                                tmp_path: Path) -> None:
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE prices (id integer PRIMARY KEY, amount numeric(10,2), "
+                                   "label varchar(20), code text)")
+    engine.dispose()
+    url = ["--db", zdm_database_url]
+    wider = write_plan(tmp_path, retype("amount", "NUMERIC(12,4)"))
+    for command in ("plan", "validate"):
+        code, _, err = zdm(command, wider, *url)
+        assert code == 0, err
+        assert "prices.amount keeps its name, and NUMERIC(12,4) accepts values NUMERIC(10,2) does not (more " \
+               "decimal places (2 -> 4)): until complete both app versions write the NUMERIC(10,2) column, so the " \
+               "new app's values must fit it" in err and "give a new_name" in err, err
+        code, document, _ = zdm_json(command, wider, *url)
+        assert code == 0 and len(document["warnings"]) == 1 and "more decimal places" in document["warnings"][0]
+    code, document, _ = zdm_json("validate", write_plan(tmp_path, retype("label", "TEXT")), *url)
+    assert code == 0 and "longer text (20 -> no limit)" in document["warnings"][0]
+    # Nothing to warn of: the new type's values fit the old one, or the new app writes a new column.
+    for quiet in (retype("amount", "NUMERIC(8,2)"), retype("label", "VARCHAR(10)"),
+                  retype("amount", "NUMERIC(12,4)", new_name="amount_precise")):
+        code, _, err = zdm("plan", write_plan(tmp_path, quiet), *url)
+        assert code == 0 and "warning" not in err, err
+        code, document, _ = zdm_json("plan", write_plan(tmp_path, quiet), *url)
+        assert code == 0 and document["warnings"] == []
+
+
+@pytest.mark.parametrize(("old", "new", "why"), [
+    ("UUID", "TEXT", "another kind of value"), ("INTEGER", "BIGINT", "larger numbers"),
+    ("REAL", "DOUBLE PRECISION", "more precise"), ("NUMERIC(10,2)", "NUMERIC(12,2)", "larger numbers"),
+    ("NUMERIC(10,2)", "NUMERIC", "any size"), ("CHAR(2)", "VARCHAR(5)", "longer text"),
+    ("TEXT", "mood", None), ("BIGINT", "INTEGER", None), ("NUMERIC(12,4)", "NUMERIC(10,2)", None),
+    ("VARCHAR(20)", "VARCHAR(10)", None), ("TEXT", "VARCHAR(3)", None)])
+def test_which_type_changes_accept_values_the_old_type_does_not(old: str, new: str, why: str | None) -> None:
+    from zdm import coltypes
+
+    found = coltypes.wider_values(coltypes.parse(old), coltypes.parse(new))
+    assert (found is None) if why is None else (found is not None and why in found), found
+
+
+# -- a closed output pipe changes nothing the run does to the database -----------------------------------
+@pytest.mark.parametrize("mode", ["human", "json"])
+def test_a_closed_output_pipe_leaves_the_run_as_it_would_be(zdm_database_url: str, tmp_path: Path,
+                                                            mode: str) -> None:
+    """`zdm start ... 2>&1 | head -2`, where head exits at once: every write fails with EPIPE."""
+    setup(zdm_database_url, users_schema(60)).dispose()
+    plan = write_plan(tmp_path, RENAME)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before zdm writes anything
+    try:
+        process = subprocess.run([sys.executable, "-m", "zdm.cli", "start", plan, "--db", zdm_database_url,
+                                  "--batch-size", "10", *(["--json"] if mode == "json" else [])],
+                                 stdout=write_end, stderr=write_end, timeout=120)
+    finally:
+        os.close(write_end)
+    assert process.returncode == 0
+    code, document, _ = zdm_json("status", "rename_email", "--db", zdm_database_url)
+    record = document["plan"]
+    assert record["phase"] == "MIGRATING" and record["activity"] == "waiting" and record["interrupted"] is None
+    assert record["steps_done"] == record["steps_total"] - 1  # all but contract's
+    code, out, _ = zdm("complete", "rename_email", "--db", zdm_database_url, "--quiet")
+    assert code == 0, out
+
+
+def test_status_watch_without_an_id_follows_the_one_plan_in_flight_even_when_it_waits(zdm_database_url: str,
+                                                                                        tmp_path: Path) -> None:
+    setup(zdm_database_url, users_schema(10)).dispose()
+    url = ["--db", zdm_database_url]
+    code, out, err = zdm("start", write_plan(tmp_path, RENAME), *url, "--quiet")
+    assert code == 0, err
+    code, out, err = zdm("status", "--watch", *url)  # MIGRATING, waiting, no runner: the one in flight
+    assert code == 0, err
+    assert out.splitlines()[-1] == ("rename_email: MIGRATING done, waiting: deploy the new app, then "
+                                    "`zdm complete rename_email` (or `zdm rollback rename_email`)")
+    code, document, _ = zdm_json("status", "--watch", *url)
+    assert code == 0 and document["plan"]["id"] == "rename_email" and document["watched_phase"] == "MIGRATING"
+    code, out, err = zdm("start", write_plan(tmp_path, ACCOUNTS_FREE), *url, "--quiet")
+    assert code == 0, err
+    code, out, err = zdm("status", "--watch", *url)  # two in flight: which one?
+    assert code == 2 and "--watch needs a plan id: 2 plans are in flight (" in err, err
+    code, _, err = zdm("complete", "rename_email", *url, "--quiet")
+    assert code == 0, err
+    code, out, err = zdm("status", "--watch", *url)  # the other one is the only one in flight now
+    assert code == 0 and out.splitlines()[-1].startswith("add_nick: MIGRATING done, waiting"), (out, err)
+
+
+#: Another plan on the users table's neighbour: two plans in flight at once.
+ACCOUNTS_FREE = {"id": "add_nick", "operations": [
+    {"op": "create_table", "table": "nicks", "columns": [
+        {"name": "id", "type": "INTEGER", "primary_key": True}, {"name": "nick", "type": "TEXT"}]}]}
+
+
+# -- the README's samples are what zdm prints ------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_sample(command: str) -> list[str]:
+    """The lines the README shows after ``$ <command>``, up to the next prompt or the block's end."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index(f"$ {command}") + 1
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith(("$ ", "```")))
+    return lines[start:end]
+
+
+def shown_in(sample: list[str], real: list[str]) -> None:
+    """Every line of the sample, in order, in the real output; `...` is lines left out, and a line
+    ending ` ...` is the start of a real one."""
+    at = 0
+    for line in sample:
+        if line.strip() in ("...", ""):
+            continue
+        prefix = line[:-4] if line.endswith(" ...") else None
+        while at < len(real) and not (real[at] == line or (prefix is not None and real[at].startswith(prefix))):
+            at += 1
+        assert at < len(real), f"README line not in zdm's output (in order): {line!r}\n" + "\n".join(real)
+        at += 1
+
+
+def test_the_readme_sqlite_walk_through_shows_what_zdm_prints(tmp_path: Path) -> None:
+    import sqlite3
+
+    database = tmp_path / "zdm-try.db"
+    with sqlite3.connect(database) as connection:  # as `sqlite3 /tmp/zdm-try.db < examples/users.sql`
+        connection.executescript((ROOT / "examples" / "users.sql").read_text())
+    connection.close()
+    url = f"sqlite:///{database}"
+    plan = str(ROOT / "plans" / "rename_email.yaml")
+    code, out, err = zdm("plan", plan, "--db", url)
+    assert code == 0, err
+    shown_in(readme_sample("zdm plan plans/rename_email.yaml --db sqlite:////tmp/zdm-try.db"), out.splitlines())
+    code, out, err = zdm("start", plan, "--db", url, "--quiet")
+    assert code == 0, err
+    assert out.splitlines() == readme_sample("zdm start plans/rename_email.yaml --db sqlite:////tmp/zdm-try.db")
+    code, out, err = zdm("status", "--db", url)
+    assert out.splitlines()[:2] == readme_sample("zdm status --db sqlite:////tmp/zdm-try.db")[:2]
+
+
+# -- messages that say how to fix what they refuse --------------------------------------------------------
+def test_a_quoted_fill_is_refused_with_how_to_write_it(zdm_database_url: str, tmp_path: Path) -> None:
+    setup(zdm_database_url, users_schema(5)).dispose()
+    for fill, hint in (("0", "write it without quotes: 0, not '0'"), ("x", None)):
+        plan = {"id": "fill_age", "operations": [{"op": "set_not_null", "table": "users", "column": "age",
+                                                  "fill": fill}]}
+        code, _, err = zdm("validate", write_plan(tmp_path, plan), "--db", zdm_database_url)
+        assert code == 2 and f"fill {fill!r} is not a valid INTEGER (an INTEGER is a whole number, not str " \
+               f"{fill!r}" in err, err
+        assert (hint in err) if hint else "without quotes" not in err, err
+
+
+def test_a_sql_step_is_named_by_the_start_of_its_statement_cut_between_words() -> None:
+    up = "ALTER TABLE orders ADD COLUMN token text DEFAULT md5(random()::text)"
+    step = planfile.parse({"id": "s", "operations": [{"op": "sql", "table": "orders", "up": up,
+                                                      "down": "ALTER TABLE orders DROP COLUMN token"}]})
+    assert step.operations[0].describe() == "sql (expand): ALTER TABLE orders ADD COLUMN token text DEFAULT ..."
+    short = planfile.parse({"id": "s", "operations": [{"op": "sql", "up": ["SELECT 1", "SELECT 2"],
+                                                       "down": "SELECT 3"}]})
+    assert short.operations[0].describe() == "sql (expand): SELECT 1 ..."
+    alone = planfile.parse({"id": "s", "operations": [{"op": "sql", "up": "SELECT\n  1", "down": "SELECT 3"}]})
+    assert alone.operations[0].describe() == "sql (expand): SELECT 1"
+
+
+def test_a_refused_sql_step_names_its_statement_without_cutting_a_token(zdm_postgres_url: str,
+                                                                        tmp_path: Path) -> None:
+    engine = db.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE orders (id integer PRIMARY KEY)")
+    engine.dispose()
+    plan = {"id": "token", "operations": [{"op": "sql", "table": "orders", "up": "ALTER TABLE orders ADD COLUMN "
+                                           "token text DEFAULT md5(random()::text)",
+                                           "down": "ALTER TABLE orders DROP COLUMN token"}]}
+    code, _, err = zdm("validate", write_plan(tmp_path, plan), "--db", zdm_postgres_url)
+    assert code == 2 and err.startswith("zdm: error: sql (expand): ALTER TABLE orders ADD COLUMN token text "
+                                        "DEFAULT ...: ADD COLUMN token with a volatile default"), err

@@ -133,3 +133,22 @@ def test_alembic_stairway_walks_the_zdm_example_environment(zdm_database_url: st
     config = Config(str(Path(__file__).resolve().parent.parent / "alembic.ini"))
     assert assert_alembic_stairway(config, url=zdm_database_url) == [
         "0001_create_users", "0002_add_email_lower", "0003_rename_email", "0004_score_bigint", "0005_name_not_null"]
+
+
+WIDEN_PARENT = {"id": "widen_parent", "operations": [
+    {"op": "alter_column", "table": "parent", "column": "id", "type": "BIGINT"}]}
+
+
+def test_assert_completes_a_key_widening_checks_the_referencing_table_too(zdm_database_url: str) -> None:
+    """The plan names one table and changes two: a list of columns is the named table's."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE parent (id integer PRIMARY KEY, name text)")
+        connection.exec_driver_sql("CREATE TABLE child (id integer PRIMARY KEY, "
+                                   "parent_id integer NOT NULL REFERENCES parent (id))")
+        connection.exec_driver_sql("INSERT INTO parent VALUES (1, 'a')")
+        connection.exec_driver_sql("INSERT INTO child VALUES (1, 1)")
+    engine.dispose()
+    assert_completes(zdm_database_url, WIDEN_PARENT, expected_columns=["id", "name"])

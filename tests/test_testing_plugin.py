@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -266,3 +268,13 @@ def test_missing_server_skips_locally_but_fails_in_ci(
         result.assert_outcomes(skipped=1)
         result.stdout.fnmatch_lines(["*no PostgreSQL server found*"])
     result.stdout.fnmatch_lines(["zdm: PostgreSQL source used: none*"])
+
+
+def test_without_pytest_importing_the_helpers_says_what_to_install() -> None:
+    """pytest is no dependency of zdm: a plain install gets one clear ImportError, not pytest's."""
+    code = ("import sys; sys.modules['pytest'] = None\n"
+            "try:\n    from zdm.testing import assert_alembic_stairway\n"
+            "except ImportError as exc:\n    print(type(exc).__name__, exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == ("ImportError zdm.testing (the pytest plugin and its assert_* helpers) needs "
+                                     "pytest: pip install 'zdm[testing]' (or pytest)"), result.stderr

@@ -16,12 +16,13 @@ imports click and nothing heavy: each command imports what it uses when it runs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from zdm.runner import Reporter, Runner
 
 USAGE, RUNTIME, INTERRUPTED, TERMINATED = 2, 1, 130, 143
+#: zdm rehearse: no promise broken, but a probe could not be judged.
+NOT_JUDGED = 3
 
 
 class Terminated(KeyboardInterrupt):
@@ -67,6 +70,8 @@ ERROR_KINDS = {
     "failed": (RUNTIME, "a step failed (and was compensated), or no lock within the budget; the message says "
                         "what state was left"),
     "broken_promise": (RUNTIME, "zdm rehearse: a lock, rewrite, probe or rollback broke a promise"),
+    "not_judged": (NOT_JUDGED, "zdm rehearse: no promise broken, but a probe could not be judged (a required "
+                               "column zdm cannot make a value for, a foreign key with no row to reference)"),
     "not_running": (RUNTIME, "zdm status --watch: the plan stopped mid-phase and no runner is at work"),
     "lint_input": (USAGE, "zdm lint: a file cannot be read, parsed or (an Alembic revision) run offline, or "
                           "pyproject.toml names an unknown rule"),
@@ -363,6 +368,60 @@ def plan_result(invocation: Invocation, plan: MigrationPlan) -> None:
     invocation.result({"plan": plan.to_dict()}, text)
 
 
+class SafeOutput:
+    """stdout or stderr, where a failed write (a closed pipe: ``zdm start ... | head``, a lost
+    terminal, a full disk) never reaches the command: output is what zdm says about a run, never
+    a reason to stop one halfway. The first failure sends the stream to the null device (so
+    nothing, Python's exit flush included, tries it again); later writes are dropped."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: Any) -> int:
+        if not self.broken:
+            try:
+                return int(self._stream.write(text) or 0)
+            except (OSError, ValueError):  # ValueError: a stream closed under us
+                self._give_up()
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._give_up()
+
+    def _give_up(self) -> None:
+        self.broken = True
+        with contextlib.suppress(Exception):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def safe_output() -> Iterator[None]:
+    """stdout and stderr as `SafeOutput` while a command runs (see there)."""
+    previous = sys.stdout, sys.stderr
+    if sys.stdout is not None:
+        sys.stdout = SafeOutput(sys.stdout)
+    if sys.stderr is not None:
+        sys.stderr = SafeOutput(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = previous
+
+
 class Zdm(click.Group):
     """click parses the command line; a usage error is still one ``zdm: error:`` line (or a JSON
     document with --json), and SIGTERM stops a run the way Ctrl-C does."""
@@ -378,7 +437,18 @@ class Zdm(click.Group):
         if _main_thread():
             signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            code = super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
+            with safe_output():
+                code = self._run(argv, prog_name, complete_var, invocation, **extra)
+        finally:
+            if _main_thread():
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def _run(self, argv: list[str], prog_name: str | None, complete_var: str | None, invocation: Invocation,
+             **extra: Any) -> Any:
+        try:
+            return super().main(argv, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
             exc.show()
             sys.exit(USAGE)
@@ -391,11 +461,7 @@ class Zdm(click.Group):
             terminated = isinstance(exc.__cause__, Terminated)
             invocation.fail("interrupted", f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}",
                             TERMINATED if terminated else INTERRUPTED)
-        finally:
-            if _main_thread():
-                for number, handler in previous.items():
-                    signal.signal(number, handler)
-        sys.exit(code if isinstance(code, int) else 0)
+        return None
 
 
 def _main_thread() -> bool:
@@ -415,6 +481,20 @@ def main() -> None:
     """
 
 
+def notes_reporter() -> Any:
+    """A reporter that keeps the plan's notes (its warnings) for a JSON document."""
+    from zdm.runner import Reporter
+
+    class Notes(Reporter):
+        def __init__(self) -> None:
+            self.notes: list[str] = []
+
+        def note(self, message: str) -> None:
+            self.notes.append(message)
+
+    return Notes()
+
+
 @main.command("plan")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @db_option()
@@ -422,13 +502,14 @@ def main() -> None:
 @zdm_command
 def plan_command(invocation: Invocation, plan_path: str, url: str, as_json: bool) -> None:
     """Print each phase's forward and compensating SQL; changes nothing."""
-    from zdm.runner import Reporter, Runner
+    from zdm.runner import Runner
 
     plan_file = load_plan_file(plan_path)
-    # The plan's warnings go to stderr as notes; with --json there is no line of text anywhere.
-    runner = Runner(connect(url), Reporter() if as_json else make_reporter(invocation, False, False))
+    # The plan's warnings go to stderr as notes; with --json, into the document's `warnings`.
+    notes = notes_reporter()
+    runner = Runner(connect(url), notes if as_json else make_reporter(invocation, False, False))
     plan = runner.plan(plan_file)
-    invocation.result({"dialect": runner.dialect.name, "plan": plan.to_dict()},
+    invocation.result({"dialect": runner.dialect.name, "plan": plan.to_dict(), "warnings": notes.notes},
                       None if as_json else format_plan(plan, runner))
 
 
@@ -521,7 +602,8 @@ def watch_plan(invocation: Invocation, engine: sa.Engine, plan_id: str | None, i
     from zdm import status as status_module
 
     if plan_id is None:
-        moving = [r.plan.id for r in status_module.read(engine) if r.activity in ("at_work", "interrupted")]
+        # In flight: neither COMPLETE nor ROLLED_BACK, whether a runner is at work, it stopped, or it waits.
+        moving = [r.plan.id for r in status_module.read(engine) if r.activity != "done"]
         if len(moving) != 1:
             raise CommandFailed("usage", "--watch needs a plan id" + (
                 f": {len(moving)} plans are in flight ({', '.join(moving)})" if moving else ""), USAGE)
@@ -661,17 +743,10 @@ def history(invocation: Invocation, plan_id: str, url: str, as_json: bool) -> No
 @zdm_command
 def validate(invocation: Invocation, plan_path: str, url: str | None, as_json: bool) -> None:
     """Check a plan file (and, with --db, that it fits the live schema)."""
-    from zdm.runner import Reporter, Runner
-
-    class Notes(Reporter):
-        def __init__(self) -> None:
-            self.notes: list[str] = []
-
-        def note(self, message: str) -> None:
-            self.notes.append(message)
+    from zdm.runner import Runner
 
     plan_file = load_plan_file(plan_path)
-    notes = Notes()
+    notes = notes_reporter()
     if url:
         Runner(connect(url), notes).plan(plan_file)
     for message in notes.notes if not as_json else []:
@@ -787,7 +862,9 @@ def rehearse(invocation: Invocation, plan_path: str, url: str, and_complete: boo
     Exit codes: 0 every promise kept; 1 a promise broken (a lock stronger than SHARE UPDATE
     EXCLUSIVE held past the budget, a rewrite of a table over --max-rewrite-rows, a failed
     probe, a rollback that does not restore the snapshot, a failed step) or a runtime error;
-    2 bad input (invalid plan, a plan already started or complete in this database).
+    2 bad input (invalid plan, a plan already started or complete in this database); 3 no
+    promise broken, but a probe could not be judged (a required column of a type zdm makes no
+    value for).
     """
     from rich.console import Console
 
@@ -802,12 +879,19 @@ def rehearse(invocation: Invocation, plan_path: str, url: str, and_complete: boo
     if not as_json:
         wide = sys.stdout.isatty() or "COLUMNS" in os.environ  # else a log: wider than rich's 80 columns
         print_report(result, Console(highlight=False, width=None if wide else 120))
-    if not result.ok:
+    if result.violations:
         if not as_json:
             sys.exit(RUNTIME)  # the report said why, on stdout
-        broken = len(result.to_dict().get("violations", []))
+        broken = len(result.violations)
         raise CommandFailed("broken_promise", f"rehearsal of {plan_file.id}: {broken} broken "
                             f"promise{'' if broken == 1 else 's'}", RUNTIME, rehearsal=result.to_dict())
+    if result.not_judged:
+        if not as_json:
+            sys.exit(NOT_JUDGED)  # the report said which, on stdout
+        first = result.not_judged[0]
+        raise CommandFailed("not_judged", f"rehearsal of {plan_file.id}: no promise broken, but "
+                            f"{len(result.not_judged)} probe(s) not judged: {first.table}: {first.detail}",
+                            NOT_JUDGED, rehearsal=result.to_dict())
     invocation.result({"rehearsal": result.to_dict()})
 
 

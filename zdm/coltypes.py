@@ -184,14 +184,16 @@ class ColumnType:
             if isinstance(value, float) and math.isfinite(value) and value.is_integer():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"an {self.name} is a whole number, not {type(value).__name__} {value!r}")
+                raise ValueError(f"an {self.name} is a whole number, not {type(value).__name__} {value!r}"
+                                 f"{_unquoted(value, int)}")
             bits = _INTEGER_BITS.get(self.name, 63)
             if not -(2**bits) <= value < 2**bits:
                 raise ValueError(f"{value} is out of the range of {self.name} ({-(2**bits)} to {2**bits - 1})")
             return value
         if self.family is Family.BOOLEAN:
             if not isinstance(value, bool):
-                raise ValueError(f"a BOOLEAN is true or false, not {type(value).__name__} {value!r}")
+                raise ValueError(f"a BOOLEAN is true or false, not {type(value).__name__} {value!r}"
+                                 f"{_unquoted(value, bool)}")
             return value
         if self.family in (Family.TEXT, Family.ENUM):
             if not isinstance(value, str):
@@ -206,6 +208,22 @@ class ColumnType:
         if self.family in (Family.TIMESTAMP, Family.TIMESTAMPTZ) and not isinstance(value, str | dt.datetime):
             raise ValueError(f"a {self.name} is an ISO 8601 string, not {type(value).__name__} {value!r}")
         return self.stored(value) if self.family is Family.NUMERIC else self.coerce(value)
+
+
+def _unquoted(value: Any, kind: type) -> str:
+    """The hint for a number or a boolean written in quotes (``fill: "0"``): how to write it."""
+    if not isinstance(value, str):
+        return ""
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return ""
+    if type(parsed) is not kind:
+        return ""
+    written = str(parsed).lower() if kind is bool else str(parsed)
+    return f"; write it without quotes: {written}, not {value!r}"
 
 
 #: Bits of the signed integer types, for the range of a plan's value (PostgreSQL docs, "Integer Types").
@@ -521,6 +539,53 @@ def to_sa(column_type: ColumnType) -> sa.types.TypeEngine[Any]:
     if t.family is Family.TEXT and t.length:
         return sa.String(t.length)
     raise ValueError(f"zdm copies columns of type {t.name} but does not create them")
+
+
+def wider_values(old: ColumnType, new: ColumnType) -> str | None:
+    """Why ``new`` accepts values ``old`` does not (a phrase), or None when every value of ``new``
+    is also one of ``old`` as far as the types tell (a narrowing change, an enum's labels into text).
+
+    Wider: a longer or no text limit, a larger integer, a NUMERIC with more digits before or after
+    the point, DOUBLE PRECISION for REAL; and every change of family (``UUID`` -> ``TEXT``
+    accepts any text), except text into an enum, whose labels are text.
+    """
+    if old == new:
+        return None
+    if old.family is Family.ARRAY and new.family is Family.ARRAY and old.item and new.item:
+        return wider_values(old.item, new.item)
+    if old.family is not new.family:
+        if old.family is Family.TEXT and new.family is Family.ENUM:
+            return None
+        return f"{new.value} is another kind of value than {old.value}"
+    if old.family is Family.TEXT:
+        if old.length is not None and (new.length is None or new.length > old.length):
+            return f"longer text ({old.length} -> {new.length or 'no limit'})"
+    elif old.family is Family.INTEGER:
+        if _INTEGER_BITS.get(new.name, 63) > _INTEGER_BITS.get(old.name, 63):
+            return "larger numbers"
+    elif old.family is Family.NUMERIC:
+        if old.precision is not None and new.precision is None:
+            return "numbers of any size and scale"
+        if old.scale is not None and (new.scale or 0) > old.scale:
+            return f"more decimal places ({old.scale} -> {new.scale})"
+        if old.precision is not None and new.precision is not None \
+                and new.precision - (new.scale or 0) > old.precision - (old.scale or 0):
+            return "larger numbers"
+    elif old.family is Family.FLOAT:
+        if old.name == "REAL" and new.name != "REAL":
+            return "more precise numbers"
+    elif old.family is Family.ENUM:
+        return f"{new.value} is another type than {old.value}"
+    return None
+
+
+def is_builtin(column_type: ColumnType) -> bool:
+    """Whether ``column_type`` is one of the databases' own types (not an enum or a domain by name)."""
+    t = column_type
+    if t.family is Family.ARRAY:
+        return t.item is not None and is_builtin(t.item)
+    return t.family is not Family.ENUM and (t.name in _BUILTIN_NAMES or t.family is Family.OTHER
+                                            or t.name.startswith(("VARCHAR", "CHAR(", "NUMERIC")))
 
 
 _BUILTIN_NAMES = {"TEXT", "VARCHAR", "SMALLINT", "INTEGER", "BIGINT", "REAL", "DOUBLE PRECISION", "BOOLEAN",

@@ -354,6 +354,13 @@ class Dialect:
     def user_types(self, connection: sa.Connection) -> dict[str, ColumnType]:
         """The database's enum types by name, with their labels (none on SQLite)."""
         return {}
+
+    def domain_base(self, connection: sa.Connection, name: str) -> tuple[ColumnType, bool] | None:
+        """The base type under the domain ``name`` (through domains over domains), and whether a
+        CHECK of one of them may refuse a value of that base type; None when ``name`` is no domain
+        (SQLite has none)."""
+        return None
+
     def object_names(self, connection: sa.Connection) -> dict[str, str]:
         """Every name taken in the schema a plan works in, folded by ``fold_name``, each with what
         holds it (``"unique index accounts_email_uq on accounts"``): tables, views, indexes,

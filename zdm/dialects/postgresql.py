@@ -152,6 +152,20 @@ class PostgresDialect(Dialect):
         return {enum["name"]: ColumnType(enum["name"], Family.ENUM, labels=tuple(enum["labels"]))
                 for enum in inspector.get_enums() if enum.get("visible", True)}
 
+    def domain_base(self, connection: sa.Connection, name: str) -> tuple[ColumnType, bool] | None:
+        """Read from ``pg_type``: the innermost domain's base type as ``format_type`` prints it (with
+        its typmod: ``character varying(5)``), parsed like a plan's type; ``pg_constraint`` says
+        whether any domain on the way has a CHECK."""
+        from zdm import coltypes
+
+        row = connection.execute(sa.text(DOMAIN_BASE), {"name": name}).first()
+        if row is None or row[0] is None:
+            return None
+        try:
+            return coltypes.parse(row[0]), bool(row[1])
+        except ValueError:
+            return ColumnType(row[0], Family.OTHER), bool(row[1])
+
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         rows = connection.execute(sa.text(
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
@@ -856,3 +870,19 @@ def _holder(connection: sa.Connection) -> str | None:
     since = f"{row.backend_start:%Y-%m-%d %H:%M:%S}"
     return f"pid {row.pid}, application_name {row.application_name!r}, connected since {since}"
 
+
+
+#: A domain's innermost base type (with the typmod the domain gives it) and whether any domain on
+#: the way has a CHECK constraint.
+DOMAIN_BASE = """
+WITH RECURSIVE chain AS (
+    SELECT oid, typbasetype, typtypmod FROM pg_type WHERE oid = to_regtype(:name) AND typtype = 'd'
+    UNION ALL
+    SELECT t.oid, t.typbasetype, t.typtypmod FROM pg_type t JOIN chain ON t.oid = chain.typbasetype
+    WHERE t.typtype = 'd'
+)
+SELECT (SELECT format_type(c.typbasetype, c.typtypmod) FROM chain c
+        WHERE NOT EXISTS (SELECT 1 FROM chain d WHERE d.oid = c.typbasetype)),
+       EXISTS (SELECT 1 FROM pg_constraint WHERE contypid IN (SELECT oid FROM chain) AND contype = 'c')
+WHERE EXISTS (SELECT 1 FROM chain)
+"""

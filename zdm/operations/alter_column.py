@@ -26,7 +26,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from pydantic import ConfigDict, Field, model_validator
 
-from zdm import transforms
+from zdm import coltypes, transforms
 from zdm.dialects import Dialect, shadow_column
 from zdm.model import Column, ColumnType, Family, Schema, SqlDefault
 from zdm.operations import retype_in_place
@@ -210,6 +210,21 @@ class AlterColumn(DualColumn):
         if families == (Family.TIMESTAMP, Family.TIMESTAMPTZ):
             return True
         return False if families == (Family.TIMESTAMPTZ, Family.TIMESTAMP) else None
+
+    def warnings(self, schema: Schema) -> list[str]:
+        """A type change that keeps the name while the new type accepts values the old one does not:
+        until complete both app versions write the old column, so the new app's values must fit the
+        old type (a NUMERIC(10,2) rounds 1.2345, a UUID refuses other text)."""
+        if self.new_name or self.check(schema) or self._widens_key(schema):
+            return []
+        old = schema.table(self.table).column(self.column).type
+        why = coltypes.wider_values(schema.resolve(old), schema.resolve(self.type))
+        if why is None:
+            return []
+        return [f"{self.table}.{self.column} keeps its name, and {self.type.value} accepts values {old.value} does "
+                f"not ({why}): until complete both app versions write the {old.value} column, so the new app's "
+                "values must fit it (others are refused or rounded); give a new_name if the new app must write "
+                "them before complete"]
 
     def up(self, schema: Schema) -> Transform:
         old = schema.table(self.table).column(self.column).type

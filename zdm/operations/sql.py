@@ -46,8 +46,13 @@ class RawSql(Operation):
         return self
 
     def describe(self) -> str:
-        first = (self.up if isinstance(self.up, str) else self.up[0]).strip().splitlines()[0]
-        return f"sql ({self.phase}): {first[:60]}"
+        """``sql (expand): `` and the start of the first statement, cut between words (`` ...``)."""
+        statements = [self.up] if isinstance(self.up, str) else self.up
+        text = " ".join(statements[0].split())
+        if len(text) > 60 or len(statements) > 1:
+            cut = text.rfind(" ", 0, 61) if len(text) > 60 else len(text)
+            text = (text[:cut] if cut > 0 else text[:60]) + " ..."
+        return f"sql ({self.phase}): {text}"
 
     def check(self, schema: Schema) -> list[str]:
         if self.table is not None and not schema.has_table(self.table):

@@ -72,6 +72,11 @@ def print_report(result: Rehearsal, console: Console) -> None:
     if result.completed:
         console.print("complete: [bold]the plan is COMPLETE[/]: this database now has the new shape")
     violations = result.violations
+    if not violations and result.not_judged:
+        count = len(result.not_judged)
+        console.print(f"[bold yellow]NOT JUDGED[/]: no promise broken, but {count} probe{'s' if count > 1 else ''} "
+                      f"could not be judged: {escape(result.not_judged[0].detail)}")
+        return
     if not violations:
         console.print("[bold green]OK[/]: every statement kept the promise")
         return

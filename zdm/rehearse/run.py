@@ -71,8 +71,14 @@ class Rehearsal:
         return self.max_rewrite_rows is not None and self.rows.get(table, 0) > self.max_rewrite_rows
 
     @property
+    def not_judged(self) -> list[Probe]:
+        """The probes that could not be judged: no promise broken, but none shown kept either."""
+        return [p for p in self.probes if p.ok is None]
+
+    @property
     def ok(self) -> bool:
-        return not self.violations
+        """Every promise kept and shown kept: no violation, and every probe judged."""
+        return not self.violations and not self.not_judged
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +95,7 @@ class Rehearsal:
             "completed": self.completed,
             "notes": self.notes,
             "violations": [asdict(v) for v in self.violations],
+            "judged": not self.not_judged,
             "ok": self.ok,
         }
 
@@ -148,14 +155,15 @@ def rehearse(
                      "the row checksums leave this column out" for table, names in filled.items() for column in names]
 
     used = plan_columns(plan_file)
-    can_probe = probes and _baseline(engine, result, original, final, budget, used)
+    probed = _baseline(engine, result, original, final, budget, used) if probes else set()
+    can_probe = bool(probed)
     if can_probe:  # after expand, before the backfill: no row reached yet, so unrelated writes meet unreached rows
         tracer.before_backfill = lambda: _probe_shapes(engine, result, AFTER_EXPAND, original, final, budget,
-                                                       ("old", "new"), used)
+                                                       ("old", "new"), used, probed)
     started = _run(result, tracer, lambda: runner.start(plan_file))
     tracer.before_backfill = None
     if started and can_probe:
-        _probe_shapes(engine, result, "MIGRATING", original, final, budget, ("old", "new"), used)
+        _probe_shapes(engine, result, "MIGRATING", original, final, budget, ("old", "new"), used, probed)
     if started:
         _run(result, tracer, lambda: runner.rollback(plan_file.id))
     with engine.connect() as connection:
@@ -173,7 +181,7 @@ def rehearse(
             if again and _run(result, tracer, lambda: runner.complete(plan_file.id)):
                 result.completed = True
                 if can_probe:
-                    _probe_shapes(engine, result, "COMPLETE", original, final, budget, ("new",), used)
+                    _probe_shapes(engine, result, "COMPLETE", original, final, budget, ("new",), used, probed)
     return result
 
 
@@ -249,11 +257,27 @@ def filled_columns(plan_file: PlanFile) -> dict[str, list[str]]:
 
 
 def affected_tables(connection: sa.Connection, plan_file: PlanFile) -> list[str]:
-    """The tables the plan names; every table when a ``sql`` step does not name its own."""
+    """The tables the plan changes: those it names, and those whose foreign keys point at them
+    when the plan changes them too (widening a primary key widens the referencing columns);
+    every table when a ``sql`` step does not name its own."""
     named = [getattr(op, "table", None) for op in plan_file.operations]
     if any(name is None for name in named):
         return user_tables(connection)
-    return sorted(set(named))  # type: ignore[arg-type]
+    tables: set[str] = set(named)  # type: ignore[arg-type]
+    children = {key["table"] for name in tables for key in introspect.referencing_foreign_keys(connection, name)}
+    if children - tables:
+        schema = introspect.read_schema(connection, sorted(tables | children))
+        final = final_model(plan_file, schema, for_connection(connection))
+        tables |= {name for name in children - tables if _changed(schema.tables.get(name), final.tables.get(name))}
+    return sorted(tables)
+
+
+def _changed(before: Table | None, after: Table | None) -> bool:
+    """Whether the model's table differs in what an app or a rollback relies on."""
+    if before is None or after is None:
+        return before is not after
+    return any(getattr(before, part) != getattr(after, part)
+               for part in ("columns", "indexes", "uniques", "checks", "foreign_keys"))
 
 
 def final_model(plan_file: PlanFile, schema: Schema, dialect: Dialect) -> Schema:
@@ -284,24 +308,31 @@ def _shapes(original: Schema, final: Schema) -> list[tuple[str, Table | None, Ta
 
 
 def _baseline(engine: sa.Engine, result: Rehearsal, original: Schema, final: Schema, budget: float,
-              used: dict[str, set[str]]) -> bool:
-    """Probe the old shape before anything runs: a probe that fails even now cannot judge the plan."""
+              used: dict[str, set[str]]) -> set[str]:
+    """Probe the old shape of each table before anything runs: a table whose probe fails even now
+    cannot judge the plan (its probes are skipped, and reported not judged). Returns the tables
+    to probe, and those the plan creates."""
+    probed = set()
     for name, old, new in _shapes(original, final):
         if old is None:
+            probed.add(name)
             continue
         try:
             ok, detail = probe(engine, old, probe_plan(original, old, new, used.get(name, set())), budget)
         except CannotProbe as exc:
             ok, detail = False, str(exc)
-        if not ok:
+        if ok:
+            probed.add(name)
+        else:
             result.probes.append(Probe("before start", "old", name, None, f"probes skipped: {detail}"))
-            return False
-    return True
+    return probed
 
 
 def _probe_shapes(engine: sa.Engine, result: Rehearsal, moment: str, original: Schema, final: Schema,
-                  budget: float, shapes: tuple[str, ...], used: dict[str, set[str]]) -> None:
+                  budget: float, shapes: tuple[str, ...], used: dict[str, set[str]], probed: set[str]) -> None:
     for name, old, new in _shapes(original, final):
+        if name not in probed:
+            continue
         for label, shape, other in (("old", old, new), ("new", new, old)):
             if label not in shapes or shape is None:
                 continue

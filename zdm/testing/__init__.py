@@ -59,7 +59,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+try:
+    import pytest
+except ModuleNotFoundError:  # pytest is no dependency of zdm itself; say what to install
+    raise ImportError("zdm.testing (the pytest plugin and its assert_* helpers) needs pytest: "
+                      "pip install 'zdm[testing]' (or pytest)") from None
 
 from zdm.testing.assertions import (
     assert_alembic_stairway,

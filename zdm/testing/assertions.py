@@ -110,7 +110,8 @@ def assert_completes(
             if shape != wanted:
                 problems.append(f"{name}: columns {shape}, the plan declares {wanted}")
     else:
-        expected = _expected_columns(expected_columns, tables)
+        named: list[str] = sorted({op.table for op in plan_file.operations if isinstance(op.table, str)})
+        expected = _expected_columns(expected_columns, named or tables)  # a list: the table the plan names
         for name, columns in expected.items():
             have = set(found.tables[name].columns) if name in found.tables else set()
             if have != columns:
