@@ -16,7 +16,9 @@ run, built from, in order of precedence:
 An operation is compiled from this picture exactly as online from the live catalog (the
 dialect's ``model_facts`` and ``model_index_definitions`` stand in for ``column_facts`` and
 ``index_definitions``), so the script holds every step the online run takes: a rename's unique
-index copy, a type change's constraint copies. Ordinary ``op.add_column`` / ``op.alter_column`` calls are not followed: a zdm operation on what
+index copy, a type change's constraint copies.
+
+Ordinary ``op.add_column`` / ``op.alter_column`` calls are not followed: a zdm operation on what
 they changed needs hints. Expand and migrate are printed as SQL, the backfill as one UPDATE
 (online, zdm runs it in key batches), zdm's data checks and SQLite rebuilds as comments, and
 the compensating SQL of every step as comments. Contract is printed on request.
