@@ -704,13 +704,15 @@ def schema(invocation: Invocation, which: str, as_json: bool) -> None:
               help="Target PostgreSQL major version (default: --db's, else pyproject's, else current).")
 @click.option("--dialect", default="postgresql", show_default=True, help="Dialect Alembic revisions are read for.")
 @click.option("--assume-transaction", is_flag=True, help="Each .sql file runs in one transaction (a tool wraps it).")
+@click.option("--no-downgrade", "skip_downgrade", is_flag=True,
+              help="Judge Alembic revisions' upgrade() only, not their downgrade().")
 @click.option("--rules", "list_rules", is_flag=True, help="List the rules (id, what it does, what to do instead).")
 @click.option("--db", "url", metavar="URL",
               help="A PostgreSQL database to ask what names stand for and how big tables are (read only).")
 @json_option
 @zdm_command
 def lint(invocation: Invocation, paths: tuple[str, ...], output_format: str, pg_version: int | None, dialect: str,
-         assume_transaction: bool, list_rules: bool, url: str | None, as_json: bool) -> None:
+         assume_transaction: bool, skip_downgrade: bool, list_rules: bool, url: str | None, as_json: bool) -> None:
     """Judge Alembic revisions, .sql files and plan files by zdm's rules.
 
     Exit 0: no finding; 1: findings (each not suppressed); 2: a file zdm cannot read or run.
@@ -726,6 +728,7 @@ def lint(invocation: Invocation, paths: tuple[str, ...], output_format: str, pg_
         raise CommandFailed("usage", "zdm lint needs at least one PATH (a file or a directory)", USAGE)
     config = linting.Config.find(Path.cwd())
     config.assume_transaction = config.assume_transaction or assume_transaction
+    config.downgrade = config.downgrade and not skip_downgrade
     engine = connect(url) if url else None
     try:
         connection = engine.connect() if engine is not None else None
