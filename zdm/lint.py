@@ -134,7 +134,7 @@ def lint(paths: Iterable[str], config: Config, connection: sa.Connection | None 
     domains, nullability) and how big each table is. Raises LintError for a file it cannot read.
     """
     problems: list[Problem] = []
-    files = list(_files(paths))
+    files = list(files_in(paths))
     catalog = Catalog(connection)
     for path in files:
         found = _lint_file(path, config, connection, dialect)
@@ -166,7 +166,9 @@ def _human(size: int) -> str:
     return f"{value:.1f} TB"
 
 
-def _files(paths: Iterable[str]) -> Iterator[Path]:
+def files_in(paths: Iterable[str]) -> Iterator[Path]:
+    """The files ``zdm lint`` reads in ``paths``: files as given, in a directory its .sql and plan files and the
+    .py files of a ``versions/`` directory. Raises LintError for a path that does not exist."""
     for name in paths:
         path = Path(name)
         if path.is_dir():
