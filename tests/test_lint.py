@@ -220,9 +220,9 @@ def test_a_plan_file_s_sql_steps_are_judged_in_their_phase(tmp_path: Path) -> No
         """)
     code, document = lint_json(str(path))
     assert code == 1
+    # DROP INDEX in `down` waits for its brief lock under the runner's lock budget: no finding in a step
     assert [(f["line"], f["rule"], f["suppressed"]) for f in document["findings"]] == [
-        (4, "drop-column", None), (9, "create-index-blocking", "assume_safe: true"),
-        (9, "drop-index-blocking", "assume_safe: true")]
+        (4, "drop-column", None), (9, "create-index-blocking", "assume_safe: true")]
 
 
 @pytest.mark.parametrize(("name", "text", "message"), [

@@ -252,7 +252,8 @@ def _lint_plan(path: Path, config: Config, connection: sa.Connection | None) -> 
         before_contract = PHASES[operation.phase] is not Phase.CONTRACTING
         for texts, old_app in ((up, before_contract), (down, False)):
             for finding in judge(texts, old_app_running=old_app, connection=connection,
-                                 in_transaction=operation.transactional, pg_version=config.pg_version):
+                                 in_transaction=operation.transactional, pg_version=config.pg_version,
+                                 lock_budget=True):  # zdm's runner holds each step to its lock budget
                 line = lines[index] if index < len(lines) else 1
                 reason = finding.suppressed or ("assume_safe: true" if operation.assume_safe else None)
                 text = texts[finding.statement]
