@@ -16,6 +16,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import alembic.command
+import pytest
 import sqlalchemy as sa
 import yaml
 from alembic.config import Config
@@ -206,3 +207,31 @@ def test_a_sql_file_becomes_a_plan_file_that_validates(zdm_database_url: str, tm
     assert code == 1 and "0 converted to zdm operations, 1 marked" in err
     assert [f["rule"] for f in json.loads(out)["findings"]] == ["truncate"]
     assert "# zdm: not converted [truncate]: no zdm operation does this" in text
+
+
+def test_a_second_table_converted_later_keeps_one_rollback(tmp_path: Path) -> None:
+    """A revision whose downgrade() rolls zdm back already gets no second op.zdm_rollback()."""
+    revision = tmp_path / "versions" / "0003.py"
+    revision.parent.mkdir()
+    revision.write_text(UNSAFE.replace('revision, down_revision = "0002", "0001"', 'revision = "0003"\n'
+                                       'down_revision = None').replace(
+        "def downgrade():\n", "def downgrade():\n    op.zdm_rollback()\n"))
+    zdm("lint", "--fix", str(revision))
+    assert revision.read_text().count("op.zdm_rollback()") == 1
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("versions/0004.py", "x = 1\n", "not an Alembic revision (no upgrade())"),
+    ("versions/0005.py", "revision = '5'\ndown_revision = None\ndef upgrade():\n    raise RuntimeError('boom')\n",
+     "upgrade() failed in offline mode: RuntimeError: boom"),
+    ("0006.sql", "ALTER TABLE;\n", "not SQL PostgreSQL parses"),
+])
+def test_a_file_fix_cannot_read_is_one_line_exit_2_and_left_as_it_was(tmp_path: Path, name: str, text: str,
+                                                                    message: str) -> None:
+    path = tmp_path / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    code, out, err = zdm("lint", "--fix", str(path))
+    assert code == 2 and out == "" and err.startswith("zdm: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert path.read_text() == text and sorted(p.name for p in path.parent.iterdir()) == [path.name]

@@ -343,6 +343,8 @@ def _roll_back_in_downgrade(path: Path, downgrade: ast.FunctionDef, lines: list[
         if statement is not None and (key := _undoes(table, op)) is not None and key in undone:
             replacements[statement.lineno] = (statement.end_lineno or statement.lineno, "")
             removed.add(statement.lineno)
+    if any(isinstance(node, ast.Attribute) and node.attr == "zdm_rollback" for node in ast.walk(downgrade)):
+        return removed  # rolls zdm back already (an earlier --fix, or written by hand)
     rollback = indent + "op.zdm_rollback()\n"
     if isinstance(first, ast.Pass) and len(body) == 1:
         replacements[first.lineno] = (first.end_lineno or first.lineno, rollback)
