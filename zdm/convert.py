@@ -496,14 +496,28 @@ def _add_column(table: str, definition: Any) -> dict[str, Any] | None:
             operation["nullable"] = False
         elif constraint.contype == contype.CONSTR_DEFAULT and isinstance(constraint.raw_expr, pg.A_Const) \
                 and not constraint.raw_expr.isnull:
-            value = constraint.raw_expr.val
-            operation["default"] = getattr(value, "sval", None) or getattr(value, "ival", None) \
-                if not isinstance(value, pg.Boolean) else value.boolval
+            if (constant := _constant(constraint.raw_expr.val)) is None:
+                return None
+            operation["default"] = constant
         elif constraint.contype != contype.CONSTR_NULL:
             return None  # a key, a check, a reference, a volatile default: as written
     if operation.get("nullable") is False and "default" not in operation:
         return None  # fails on a table with rows: add it nullable, then set_not_null
     return operation
+
+
+def _constant(value: Any) -> Any:
+    """A literal's Python value (None for one zdm does not carry as a default)."""
+    kind = type(value).__name__
+    if kind == "String":
+        return value.sval
+    if kind == "Integer":
+        return value.ival
+    if kind == "Float":
+        return float(value.fval)
+    if kind == "Boolean":
+        return value.boolval
+    return None
 
 
 def _constraint(table: str, constraint: Any) -> dict[str, Any] | None:
