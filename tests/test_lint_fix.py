@@ -235,3 +235,27 @@ def test_a_file_fix_cannot_read_is_one_line_exit_2_and_left_as_it_was(tmp_path: 
     assert code == 2 and out == "" and err.startswith("zdm: error: ") and err.count("\n") == 1, err
     assert message in err
     assert path.read_text() == text and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_an_op_in_a_block_is_marked_not_rewritten(tmp_path: Path) -> None:
+    revision = tmp_path / "versions" / "0008.py"
+    revision.parent.mkdir()
+    revision.write_text('''\
+from alembic import op
+
+revision, down_revision = "0008", None
+
+
+def upgrade():
+    for table in ("users",):
+        op.create_index("users_email_ix", table, ["email"])
+
+
+def downgrade():
+    pass
+''')
+    code, _, err = zdm("lint", "--fix", str(revision))
+    assert code == 1 and "0 converted to zdm operations, 1 marked" in err
+    assert body(revision.read_text(), "upgrade")[0] == (
+        "# zdm: not converted [create-index-blocking]: op.zdm_create_index does this, but --fix edits only a "
+        "statement of upgrade() of its own (not one in a loop or a with block): write it by hand")

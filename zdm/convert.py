@@ -151,11 +151,15 @@ def _fix_revision(path: Path, config: Config, dialect: str) -> Converted:
         if isinstance(op, ZdmOperation):
             changed.setdefault(op.operation.table, f"op.zdm_{op.operation.op}")
             continue
-        statement = _statement_at(upgrade, item.line)
-        if statement is None or item.line not in unsafe or (form := _form(op)) is None:
+        if item.line not in unsafe or (form := _form(op)) is None:
             continue
         operation, rest, key = form
         if operation.table in created:
+            continue
+        statement = _statement_at(upgrade, item.line)
+        if statement is None:
+            blocked[item.line] = (f"op.zdm_{operation.op} does this, but --fix edits only a statement of "
+                                  "upgrade() of its own (not one in a loop or a with block): write it by hand")
             continue
         if operation.table in changed:
             blocked[item.line] = (f"{changed[operation.table]} changes {operation.table} in this revision already "
