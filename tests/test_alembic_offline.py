@@ -58,6 +58,8 @@ OPERATIONS: list[dict[str, Any]] = [
     {"op": "add_foreign_key", "table": "badges", "name": "badges_team_fk", "columns": ["user_id"],
      "ref_table": "users", "ref_columns": ["id"]},
     {"op": "drop_index", "table": "users", "name": "users_name_ix"},
+    {"op": "drop_constraint", "table": "users", "name": "users_email_key"},
+    {"op": "drop_constraint", "table": "users", "name": "users_code_ix"},  # SQLite: add_unique's index
     {"op": "rename_table", "table": "teams", "new_name": "squads"},
 ]
 
@@ -81,7 +83,10 @@ def test_offline_compiles_the_steps_online_compiles(zdm_database_url: str) -> No
     for operation in OPERATIONS:
         plan = PlanFile.model_validate({"id": "p1", "operations": [operation]})
         with engine.connect() as connection:
-            online = planfile.compile_plan(plan, connection)
+            try:
+                online = planfile.compile_plan(plan, connection)
+            except ValueError:  # not for this database (PostgreSQL: drop_constraint of a plain index)
+                continue
             schema = introspect.read_schema(connection)
         try:
             offline = planfile.compile_plan(plan, None, schema=schema, dialect=engine.dialect.name)
