@@ -91,7 +91,7 @@ def test_offline_compiles_the_steps_online_compiles(zdm_database_url: str) -> No
             try:
                 online = planfile.compile_plan(plan, connection)
             except ValueError as exc:  # PostgreSQL: drop_constraint of a plain index is refused online
-                assert operation["name"] == "users_code_ix" and engine.dialect.name == "postgresql", exc
+                assert operation.get("name") == "users_code_ix" and engine.dialect.name == "postgresql", exc
                 continue
             schema = introspect.read_schema(connection)
         try:
