@@ -212,17 +212,37 @@ def _revision(revision: str, *upgrade: str) -> tuple[str, str]:
 
 
 def test_two_operations_of_one_revision_on_one_table_start_nothing(zdm_database_url: str, tmp_path: Path) -> None:
+    """Refused at the first of them, before its backfill (or anything of the revision) runs."""
     url = zdm_database_url
     scripts = _project(tmp_path, _revision(
-        "0002_two", 'op.zdm_add_column("users", "nick", "TEXT")',
+        "0002_two", 'op.create_table("audit", sa.Column("id", sa.Integer, primary_key=True))',
+        'op.zdm_add_column("users", "nick", "TEXT", from_column="email", transform="lower")',
         'op.zdm_create_index("users", "users_email_ix", ["email"])'))
     upgrade(url, "0001_create_users", scripts=scripts)
     before = shape(url), rows(url, "id", "name")
-    with pytest.raises(CommandError, match=r"put the two operations in two revisions.*0002_two was rolled back"):
+    with pytest.raises(CommandError, match=r"op.zdm_add_column\(\) \(line 9\) and op.zdm_create_index\(\) "
+                       r"\(line 10\) both change table 'users'.*two revisions.*nothing was started"):
         upgrade(url, "head", scripts=scripts)
     assert current(url, scripts) == "0001_create_users"  # Alembic did not stamp it, and zdm agrees
-    assert zdm_phases(url) == {"0002_two": "ROLLED_BACK"}
+    assert "0002_two" not in zdm_phases(url) and "audit" not in tables(url)
     assert (shape(url), rows(url, "id", "name")) == before and leftovers(url) == []
+    out = io.StringIO()  # offline refuses it too: the script would show what online never runs
+    with pytest.raises(CommandError, match="both change table 'users'"):
+        alembic.command.upgrade(config(url, out=out, scripts=scripts), "0001_create_users:head", sql=True)
+
+
+def test_two_operations_hidden_from_the_source_are_refused_when_they_come(zdm_database_url: str,
+                                                                         tmp_path: Path) -> None:
+    """A table the source does not spell out (a variable): the second one is refused, the first rolled back."""
+    url = zdm_database_url
+    scripts = _project(tmp_path, _revision(
+        "0002_two", 'table = "users"', 'op.zdm_add_column(table, "nick", "TEXT")',
+        'op.zdm_create_index(table, "users_email_ix", ["email"])'))
+    upgrade(url, "0001_create_users", scripts=scripts)
+    with pytest.raises(CommandError, match=r"put the two operations in two revisions.*0002_two was rolled back"):
+        upgrade(url, "head", scripts=scripts)
+    assert current(url, scripts) == "0001_create_users" and zdm_phases(url) == {"0002_two": "ROLLED_BACK"}
+    assert leftovers(url) == []
 
 
 def test_a_downgrade_undoes_all_of_a_revision_or_nothing(zdm_database_url: str, tmp_path: Path) -> None:

@@ -155,3 +155,46 @@ def test_autogenerate_mid_flight_finds_no_drift(zdm_database_url: str, tmp_path:
         columns = {c["name"] for c in sa.inspect(connection).get_columns("users")}
     engine.dispose()
     assert "email_address" in columns and "email" not in columns
+
+
+def test_alembic_check_finds_no_drift_after_a_rename_completes(zdm_database_url: str, tmp_path: Path) -> None:
+    """A UNIQUE constraint stays a constraint through a rename (SQLite: through the rebuilds that
+    relax and restore NOT NULL), named or not, so `alembic check` agrees with the new model."""
+    url = zdm_database_url
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE users (id INTEGER NOT NULL PRIMARY KEY, email TEXT NOT NULL UNIQUE, "
+                                   "code TEXT, age INTEGER, CONSTRAINT users_code_uq UNIQUE (code))")
+        connection.exec_driver_sql("INSERT INTO users VALUES (1, 'a@x', 'c1', 3), (2, 'b@x', 'c2', 4)")
+    engine.dispose()
+    where = project(tmp_path, 'users = sa.Table("users", metadata, sa.Column("id", sa.Integer, primary_key=True))\n')
+    (where / "versions" / "0001_rename.py").write_text(textwrap.dedent('''\
+        from alembic import op
+
+        revision = "0001"
+        down_revision = None
+
+
+        def upgrade():
+            op.zdm_rename_column("users", "email", "email_address")
+
+
+        def downgrade():
+            op.zdm_rollback()
+        '''))
+    where = project(tmp_path, """\
+        users = sa.Table("users", metadata, sa.Column("id", sa.Integer, primary_key=True),
+                         sa.Column("email_address", sa.Text, nullable=False, unique=True),
+                         sa.Column("code", sa.Text), sa.Column("age", sa.Integer),
+                         sa.UniqueConstraint("code", name="users_code_uq"))
+        """)
+    alembic.command.upgrade(config(where, url), "head")
+    alembic.command.upgrade(config(where, url, "zdm=complete"), "head")
+    alembic.command.check(config(where, url))  # raises "New upgrade operations detected" on drift
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        uniques = sa.inspect(connection).get_unique_constraints("users")
+        indexes = sa.inspect(connection).get_indexes("users")
+    engine.dispose()
+    assert sorted(tuple(u["column_names"]) for u in uniques) == [("code",), ("email_address",)]
+    assert [ix["name"] for ix in indexes if not ix.get("duplicates_constraint")] == []

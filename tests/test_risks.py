@@ -24,7 +24,7 @@ from zdm.runner import PlanInvalid, Runner
 from zdm.testing import ServerSource, fresh_postgres_database
 
 RISKY = [
-    ("ALTER TABLE users ALTER COLUMN score TYPE text", "op alter_column"),
+    ("ALTER TABLE users ALTER COLUMN score TYPE numeric", "op alter_column"),
     ("ALTER TABLE users ALTER COLUMN name SET NOT NULL", "op set_not_null"),
     ("ALTER TABLE users ADD CONSTRAINT c CHECK (score > 0)", "op add_check"),
     ("ALTER TABLE users ADD CONSTRAINT f FOREIGN KEY (age) REFERENCES ages (id)", "op add_foreign_key"),
@@ -38,7 +38,6 @@ RISKY = [
     ("VACUUM FULL users", "VACUUM FULL rewrites"),
     ("CLUSTER users USING users_pkey", "CLUSTER rewrites users"),
     ("REINDEX TABLE users", "REINDEX ... CONCURRENTLY"),
-    ("LOCK TABLE users IN SHARE MODE", "blocks writes"),
     ("ALTER TABLE users RENAME COLUMN email TO mail", "op rename_column"),
     ("ALTER TABLE users RENAME TO people", "op rename_table"),
     ("ALTER TABLE users DROP COLUMN legacy_flag", "op drop_column"),
@@ -56,8 +55,6 @@ RISKY = [
     ("ALTER TABLE users ADD COLUMN token uuid DEFAULT uuid_generate_v1mc()", "(uuid_generate_v1mc() is VOLATILE)"),
     ("ALTER TABLE users ADD COLUMN code int NOT NULL", "breaks the old app, whose inserts leave it NULL"),
     ("ALTER TABLE users ADD COLUMN code int NOT NULL DEFAULT NULL", "breaks the old app, whose inserts"),
-    ("DROP INDEX users_age_ix", "op drop_index"),
-    ("DROP INDEX public.users_age_ix, users_name_ix", "op drop_index"),
     ("REFRESH MATERIALIZED VIEW adults", "REFRESH MATERIALIZED VIEW CONCURRENTLY"),
     ("REFRESH MATERIALIZED VIEW adults WITH NO DATA", "REFRESH MATERIALIZED VIEW CONCURRENTLY"),
     ("VACUUM (FULL true) users", "VACUUM FULL rewrites"),
@@ -68,7 +65,6 @@ RISKY = [
     ("CREATE TABLE public.users2 (id int); ALTER TABLE other.users2 ALTER COLUMN id TYPE bigint", "op alter_column"),
     ("CREATE TABLE users2 (id int); CREATE INDEX ON public.users2 (id)", "op create_index"),
     ("CREATE TABLE t3 (id int); DROP TABLE t3, users", "op drop_table"),
-    ("CREATE INDEX CONCURRENTLY users_id_ix ON users (id); DROP INDEX users_id_ix", "op drop_index"),
 ]
 HARMLESS = [
     "ALTER TABLE users ADD COLUMN note text",
@@ -100,6 +96,39 @@ HARMLESS = [
 ]
 
 
+#: A brief ACCESS EXCLUSIVE whose wait is the whole risk: unbounded in a .sql file or an Alembic
+#: revision, bounded by the lock budget in a zdm step (the runner sets lock_timeout).
+WAITS = [
+    ("LOCK TABLE users IN SHARE MODE", "lock-table"),
+    ("DROP INDEX users_age_ix", "drop-index-blocking"),
+    ("DROP INDEX public.users_age_ix, users_name_ix", "drop-index-blocking"),
+    ("CREATE INDEX CONCURRENTLY users_id_ix ON users (id); DROP INDEX users_id_ix", "drop-index-blocking"),
+    ("ALTER TABLE events DETACH PARTITION events_2024", "detach-partition-blocking"),
+]
+
+
+@pytest.mark.parametrize(("statement", "rule"), WAITS)
+def test_a_brief_exclusive_lock_is_a_risk_only_without_a_lock_budget(statement: str, rule: str) -> None:
+    assert [f.rule for f in judge([statement], old_app_running=True, in_transaction=False)] == [rule]
+    assert judge([statement], old_app_running=True, in_transaction=False, lock_budget=True) == []
+    assert lock_risks([statement], old_app_running=True, in_transaction=False) == []  # a zdm step
+    budget = f"SET lock_timeout = '2s'; {statement}"  # a .sql file that sets its own budget
+    sql_file = {"old_app_running": True, "in_transaction": False, "managed_transaction": False}
+    assert [f.rule for f in judge([budget], **sql_file)] == []  # type: ignore[arg-type]
+    assert [f.rule for f in judge([f"{budget}; RESET lock_timeout; {statement}"], **sql_file)  # type: ignore[arg-type]
+            ] == [rule]
+
+
+def test_offline_a_change_to_text_is_taken_for_a_string_widening() -> None:
+    """Offline the column's type is unknown: TYPE text (or varchar) without USING is the catalog-only
+    widening of a string column; with a length, a USING or another type, it can rewrite."""
+    assert judge(["ALTER TABLE users ALTER COLUMN note TYPE text"], old_app_running=True) == []
+    assert judge(["ALTER TABLE users ALTER COLUMN note TYPE varchar"], old_app_running=True) == []
+    for other in ("varchar(20)", "text USING note::text", "text COLLATE \"C\"", "text[]", "int"):
+        found = judge([f"ALTER TABLE users ALTER COLUMN note TYPE {other}"], old_app_running=True)
+        assert [f.rule for f in found] == ["alter-column-type"], other
+
+
 @pytest.mark.parametrize(("statement", "hint"), RISKY)
 def test_risky_statements_are_named_with_the_safe_form(statement: str, hint: str) -> None:
     risks = lock_risks([statement], old_app_running=True, in_transaction=False)
@@ -118,9 +147,9 @@ def test_renames_and_drops_are_the_contract_phase_s_business() -> None:
 
 def test_long_locks_are_refused_in_every_phase() -> None:
     """The new app is live at contract and rollback too: it waits behind a lock as the old one did."""
-    risks = lock_risks(["DROP INDEX users_age_ix", "ALTER TABLE users ADD COLUMN code int UNIQUE"],
+    risks = lock_risks(["CREATE INDEX users_age_ix ON users (age)", "ALTER TABLE users ADD COLUMN code int UNIQUE"],
                        old_app_running=False)
-    assert len(risks) == 2 and "op drop_index" in risks[0] and "op add_unique" in risks[1], risks
+    assert len(risks) == 2 and "op create_index" in risks[0] and "op add_unique" in risks[1], risks
 
 
 def plan(tmp_path: Path, up: str, down: str, *, assume_safe: bool = False) -> str:
@@ -486,15 +515,17 @@ def test_the_live_catalog_says_whether_a_type_change_rewrites_and_a_write_is_bul
                   "ALTER TABLE t ALTER COLUMN code TYPE text": [],
                   "ALTER TABLE t ALTER COLUMN n TYPE int": [],
                   "ALTER TABLE t ALTER COLUMN n TYPE bigint": ["alter-column-type"],
+                  "ALTER TABLE t ALTER COLUMN n TYPE text": ["alter-column-type"],  # not a string: a rewrite
                   "ALTER TABLE t ALTER COLUMN code TYPE varchar(5)": ["alter-column-type"],
                   "UPDATE t SET note = 'x' WHERE note = 'a'": [],
                   "UPDATE t SET note = 'x' WHERE note = 'b'": ["bulk-write"],
                   "DELETE FROM t WHERE n > 0": ["bulk-write"],
                   "UPDATE t SET note = 'x' WHERE id = 5": []}
     offline = {s: [f.rule for f in judge([s], old_app_running=True)] for s in statements}
-    # Offline, a column = constant pins the rows; anything else is taken for all of them.
-    assert offline == {s: ["alter-column-type"] if "TYPE" in s else ["bulk-write"] if "n > 0" in s else []
-                       for s in statements}
+    # Offline, a column = constant pins the rows; anything else is taken for all of them. A change to
+    # text is taken for a string widening (catalog-only); only the database knows n is an int.
+    assert offline == {s: ["alter-column-type"] if "TYPE" in s and not s.endswith("TYPE text") else
+                       ["bulk-write"] if "n > 0" in s else [] for s in statements}
     with engine.connect() as connection:
         live = {s: [f.rule for f in judge([s], old_app_running=True, connection=connection)] for s in statements}
         assert connection.exec_driver_sql("SELECT count(*) FROM t WHERE note = 'x'").scalar() == 0  # nothing ran

@@ -779,13 +779,19 @@ def schema(invocation: Invocation, which: str, as_json: bool) -> None:
               help="Target PostgreSQL major version (default: --db's, else pyproject's, else current).")
 @click.option("--dialect", default="postgresql", show_default=True, help="Dialect Alembic revisions are read for.")
 @click.option("--assume-transaction", is_flag=True, help="Each .sql file runs in one transaction (a tool wraps it).")
+@click.option("--fix", "fix", is_flag=True,
+              help="Rewrite unsafe ops into their zdm forms: Alembic revisions in place (op.zdm_*), .sql files "
+                   "into a plan file next to them (<name>.yaml); what has no zdm form is marked. Then lint the result.")
+@click.option("--no-downgrade", "skip_downgrade", is_flag=True,
+              help="Judge Alembic revisions' upgrade() only, not their downgrade().")
 @click.option("--rules", "list_rules", is_flag=True, help="List the rules (id, what it does, what to do instead).")
 @click.option("--db", "url", metavar="URL",
               help="A PostgreSQL database to ask what names stand for and how big tables are (read only).")
 @json_option
 @zdm_command
 def lint(invocation: Invocation, paths: tuple[str, ...], output_format: str, pg_version: int | None, dialect: str,
-         assume_transaction: bool, list_rules: bool, url: str | None, as_json: bool) -> None:
+         assume_transaction: bool, fix: bool, skip_downgrade: bool, list_rules: bool, url: str | None,
+         as_json: bool) -> None:
     """Judge Alembic revisions, .sql files and plan files by zdm's rules.
 
     Exit 0: no finding; 1: findings (each not suppressed); 2: a file zdm cannot read or run.
@@ -801,6 +807,9 @@ def lint(invocation: Invocation, paths: tuple[str, ...], output_format: str, pg_
         raise CommandFailed("usage", "zdm lint needs at least one PATH (a file or a directory)", USAGE)
     config = linting.Config.find(Path.cwd())
     config.assume_transaction = config.assume_transaction or assume_transaction
+    config.downgrade = config.downgrade and not skip_downgrade
+    if fix:
+        paths = _fixed(paths, config, dialect)
     engine = connect(url) if url else None
     try:
         connection = engine.connect() if engine is not None else None
@@ -823,6 +832,23 @@ def lint(invocation: Invocation, paths: tuple[str, ...], output_format: str, pg_
     else:
         click.echo(linting.as_text(problems, files))
     sys.exit(code)
+
+
+def _fixed(paths: tuple[str, ...], config: Any, dialect: str) -> tuple[str, ...]:
+    """``zdm lint --fix``: convert every file, say what was done on stderr; the paths to lint after."""
+    from pathlib import Path
+
+    from zdm import convert
+    from zdm import lint as linting
+
+    linted: list[str] = []
+    for path in linting.files_in(paths):  # a LintError is a file zdm cannot read: exit 2 (see _classify)
+        done = convert.fix(path, config, dialect)
+        if done.converted or done.marked or done.written != path:
+            click.echo(f"{done.written}: {done.converted} converted to zdm operations, {done.marked} marked"
+                       + (f" (from {path})" if done.written != path else ""), err=True)
+        linted.append(str(done.written))
+    return tuple(linted) if linted else tuple(str(Path(p)) for p in paths)
 
 
 @main.command()

@@ -14,7 +14,9 @@ Three kinds of file, one rule catalogue (``zdm.risks.RULES``):
   line of the revision that called it. ``op.zdm_*`` operations are zdm's and are not judged;
   Alembic's own COMMIT/BEGIN around ``autocommit_block()`` move the transaction, and one
   written by hand in ``op.execute`` is a finding. The revision runs in a transaction, before the
-  deploy (the old app is running), as Alembic runs it on PostgreSQL.
+  deploy (the old app is running), as Alembic runs it on PostgreSQL. ``downgrade()`` is read the
+  same way, on its own, and its findings say so (``[downgrade()]``, ``"function": "downgrade"``):
+  it runs while the revision's app version still does, so what it drops breaks that app.
 
 Suppressions need a reason: ``-- zdm: ignore[rule-id] reason`` before a SQL statement (or at the
 end of its line), ``# zdm: ignore[rule-id] reason`` on or above an Alembic op's line,
@@ -74,6 +76,13 @@ class Problem:
     suppressed: str | None = None
     #: The table the statement acts on, when it names one.
     table: str | None = None
+    #: For an Alembic revision: the function the statement is in, ``upgrade`` or ``downgrade``.
+    function: str | None = None
+
+    @property
+    def where(self) -> str:
+        """`` [downgrade()]`` for a finding in a revision's downgrade(), so that it reads apart."""
+        return " [downgrade()]" if self.function == "downgrade" else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "does": RULES[self.rule].does, "instead": RULES[self.rule].instead}
@@ -87,6 +96,8 @@ class Config:
     per_file: dict[str, set[str]] = field(default_factory=dict)
     pg_version: int | None = None
     assume_transaction: bool = False
+    #: Judge Alembic revisions' downgrade() too (``downgrade = false`` in pyproject.toml, ``--no-downgrade``).
+    downgrade: bool = True
 
     @classmethod
     def find(cls, start: Path) -> Config:
@@ -111,7 +122,8 @@ class Config:
                             "(`zdm lint --rules` lists them)")
         base = path.parent
         return cls(ignore, {str((base / name).resolve()): rules for name, rules in per_file.items()},
-                   section.get("pg-version"), bool(section.get("assume-transaction", False)))
+                   section.get("pg-version"), bool(section.get("assume-transaction", False)),
+                   bool(section.get("downgrade", True)))
 
 
 def lint(paths: Iterable[str], config: Config, connection: sa.Connection | None = None,
@@ -122,7 +134,7 @@ def lint(paths: Iterable[str], config: Config, connection: sa.Connection | None 
     domains, nullability) and how big each table is. Raises LintError for a file it cannot read.
     """
     problems: list[Problem] = []
-    files = list(_files(paths))
+    files = list(files_in(paths))
     catalog = Catalog(connection)
     for path in files:
         found = _lint_file(path, config, connection, dialect)
@@ -154,7 +166,9 @@ def _human(size: int) -> str:
     return f"{value:.1f} TB"
 
 
-def _files(paths: Iterable[str]) -> Iterator[Path]:
+def files_in(paths: Iterable[str]) -> Iterator[Path]:
+    """The files ``zdm lint`` reads in ``paths``: files as given, in a directory its .sql and plan files and the
+    .py files of a ``versions/`` directory. Raises LintError for a path that does not exist."""
     for name in paths:
         path = Path(name)
         if path.is_dir():
@@ -238,7 +252,8 @@ def _lint_plan(path: Path, config: Config, connection: sa.Connection | None) -> 
         before_contract = PHASES[operation.phase] is not Phase.CONTRACTING
         for texts, old_app in ((up, before_contract), (down, False)):
             for finding in judge(texts, old_app_running=old_app, connection=connection,
-                                 in_transaction=operation.transactional, pg_version=config.pg_version):
+                                 in_transaction=operation.transactional, pg_version=config.pg_version,
+                                 lock_budget=True):  # zdm's runner holds each step to its lock budget
                 line = lines[index] if index < len(lines) else 1
                 reason = finding.suppressed or ("assume_safe: true" if operation.assume_safe else None)
                 text = texts[finding.statement]
@@ -293,12 +308,39 @@ class _Recorder(io.StringIO):
 
 
 def _lint_revision(path: Path, config: Config, connection: sa.Connection | None, dialect: str) -> list[Problem]:
+    """``upgrade()``, and ``downgrade()`` unless the config says not to, each read on its own."""
+    source = _read(path)
+    comments = _python_suppressions(source)
+    problems = []
+    for function in ("upgrade", "downgrade") if config.downgrade else ("upgrade",):
+        emitted, transactional = _record_revision(path, function, dialect)
+        findings = judge([item.sql for item in emitted], old_app_running=True, connection=connection,
+                         in_transaction=transactional, pg_version=config.pg_version)
+        for finding in findings:
+            item = emitted[finding.statement]
+            if item.alembic_transaction and finding.rule == "transaction-control":
+                continue
+            reason = finding.suppressed
+            for line in (item.line, item.line - 1):
+                reason = reason or comments.get(line, {}).get(finding.rule)
+            problems.append(Problem(str(path), item.line, item.column, finding.rule, finding.message, reason,
+                                    finding.table, function))
+    return problems
+
+
+def _record_revision(path: Path, function: str, dialect: str) -> tuple[list[_Emitted], bool]:
+    """What the revision's ``function`` emits through Alembic in offline mode, statement by statement,
+    and whether Alembic runs it in a transaction on ``dialect``.
+
+    A revision without ``downgrade()`` has nothing to judge there; one without ``upgrade()`` is not
+    a revision. A downgrade runs while the revision's own app version (the new one) still runs, so
+    what it drops or renames breaks that app: it is judged like an upgrade.
+    """
     from alembic.operations import Operations
     from alembic.runtime.migration import MigrationContext
 
     from zdm.alembic.operations import ZdmOperation, ZdmRollback
 
-    source = _read(path)
     spec = importlib.util.spec_from_file_location(f"zdm_lint_revision_{abs(hash(str(path)))}", path)
     if spec is None or spec.loader is None:
         raise LintError(f"{path}: not a Python module")
@@ -318,32 +360,19 @@ def _lint_revision(path: Path, config: Config, connection: sa.Connection | None,
     operations._install_proxy()
     try:
         spec.loader.exec_module(module)
-        upgrade = getattr(module, "upgrade", None)
-        if not callable(upgrade):
+        if not callable(getattr(module, "upgrade", None)):
             raise LintError(f"{path}: not an Alembic revision (no upgrade())")
-        upgrade()
+        run = getattr(module, function, None)
+        if callable(run):
+            run()
     except LintError:
         raise
     except Exception as exc:
-        raise LintError(f"{path}: upgrade() failed in offline mode: {type(exc).__name__}: {exc}") from exc
+        raise LintError(f"{path}: {function}() failed in offline mode: {type(exc).__name__}: {exc}") from exc
     finally:
         operations._remove_proxy()
         sys.modules.pop(spec.name, None)
-    emitted = recorder.emitted
-    findings = judge([item.sql for item in emitted], old_app_running=True, connection=connection,
-                     in_transaction=context.impl.transactional_ddl, pg_version=config.pg_version)
-    comments = _python_suppressions(source)
-    problems = []
-    for finding in findings:
-        item = emitted[finding.statement]
-        if item.alembic_transaction and finding.rule == "transaction-control":
-            continue
-        reason = finding.suppressed
-        for line in (item.line, item.line - 1):
-            reason = reason or comments.get(line, {}).get(finding.rule)
-        problems.append(Problem(str(path), item.line, item.column, finding.rule, finding.message, reason,
-                                finding.table))
-    return problems
+    return recorder.emitted, bool(context.impl.transactional_ddl)
 
 
 def _python_suppressions(source: str) -> dict[int, dict[str, str | None]]:
@@ -386,7 +415,7 @@ def _file_suppressions(path: Path) -> dict[str, str]:
 # -- output -----------------------------------------------------------------------------------------
 def as_text(problems: list[Problem], files: int) -> str:
     shown = [p for p in problems if p.suppressed is None]
-    lines = [f"{p.path}:{p.line}:{p.column}: {p.rule} {p.message}" for p in shown]
+    lines = [f"{p.path}:{p.line}:{p.column}: {p.rule}{p.where} {p.message}" for p in shown]
     suppressed = len(problems) - len(shown)
     lines.append(f"{len(shown)} finding{'s' if len(shown) != 1 else ''} in {files} file{'s' if files != 1 else ''}"
                  + (f" ({suppressed} suppressed)" if suppressed else ""))
@@ -405,7 +434,8 @@ def as_sarif(problems: list[Problem]) -> str:
     results = []
     for problem in problems:
         result: dict[str, Any] = {
-            "ruleId": problem.rule, "level": "error", "message": {"text": problem.message},
+            "ruleId": problem.rule, "level": "error",
+            "message": {"text": ("in downgrade(): " if problem.function == "downgrade" else "") + problem.message},
             "locations": [{"physicalLocation": {"artifactLocation": {"uri": Path(problem.path).as_posix()},
                                                 "region": {"startLine": problem.line,
                                                            "startColumn": problem.column}}}]}
@@ -428,7 +458,8 @@ def as_github(problems: list[Problem]) -> str:
     def prop(value: str) -> str:
         return data(value).replace(":", "%3A").replace(",", "%2C")
 
-    return "\n".join(f"::error file={prop(p.path)},line={p.line},col={p.column},title={prop('zdm ' + p.rule)}::"
+    return "\n".join(f"::error file={prop(p.path)},line={p.line},col={p.column},"
+                     f"title={prop('zdm ' + p.rule + p.where)}::"
                      f"{data(p.message)}" for p in problems if p.suppressed is None)
 
 

@@ -175,16 +175,19 @@ class Finding:
 
 def lock_risks(statements: Iterable[str], *, old_app_running: bool,
                connection: sa.Connection | None = None, in_transaction: bool = True) -> list[str]:
-    """The messages of :func:`judge`'s findings that no comment suppresses, one per risky statement."""
+    """The messages of :func:`judge`'s findings that no comment suppresses, one per risky statement.
+
+    For a zdm ``sql`` step, which the runner holds to its lock budget (``lock_budget`` of judge).
+    """
     return [f"{finding.message} [{finding.rule}]"
             for finding in judge(statements, old_app_running=old_app_running, connection=connection,
-                                 in_transaction=in_transaction)
+                                 in_transaction=in_transaction, lock_budget=True)
             if finding.suppressed is None]
 
 
 def judge(statements: Iterable[str], *, old_app_running: bool, connection: sa.Connection | None = None,
           in_transaction: bool = True, managed_transaction: bool = True,
-          pg_version: int | None = None) -> list[Finding]:
+          pg_version: int | None = None, lock_budget: bool = False) -> list[Finding]:
     """Every risky statement in ``statements`` (each text may hold several), in order.
 
     ``old_app_running``: the statements run before contract, while the old app still reads and
@@ -198,9 +201,15 @@ def judge(statements: Iterable[str], *, old_app_running: bool, connection: sa.Co
     COMMIT/BEGIN and turning lock_timeout off in the text are findings; False for plain .sql files.
     ``pg_version``: the target server's major version (PostgreSQL 11 stopped rewriting on ADD
     COLUMN with a constant default); None for a current one.
+    ``lock_budget``: the statements run under a lock_timeout (a zdm step: the runner sets its lock
+    budget), so a brief ACCESS EXCLUSIVE (DROP INDEX, DETACH PARTITION, LOCK TABLE) waits and
+    queues others for at most the budget, then the step is retried; without one (a .sql file, an
+    Alembic revision) it waits behind every query without end, and that is the finding. A
+    ``SET lock_timeout`` in the text turns the budget on (a value) or off (0, DEFAULT, RESET).
     Raises nothing for SQL pglast cannot parse: it is left to the server.
     """
-    reader = _Reader(Catalog(connection), old_app_running, in_transaction, managed_transaction, pg_version)
+    reader = _Reader(Catalog(connection), old_app_running, in_transaction, managed_transaction, pg_version,
+                     lock_budget)
     found: list[Finding] = []
     for index, text in enumerate(statements):
         try:
@@ -256,6 +265,8 @@ class _Reader:
     in_transaction: bool
     managed_transaction: bool
     pg_version: int | None
+    #: A lock_timeout bounds every lock wait (see judge).
+    lock_budget: bool
     #: Relations these statements surely created: nobody uses them yet.
     created: set[Name] = field(default_factory=set)
     #: Other objects they created (views, functions, types, sequences, schemas), by last name.
@@ -296,6 +307,9 @@ class _Reader:
             if not self.in_transaction:
                 self.not_valid.clear()
                 self.enum_values.clear()
+        if isinstance(statement, ast.VariableSetStmt) and (statement.name == "lock_timeout"
+                                                           or statement.kind is VariableSetKind.VAR_RESET_ALL):
+            self.lock_budget = not _lock_timeout_off(statement)
         if isinstance(statement, ast.VariableSetStmt) and self.managed_transaction and \
                 _lock_timeout_off(statement):
             found.append(Finding("lock-timeout-disabled", "turning lock_timeout off inside a step drops zdm's lock "
@@ -453,7 +467,7 @@ def _statement_risks(statement: ast.Node, table: str, reader: _Reader) -> list[F
                         f"{table} while it builds: use op create_index (or CONCURRENTLY with transactional: false)",
                         table)]
     if isinstance(statement, ast.DropStmt) and statement.removeType is ObjectType.OBJECT_INDEX:
-        return _drop_index_risks(statement)
+        return [] if reader.lock_budget else _drop_index_risks(statement)
     if isinstance(statement, ast.RefreshMatViewStmt) and not statement.concurrent:
         return [Finding("refresh-blocking", f"REFRESH MATERIALIZED VIEW {table} without CONCURRENTLY blocks reads "
                         f"of {table} until it is rebuilt: use REFRESH MATERIALIZED VIEW CONCURRENTLY (it needs a "
@@ -465,7 +479,7 @@ def _statement_risks(statement: ast.Node, table: str, reader: _Reader) -> list[F
     if isinstance(statement, ast.ReindexStmt) and not option_on(statement.params, "concurrently"):
         return [Finding("reindex-blocking", "REINDEX without CONCURRENTLY blocks writes while it rebuilds: use "
                         "REINDEX ... CONCURRENTLY with transactional: false")]
-    if isinstance(statement, ast.LockStmt) and statement.mode >= SHARE_LOCK:
+    if isinstance(statement, ast.LockStmt) and statement.mode >= SHARE_LOCK and not reader.lock_budget:
         return [Finding("lock-table", "LOCK TABLE in a mode that blocks writes holds the lock until the step "
                         "commits")]
     if isinstance(statement, ast.TruncateStmt):
@@ -486,6 +500,21 @@ def _statement_risks(statement: ast.Node, table: str, reader: _Reader) -> list[F
     if old_app_running:
         return _old_app_risks(statement, table, reader)
     return []
+
+
+def _string_widening(command: ast.AlterTableCmd) -> bool:
+    """Offline: ALTER COLUMN ... TYPE text (or varchar without a length), with no USING and no
+    collation: the catalog-only change from any string column, which is what such a change almost
+    always is (a number or a date into text needs USING on a real migration's data far more rarely
+    than a varchar(n) is widened). ``--db`` asks the column's real type instead."""
+    definition = command.def_
+    if not isinstance(definition, ast.ColumnDef) or definition.raw_default is not None or definition.collClause:
+        return False
+    type_name = definition.typeName
+    if type_name is None or type_name.typmods or type_name.arrayBounds:
+        return False
+    name = type_name.names[-1].sval if type_name.names else ""
+    return name in ("text", "varchar")
 
 
 def _pinned(where: ast.Node | None) -> bool:
@@ -573,7 +602,7 @@ def _alter_risk(command: ast.AlterTableCmd, table: str, reader: _Reader) -> Find
         return Finding("sequence-restart", f"ALTER COLUMN {column} RESTART hands out identity values already used: "
                        "the app's inserts fail on the key; restart above the largest value in use", table)
     if kind is AlterTableType.AT_DetachPartition and isinstance(definition, ast.PartitionCmd) and \
-            not definition.concurrent:
+            not definition.concurrent and not reader.lock_budget:
         return Finding("detach-partition-blocking", f"DETACH PARTITION without CONCURRENTLY takes an ACCESS EXCLUSIVE "
                        f"lock on {table}, queueing every query on it: use DETACH PARTITION ... CONCURRENTLY "
                        "(PostgreSQL 14+) in a step with transactional: false", table)
@@ -941,7 +970,7 @@ class Catalog:
         """
         with self._scratch(probe=True) as connection:
             if connection is None:
-                return None
+                return False if _string_widening(command) else None
             try:
                 current = connection.execute(sa.text(COLUMN_TYPE), {"table": table, "column": command.name}).scalar()
                 if current is None:

@@ -7,10 +7,16 @@ run, built from, in order of precedence:
    ``existing_nullable`` and ``existing_server_default`` for the column it reads (its
    ``from_column`` if it has one, else its ``column``), and ``existing_primary_key`` for a
    table zdm has not seen;
-2. tables created by ``op.create_table`` earlier in the same run (a run from ``base`` needs no
-   hints at all);
+2. tables created by ``op.create_table`` earlier in the same run, with their indexes, UNIQUE,
+   CHECK and FOREIGN KEY constraints under the names the database gives them (a run from
+   ``base`` needs no hints at all);
 3. the zdm operations of earlier revisions in the run, applied with every phase (a revision is
    written against the shape its predecessors leave once complete).
+
+An operation is compiled from this picture exactly as online from the live catalog (the
+dialect's ``model_facts`` and ``model_index_definitions`` stand in for ``column_facts`` and
+``index_definitions``), so the script holds every step the online run takes: a rename's unique
+index copy, a type change's constraint copies.
 
 Ordinary ``op.add_column`` / ``op.alter_column`` calls are not followed: a zdm operation on what
 they changed needs hints. Expand and migrate are printed as SQL, the backfill as one UPDATE
@@ -30,6 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import event
+from sqlalchemy.sql.base import _NoneName
 
 from zdm import coltypes, introspect, planfile
 from zdm.actions import Statement
@@ -91,7 +98,36 @@ class OfflineSchema:
             model.columns[column.name] = Column(
                 column.name, column_type, nullable=bool(column.nullable) and not column.primary_key,
                 default=_default_value(column.server_default, column_type), primary_key=column.primary_key)
+        self._learn_constraints(table, model)
         self.schema.tables[table.name] = model
+
+    def _learn_constraints(self, table: sa.Table, model: Table) -> None:
+        """Its indexes, UNIQUE, CHECK and FOREIGN KEY constraints, by the names the database gives them:
+        what zdm copies onto a new column online, it must print offline too."""
+        from zdm.model import ForeignKey, Index
+        from zdm.sqltree import condition_columns
+
+        for index in table.indexes:
+            if index.name and all(isinstance(part, sa.Column) for part in index.expressions):
+                model.indexes[str(index.name)] = Index(tuple(c.name for c in index.columns), bool(index.unique))
+        for constraint in table.constraints:
+            columns = [c.name for c in getattr(constraint, "columns", ())]
+            if isinstance(constraint, sa.UniqueConstraint):
+                name = _name(constraint, self.dialect.constraint_name(table.name, "u", columns))
+                model.uniques[name or f"(unnamed unique {', '.join(columns)})"] = tuple(columns)
+            elif isinstance(constraint, sa.CheckConstraint):
+                condition = str(constraint.sqltext.compile(dialect=self.dialect.sa,
+                                                            compile_kwargs={"literal_binds": True}))
+                used = sorted(condition_columns(condition), key=lambda n: list(table.columns.keys()).index(n)
+                              if n in table.columns else 0)
+                name = _name(constraint, self.dialect.constraint_name(table.name, "c", used))
+                model.checks[name or f"(unnamed check {condition})"] = condition
+            elif isinstance(constraint, sa.ForeignKeyConstraint):
+                name = _name(constraint, self.dialect.constraint_name(table.name, "f", columns))
+                model.foreign_keys[name or f"(unnamed key {', '.join(columns)})"] = ForeignKey(
+                    tuple(columns), constraint.elements[0].target_fullname.split(".")[-2],
+                    tuple(element.target_fullname.split(".")[-1] for element in constraint.elements),
+                    constraint.ondelete.upper() if constraint.ondelete else None)
 
     def forget(self, name: str) -> None:
         self.schema.tables.pop(name, None)
@@ -179,6 +215,11 @@ def _table_created(table: sa.Table, connection: Any, **_: Any) -> None:
 def _table_dropped(table: sa.Table, connection: Any, **_: Any) -> None:
     if (offline := _active.get()) is not None:
         offline.forget(table.name)
+
+
+def _name(constraint: sa.Constraint, default: str | None) -> str | None:
+    name = constraint.name
+    return default if name is None or isinstance(name, _NoneName) else str(name)
 
 
 def _commented(text: str, prefix: str) -> str:

@@ -27,8 +27,11 @@ is refused and the first rolled back.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import re
 import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -156,6 +159,8 @@ def run_operation(context: MigrationContext, operation: Operation, hints: Hints)
     """``op.zdm_<name>(...)`` in a revision: start (or apply) its plan, or print it offline."""
     session = _current(f"op.zdm_{operation.op}()")
     revision = running_revision()
+    if revision not in session.declared:  # the revision's first zdm operation: nothing of zdm's ran yet
+        _refuse_shared_tables(revision)
     plan_file = session.plan_file(revision, operation)
     with _command_errors(plan_file.id):
         if session.offline is not None:
@@ -195,6 +200,48 @@ def rollback_revision(context: MigrationContext) -> None:
         _roll_back(session, context, revision, [plan for plan in plans if plan.phase is not Phase.ROLLED_BACK])
 
 
+def _refuse_shared_tables(revision: str) -> None:
+    """Two zdm operations of one revision on one table can never both start (one plan in flight per
+    table): refuse at the first, before any of them runs, rather than after a whole backfill.
+
+    The running function (``upgrade()``) is read, not run: its ``op.zdm_*`` calls whose table is a
+    literal. One the source does not show (a loop, a variable) is still refused when it comes
+    (``_refuse_overlap``).
+    """
+    frame = _revision_frame()
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(frame.f_code)))
+    except (OSError, TypeError, SyntaxError):
+        return
+    seen: dict[str, tuple[str, int]] = {}
+    first_line = frame.f_code.co_firstlineno
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr.startswith("zdm_") and node.func.attr != "zdm_rollback"):
+            continue
+        given = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "table"), None)
+        if not (isinstance(given, ast.Constant) and isinstance(given.value, str)):
+            continue
+        call = (f"op.{node.func.attr}()", first_line + node.lineno - 1)
+        if given.value in seen:
+            earlier = seen[given.value]
+            raise ZdmAlembicError(
+                f"zdm {revision}: {earlier[0]} (line {earlier[1]}) and {call[0]} (line {call[1]}) both change table "
+                f"{given.value!r}, and zdm runs one plan per table at a time: put them in two revisions, deployed "
+                "one after the other; nothing was started")
+        seen[given.value] = call
+
+
+def _revision_frame() -> FrameType:
+    """The frame of the revision's running upgrade() or downgrade() (see running_revision)."""
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if "revision" in frame.f_globals and "down_revision" in frame.f_globals:
+            return frame
+        frame = frame.f_back
+    raise ZdmAlembicError("zdm operations run inside a revision's upgrade() or downgrade()")
+
+
 def revision_of(plan: MigrationPlan) -> str | None:
     """The Alembic revision a plan belongs to; None for a plan started from a plan file."""
     found = _TITLE.match(plan.title)
@@ -208,13 +255,7 @@ def running_revision() -> str:
     revision file defines module-level ``revision`` and ``down_revision``, so the nearest caller
     whose module has both is the revision script.
     """
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        names = frame.f_globals
-        if "revision" in names and "down_revision" in names:
-            return str(names["revision"])
-        frame = frame.f_back
-    raise ZdmAlembicError("zdm operations run inside a revision's upgrade() or downgrade()")
+    return str(_revision_frame().f_globals["revision"])
 
 
 # -- helpers ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Dialect as SADialect
 from zdm.actions import Action, Rebuild, Statement
 from zdm.coltypes import Family, to_sa
 from zdm.errors import ThrottleInvalid
-from zdm.model import ColumnType
+from zdm.model import ColumnType, Schema, SqlDefault
 from zdm.transforms import Transform
 
 
@@ -338,6 +338,53 @@ class Dialect:
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         """Every index of ``table`` as the CREATE INDEX statement the database keeps for it."""
         raise NotImplementedError
+
+    def model_index_definitions(self, schema: Schema, table: str) -> dict[str, str]:
+        """``index_definitions`` as the model knows the table (offline, Alembic --sql): its indexes and
+        the indexes behind its UNIQUE constraints, as CREATE INDEX statements."""
+        modelled = schema.table(table)
+        found = {name: (index.columns, index.unique) for name, index in modelled.indexes.items()}
+        found.update({name: (columns, True) for name, columns in modelled.uniques.items()
+                      if self.unique_constraints_have_indexes})
+        return {name: self.sql(sa.schema.CreateIndex(self._index(name, table, list(columns), unique)))
+                for name, (columns, unique) in found.items()}
+
+    def constraint_name(self, table: str, kind: str, columns: list[str]) -> str | None:
+        """The name the database gives an unnamed constraint (``kind`` as PostgreSQL's contype) on
+        ``columns`` of ``table``; None where it gives none."""
+        return None
+
+    #: A UNIQUE constraint's index has a definition ``index_definitions`` reads (PostgreSQL);
+    #: SQLite's is an internal autoindex with none.
+    unique_constraints_have_indexes = True
+
+    def model_facts(self, schema: Schema, table: str, column: str) -> ColumnFacts:
+        """``column_facts`` as the model knows the column (offline, Alembic --sql): its default, NOT
+        NULL, and the checks and foreign keys that use it, both ways; nothing the model does not hold
+        (grants, storage, triggers, views)."""
+        modelled = schema.table(table)
+        info = modelled.column(column)
+        default = info.default
+        sql = default.sql if isinstance(default, SqlDefault) else (
+            None if default is None else self.literal(info.type.coerce(default), info.type))
+        facts = ColumnFacts(default=sql, not_null=not info.nullable)
+        q = self.quote
+        for name, condition in modelled.checks.items():
+            if column in _condition_columns(condition):
+                facts.constraints[name] = ("c", f"CHECK ({condition})")
+        for name, columns in modelled.uniques.items():
+            if column in columns:
+                facts.constraints[name] = ("u", f"UNIQUE ({', '.join(map(q, columns))})")
+        for other in schema.tables.values():
+            for name, key in other.foreign_keys.items():
+                definition = (f"FOREIGN KEY ({', '.join(map(q, key.columns))}) REFERENCES {q(key.ref_table)}"
+                              f"({', '.join(map(q, key.ref_columns))})"
+                              + (f" ON DELETE {key.on_delete}" if key.on_delete else ""))
+                if other.name == table and column in key.columns:
+                    facts.constraints[name] = ("f", definition)
+                elif other.name != table and key.ref_table == table and column in key.ref_columns:
+                    facts.referenced_by.append((other.name, name, definition))
+        return facts
 
     def column_facts(self, connection: sa.Connection, table: str, column: str) -> ColumnFacts:
         """What hangs on ``table.column`` besides its type and rows (see ColumnFacts)."""
@@ -704,3 +751,9 @@ def for_name(name: str) -> Dialect:
 
 def for_connection(connection: sa.Connection | sa.Engine) -> Dialect:
     return for_name(connection.dialect.name)
+
+
+def _condition_columns(condition: str) -> set[str]:
+    from zdm.sqltree import condition_columns
+
+    return set(condition_columns(condition))

@@ -166,6 +166,11 @@ class PostgresDialect(Dialect):
         except ValueError:
             return ColumnType(row[0], Family.OTHER), bool(row[1])
 
+    def constraint_name(self, table: str, kind: str, columns: list[str]) -> str | None:
+        # ChooseConstraintName (src/backend/commands/indexcmds.c): table, columns, label; 63 bytes.
+        label = {"u": "key", "f": "fkey", "c": "check"}[kind]
+        return "_".join([table, *columns[:1 if kind == "c" else None], label])[:63]
+
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         rows = connection.execute(sa.text(
             "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "

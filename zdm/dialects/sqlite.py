@@ -31,6 +31,7 @@ from zdm.dialects.sqlite_rebuild import (
     describe_rebuild,
     run_rebuild,
 )
+from zdm.model import Schema
 from zdm.transforms import SafeInteger, SafeJson
 
 
@@ -393,6 +394,16 @@ class SQLiteDialect(Dialect):
         except _Unreadable:
             return {}
         return {column.name: clause.tokens[-1].identifier for column in columns for clause in column.of("collate")}
+
+    unique_constraints_have_indexes = False  # an autoindex: no SQL, nothing to copy (see index_definitions)
+
+    def model_facts(self, schema: Schema, table: str, column: str) -> ColumnFacts:
+        # As column_facts reads them: no constraints (a rebuild carries them), other tables' keys by columns.
+        found = super().model_facts(schema, table, column)
+        referenced_by = [(other.name, name or "(unnamed)", ", ".join(key.columns))
+                         for other in schema.tables.values() for name, key in other.foreign_keys.items()
+                         if other.name != table and key.ref_table == table and column in key.ref_columns]
+        return ColumnFacts(default=found.default, not_null=found.not_null, referenced_by=referenced_by)
 
     def index_definitions(self, connection: sa.Connection, table: str) -> dict[str, str]:
         rows = connection.execute(sa.text(  # an index behind a UNIQUE constraint has no SQL: it is plain

@@ -37,7 +37,10 @@ class DropConstraint(Operation):
     def _plain_index(self, c: Compiler) -> bool:
         """A unique index standing for a constraint (what add_unique makes where a dialect has no
         unique constraints of its own), not a UNIQUE constraint of the table."""
-        if c.connection is None or not sa.inspect(c.connection).has_table(self.table):
+        if c.connection is None:  # offline (Alembic --sql): as the model knows the table
+            modelled = c.schema.tables.get(self.table)
+            return modelled is not None and self.name in modelled.indexes and self.name not in modelled.uniques
+        if not sa.inspect(c.connection).has_table(self.table):
             return False
         constraints = {u["name"] for u in sa.inspect(c.connection).get_unique_constraints(self.table) if u["name"]}
         return self.name in existing_indexes(c.connection, self.table) - constraints

@@ -140,11 +140,7 @@ class DualColumn(Operation):
     def _facts(self, c: Compiler) -> ColumnFacts:
         """What hangs on the column; offline (Alembic --sql) only what the model knows."""
         if c.connection is None:
-            column = c.schema.table(self.table).column(self.column)
-            default = column.default
-            sql = default.sql if isinstance(default, SqlDefault) else (
-                None if default is None else c.dialect.literal(column.type.coerce(default), column.type))
-            return ColumnFacts(default=sql, not_null=not column.nullable)
+            return c.dialect.model_facts(c.schema, self.table, self.column)
         return c.dialect.column_facts(c.connection, self.table, self.column)
 
     def swap_facts(self, c: Compiler) -> ColumnFacts:
@@ -327,8 +323,6 @@ class DualColumn(Operation):
 
     def _constraint_copies(self, c: Compiler) -> list[ConstraintCopy]:
         """The old column's CHECKs and foreign keys, and other tables' foreign keys to it, on the shadow."""
-        if c.connection is None:
-            return []
         facts = self._facts(c)
         copies = []
         number = 0
@@ -403,19 +397,23 @@ class DualColumn(Operation):
         the new app's queries and upserts on the shadow need them (where the dialect can copy them:
         the window goes without one it cannot, which costs speed, not correctness). A type change in
         place keeps the indexes and has no window reader of the shadow."""
-        if c.connection is None:  # offline: the live indexes are unknown
-            return []
         if not self.two_way and c.dialect.retypes_in_place:
             return []
-        with warnings.catch_warnings():  # expression indexes are not reflected: the definitions are read instead
-            warnings.simplefilter("ignore", sa.exc.SAWarning)
-            constraints = {u["name"] for u in sa.inspect(c.connection).get_unique_constraints(self.table)}
-        copies = []
-        definitions = sorted(c.dialect.index_definitions(c.connection, self.table).items())
-        for number, (name, definition) in enumerate(definitions):
+        constraints: set[str]
+        if c.connection is None:  # offline (Alembic --sql): the indexes the model knows, the same copies
+            constraints = set(c.schema.table(self.table).uniques)
+            definitions = c.dialect.model_index_definitions(c.schema, self.table)
+        else:
+            with warnings.catch_warnings():  # expression indexes are not reflected: the definitions are read
+                warnings.simplefilter("ignore", sa.exc.SAWarning)
+                constraints = {str(u["name"]) for u in sa.inspect(c.connection).get_unique_constraints(self.table)}
+            definitions = c.dialect.index_definitions(c.connection, self.table)
+        copies: list[IndexCopy] = []
+        for name, definition in sorted(definitions.items()):
             parsed = statement(definition)
             if name in self._primary_key_indexes(c) or self.column not in column_names(parsed):
                 continue
+            number = len(copies)  # numbered among the column's own: the same online and offline
             temporary = object_name("zdm_ix", self.sync_name(c.plan_id, self.column, str(number)))
             if (sql := c.dialect.index_copy(definition, self.column, self.shadow, temporary)) is not None:
                 copies.append(IndexCopy(final=name, temporary=temporary, definition=sql, unique=bool(parsed.unique),
@@ -423,7 +421,8 @@ class DualColumn(Operation):
         return copies
 
     def _primary_key_indexes(self, c: Compiler) -> set[str]:
-        assert c.connection is not None
+        if c.connection is None:  # the model keeps a key apart from its indexes
+            return set()
         name = sa.inspect(c.connection).get_pk_constraint(self.table).get("name")
         return {name} if name else set()
 
