@@ -57,9 +57,14 @@ def default_value(connection: sa.Connection, sql: str | None, ctype: ColumnType)
     return ctype.coerce(value)
 
 
-def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> Table:
-    """The live table as the model sees it: columns, the catalogue around them and (with ``rows``) its rows."""
-    inspector = sa.inspect(connection)
+def read_table(connection: sa.Connection, name: str, *, rows: bool = False,
+               inspector: sa.Inspector | None = None) -> Table:
+    """The live table as the model sees it: columns, the catalogue around them and (with ``rows``) its rows.
+
+    ``inspector``: one already in use on ``connection`` (its cache spares the catalogue queries
+    asked before); by default a new one.
+    """
+    inspector = inspector or sa.inspect(connection)
     if not inspector.has_table(name):
         raise ModelError(f"no table {name!r}")
     primary_key = set(inspector.get_pk_constraint(name).get("constrained_columns") or [])
@@ -74,7 +79,7 @@ def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> T
         table.columns[column.name] = column
     _read_catalogue(inspector, table)
     if rows:
-        table.rows = read_rows(connection, name)
+        table.rows = read_rows(connection, name, inspector)
     return table
 
 
@@ -107,12 +112,13 @@ def _on_delete(action: str | None) -> str | None:
     return None if action == "NO ACTION" else action
 
 
-def live_table(connection: sa.Connection, name: str) -> sa.Table:
+def live_table(connection: sa.Connection, name: str, inspector: sa.Inspector | None = None) -> sa.Table:
     """Columns and primary key only: enough to read and update rows, and cheap to reflect.
 
     (Full reflection would also read constraints, and SQLAlchemy warns on NOT VALID ones.)
+    ``inspector``: as for :func:`read_table`.
     """
-    inspector = sa.inspect(connection)
+    inspector = inspector or sa.inspect(connection)
     primary_key = set(inspector.get_pk_constraint(name).get("constrained_columns") or [])
     columns = [
         sa.Column(info["name"], info["type"], primary_key=info["name"] in primary_key)
@@ -121,9 +127,11 @@ def live_table(connection: sa.Connection, name: str) -> sa.Table:
     return sa.Table(name, sa.MetaData(), *columns)
 
 
-def read_rows(connection: sa.Connection, name: str) -> list[dict[str, Any]]:
-    """Every row, typed like the model types them, in primary-key order."""
-    reflected = live_table(connection, name)
+def read_rows(connection: sa.Connection, name: str, inspector: sa.Inspector | None = None
+              ) -> list[dict[str, Any]]:
+    """Every row, typed like the model types them, in primary-key order (``inspector``: as for
+    :func:`read_table`)."""
+    reflected = live_table(connection, name, inspector)
     order = list(reflected.primary_key.columns) or list(reflected.columns)
     result = connection.execute(sa.select(reflected).order_by(*order))
     types = {c.name: column_type(c.type) for c in reflected.columns}
@@ -145,7 +153,7 @@ def read_schema(
         if name in INTERNAL_TABLES or name.startswith("_alembic_tmp_"):
             continue
         if inspector.has_table(name):
-            schema.add_table(read_table(connection, name, rows=rows))
+            schema.add_table(read_table(connection, name, rows=rows, inspector=inspector))
     return schema
 
 
