@@ -266,3 +266,33 @@ def test_missing_server_skips_locally_but_fails_in_ci(
         result.assert_outcomes(skipped=1)
         result.stdout.fnmatch_lines(["*no PostgreSQL server found*"])
     result.stdout.fnmatch_lines(["zdm: PostgreSQL source used: none*"])
+
+
+def test_test_databases_are_dropped_by_the_end_of_the_session_and_commit_without_waiting(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, zdm_postgres_server: ServerSource
+) -> None:
+    """zdm_postgres_url drops its database in the background: none is left once the session ends."""
+    assert zdm_postgres_server.url is not None
+    monkeypatch.setenv("ZDM_TEST_DATABASE_URL", zdm_postgres_server.url)
+    names = pytester.path / "names.txt"
+    pytester.makepyfile(
+        f"""
+        import pytest
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_uses_pg(zdm_postgres_url, n):
+            with open({str(names)!r}, "a") as out:
+                out.write(make_url(zdm_postgres_url).database + "\\n")
+            engine = create_engine(zdm_postgres_url)
+            with engine.connect() as connection:
+                assert connection.execute(text("SHOW synchronous_commit")).scalar() == "off"
+            engine.dispose()
+        """
+    )
+    result = pytester.runpytest_inprocess(*_plugin_args())
+    result.assert_outcomes(passed=3)
+    created = names.read_text().split()
+    assert len(set(created)) == 3
+    assert not [name for name in created if _database_exists(zdm_postgres_server.url, name)]
