@@ -216,7 +216,7 @@ class Runner:
                     f"`zdm complete {plan_file.id}`, or undo it with `zdm rollback {plan_file.id}`"
                 )
             if previous.phase in (Phase.EXPANDING, Phase.MIGRATING):
-                if not _same_operations(previous.source.get("operations"), plan_file):
+                if previous.source.get("operations") != plan_file.model_dump(mode="json")["operations"]:
                     raise PlanStateError(
                         f"plan {plan_file.id!r} was interrupted during {previous.phase.value} with other operations "
                         f"than this file's: resume it with the file it started with, or `zdm rollback "
@@ -474,17 +474,6 @@ class Runner:
             for step in steps:
                 step.rolled_back = False
             raise
-
-
-def _same_operations(stored: Any, plan_file: PlanFile) -> bool:
-    """Whether the operations a record stored are ``plan_file``'s. Read again first: a record of an
-    earlier release lacks the fields added since (``alter_column``'s ``zone``), which take their
-    defaults, so the same file still resumes the plan it started."""
-    try:
-        again = PlanFile.model_validate({"id": plan_file.id, "operations": stored})
-    except (TypeError, ValueError):
-        return False
-    return again.model_dump(mode="json")["operations"] == plan_file.model_dump(mode="json")["operations"]
 
 
 def _rolling_back(plan: MigrationPlan) -> str:
