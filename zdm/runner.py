@@ -178,12 +178,12 @@ class Runner:
         problems = planfile.check(plan_file, schema)
         if any(p.level == "error" for p in problems):
             raise PlanInvalid(problems)
-        for problem in problems:
-            self.reporter.note(str(problem))
         try:
             plan = planfile.compile_plan(plan_file, connection)
         except ValueError as exc:  # an operation that cannot be done on this live schema
             raise PlanInvalid([Problem("error", str(exc))]) from None
+        for problem in problems:  # warnings of a plan that compiles: a refused one prints its error alone
+            self.reporter.note(str(problem))
         plan.source["settings"] = {**plan.source.get("settings", {}), **self.overrides}
         return plan
 
