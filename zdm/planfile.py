@@ -260,6 +260,7 @@ def compile_plan(
             raise ValueError("compiling offline needs the schema and the dialect name")
         sql_dialect, working = for_name(dialect), schema.copy()
     compilers = []
+    replaced: dict[tuple[str, str], tuple[int, str]] = {}
     taken = sql_dialect.object_names(connection) if connection is not None else {}
     for number, operation in enumerate(plan.operations, 1):
         for name in operation.creates():
@@ -267,9 +268,11 @@ def compile_plan(
                 raise ValueError(f"operation {number} ({operation.describe()}): the name {name!r} is taken by "
                                  f"{taken[key]}; pick a name no object of the schema has")
             taken[key] = f"operation {number} of this plan"
-        compiler = Compiler(sql_dialect, connection, working.copy(), plan.id)
+        compiler = Compiler(sql_dialect, connection, working.copy(), plan.id, number, replaced)
         if errors := operation.check_live(compiler):
             raise ValueError(errors[0])
+        if (pair := operation.replaces_column(compiler)) is not None:
+            replaced[operation.table, pair[0]] = (number, pair[1])
         compilers.append(compiler)
         for phase in STEP_PHASES:
             operation.apply_to_model(working, phase, sql_dialect)

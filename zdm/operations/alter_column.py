@@ -158,6 +158,11 @@ class AlterColumn(DualColumn):
             return widen_key.check_live(self, c)
         return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().check_live(c)
 
+    def replaces_column(self, c: Compiler) -> tuple[str, str] | None:
+        if self._widens_key(c.schema) or retype_in_place.reason(self, c.schema, c.dialect):
+            return None
+        return super().replaces_column(c)
+
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         from zdm.operations import widen_key
 

@@ -54,6 +54,11 @@ class IndexCopy:
     definition: str  # the CREATE INDEX statement of the copy
     unique: bool
     constraint: bool  # a UNIQUE constraint rather than a plain index
+    #: An index over several columns the plan replaces gets one copy over all their new columns:
+    #: the last of those operations builds it (every new column is filled by then), the first
+    #: gives it the index's name (its swap drops the index with the first old column).
+    build: bool = True
+    rename: bool = True
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,20 @@ class DualColumn(Operation):
 
     def touches(self) -> set[tuple[str, str]]:
         return {(self.table, name) for name in (self.column, self.shadow, self.final_name)}
+
+    def replaces_column(self, c: Compiler) -> tuple[str, str] | None:
+        if self.keeps_old_column or c.dialect.retypes_in_place or c.connection is None:
+            return None
+        return (self.column, self.shadow)
+
+    def _partners(self, c: Compiler) -> dict[str, tuple[int, str]]:
+        """The table's other columns that other operations of this plan replace too: column ->
+        (operation number, new column). A copy of an index or constraint over several of them is
+        made once, over all the new columns: one per operation would be dropped by the others' swaps."""
+        if c.replaced.get((self.table, self.column), (None,))[0] != c.number:
+            return {}
+        return {column: (number, new) for (table, column), (number, new) in c.replaced.items()
+                if table == self.table and number != c.number}
 
     # -- the live column ------------------------------------------------------------------------
     def _facts(self, c: Compiler) -> ColumnFacts:
@@ -292,7 +311,7 @@ class DualColumn(Operation):
         )]
         if not self.up(c.schema).identity:
             steps.append(MigrationStep(MIGRATING, f"every {self.column} converted", forward=[self._all_converted(c)]))
-        for copy in self._index_copies(c):
+        for copy in [copy for copy in self._index_copies(c) if copy.build]:
             kind = "unique index" if copy.unique else "index"
             steps.append(MigrationStep(
                 MIGRATING, f"{kind} {copy.temporary} on {self.table}.{self.shadow}, a copy of {copy.final}",
@@ -326,16 +345,30 @@ class DualColumn(Operation):
         facts = self._facts(c)
         copies = []
         number = 0
+        partners = self._partners(c)
+
+        def shared(definition: str, referenced: bool = False) -> str | None:
+            """The copy over every new column; None when an earlier operation of the plan makes it
+            (its contract runs first, while every old column is still there)."""
+            for column, (other, new) in partners.items():
+                renamed = c.dialect.constraint_for(definition, column, new, referenced=referenced)
+                if renamed != c.dialect.constraint_for(definition, column, column, referenced=referenced):
+                    if other < c.number:
+                        return None
+                    definition = renamed
+            return definition
+
         for name, (kind, definition) in facts.constraints.items():
             if kind in ("c", "f"):
                 number += 1
-                copies.append(ConstraintCopy(self.table, name, self._temporary("zdm_cc", c, number),
-                                             c.dialect.constraint_for(definition, self.column, self.shadow)))
+                copy = shared(c.dialect.constraint_for(definition, self.column, self.shadow))
+                if copy is not None:
+                    copies.append(ConstraintCopy(self.table, name, self._temporary("zdm_cc", c, number), copy))
         for child, name, definition in facts.referenced_by:
             number += 1
-            copies.append(ConstraintCopy(child, name, self._temporary("zdm_cc", c, number),
-                                         c.dialect.constraint_for(definition, self.column, self.shadow,
-                                                                  referenced=True)))
+            copy = shared(c.dialect.constraint_for(definition, self.column, self.shadow, referenced=True), True)
+            if copy is not None:
+                copies.append(ConstraintCopy(child, name, self._temporary("zdm_cc", c, number), copy))
         return copies
 
     def _temporary(self, prefix: str, c: Compiler, number: int) -> str:
@@ -371,7 +404,7 @@ class DualColumn(Operation):
             self.table, self.column, self.shadow, self.final_name, facts, default=self.final_default(c),
             not_null=not_null if facts.not_null else None,
             constraints=[(copy.table, copy.temporary, copy.final) for copy in copies],
-            indexes=[(copy.temporary, copy.final, copy.constraint) for copy in self._index_copies(c)])
+            indexes=[(copy.temporary, copy.final, copy.constraint) for copy in self._index_copies(c) if copy.rename])
         steps.append(MigrationStep(CONTRACTING, f"drop {self.table}.{self.column}; {self.shadow} takes its place "
                                    f"as {self.final_name}", forward=swap))
         return steps
@@ -409,15 +442,25 @@ class DualColumn(Operation):
                 constraints = {str(u["name"]) for u in sa.inspect(c.connection).get_unique_constraints(self.table)}
             definitions = c.dialect.index_definitions(c.connection, self.table)
         copies: list[IndexCopy] = []
+        partners = self._partners(c)
         for name, definition in sorted(definitions.items()):
             parsed = statement(definition)
             if name in self._primary_key_indexes(c) or self.column not in column_names(parsed):
                 continue
             number = len(copies)  # numbered among the column's own: the same online and offline
             temporary = object_name("zdm_ix", self.sync_name(c.plan_id, self.column, str(number)))
-            if (sql := c.dialect.index_copy(definition, self.column, self.shadow, temporary)) is not None:
+            sharing = {column: partners[column] for column in column_names(parsed) if column in partners}
+            numbers = {c.number: self.column, **{other: column for column, (other, _new) in sharing.items()}}
+            builder = max(numbers)
+            if sharing:  # one name every operation sharing the copy computes alike
+                temporary = object_name("zdm_ix", self.sync_name(c.plan_id, numbers[builder], name))
+            sql = c.dialect.index_copy(definition, self.column, self.shadow, temporary)
+            for column, (_other, new) in sorted(sharing.items()):
+                sql = None if sql is None else c.dialect.index_copy(sql, column, new, temporary)
+            if sql is not None:
                 copies.append(IndexCopy(final=name, temporary=temporary, definition=sql, unique=bool(parsed.unique),
-                                        constraint=name in constraints))
+                                        constraint=name in constraints, build=builder == c.number,
+                                        rename=min(numbers) == c.number))
         return copies
 
     def _primary_key_indexes(self, c: Compiler) -> set[str]:
