@@ -272,7 +272,7 @@ def compile_plan(
         if errors := operation.check_live(compiler):
             raise ValueError(errors[0])
         if (pair := operation.replaces_column(compiler)) is not None:
-            replaced[operation.table, pair[0]] = (number, pair[1])
+            replaced[pair[0], pair[1]] = (number, pair[2])
         compilers.append(compiler)
         for phase in STEP_PHASES:
             operation.apply_to_model(working, phase, sql_dialect)

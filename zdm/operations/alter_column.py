@@ -158,7 +158,7 @@ class AlterColumn(DualColumn):
             return widen_key.check_live(self, c)
         return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().check_live(c)
 
-    def replaces_column(self, c: Compiler) -> tuple[str, str] | None:
+    def replaces_column(self, c: Compiler) -> tuple[str, str, str] | None:
         if self._widens_key(c.schema) or retype_in_place.reason(self, c.schema, c.dialect):
             return None
         return super().replaces_column(c)

@@ -152,8 +152,8 @@ class Operation(BaseModel):
         """The existing column the operation reads (Alembic's offline hints describe it)."""
         return getattr(self, "column", None)
 
-    def replaces_column(self, c: Compiler) -> tuple[str, str] | None:
-        """(column, new column) when a new column takes the place of ``column`` at complete (a type
+    def replaces_column(self, c: Compiler) -> tuple[str, str, str] | None:
+        """(table, column, new column) when a new column takes the place of ``column`` at complete (a type
         change by a new column: the old one, its indexes and constraints are dropped); else None."""
         return None
 

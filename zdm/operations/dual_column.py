@@ -141,10 +141,10 @@ class DualColumn(Operation):
     def touches(self) -> set[tuple[str, str]]:
         return {(self.table, name) for name in (self.column, self.shadow, self.final_name)}
 
-    def replaces_column(self, c: Compiler) -> tuple[str, str] | None:
+    def replaces_column(self, c: Compiler) -> tuple[str, str, str] | None:
         if self.keeps_old_column or c.dialect.retypes_in_place or c.connection is None:
             return None
-        return (self.column, self.shadow)
+        return (self.table, self.column, self.shadow)
 
     def _partners(self, c: Compiler) -> dict[str, tuple[int, str]]:
         """The table's other columns that other operations of this plan replace too: column ->
