@@ -561,6 +561,15 @@ class Dialect:
     def drop_index(self, name: str, table: str) -> list[Action]:
         return [Statement(self.sql(sa.schema.DropIndex(self._index(name, table, [], False), if_exists=True)))]
 
+    def copy_problem(self, connection: sa.Connection, table: str, shadow: str, shadow_type: sa.types.TypeEngine[Any],
+                     indexes: dict[str, str], checks: dict[str, str]) -> str | None:
+        """Why one of the copies a change will build on the new column ``shadow`` cannot be built
+        there (an operator or function the new type lacks, in an expression or a WHERE clause):
+        ``indexes`` and ``checks`` map each original's name to its copy's definition. Asked before
+        anything runs, and the database is left as it was; None when every copy builds (or the
+        dialect's copies cannot fail on types)."""
+        return None
+
     def index_copy(self, definition: str, column: str, shadow: str, name: str) -> str | None:
         """CREATE INDEX ``name``: the index ``definition`` (as ``index_definitions`` reads it) on ``shadow``
         instead of ``column``; None when the dialect cannot copy it."""

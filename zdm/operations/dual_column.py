@@ -265,6 +265,14 @@ class DualColumn(Operation):
             self.refuse_what_cannot_be_carried(c)
         except ValueError as exc:
             return [str(exc)]
+        if c.connection is not None and not self.keeps_old_column:
+            # Every copy is known to build before the backfill, not after it.
+            checks = {copy.final: copy.definition for copy in self._constraint_copies(c)
+                      if copy.table == self.table and copy.definition.upper().startswith("CHECK")}
+            indexes = {copy.final: copy.definition for copy in self._index_copies(c)}
+            if problem := c.dialect.copy_problem(c.connection, self.table, self.shadow, self.shadow_type(c),
+                                                 indexes, checks):
+                return [problem]
         return []
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
