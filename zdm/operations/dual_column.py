@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from zdm import transforms
 from zdm.actions import Action, DataCheck, Statement
+from zdm.coltypes import Family
 from zdm.dialects import ColumnFacts, Dialect, Sync, object_name
 from zdm.model import Column, ColumnType, ForeignKey, Index, Link, Schema, SqlDefault, Table
 from zdm.operations.base import Compiler, Operation
@@ -43,6 +44,10 @@ from zdm.sqltree import column_names, condition_columns, rename_in_condition, st
 from zdm.transforms import Transform
 
 EXPANDING, MIGRATING, CONTRACTING = Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING
+
+#: Types whose conversion to or from another family depends on the session (time zone, date and
+#: float output settings): the app's session and zdm's may convert one value differently.
+SESSION_DEPENDENT = {Family.TIMESTAMP, Family.TIMESTAMPTZ, Family.DATE, Family.TIME, Family.INTERVAL, Family.FLOAT}
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,37 @@ class DualColumn(Operation):
                              f"{self.up(c.schema).name} cannot convert (fix them, or choose another transform)",
                              self.column)
 
+    def _out_of_step(self, c: Compiler) -> list[Action]:
+        """A check that every row's new value is the conversion of its old one (or, where the new app
+        writes the new column, that the old one is the conversion back of it): a user trigger that
+        changed a column behind zdm's back (through a function zdm cannot read) would otherwise have
+        its change lost at complete. Only where the conversion is the same in every session (not
+        through a time zone or a float's text form) and the values compare."""
+        if c.connection is None:
+            return []
+        source = c.schema.resolve(c.schema.table(self.table).column(self.column).type)
+        target = c.schema.resolve(self.model_type(c.schema.table(self.table).column(self.column)))
+        families = {source.family, target.family}
+        if families & {Family.JSON, Family.OTHER} or (len(families) > 1 and families & SESSION_DEPENDENT):
+            return []
+        old: sa.ColumnClause[Any] = sa.column(self.column)
+        new: sa.ColumnClause[Any] = sa.column(self.shadow)
+
+        def inlined(value: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:  # SQLAlchemy leaves the
+            return sa.literal_column(f"({c.dialect.sql(value)})")  # binds of IS NOT's right side as ?
+
+        differs = new.is_distinct_from(inlined(sa.cast(self.up(c.schema).sql(old), self.shadow_type(c))))
+        if self.two_way:
+            back = sa.cast(self.down(c.schema).sql(new), c.live_type(self.table, self.column))
+            differs = sa.and_(differs, old.is_distinct_from(inlined(back)))
+        again = (f"write {self.column} or {self.shadow} of those rows again (a changed value)" if self.two_way else
+                 f"set {self.shadow} to NULL in those rows (zdm's triggers convert {self.column} again)")
+        return [no_rows_where(c, self.table, differs, f"rows of {self.table} whose {self.shadow} is not the "
+                              f"conversion of {self.column} (a trigger or a write zdm cannot follow changed one "
+                              f"of them; complete would keep {self.shadow}'s value): drop what wrote them (a "
+                              f"trigger: create it again after complete), {again}, and run complete again",
+                              self.column, self.shadow)]
+
     def _helpers(self, c: Compiler) -> tuple[list[Action], list[Action]]:
         return c.dialect.helper_functions(self.up(c.schema), self.down(c.schema) if self.two_way else None)
 
@@ -388,6 +424,7 @@ class DualColumn(Operation):
         d = c.dialect
         facts = self._facts(c)
         converted: list[Action] = [] if self.up(c.schema).identity else [self._all_converted(c)]
+        converted += self._out_of_step(c)
         copies = self._constraint_copies(c)
         add: list[Action] = list(converted)
         validate: list[Action] = []
@@ -423,6 +460,7 @@ class DualColumn(Operation):
         d = c.dialect
         facts = self._facts(c)
         converted: list[Action] = [] if self.up(c.schema).identity else [self._all_converted(c)]
+        converted += self._out_of_step(c)
         forward = [*converted, *self._drop_triggers(c)]
         for copy in self._index_copies(c):
             forward += d.drop_index(copy.temporary, self.table)
