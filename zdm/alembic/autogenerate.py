@@ -33,6 +33,7 @@ from alembic.runtime.migration import MigrationContext
 from zdm import introspect
 from zdm.alembic.offline import Hints
 from zdm.operations import Operation
+from zdm.plan import TABLES
 from zdm.planfile import PlanFile
 
 #: Prefix of every object zdm creates and owns (triggers, functions, index and constraint copies).
@@ -244,7 +245,7 @@ def in_flight_columns(plans: list[Any]) -> set[tuple[str, str]]:
     touched: set[tuple[str, str]] = set()
     for plan in plans:
         try:
-            declared = PlanFile.model_validate(plan.source)
+            declared = PlanFile.model_validate({k: v for k, v in plan.source.items() if k != TABLES})
         except ValueError:
             continue
         for operation in declared.operations:

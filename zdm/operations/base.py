@@ -157,6 +157,11 @@ class Operation(BaseModel):
         change by a new column: the old one, its indexes and constraints are dropped); else None."""
         return None
 
+    def changed_tables(self, c: Compiler) -> set[str]:
+        """Every table the operation creates objects on or changes (columns, triggers, constraints):
+        no other plan may be in flight on any of them."""
+        return {self.table} if self.table else set()
+
     def creates(self) -> list[str]:
         """Names the plan's author chose for the tables, views, indexes and constraints this operation
         creates. None may be taken by any object of the schema: ``compile_plan`` checks the live

@@ -151,6 +151,10 @@ class DualColumn(Operation):
             return None
         return (self.table, self.column, self.shadow)
 
+    def changed_tables(self, c: Compiler) -> set[str]:
+        """The table, and those whose foreign keys to the column are copied onto the new one."""
+        return {self.table, *(copy.table for copy in self._constraint_copies(c))}
+
     def _partners(self, c: Compiler) -> dict[str, tuple[int, str]]:
         """The table's other columns that other operations of this plan replace too: column ->
         (operation number, new column). A copy of an index or constraint over several of them is
