@@ -18,6 +18,13 @@ from zdm.model import Column, ColumnType, ForeignKey, Index, ModelError, Schema,
 
 #: Tables zdm owns; never part of the user's schema.
 INTERNAL_TABLES = frozenset({"zdm_migrations"})
+#: The prefix of the tables a plan owns while it is in flight (set_not_null's table of filled keys).
+PLAN_TABLE_PREFIX = "zdm_filled_"
+
+
+def internal_table(name: str) -> bool:
+    """A table zdm owns (its state, or a plan's while in flight): never part of the user's schema."""
+    return name in INTERNAL_TABLES or name.startswith(PLAN_TABLE_PREFIX)
 #: The prefix of every index, constraint, trigger and function zdm creates.
 ZDM_PREFIX = "zdm_"
 
@@ -143,7 +150,7 @@ def read_schema(
     dialect = for_connection(connection)
     schema = Schema(types=dialect.user_types(connection), type_limits=dialect.enforces_type_limits)
     for name in names:
-        if name in INTERNAL_TABLES or name.startswith("_alembic_tmp_"):
+        if internal_table(name) or name.startswith("_alembic_tmp_"):
             continue
         if inspector.has_table(name):
             schema.add_table(read_table(connection, name, rows=rows))

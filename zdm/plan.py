@@ -56,6 +56,8 @@ class Backfill:
     key: list[str]
     assignments: dict[str, str]
     pending: str | None = None
+    #: A table of the key columns where each batch first notes the keys of the rows it will change.
+    record: str | None = None
 
     def describe(self) -> str:
         sets = ", ".join(f"{c} = {e}" for c, e in self.assignments.items())

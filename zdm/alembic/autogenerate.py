@@ -57,7 +57,7 @@ def install(context: MigrationContext, in_flight: Callable[[], set[tuple[str, st
         return cache[0]
 
     def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-        if type_ == "table" and name in introspect.INTERNAL_TABLES:
+        if type_ == "table" and name is not None and introspect.internal_table(name):
             return False
         if name and name.startswith(OWN_PREFIX) and type_ != "table":
             return False

@@ -514,11 +514,14 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         drop = [f"DROP TRIGGER IF EXISTS {trigger} ON {table}", f"DROP FUNCTION IF EXISTS {fn}()"]
         return statements(create), statements(drop)
 
-    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
-                      ) -> tuple[list[Action], list[Action]]:
+    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str,
+                      record: str | None = None) -> tuple[list[Action], list[Action]]:
         q = self.quote
         fn, trigger = q(object_name("zdm_fn", name)), q(object_name("zdm_tg", name))
-        body = f"BEGIN\n  IF NEW.{q(column)} IS NULL THEN NEW.{q(column)} := {value}; END IF;\n  RETURN NEW;\nEND"
+        note = "" if record is None else (f" INSERT INTO {q(record)} ({', '.join(q(k) for k in key)}) "
+                                          f"VALUES ({', '.join(f'NEW.{q(k)}' for k in key)});")
+        body = (f"BEGIN\n  IF NEW.{q(column)} IS NULL THEN NEW.{q(column)} := {value};{note} END IF;\n"
+                "  RETURN NEW;\nEND")
         create = [
             f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {_dollar_quoted(body)}",
             f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {q(table)} FOR EACH ROW EXECUTE FUNCTION {fn}()",

@@ -169,7 +169,8 @@ class Operation(BaseModel):
         return []
 
     def filled_columns(self) -> list[str]:
-        """Columns whose NULLs the operation replaces: a rollback cannot tell them from written values."""
+        """Columns whose NULLs the operation replaces: a rollback gives them back where the row still
+        holds the fill, and cannot tell a fill from the same value written over it."""
         return []
 
     def column_fate(self, kind: str, dialect: Dialect) -> str | None:
