@@ -152,7 +152,10 @@ class DualColumn(Operation):
         return (self.table, self.column, self.shadow)
 
     def changed_tables(self, c: Compiler) -> set[str]:
-        """The table, and those whose foreign keys to the column are copied onto the new one."""
+        """The table, and those whose foreign keys to the column are copied onto the new one (a swap;
+        a rename or a change in place leaves other tables as they are)."""
+        if self.keeps_old_column or c.dialect.retypes_in_place:
+            return {self.table}
         return {self.table, *(copy.table for copy in self._constraint_copies(c))}
 
     def _partners(self, c: Compiler) -> dict[str, tuple[int, str]]:
@@ -305,8 +308,8 @@ class DualColumn(Operation):
             self.refuse_what_cannot_be_carried(c)
         except ValueError as exc:
             return [str(exc)]
-        if c.connection is not None and not self.keeps_old_column:
-            # Every copy is known to build before the backfill, not after it.
+        if c.connection is not None and not self.keeps_old_column and not c.dialect.retypes_in_place:
+            # Every copy a swap builds is known to build before the backfill, not after it.
             checks = {copy.final: copy.definition for copy in self._constraint_copies(c)
                       if copy.table == self.table and copy.definition.upper().startswith("CHECK")}
             indexes = {copy.final: copy.definition for copy in self._index_copies(c)}
