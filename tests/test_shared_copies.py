@@ -37,6 +37,9 @@ PLANS = {
                          {"op": "rename_column", "table": "t", "column": "a", "new_name": "a2"}],
     "alter-with-new-names": [{"op": "alter_column", "table": "t", "column": "a", "type": "BIGINT", "new_name": "a2"},
                              {"op": "alter_column", "table": "t", "column": "b", "type": "BIGINT"}],
+    "both-with-new-names": [
+        {"op": "alter_column", "table": "t", "column": "a", "type": "BIGINT", "new_name": "a2"},
+        {"op": "alter_column", "table": "t", "column": "b", "type": "BIGINT", "new_name": "b2"}],
 }
 
 
@@ -52,10 +55,11 @@ def test_two_changed_columns_of_one_index(zdm_database_url: str, operations: lis
     with engine.begin() as connection:
         connection.exec_driver_sql("UPDATE t SET b = 100 WHERE id = 3")
     run.complete(plan.id)
-    names = {"a": "a2" if any(op.get("new_name") for op in operations) else "a", "b": "b"}
-    assert indexes(engine) == {"t_ab": [names["a"], "b"]}
+    names = {op["column"]: op.get("new_name", op["column"]) for op in operations}
+    names.setdefault("b", "b")
+    assert indexes(engine) == {"t_ab": [names["a"], names["b"]]}
     with engine.connect() as connection:
-        assert connection.exec_driver_sql(f"SELECT {names['a']}, b FROM t WHERE id = 3").one() == (3, 100)
+        assert connection.exec_driver_sql(f"SELECT {names['a']}, {names['b']} FROM t WHERE id = 3").one() == (3, 100)
 
 
 def test_a_unique_constraint_a_check_and_a_foreign_key_over_two_changed_columns(zdm_database_url: str) -> None:
