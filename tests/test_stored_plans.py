@@ -73,6 +73,7 @@ def test_a_plan_stored_by_the_earlier_release_resumes_and_ends(zdm_database_url:
         apply_phases(plan, model, dialect, Phase.CONTRACTING)
     else:
         runner(engine).rollback(plan.id)
+        model.table("users").filled.clear()  # the earlier release noted no filled keys: its fills stay
         rollback_model(plan, model, dialect)
         assert model.table("users").catalogue() == original.table("users").catalogue()
     assert_agrees(engine, model)

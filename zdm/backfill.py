@@ -106,6 +106,10 @@ def run_batch(connection: sa.Connection, table: sa.Table, spec: Backfill, checkp
     )
     if spec.pending:
         update = update.where(sql_text(spec.pending))
+    if spec.record:  # the rows this batch changes, noted first (in the same transaction)
+        changing = sa.select(*key).where(*batch, *([sql_text(spec.pending)] if spec.pending else []))
+        connection.execute(sa.table(spec.record, *[sa.column(k) for k in spec.key]).insert().from_select(
+            spec.key, changing))
     connection.execute(update)
     return replace(checkpoint, last_key=upper, rows_done=checkpoint.rows_done + int(visited)), int(visited)
 

@@ -18,6 +18,15 @@ from zdm.model import Column, ColumnType, ForeignKey, Index, ModelError, Schema,
 
 #: Tables zdm owns; never part of the user's schema.
 INTERNAL_TABLES = frozenset({"zdm_migrations"})
+#: The prefix of the tables a plan owns while it is in flight (set_not_null's table of filled keys).
+PLAN_TABLE_PREFIX = "zdm_filled_"
+
+
+def internal_table(name: str) -> bool:
+    """A table zdm owns (its state, or a plan's while in flight): never part of the user's schema."""
+    return name in INTERNAL_TABLES or name.startswith(PLAN_TABLE_PREFIX)
+
+
 #: The prefix of every index, constraint, trigger and function zdm creates.
 ZDM_PREFIX = "zdm_"
 
@@ -193,7 +202,7 @@ def read_schema(
 
     dialect = for_connection(connection)
     schema = Schema(types=dialect.user_types(connection), type_limits=dialect.enforces_type_limits)
-    names = [n for n in names if n not in INTERNAL_TABLES and not n.startswith("_alembic_tmp_")]
+    names = [n for n in names if not internal_table(n) and not n.startswith("_alembic_tmp_")]
     if tables is not None:
         names = [n for n in names if inspector.has_table(n)]
     catalogue = _Catalogue(inspector, names)

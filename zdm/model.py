@@ -113,6 +113,8 @@ class Table:
     links: list[Link] = field(default_factory=list)
     #: Column -> value written in place of NULL (the model's twin of a fill trigger).
     fills: dict[str, Any] = field(default_factory=dict)
+    #: (column, key) of each row whose NULL a fill replaced (the twin of set_not_null's table of keys).
+    filled: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
     indexes: dict[str, Index] = field(default_factory=dict)
     #: UNIQUE constraints: name -> columns.
     uniques: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -126,6 +128,7 @@ class Table:
         self.rows = []
         self.links = []
         self.fills = {}
+        self.filled = set()
         self.indexes = {}
         self.uniques = {}
         self.checks = {}
@@ -258,6 +261,11 @@ class Table:
         for name, value in self.fills.items():
             if row[name] is None:
                 row[name] = self.column(name).type.coerce(value)
+                self.filled.add((name, self.key_of(row)))
+
+    def key_of(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        """The row's primary key values."""
+        return tuple(row[k] for k in self.primary_key)
 
     def _link_insert(self, link: Link, row: dict[str, Any]) -> None:
         a, b = self.column(link.a), self.column(link.b)

@@ -56,6 +56,8 @@ class Backfill:
     key: list[str]
     assignments: dict[str, str]
     pending: str | None = None
+    #: A table of the key columns where each batch first notes the keys of the rows it will change.
+    record: str | None = None
 
     def describe(self) -> str:
         sets = ", ".join(f"{c} = {e}" for c, e in self.assignments.items())
@@ -140,6 +142,10 @@ class HistoryEntry:
         return {"at": self.at, "phase": self.phase.value, "note": self.note}
 
 
+#: The key of ``MigrationPlan.source`` that lists the tables the compiled plan changes.
+TABLES = "tables"
+
+
 @dataclass
 class MigrationPlan:
     id: str
@@ -149,6 +155,14 @@ class MigrationPlan:
     history: list[HistoryEntry] = field(default_factory=list)
     #: The plan file as declared (operations and settings), kept for resume and for humans.
     source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tables(self) -> list[str]:
+        """Every table the plan creates objects on or changes (a plan of an earlier release: those
+        its operations name)."""
+        if TABLES in self.source:
+            return list(self.source[TABLES])
+        return sorted({op["table"] for op in self.source.get("operations", []) if op.get("table")})
 
     # -- state machine ---------------------------------------------------------------------
     def transition(self, to: Phase, at: str, note: str = "") -> None:

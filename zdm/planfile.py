@@ -21,7 +21,7 @@ from zdm.dialects import for_connection, for_name, minted_names
 from zdm.errors import printable
 from zdm.model import Schema
 from zdm.operations import AnyOperation, Compiler
-from zdm.plan import STEP_PHASES, MigrationPlan, MigrationStep, Phase
+from zdm.plan import STEP_PHASES, TABLES, MigrationPlan, MigrationStep, Phase
 
 #: More operations than this in one plan is allowed, but deserves a second look.
 MANY_OPERATIONS = 10
@@ -260,6 +260,8 @@ def compile_plan(
             raise ValueError("compiling offline needs the schema and the dialect name")
         sql_dialect, working = for_name(dialect), schema.copy()
     compilers = []
+    replaced: dict[tuple[str, str], tuple[int, str]] = {}
+    tables: set[str] = set()
     taken = sql_dialect.object_names(connection) if connection is not None else {}
     for number, operation in enumerate(plan.operations, 1):
         for name in operation.creates():
@@ -267,9 +269,12 @@ def compile_plan(
                 raise ValueError(f"operation {number} ({operation.describe()}): the name {name!r} is taken by "
                                  f"{taken[key]}; pick a name no object of the schema has")
             taken[key] = f"operation {number} of this plan"
-        compiler = Compiler(sql_dialect, connection, working.copy(), plan.id)
+        compiler = Compiler(sql_dialect, connection, working.copy(), plan.id, number, replaced)
         if errors := operation.check_live(compiler):
             raise ValueError(errors[0])
+        tables |= operation.changed_tables(compiler)
+        if (pair := operation.replaces_column(compiler)) is not None:
+            replaced[pair[0], pair[1]] = (number, pair[2])
         compilers.append(compiler)
         for phase in STEP_PHASES:
             operation.apply_to_model(working, phase, sql_dialect)
@@ -288,7 +293,7 @@ def compile_plan(
             for action in (*step.forward, *step.compensate):
                 action.check(connection, sql_dialect)
     return MigrationPlan(id=plan.id, title=plan.title or plan.id, steps=steps, phase=Phase.PENDING,
-                         source=plan.model_dump(mode="json"))
+                         source={**plan.model_dump(mode="json"), TABLES: sorted(tables)})
 
 
 def _phase_steps(operation: Any, phase: Phase, compiler: Compiler) -> list[MigrationStep]:

@@ -226,9 +226,10 @@ class Runner:
                 return previous, checkpoint
         self._use(plan_file.settings.model_dump())
         with self.engine.connect() as connection:
-            self._refuse_overlap(connection, plan_file)
+            self._refuse_overlap(connection, plan_file.id, {op.table for op in plan_file.operations if op.table})
             plan = self._compile(connection, plan_file)
             connection.rollback()
+            self._refuse_overlap(connection, plan_file.id, set(plan.tables))
         if found is not None:
             plan.history, plan.phase = found[0].history, found[0].phase
         with self.engine.begin() as connection:
@@ -259,13 +260,15 @@ class Runner:
                                    f"until `zdm resume {plan.id}`")
             state.save(connection, plan, checkpoint)
 
-    def _refuse_overlap(self, connection: sa.Connection, plan_file: PlanFile) -> None:
-        """One plan at a time per table: a second one would build triggers on the first's columns."""
-        tables = {operation.table for operation in plan_file.operations if operation.table}
+    def _refuse_overlap(self, connection: sa.Connection, plan_id: str, tables: set[str]) -> None:
+        """One plan at a time per table: a second one would build triggers on the first's columns.
+        ``tables``: those the plan changes (checked again once the plan is compiled: a key widening
+        changes the tables whose foreign keys point at the key, a type change those whose foreign
+        keys it copies)."""
         for other, _ in state.load_all(connection):
-            if other.id == plan_file.id or other.phase not in (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING):
+            if other.id == plan_id or other.phase not in (Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING):
                 continue
-            shared = tables & {operation.get("table") for operation in other.source.get("operations", [])}
+            shared = tables & set(other.tables)
             if shared:
                 raise PlanStateError(
                     f"table {sorted(shared)[0]!r} is being changed by plan {other.id!r} ({other.phase.value}): "
@@ -483,7 +486,7 @@ def _rolling_back(plan: MigrationPlan) -> str:
 
 
 def _tables_of(plan: MigrationPlan) -> list[str]:
-    return sorted({operation["table"] for operation in plan.source.get("operations", []) if operation.get("table")})
+    return plan.tables
 
 
 def reason(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ from alembic.runtime.migration import MigrationContext
 from zdm import introspect
 from zdm.alembic.offline import Hints
 from zdm.operations import Operation
+from zdm.plan import TABLES
 from zdm.planfile import PlanFile
 
 #: Prefix of every object zdm creates and owns (triggers, functions, index and constraint copies).
@@ -56,7 +57,7 @@ def install(context: MigrationContext, in_flight: Callable[[], set[tuple[str, st
         return cache[0]
 
     def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-        if type_ == "table" and name in introspect.INTERNAL_TABLES:
+        if type_ == "table" and name is not None and introspect.internal_table(name):
             return False
         if name and name.startswith(OWN_PREFIX) and type_ != "table":
             return False
@@ -244,7 +245,7 @@ def in_flight_columns(plans: list[Any]) -> set[tuple[str, str]]:
     touched: set[tuple[str, str]] = set()
     for plan in plans:
         try:
-            declared = PlanFile.model_validate(plan.source)
+            declared = PlanFile.model_validate({k: v for k, v in plan.source.items() if k != TABLES})
         except ValueError:
             continue
         for operation in declared.operations:

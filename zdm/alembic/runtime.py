@@ -320,7 +320,7 @@ def _refuse_overlap(session: Session, context: MigrationContext, revision: str, 
     back, so that nothing of a revision Alembic did not stamp stays in flight.
     """
     for other in _load_all(session):
-        tables = {declared.get("table") for declared in other.source.get("operations", [])} - {None}
+        tables = set(other.tables)
         if other.id == plan_id or other.phase not in IN_FLIGHT or operation.table not in tables:
             continue
         if revision_of(other) == revision:

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect as SADialect
 
-from zdm.actions import Action, Rebuild, Statement
+from zdm.actions import Action, Rebuild, Statement, statements
 from zdm.coltypes import Family, to_sa
 from zdm.errors import ThrottleInvalid
 from zdm.model import ColumnType, Schema, SqlDefault
@@ -561,6 +561,15 @@ class Dialect:
     def drop_index(self, name: str, table: str) -> list[Action]:
         return [Statement(self.sql(sa.schema.DropIndex(self._index(name, table, [], False), if_exists=True)))]
 
+    def copy_problem(self, connection: sa.Connection, table: str, shadow: str, shadow_type: sa.types.TypeEngine[Any],
+                     indexes: dict[str, str], checks: dict[str, str]) -> str | None:
+        """Why one of the copies a change will build on the new column ``shadow`` cannot be built
+        there (an operator or function the new type lacks, in an expression or a WHERE clause):
+        ``indexes`` and ``checks`` map each original's name to its copy's definition. Asked before
+        anything runs, and the database is left as it was; None when every copy builds (or the
+        dialect's copies cannot fail on types)."""
+        return None
+
     def index_copy(self, definition: str, column: str, shadow: str, name: str) -> str | None:
         """CREATE INDEX ``name``: the index ``definition`` (as ``index_definitions`` reads it) on ``shadow``
         instead of ``column``; None when the dialect cannot copy it."""
@@ -596,10 +605,24 @@ class Dialect:
         """(create, drop) the dual-write triggers of ``sync``."""
         raise NotImplementedError
 
-    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
-                      ) -> tuple[list[Action], list[Action]]:
-        """(create, drop) triggers writing ``value`` wherever an app writes NULL into ``column``."""
+    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str,
+                      record: str | None = None) -> tuple[list[Action], list[Action]]:
+        """(create, drop) triggers writing ``value`` wherever an app writes NULL into ``column``, and
+        adding the row's key to the table ``record`` (see ``fill_record``) when given."""
         raise NotImplementedError
+
+    def fill_record(self, record: str, table: str, key: tuple[str, ...], column: str, value: str
+                    ) -> tuple[list[Action], list[Action]]:
+        """(create, undo): a zdm-owned table ``record`` of ``table``'s key columns, where the fill
+        triggers and the backfill note each row whose NULL they replaced by ``value``; the undo sets
+        ``column`` back to NULL in those rows that still hold ``value``, then drops ``record``."""
+        q = self.quote
+        keys = ", ".join(q(k) for k in key)
+        same = " AND ".join(f"r.{q(k)} = {q(table)}.{q(k)}" for k in key)
+        return statements([f"CREATE TABLE {q(record)} AS SELECT {keys} FROM {q(table)} WHERE 1 = 0"]), statements([
+            f"UPDATE {q(table)} SET {q(column)} = NULL WHERE {q(column)} = {value} "
+            f"AND EXISTS (SELECT 1 FROM {q(record)} r WHERE {same})",
+            f"DROP TABLE IF EXISTS {q(record)}"])
 
     def combine(self, actions: list[Action]) -> list[Action]:
         """The same actions, with what the database can do at once done at once (one rebuild)."""

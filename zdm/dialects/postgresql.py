@@ -380,6 +380,45 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         copy.idxname, copy.concurrent, copy.if_not_exists = name, True, False
         return render(copy)
 
+    def copy_problem(self, connection: sa.Connection, table: str, shadow: str, shadow_type: sa.types.TypeEngine[Any],
+                     indexes: dict[str, str], checks: dict[str, str]) -> str | None:
+        # Each copy is built on an empty temporary table of the same columns plus the new one, in a
+        # savepoint rolled back at once: PostgreSQL's own analysis of every operator, function and
+        # cast, with no lock on the table beyond a read's and nothing left behind.
+        from zdm.sqltree import render, statement
+
+        q, probe = self.quote, "zdm_copy_probe"
+        savepoint = connection.begin_nested()
+        try:
+            try:
+                connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {q(probe)} AS SELECT * FROM {q(table)} LIMIT 0")
+                connection.exec_driver_sql(f"ALTER TABLE {q(probe)} ADD COLUMN {q(shadow)} "
+                                           f"{shadow_type.compile(dialect=self.sa)}")
+            except sa.exc.DBAPIError:
+                return None  # no right to a temporary table: the copies are tried when they are built
+            for kind, found in (("index", indexes), ("constraint", checks)):
+                for name, definition in found.items():
+                    if kind == "index":
+                        parsed = statement(definition)
+                        parsed.relation.relname, parsed.relation.schemaname = probe, None
+                        parsed.concurrent, parsed.idxname = False, None
+                        sql = render(parsed)
+                    else:
+                        sql = f"ALTER TABLE {q(probe)} ADD {definition} NOT VALID"
+                    inner = connection.begin_nested()
+                    try:
+                        connection.exec_driver_sql(sql)
+                    except sa.exc.DBAPIError as exc:
+                        why = " ".join(str(exc.orig).split("\n")[0].split()) if exc.orig else str(exc)
+                        return (f"{kind} {name} on {table} cannot be built on the new "
+                                f"{shadow_type.compile(dialect=self.sa)} column ({why}): drop it before this "
+                                f"change and create it again after complete, or change it first")
+                    finally:
+                        inner.rollback()
+            return None
+        finally:
+            savepoint.rollback()
+
     # -- a type change: the new column takes the old one's place -------------------------------------
     def replace_column(self, table: str, column: str, shadow: str, final_name: str, facts: ColumnFacts, *,
                        default: str | None,
@@ -475,11 +514,14 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         drop = [f"DROP TRIGGER IF EXISTS {trigger} ON {table}", f"DROP FUNCTION IF EXISTS {fn}()"]
         return statements(create), statements(drop)
 
-    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
-                      ) -> tuple[list[Action], list[Action]]:
+    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str,
+                      record: str | None = None) -> tuple[list[Action], list[Action]]:
         q = self.quote
         fn, trigger = q(object_name("zdm_fn", name)), q(object_name("zdm_tg", name))
-        body = f"BEGIN\n  IF NEW.{q(column)} IS NULL THEN NEW.{q(column)} := {value}; END IF;\n  RETURN NEW;\nEND"
+        note = "" if record is None else (f" INSERT INTO {q(record)} ({', '.join(q(k) for k in key)}) "
+                                          f"VALUES ({', '.join(f'NEW.{q(k)}' for k in key)});")
+        body = (f"BEGIN\n  IF NEW.{q(column)} IS NULL THEN NEW.{q(column)} := {value};{note} END IF;\n"
+                "  RETURN NEW;\nEND")
         create = [
             f"CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS {_dollar_quoted(body)}",
             f"CREATE TRIGGER {trigger} BEFORE INSERT OR UPDATE ON {q(table)} FOR EACH ROW EXECUTE FUNCTION {fn}()",

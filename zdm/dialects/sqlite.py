@@ -272,12 +272,14 @@ class SQLiteDialect(Dialect):
         made = [name for name in names.values() if any(f"TRIGGER {name} " in sql for sql in create)]
         return statements(create), statements([f"DROP TRIGGER IF EXISTS {name}" for name in reversed(made)])
 
-    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str
-                      ) -> tuple[list[Action], list[Action]]:
+    def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str,
+                      record: str | None = None) -> tuple[list[Action], list[Action]]:
         q = self.quote
         row = " AND ".join(f"{q(k)} = NEW.{q(k)}" for k in key)
         names = {part: q(object_name("zdm_tg", name, part)) for part in ("ins", "upd")}
-        fill = f"BEGIN UPDATE {q(table)} SET {q(column)} = {value} WHERE {row}; END"
+        note = "" if record is None else (f" INSERT INTO {q(record)} ({', '.join(q(k) for k in key)}) "
+                                          f"VALUES ({', '.join(f'NEW.{q(k)}' for k in key)});")
+        fill = f"BEGIN UPDATE {q(table)} SET {q(column)} = {value} WHERE {row};{note} END"
         create = [
             f"CREATE TRIGGER {names['ins']} AFTER INSERT ON {q(table)} WHEN NEW.{q(column)} IS NULL {fill}",
             f"CREATE TRIGGER {names['upd']} AFTER UPDATE OF {q(column)} ON {q(table)} "

@@ -158,6 +158,20 @@ class AlterColumn(DualColumn):
             return widen_key.check_live(self, c)
         return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().check_live(c)
 
+    def changed_tables(self, c: Compiler) -> set[str]:
+        from zdm.operations import widen_key
+
+        if self._widens_key(c.schema):  # the referencing tables get new columns and triggers too
+            return {self.table, *(child.table for child, _name in widen_key.referencing(self, c.schema))}
+        if retype_in_place.reason(self, c.schema, c.dialect):
+            return {self.table}
+        return super().changed_tables(c)
+
+    def replaces_column(self, c: Compiler) -> tuple[str, str, str] | None:
+        if self._widens_key(c.schema) or retype_in_place.reason(self, c.schema, c.dialect):
+            return None
+        return super().replaces_column(c)
+
     def apply_to_model(self, schema: Schema, phase: Phase, dialect: Dialect) -> None:
         from zdm.operations import widen_key
 

@@ -27,7 +27,7 @@ here, one entry in the catalogue (``zdm/operations/__init__.py``), one example p
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar
 
 import sqlalchemy as sa
@@ -82,6 +82,12 @@ class Compiler:
     #: The live schema with the plan's earlier operations applied, for checks and types.
     schema: Schema
     plan_id: str
+    #: The operation's place in the plan (1 for the first).
+    number: int = 1
+    #: Columns the plan's operations replace by a new column at complete: (table, column) -> (the
+    #: number of the operation, the new column). Shared by the compilers of one plan, so that copies
+    #: of one index or constraint over several such columns are made once (see dual_column).
+    replaced: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
     def reflected_column(self, table: str, column: str) -> dict[str, Any]:
         """The live column; offline, or for one an earlier operation adds, the model's view."""
@@ -146,6 +152,16 @@ class Operation(BaseModel):
         """The existing column the operation reads (Alembic's offline hints describe it)."""
         return getattr(self, "column", None)
 
+    def replaces_column(self, c: Compiler) -> tuple[str, str, str] | None:
+        """(table, column, new column) when a new column takes the place of ``column`` at complete (a type
+        change by a new column: the old one, its indexes and constraints are dropped); else None."""
+        return None
+
+    def changed_tables(self, c: Compiler) -> set[str]:
+        """Every table the operation creates objects on or changes (columns, triggers, constraints):
+        no other plan may be in flight on any of them."""
+        return {self.table} if self.table else set()
+
     def creates(self) -> list[str]:
         """Names the plan's author chose for the tables, views, indexes and constraints this operation
         creates. None may be taken by any object of the schema: ``compile_plan`` checks the live
@@ -153,7 +169,8 @@ class Operation(BaseModel):
         return []
 
     def filled_columns(self) -> list[str]:
-        """Columns whose NULLs the operation replaces: a rollback cannot tell them from written values."""
+        """Columns whose NULLs the operation replaces: a rollback gives them back where the row still
+        holds the fill, and cannot tell a fill from the same value written over it."""
         return []
 
     def column_fate(self, kind: str, dialect: Dialect) -> str | None:

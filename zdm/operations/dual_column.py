@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from zdm import transforms
 from zdm.actions import Action, DataCheck, Statement
+from zdm.coltypes import Family
 from zdm.dialects import ColumnFacts, Dialect, Sync, object_name
 from zdm.model import Column, ColumnType, ForeignKey, Index, Link, Schema, SqlDefault, Table
 from zdm.operations.base import Compiler, Operation
@@ -44,6 +45,10 @@ from zdm.transforms import Transform
 
 EXPANDING, MIGRATING, CONTRACTING = Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING
 
+#: Types whose conversion to or from another family depends on the session (time zone, date and
+#: float output settings): the app's session and zdm's may convert one value differently.
+SESSION_DEPENDENT = {Family.TIMESTAMP, Family.TIMESTAMPTZ, Family.DATE, Family.TIME, Family.INTERVAL, Family.FLOAT}
+
 
 @dataclass(frozen=True)
 class IndexCopy:
@@ -54,6 +59,11 @@ class IndexCopy:
     definition: str  # the CREATE INDEX statement of the copy
     unique: bool
     constraint: bool  # a UNIQUE constraint rather than a plain index
+    #: An index over several columns the plan replaces gets one copy over all their new columns:
+    #: the last of those operations builds it (every new column is filled by then), the first
+    #: gives it the index's name (its swap drops the index with the first old column).
+    build: bool = True
+    rename: bool = True
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,27 @@ class DualColumn(Operation):
 
     def touches(self) -> set[tuple[str, str]]:
         return {(self.table, name) for name in (self.column, self.shadow, self.final_name)}
+
+    def replaces_column(self, c: Compiler) -> tuple[str, str, str] | None:
+        if self.keeps_old_column or c.dialect.retypes_in_place or c.connection is None:
+            return None
+        return (self.table, self.column, self.shadow)
+
+    def changed_tables(self, c: Compiler) -> set[str]:
+        """The table, and those whose foreign keys to the column are copied onto the new one (a swap;
+        a rename or a change in place leaves other tables as they are)."""
+        if self.keeps_old_column or c.dialect.retypes_in_place:
+            return {self.table}
+        return {self.table, *(copy.table for copy in self._constraint_copies(c))}
+
+    def _partners(self, c: Compiler) -> dict[str, tuple[int, str]]:
+        """The table's other columns that other operations of this plan replace too: column ->
+        (operation number, new column). A copy of an index or constraint over several of them is
+        made once, over all the new columns: one per operation would be dropped by the others' swaps."""
+        if c.replaced.get((self.table, self.column), (None,))[0] != c.number:
+            return {}
+        return {column: (number, new) for (table, column), (number, new) in c.replaced.items()
+                if table == self.table and number != c.number}
 
     # -- the live column ------------------------------------------------------------------------
     def _facts(self, c: Compiler) -> ColumnFacts:
@@ -237,6 +268,37 @@ class DualColumn(Operation):
                              f"{self.up(c.schema).name} cannot convert (fix them, or choose another transform)",
                              self.column)
 
+    def _out_of_step(self, c: Compiler) -> list[Action]:
+        """A check that every row's new value is the conversion of its old one (or, where the new app
+        writes the new column, that the old one is the conversion back of it): a user trigger that
+        changed a column behind zdm's back (through a function zdm cannot read) would otherwise have
+        its change lost at complete. Only where the conversion is the same in every session (not
+        through a time zone or a float's text form) and the values compare."""
+        if c.connection is None:
+            return []
+        source = c.schema.resolve(c.schema.table(self.table).column(self.column).type)
+        target = c.schema.resolve(self.model_type(c.schema.table(self.table).column(self.column)))
+        families = {source.family, target.family}
+        if families & {Family.JSON, Family.OTHER} or (len(families) > 1 and families & SESSION_DEPENDENT):
+            return []
+        old: sa.ColumnClause[Any] = sa.column(self.column)
+        new: sa.ColumnClause[Any] = sa.column(self.shadow)
+
+        def inlined(value: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:  # SQLAlchemy leaves the
+            return sa.literal_column(f"({c.dialect.sql(value)})")  # binds of IS NOT's right side as ?
+
+        differs = new.is_distinct_from(inlined(sa.cast(self.up(c.schema).sql(old), self.shadow_type(c))))
+        if self.two_way:
+            back = sa.cast(self.down(c.schema).sql(new), c.live_type(self.table, self.column))
+            differs = sa.and_(differs, old.is_distinct_from(inlined(back)))
+        again = (f"write {self.column} or {self.shadow} of those rows again (a changed value)" if self.two_way else
+                 f"set {self.shadow} to NULL in those rows (zdm's triggers convert {self.column} again)")
+        return [no_rows_where(c, self.table, differs, f"rows of {self.table} whose {self.shadow} is not the "
+                              f"conversion of {self.column} (a trigger or a write zdm cannot follow changed one "
+                              f"of them; complete would keep {self.shadow}'s value): drop what wrote them (a "
+                              f"trigger: create it again after complete), {again}, and run complete again",
+                              self.column, self.shadow)]
+
     def _helpers(self, c: Compiler) -> tuple[list[Action], list[Action]]:
         return c.dialect.helper_functions(self.up(c.schema), self.down(c.schema) if self.two_way else None)
 
@@ -246,6 +308,14 @@ class DualColumn(Operation):
             self.refuse_what_cannot_be_carried(c)
         except ValueError as exc:
             return [str(exc)]
+        if c.connection is not None and not self.keeps_old_column and not c.dialect.retypes_in_place:
+            # Every copy a swap builds is known to build before the backfill, not after it.
+            checks = {copy.final: copy.definition for copy in self._constraint_copies(c)
+                      if copy.table == self.table and copy.definition.upper().startswith("CHECK")}
+            indexes = {copy.final: copy.definition for copy in self._index_copies(c)}
+            if problem := c.dialect.copy_problem(c.connection, self.table, self.shadow, self.shadow_type(c),
+                                                 indexes, checks):
+                return [problem]
         return []
 
     def expand(self, c: Compiler) -> list[MigrationStep]:
@@ -292,7 +362,7 @@ class DualColumn(Operation):
         )]
         if not self.up(c.schema).identity:
             steps.append(MigrationStep(MIGRATING, f"every {self.column} converted", forward=[self._all_converted(c)]))
-        for copy in self._index_copies(c):
+        for copy in [copy for copy in self._index_copies(c) if copy.build]:
             kind = "unique index" if copy.unique else "index"
             steps.append(MigrationStep(
                 MIGRATING, f"{kind} {copy.temporary} on {self.table}.{self.shadow}, a copy of {copy.final}",
@@ -326,16 +396,30 @@ class DualColumn(Operation):
         facts = self._facts(c)
         copies = []
         number = 0
+        partners = self._partners(c)
+
+        def shared(definition: str, referenced: bool = False) -> str | None:
+            """The copy over every new column; None when an earlier operation of the plan makes it
+            (its contract runs first, while every old column is still there)."""
+            for column, (other, new) in partners.items():
+                renamed = c.dialect.constraint_for(definition, column, new, referenced=referenced)
+                if renamed != c.dialect.constraint_for(definition, column, column, referenced=referenced):
+                    if other < c.number:
+                        return None
+                    definition = renamed
+            return definition
+
         for name, (kind, definition) in facts.constraints.items():
             if kind in ("c", "f"):
                 number += 1
-                copies.append(ConstraintCopy(self.table, name, self._temporary("zdm_cc", c, number),
-                                             c.dialect.constraint_for(definition, self.column, self.shadow)))
+                copy = shared(c.dialect.constraint_for(definition, self.column, self.shadow))
+                if copy is not None:
+                    copies.append(ConstraintCopy(self.table, name, self._temporary("zdm_cc", c, number), copy))
         for child, name, definition in facts.referenced_by:
             number += 1
-            copies.append(ConstraintCopy(child, name, self._temporary("zdm_cc", c, number),
-                                         c.dialect.constraint_for(definition, self.column, self.shadow,
-                                                                  referenced=True)))
+            copy = shared(c.dialect.constraint_for(definition, self.column, self.shadow, referenced=True), True)
+            if copy is not None:
+                copies.append(ConstraintCopy(child, name, self._temporary("zdm_cc", c, number), copy))
         return copies
 
     def _temporary(self, prefix: str, c: Compiler, number: int) -> str:
@@ -347,6 +431,7 @@ class DualColumn(Operation):
         d = c.dialect
         facts = self._facts(c)
         converted: list[Action] = [] if self.up(c.schema).identity else [self._all_converted(c)]
+        converted += self._out_of_step(c)
         copies = self._constraint_copies(c)
         add: list[Action] = list(converted)
         validate: list[Action] = []
@@ -371,7 +456,7 @@ class DualColumn(Operation):
             self.table, self.column, self.shadow, self.final_name, facts, default=self.final_default(c),
             not_null=not_null if facts.not_null else None,
             constraints=[(copy.table, copy.temporary, copy.final) for copy in copies],
-            indexes=[(copy.temporary, copy.final, copy.constraint) for copy in self._index_copies(c)])
+            indexes=[(copy.temporary, copy.final, copy.constraint) for copy in self._index_copies(c) if copy.rename])
         steps.append(MigrationStep(CONTRACTING, f"drop {self.table}.{self.column}; {self.shadow} takes its place "
                                    f"as {self.final_name}", forward=swap))
         return steps
@@ -382,6 +467,7 @@ class DualColumn(Operation):
         d = c.dialect
         facts = self._facts(c)
         converted: list[Action] = [] if self.up(c.schema).identity else [self._all_converted(c)]
+        converted += self._out_of_step(c)
         forward = [*converted, *self._drop_triggers(c)]
         for copy in self._index_copies(c):
             forward += d.drop_index(copy.temporary, self.table)
@@ -409,15 +495,25 @@ class DualColumn(Operation):
                 constraints = {str(u["name"]) for u in sa.inspect(c.connection).get_unique_constraints(self.table)}
             definitions = c.dialect.index_definitions(c.connection, self.table)
         copies: list[IndexCopy] = []
+        partners = self._partners(c)
         for name, definition in sorted(definitions.items()):
             parsed = statement(definition)
             if name in self._primary_key_indexes(c) or self.column not in column_names(parsed):
                 continue
             number = len(copies)  # numbered among the column's own: the same online and offline
             temporary = object_name("zdm_ix", self.sync_name(c.plan_id, self.column, str(number)))
-            if (sql := c.dialect.index_copy(definition, self.column, self.shadow, temporary)) is not None:
+            sharing = {column: partners[column] for column in column_names(parsed) if column in partners}
+            numbers = {c.number: self.column, **{other: column for column, (other, _new) in sharing.items()}}
+            builder = max(numbers)
+            if sharing:  # one name every operation sharing the copy computes alike
+                temporary = object_name("zdm_ix", self.sync_name(c.plan_id, numbers[builder], name))
+            sql = c.dialect.index_copy(definition, self.column, self.shadow, temporary)
+            for column, (_other, new) in sorted(sharing.items()):
+                sql = None if sql is None else c.dialect.index_copy(sql, column, new, temporary)
+            if sql is not None:
                 copies.append(IndexCopy(final=name, temporary=temporary, definition=sql, unique=bool(parsed.unique),
-                                        constraint=name in constraints))
+                                        constraint=name in constraints, build=builder == c.number,
+                                        rename=min(numbers) == c.number))
         return copies
 
     def _primary_key_indexes(self, c: Compiler) -> set[str]:

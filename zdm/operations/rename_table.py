@@ -21,6 +21,9 @@ class RenameTable(Operation):
     op: Literal["rename_table"] = "rename_table"
     new_name: Identifier
 
+    def changed_tables(self, c: Compiler) -> set[str]:
+        return {self.table, self.new_name}
+
     def describe(self) -> str:
         return f"rename table {self.table} to {self.new_name}"
 

@@ -1,12 +1,14 @@
 """set_not_null: the column gets NOT NULL without a long lock, and old apps writing NULL keep working.
 
 expand   with ``fill``: a trigger writes ``fill`` wherever an app writes NULL (the old app may
-         still do so).
-migrate  with ``fill``: backfill the NULL rows in key batches. Then check that no NULL is left,
+         still do so), and notes the row's key in a zdm-owned table.
+migrate  with ``fill``: backfill the NULL rows in key batches, noting their keys too. Then check that no NULL is left,
          naming sample keys. PostgreSQL: ``CHECK (col IS NOT NULL) NOT VALID`` (brief lock),
          then VALIDATE (SHARE UPDATE EXCLUSIVE: reads and writes go on).
 contract PostgreSQL: SET NOT NULL, which trusts the validated check (no scan), then drop the
-         check and the fill trigger. SQLite: check again, then a rebuild with NOT NULL.
+         check, the fill trigger and the table of keys. SQLite: check again, then a rebuild with NOT NULL.
+rollback the rows whose NULL became ``fill`` and still hold it are NULL again (the table of keys
+         says which), so a rollback gives back the NULLs the old app wrote or had.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from zdm.actions import Action, DataCheck
-from zdm.dialects import Dialect
+from zdm.dialects import Dialect, object_name
+from zdm.introspect import PLAN_TABLE_PREFIX
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.operations.common import no_rows_where
@@ -56,6 +59,10 @@ class SetNotNull(Operation):
         """The model's name for the rule that refuses NULL before contract (zdm-owned, so never compared)."""
         return f"zdm_nn_{self.table}_{self.column}"
 
+    def _record(self, c: Compiler) -> str:
+        """The zdm-owned table of the keys of the rows whose NULL became ``fill``."""
+        return object_name(PLAN_TABLE_PREFIX.rstrip("_"), self._name(c))
+
     def _fill_sql(self, c: Compiler) -> str:
         column_type = c.schema.table(self.table).column(self.column).type
         return c.dialect.literal(column_type.coerce(self.fill), column_type)
@@ -68,9 +75,13 @@ class SetNotNull(Operation):
         if self.fill is None:
             return []
         key = tuple(c.schema.table(self.table).primary_key)
-        create, drop = c.dialect.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c))
-        return [MigrationStep(Phase.EXPANDING, f"trigger: NULL in {self.column} becomes {self.fill!r}",
-                              forward=create, compensate=drop)]
+        record, restore = c.dialect.fill_record(self._record(c), self.table, key, self.column, self._fill_sql(c))
+        create, drop = c.dialect.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c),
+                                               self._record(c))
+        # Undone: the trigger goes first, so that the NULLs given back stay NULL.
+        return [MigrationStep(Phase.EXPANDING, f"trigger: NULL in {self.column} becomes {self.fill!r} (the rows "
+                              f"noted in {self._record(c)}, which a rollback makes NULL again)",
+                              forward=[*record, *create], compensate=[*drop, *restore])]
 
     def _guarded(self, c: Compiler) -> bool:
         """A rule refuses NULL from migrate on: always without ``fill``; with it only where the fill
@@ -83,7 +94,8 @@ class SetNotNull(Operation):
         if self.fill is not None:
             steps.append(MigrationStep(Phase.MIGRATING, f"backfill NULL {self.table}.{self.column}", backfill=Backfill(
                 table=self.table, key=c.schema.table(self.table).primary_key,
-                assignments={self.column: self._fill_sql(c)}, pending=d.sql(sa.column(self.column).is_(None)))))
+                assignments={self.column: self._fill_sql(c)}, pending=d.sql(sa.column(self.column).is_(None)),
+                record=self._record(c))))
         if not self._guarded(c):
             no_null_left = MigrationStep(Phase.MIGRATING, f"no NULL left in {self.column}", forward=[self._no_nulls(c)])
             return [*steps, no_null_left]
@@ -100,6 +112,7 @@ class SetNotNull(Operation):
         if self.fill is not None:
             key = tuple(c.schema.table(self.table).primary_key)
             forward += d.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c))[1]
+            forward += d.fill_record(self._record(c), self.table, key, self.column, self._fill_sql(c))[1][1:]
         # NOT NULL trusts the validated rule (no scan under lock on PostgreSQL), which then goes.
         forward += d.alter_columns(self.table, {self.column: {"nullable": False}})
         if self._guarded(c):
@@ -120,8 +133,15 @@ class SetNotNull(Operation):
                 for row in table.rows:
                     if row[self.column] is None:
                         row[self.column] = column_type.coerce(self.fill)
+                        table.filled.add((self.column, table.key_of(row)))
             table.checks[self._check_name(schema)] = f"{self.column} IS NOT NULL"  # refuses NULL from now on
         elif phase in (Phase.CONTRACTING, Phase.ROLLED_BACK):
+            if phase is Phase.ROLLED_BACK and self.column in table.fills:  # the filled rows are NULL again
+                value = table.column(self.column).type.coerce(table.fills[self.column])
+                for row in table.rows:
+                    if row[self.column] == value and (self.column, table.key_of(row)) in table.filled:
+                        row[self.column] = None
+            table.filled = {(column, key) for column, key in table.filled if column != self.column}
             table.fills.pop(self.column, None)
             table.checks.pop(self._check_name(schema), None)
             if phase is Phase.CONTRACTING:

@@ -151,8 +151,9 @@ def rehearse(
         result.notes.append(f"{dialect.name}: no lock tracing; each write transaction holds the database write lock "
                             "from its first statement to its commit, shown as DATABASE WRITE")
     result.notes += depending
-    result.notes += [f"{table}.{column}: values filled by set_not_null fill are kept after rollback (by design); "
-                     "the row checksums leave this column out" for table, names in filled.items() for column in names]
+    result.notes += [f"{table}.{column}: values filled by set_not_null fill are NULL again after rollback where the "
+                     "row still holds the fill value (a value the app wrote equal to it too); the row checksums "
+                     "leave this column out" for table, names in filled.items() for column in names]
 
     used = plan_columns(plan_file)
     probed = _baseline(engine, result, original, final, budget, used) if probes else set()

@@ -32,7 +32,7 @@ class Snapshot:
 
 
 def user_tables(connection: sa.Connection) -> list[str]:
-    return sorted(t for t in sa.inspect(connection).get_table_names() if t not in introspect.INTERNAL_TABLES)
+    return sorted(t for t in sa.inspect(connection).get_table_names() if not introspect.internal_table(t))
 
 
 def table_shape(connection: sa.Connection, name: str) -> dict[str, Any]:
