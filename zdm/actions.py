@@ -1,16 +1,18 @@
-"""What a step does, one action at a time: a statement, a data check, a table rebuild.
+"""What a step does, one action at a time: a statement, a data check, a quiet write, a table rebuild.
 
 Each kind says in one place how it runs, how a reader sees it (``zdm plan``, logs), how it is
 stored with the plan in the state table, and what it can lock. The runner, rehearse, the Alembic
 offline renderer and the command line ask the action; none of them looks inside it.
 
 Stored form (the ``forward`` and ``compensate`` lists of a step in ``zdm_migrations``): a statement
-is its SQL string, a data check ``{"check": {"query", "problem"}}``, a rebuild ``{"rebuild": {...}}``.
+is its SQL string, a data check ``{"check": {"query", "problem"}}``, a quiet write ``{"quiet_write":
+{"sql", "table", "columns"}}``, a rebuild ``{"rebuild": {...}}``.
 Plans stored by earlier releases use the same form and load unchanged.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +155,32 @@ class DataCheck(Action):
 
 
 @dataclass(frozen=True)
+class QuietWrite(Action):
+    """A write that takes back zdm's own changes to rows (a rollback giving back the NULLs a fill
+    replaced). Like a backfill batch, it keeps ``table``'s own triggers from firing where the
+    dialect can (``Dialect.user_triggers_quiet``): an ``updated_at`` or audit trigger is for app
+    writes, and zdm's undo is none."""
+
+    sql: str
+    table: str
+    columns: tuple[str, ...]
+
+    def run(self, connection: sa.Connection, dialect: Dialect) -> None:
+        quiet, _ = dialect.user_triggers_quiet(connection, self.table, list(self.columns))
+        with dialect.user_triggers_off(connection, self.table) if quiet else nullcontext():
+            run_sql(connection, self.sql)
+
+    def describe(self, dialect: Dialect) -> str:
+        return self.sql
+
+    def to_json(self) -> dict[str, Any]:
+        return {"quiet_write": {"sql": self.sql, "table": self.table, "columns": list(self.columns)}}
+
+    def relations(self) -> list[str]:
+        return [self.table]
+
+
+@dataclass(frozen=True)
 class Rebuild(Action):
     """A SQLite table rebuilt to a new shape (copy, drop, rename), for what its ALTER TABLE cannot do.
 
@@ -196,6 +224,9 @@ def from_json(stored: str | dict[str, Any]) -> Action:
         return DataCheck(**stored["check"])
     if "rebuild" in stored:
         return Rebuild(**stored["rebuild"])
+    if "quiet_write" in stored:
+        write = stored["quiet_write"]
+        return QuietWrite(write["sql"], write["table"], tuple(write["columns"]))
     raise ValueError(f"unknown stored action {sorted(stored)}")
 
 

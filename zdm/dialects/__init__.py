@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect as SADialect
 
-from zdm.actions import Action, Rebuild, Statement, statements
+from zdm.actions import Action, QuietWrite, Rebuild, Statement, statements
 from zdm.coltypes import Family, to_sa
 from zdm.errors import ThrottleInvalid
 from zdm.model import ColumnType, Schema, SqlDefault
@@ -619,10 +619,10 @@ class Dialect:
         q = self.quote
         keys = ", ".join(q(k) for k in key)
         same = " AND ".join(f"r.{q(k)} = {q(table)}.{q(k)}" for k in key)
-        return statements([f"CREATE TABLE {q(record)} AS SELECT {keys} FROM {q(table)} WHERE 1 = 0"]), statements([
-            f"UPDATE {q(table)} SET {q(column)} = NULL WHERE {q(column)} = {value} "
-            f"AND EXISTS (SELECT 1 FROM {q(record)} r WHERE {same})",
-            f"DROP TABLE IF EXISTS {q(record)}"])
+        give_back = QuietWrite(f"UPDATE {q(table)} SET {q(column)} = NULL WHERE {q(column)} = {value} "
+                               f"AND EXISTS (SELECT 1 FROM {q(record)} r WHERE {same})", table, (column,))
+        return statements([f"CREATE TABLE {q(record)} AS SELECT {keys} FROM {q(table)} WHERE 1 = 0"]), [
+            give_back, *statements([f"DROP TABLE IF EXISTS {q(record)}"])]
 
     def combine(self, actions: list[Action]) -> list[Action]:
         """The same actions, with what the database can do at once done at once (one rebuild)."""

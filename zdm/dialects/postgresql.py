@@ -592,6 +592,8 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
     def user_triggers_off(self, connection: sa.Connection, table: str) -> Iterator[None]:
         connection.exec_driver_sql("SET LOCAL session_replication_role = replica")
         yield
+        # The rest of the transaction (a rollback's next statements) fires triggers and checks again.
+        connection.exec_driver_sql("SET LOCAL session_replication_role = DEFAULT")
 
     def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
         """``VACUUM`` the table, so that the space of the rows the batches so far left dead is free for

@@ -274,8 +274,6 @@ class DualColumn(Operation):
         changed a column behind zdm's back (through a function zdm cannot read) would otherwise have
         its change lost at complete. Only where the conversion is the same in every session (not
         through a time zone or a float's text form) and the values compare."""
-        if c.connection is None:
-            return []
         source = c.schema.resolve(c.schema.table(self.table).column(self.column).type)
         target = c.schema.resolve(self.model_type(c.schema.table(self.table).column(self.column)))
         families = {source.family, target.family}
