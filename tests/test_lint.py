@@ -335,3 +335,36 @@ def test_validate_with_db_refuses_sql_the_database_cannot_parse(zdm_database_url
         assert sorted(sa.inspect(connection).get_table_names()) == ["orders"]
     engine.dispose()
 
+
+def test_every_lint_json_document_follows_the_output_schema(tmp_path: Path) -> None:
+    """`zdm schema --output` covers lint's documents: clean, only suppressed, findings (an Alembic
+    revision's upgrade and downgrade), a file lint cannot parse, and --rules (breaker finding 10)."""
+    import jsonschema
+
+    code, out, _ = zdm("schema", "--output")
+    validator = jsonschema.Draft202012Validator(json.loads(out))
+    clean = write(tmp_path, "clean.sql", "ALTER TABLE orders ADD COLUMN note text;\n")
+    quiet = write(tmp_path, "quiet.sql", "-- zdm: ignore[truncate] staging only\nTRUNCATE orders;\n")
+    revision = write(tmp_path, "versions/0007.py", SEVEN_UNSAFE)
+    downgrade = write(tmp_path, "versions/0010.py", DOWNGRADE)
+    broken = write(tmp_path, "broken.sql", "SELEC 1;\n")
+    documents = []
+    for args, expected in (([str(clean)], 0), ([str(quiet)], 0), ([str(revision), str(downgrade)], 1),
+                           ([str(broken)], 2), (["--rules"], 0)):
+        for flag in (("--json",), ("--format", "json")):
+            code, out, _ = zdm("lint", *flag, *args)
+            document = json.loads(out)
+            assert code == expected == document["exit_code"], (args, out)
+            validator.validate(document)
+            documents.append(document)
+    assert documents[0]["ok"] and documents[0]["findings"] == [] and documents[0]["files"] == 1
+    assert documents[2]["ok"] and documents[2]["unsuppressed"] == 0 and documents[2]["findings"][0]["suppressed"]
+    assert not documents[4]["ok"] and {f["function"] for f in documents[4]["findings"]} == {"upgrade", "downgrade"}
+    assert documents[6]["error"]["kind"] == documents[7]["error"]["kind"] == "lint_input" and documents[8]["rules"]
+    assert documents[9] == documents[8]
+    # the schema holds lint's promises: a finding's keys, and ok only with nothing unsuppressed
+    wrong = [{**documents[4], "ok": True}, {**documents[0], "unsuppressed": 1},
+             {**documents[4], "findings": [{**documents[4]["findings"][0], "line": "10"}]},
+             {**documents[0], "error": {"kind": "lint_input", "message": "x"}}]
+    for document in wrong:
+        assert not validator.is_valid(document), document
