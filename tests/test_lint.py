@@ -368,3 +368,18 @@ def test_every_lint_json_document_follows_the_output_schema(tmp_path: Path) -> N
              {**documents[0], "error": {"kind": "lint_input", "message": "x"}}]
     for document in wrong:
         assert not validator.is_valid(document), document
+
+
+def test_a_condition_no_parser_reads_is_refused(tmp_path: Path) -> None:
+    """add_check's condition and alter_column's `up` are SQL too: one neither database parses is
+    refused when the plan is read (validate, lint: exit 2); one either parses passes."""
+    path = tmp_path / "plan.yaml"
+    for operation, field in (("op: add_check\n    name: orders_amount_ok\n    condition", "condition"),
+                             ("op: alter_column\n    column: id\n    type: UUID\n    up", "up")):
+        for value, expected in (("amount >= 0 AND", 2), ("amount >= 0", 0)):
+            path.write_text(f"id: c\noperations:\n  - {operation}: \"{value}\"\n    table: orders\n")
+            for command in ("validate", "lint"):
+                code, _, err = zdm(command, str(path))
+                assert code == expected, (command, value, err)
+                if expected:
+                    assert f"{field}: '{value}' is not SQL PostgreSQL parses" in err and err.count("\n") == 1, err
