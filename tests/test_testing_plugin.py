@@ -278,3 +278,33 @@ def test_without_pytest_importing_the_helpers_says_what_to_install() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == ("ImportError zdm.testing (the pytest plugin and its assert_* helpers) needs "
                                      "pytest: pip install 'zdm[testing]' (or pytest)"), result.stderr
+
+
+def test_test_databases_are_dropped_by_the_end_of_the_session_and_commit_without_waiting(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, zdm_postgres_server: ServerSource
+) -> None:
+    """zdm_postgres_url drops its database in the background: none is left once the session ends."""
+    assert zdm_postgres_server.url is not None
+    monkeypatch.setenv("ZDM_TEST_DATABASE_URL", zdm_postgres_server.url)
+    names = pytester.path / "names.txt"
+    pytester.makepyfile(
+        f"""
+        import pytest
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        @pytest.mark.parametrize("n", range(3))
+        def test_uses_pg(zdm_postgres_url, n):
+            with open({str(names)!r}, "a") as out:
+                out.write(make_url(zdm_postgres_url).database + "\\n")
+            engine = create_engine(zdm_postgres_url)
+            with engine.connect() as connection:
+                assert connection.execute(text("SHOW synchronous_commit")).scalar() == "off"
+            engine.dispose()
+        """
+    )
+    result = pytester.runpytest_inprocess(*_plugin_args())
+    result.assert_outcomes(passed=3)
+    created = names.read_text().split()
+    assert len(set(created)) == 3
+    assert not [name for name in created if _database_exists(zdm_postgres_server.url, name)]

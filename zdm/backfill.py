@@ -27,6 +27,7 @@ from zdm.plan import Backfill, Checkpoint
 if TYPE_CHECKING:
     from zdm.dialects import Dialect
     from zdm.execution import Executor
+    from zdm.planfile import Settings
     from zdm.throttle import Throttle
 
 MIN_BATCH, MAX_BATCH = 10, 100_000
@@ -132,24 +133,34 @@ def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int
         executor.transaction(lambda connection: save(connection, at), what)
 
     while True:
-        settings, checkpoint = throttle.before_batch(checkpoint, reporter,
-                                                     lambda look: executor.transaction(look, what), store)
-        started = time.monotonic()
+        started = [time.monotonic()]
 
         def batch(connection: sa.Connection, size: int = size, at: Checkpoint = checkpoint,
-                  target_ms: int = settings.batch_target_ms) -> tuple[Checkpoint, int]:
-            for sql in dialect.batch_begin(max(10 * target_ms, 5000)):
+                  started: list[float] = started) -> tuple[Settings, Checkpoint, int] | None:
+            # The throttle looks first, in the batch's own transaction (a transaction of its own
+            # before each batch was five more round trips per batch); if it says wait, nothing
+            # has been done and before_batch does the waiting.
+            settings, wait = throttle.look(connection)
+            if wait is not None:
+                return None
+            started[0] = time.monotonic()  # the batch's time, which sizes the next one: without the look (a probe)
+            for sql in dialect.batch_begin(max(10 * settings.batch_target_ms, 5000)):
                 connection.exec_driver_sql(sql)
             with dialect.user_triggers_off(connection, spec.table) if quiet else nullcontext():
-                new, visited = run_batch(connection, table, spec, at, size)
-            if visited:
+                new, visited = run_batch(connection, table, spec, replace(at, throttling=None), size)
+            if visited or at.throttling is not None:  # a reason to wait stored earlier goes too
                 save(connection, new)
-            return new, visited
+            return settings, new, visited
 
         # The checkpoint in memory moves only once its batch has committed: a batch lost with
         # its connection is retried from the same key, not skipped.
-        checkpoint, visited = executor.transaction(batch, what)
-        elapsed_ms = (time.monotonic() - started) * 1000
+        done = executor.transaction(batch, what)
+        if done is None:
+            _, checkpoint = throttle.before_batch(checkpoint, reporter,
+                                                  lambda look: executor.transaction(look, what), store)
+            continue
+        settings, checkpoint, visited = done
+        elapsed_ms = (time.monotonic() - started[0]) * 1000
         if not visited:
             break
         reporter.backfill(rate.progress(spec.table, checkpoint, size, elapsed_ms))

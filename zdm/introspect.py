@@ -57,14 +57,60 @@ def default_value(connection: sa.Connection, sql: str | None, ctype: ColumnType)
     return ctype.coerce(value)
 
 
-def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> Table:
-    """The live table as the model sees it: columns, the catalogue around them and (with ``rows``) its rows."""
-    inspector = sa.inspect(connection)
+def read_table(connection: sa.Connection, name: str, *, rows: bool = False,
+               inspector: sa.Inspector | None = None) -> Table:
+    """The live table as the model sees it: columns, the catalogue around them and (with ``rows``) its rows.
+
+    ``inspector``: one already in use on ``connection`` (its cache spares the catalogue queries
+    asked before); by default a new one.
+    """
+    inspector = inspector or sa.inspect(connection)
     if not inspector.has_table(name):
         raise ModelError(f"no table {name!r}")
-    primary_key = set(inspector.get_pk_constraint(name).get("constrained_columns") or [])
+    return _read(connection, name, _Catalogue(inspector), rows=rows)
+
+
+#: What reading a table asks the inspector (its ``get_<what>``, or ``get_multi_<what>`` for many tables).
+_ASKED = ("columns", "pk_constraint", "unique_constraints", "indexes", "check_constraints", "foreign_keys")
+#: Expression indexes are not reflected (and SQLAlchemy says so, in these two).
+_QUIET = frozenset({"unique_constraints", "indexes"})
+
+
+class _Catalogue:
+    """The inspector's answers about tables, asked table by table; with ``names``, asked once for all
+    of them (one query per kind instead of one per kind and table: reading the app workload's four
+    tables on PostgreSQL takes 17 statements instead of 41). A table the bulk answers miss (a view
+    named on purpose, say) is asked about on its own, as before."""
+
+    def __init__(self, inspector: sa.Inspector, names: list[str] | None = None) -> None:
+        self.inspector = inspector
+        self.found: dict[str, dict[str, Any]] = {}
+        if names and len(names) > 1:
+            default = inspector.default_schema_name
+            for what in _ASKED:
+                with warnings.catch_warnings():
+                    if what in _QUIET:
+                        warnings.simplefilter("ignore", sa.exc.SAWarning)
+                    answer = getattr(inspector, f"get_multi_{what}")(filter_names=names)
+                for (schema, name), value in answer.items():
+                    if schema in (None, default):
+                        self.found.setdefault(name, {})[what] = value
+
+    def __call__(self, what: str, name: str) -> Any:
+        known = self.found.get(name, {})
+        if what in known:
+            return known[what]
+        with warnings.catch_warnings():
+            if what in _QUIET:
+                warnings.simplefilter("ignore", sa.exc.SAWarning)
+            return getattr(self.inspector, f"get_{what}")(name)
+
+
+def _read(connection: sa.Connection, name: str, catalogue: _Catalogue, *, rows: bool) -> Table:
+    columns, pk = catalogue("columns", name), catalogue("pk_constraint", name)
+    primary_key = set(pk.get("constrained_columns") or [])
     table = Table(name)
-    for info in inspector.get_columns(name):
+    for info in columns:
         ctype = column_type(info["type"])
         key = info["name"] in primary_key
         # SQLite reports INTEGER PRIMARY KEY as nullable; no key column is, in either database.
@@ -72,9 +118,9 @@ def read_table(connection: sa.Connection, name: str, *, rows: bool = False) -> T
                         default=default_value(connection, info.get("default"), ctype),
                         comment=info.get("comment"))
         table.columns[column.name] = column
-    _read_catalogue(inspector, table)
+    _read_catalogue(catalogue, table)
     if rows:
-        table.rows = read_rows(connection, name)
+        table.rows = _rows(connection, _live(name, columns, pk))
     return table
 
 
@@ -82,24 +128,22 @@ def _ours(name: str | None) -> bool:
     return name is not None and name.startswith(ZDM_PREFIX)
 
 
-def _read_catalogue(inspector: sa.Inspector, table: Table) -> None:
+def _read_catalogue(catalogue: _Catalogue, table: Table) -> None:
     name = table.name
-    with warnings.catch_warnings():  # expression indexes are not reflected (and SQLAlchemy says so)
-        warnings.simplefilter("ignore", sa.exc.SAWarning)
-        uniques = inspector.get_unique_constraints(name)
-        indexes = inspector.get_indexes(name)
+    uniques = catalogue("unique_constraints", name)
+    indexes = catalogue("indexes", name)
     table.uniques = {u["name"] or f"(unnamed unique {', '.join(u['column_names'])})": tuple(u["column_names"])
                      for u in uniques if not _ours(u["name"])}
     table.indexes = {ix["name"]: Index(tuple(c for c in ix["column_names"] if c), bool(ix["unique"]))
                      for ix in indexes if ix["name"] and not _ours(ix["name"])
                      and not ix.get("duplicates_constraint") and None not in ix["column_names"]}
     table.checks = {c["name"] or f"(unnamed check {c['sqltext']})": c["sqltext"]
-                    for c in inspector.get_check_constraints(name) if not _ours(c["name"])}
+                    for c in catalogue("check_constraints", name) if not _ours(c["name"])}
     table.foreign_keys = {
         fk["name"] or f"(unnamed foreign key {', '.join(fk['constrained_columns'])})": ForeignKey(
             tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]),
             _on_delete(fk.get("options", {}).get("ondelete")))
-        for fk in inspector.get_foreign_keys(name) if not _ours(fk["name"])}
+        for fk in catalogue("foreign_keys", name) if not _ours(fk["name"])}
 
 
 def _on_delete(action: str | None) -> str | None:
@@ -107,23 +151,30 @@ def _on_delete(action: str | None) -> str | None:
     return None if action == "NO ACTION" else action
 
 
-def live_table(connection: sa.Connection, name: str) -> sa.Table:
+def live_table(connection: sa.Connection, name: str, inspector: sa.Inspector | None = None) -> sa.Table:
     """Columns and primary key only: enough to read and update rows, and cheap to reflect.
 
     (Full reflection would also read constraints, and SQLAlchemy warns on NOT VALID ones.)
+    ``inspector``: as for :func:`read_table`.
     """
-    inspector = sa.inspect(connection)
-    primary_key = set(inspector.get_pk_constraint(name).get("constrained_columns") or [])
-    columns = [
-        sa.Column(info["name"], info["type"], primary_key=info["name"] in primary_key)
-        for info in inspector.get_columns(name)
-    ]
-    return sa.Table(name, sa.MetaData(), *columns)
+    inspector = inspector or sa.inspect(connection)
+    return _live(name, inspector.get_columns(name), inspector.get_pk_constraint(name))
 
 
-def read_rows(connection: sa.Connection, name: str) -> list[dict[str, Any]]:
-    """Every row, typed like the model types them, in primary-key order."""
-    reflected = live_table(connection, name)
+def _live(name: str, columns: list[Any], pk: Any) -> sa.Table:
+    primary_key = set(pk.get("constrained_columns") or [])
+    return sa.Table(name, sa.MetaData(), *[
+        sa.Column(info["name"], info["type"], primary_key=info["name"] in primary_key) for info in columns])
+
+
+def read_rows(connection: sa.Connection, name: str, inspector: sa.Inspector | None = None
+              ) -> list[dict[str, Any]]:
+    """Every row, typed like the model types them, in primary-key order (``inspector``: as for
+    :func:`read_table`)."""
+    return _rows(connection, live_table(connection, name, inspector))
+
+
+def _rows(connection: sa.Connection, reflected: sa.Table) -> list[dict[str, Any]]:
     order = list(reflected.primary_key.columns) or list(reflected.columns)
     result = connection.execute(sa.select(reflected).order_by(*order))
     types = {c.name: column_type(c.type) for c in reflected.columns}
@@ -142,11 +193,12 @@ def read_schema(
 
     dialect = for_connection(connection)
     schema = Schema(types=dialect.user_types(connection), type_limits=dialect.enforces_type_limits)
+    names = [n for n in names if n not in INTERNAL_TABLES and not n.startswith("_alembic_tmp_")]
+    if tables is not None:
+        names = [n for n in names if inspector.has_table(n)]
+    catalogue = _Catalogue(inspector, names)
     for name in names:
-        if name in INTERNAL_TABLES or name.startswith("_alembic_tmp_"):
-            continue
-        if inspector.has_table(name):
-            schema.add_table(read_table(connection, name, rows=rows))
+        schema.add_table(_read(connection, name, catalogue, rows=rows))
     return schema
 
 

@@ -149,6 +149,11 @@ class Throttle:
             except sa.exc.DBAPIError as exc:
                 raise ThrottleInvalid(f"--probe-query fails: {' '.join(str(exc.orig or exc).split())}") from None
 
+    def look(self, connection: sa.Connection) -> tuple[Settings, Wait | None]:
+        """The settings in force now, and the first reason to wait (None: go on)."""
+        settings, control = self.current(connection)
+        return settings, self.why_wait(connection, settings, control)
+
     # -- waiting -----------------------------------------------------------------------------------
     def before_batch(self, checkpoint: Checkpoint, reporter: Reporter,
                      transaction: Callable[[Callable[[sa.Connection], Any]], Any],
@@ -161,11 +166,7 @@ class Throttle:
         waited_since: float | None = None
         stored_at, stored = 0.0, checkpoint.throttling
         while True:
-            def look(connection: sa.Connection) -> tuple[Settings, Wait | None]:
-                settings, control = self.current(connection)
-                return settings, self.why_wait(connection, settings, control)
-
-            settings, wait = transaction(look)
+            settings, wait = transaction(self.look)
             now = time.monotonic()
             if wait is None:
                 if stored is not None:

@@ -515,7 +515,10 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         return [f"SET{scope} lock_timeout = '{int(lock_timeout_ms)}ms'"]
 
     def batch_begin(self, timeout_ms: int) -> list[str]:
-        return [f"SET LOCAL statement_timeout = '{int(timeout_ms)}ms'", f"SET LOCAL {BACKFILL_MARK} = 'on'"]
+        # One round trip: set_config(..., true) is SET LOCAL (PostgreSQL docs, "Configuration
+        # Settings Functions"), and a backfill runs many batches.
+        return [f"SELECT set_config('statement_timeout', '{int(timeout_ms)}ms', true), "
+                f"set_config('{BACKFILL_MARK}', 'on', true)"]
 
     def user_triggers_quiet(self, connection: sa.Connection, table: str, columns: list[str]) -> tuple[bool, str | None]:
         """The batches run with ``session_replication_role = replica``, under which triggers in the
@@ -694,7 +697,9 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         and raises RunnerLockLost when another runner has it."""
         from zdm.state import RunnerBusy, RunnerLockLost
 
-        with engine.connect() as connection:
+        # AUTOCOMMIT: the lock is the session's, and the check before each transaction (every
+        # backfill batch) is then one round trip instead of BEGIN, SELECT, COMMIT.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             got = connection.scalar(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
             connection.commit()
             if not got:

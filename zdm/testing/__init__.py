@@ -71,7 +71,7 @@ from zdm.testing.assertions import (
     assert_reversible,
     assert_within_lock_budget,
 )
-from zdm.testing.databases import fresh_postgres_database
+from zdm.testing.databases import DeferredDrops, fresh_postgres_database
 from zdm.testing.servers import (
     BACKEND_FIXTURES,
     BACKENDS,
@@ -107,6 +107,7 @@ __all__ = [
 
 _SOURCE_KEY = pytest.StashKey[ServerSource]()
 _USED_KEY = pytest.StashKey[list[str]]()
+_DROPS_KEY = pytest.StashKey[DeferredDrops]()
 
 
 def _in_ci() -> bool:
@@ -126,6 +127,16 @@ def _session_source(config: pytest.Config) -> ServerSource:
         if workeroutput is not None:
             workeroutput["zdm_postgres_source"] = source.describe()
     return source
+
+
+def _session_drops(config: pytest.Config) -> DeferredDrops:
+    """The session's background drops of test databases; the session waits for them at its end
+    (before the server it resolved is stopped: cleanups run last registered first)."""
+    drops = config.stash.get(_DROPS_KEY, None)
+    if drops is None:
+        drops = config.stash[_DROPS_KEY] = DeferredDrops()
+        config.add_cleanup(drops.close)
+    return drops
 
 
 def _selected_backends(config: pytest.Config) -> list[str]:
@@ -218,11 +229,16 @@ def zdm_postgres_server(request: pytest.FixtureRequest) -> ServerSource:
 
 
 @pytest.fixture
-def zdm_postgres_url(zdm_postgres_server: ServerSource) -> Iterator[str]:
-    """URL of a brand-new PostgreSQL database, dropped after the test."""
+def zdm_postgres_url(zdm_postgres_server: ServerSource, request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a brand-new PostgreSQL database, dropped after the test (in the background: the
+    session waits for the drops at its end)."""
     assert zdm_postgres_server.url is not None
-    with fresh_postgres_database(zdm_postgres_server.url) as url:
+    drops = _session_drops(request.config)
+    with fresh_postgres_database(zdm_postgres_server.url, drops=drops) as url:
         yield url
+    if drops.errors:  # a database handed over earlier could not be dropped
+        failed, drops.errors[:] = list(drops.errors), []
+        pytest.fail(f"could not drop test databases: {'; '.join(failed)}", pytrace=False)
 
 
 @pytest.fixture
