@@ -198,3 +198,44 @@ def test_alembic_check_finds_no_drift_after_a_rename_completes(zdm_database_url:
     engine.dispose()
     assert sorted(tuple(u["column_names"]) for u in uniques) == [("code",), ("email_address",)]
     assert [ix["name"] for ix in indexes if not ix.get("duplicates_constraint")] == []
+
+
+def test_alembic_check_reports_a_zdm_op_as_drift(zdm_database_url: str, tmp_path: Path) -> None:
+    """A model whose type differs from the database: autogenerate would write op.zdm_alter_column,
+    and `alembic check` (the CLI, as a user runs it) reports it as drift (Alembic's FAILED message,
+    non-zero exit), no traceback."""
+    import subprocess
+    import sys
+
+    url = zdm_database_url
+    start_schema(url)
+    where = project(tmp_path, BEFORE.replace('sa.Column("age", sa.Integer)', 'sa.Column("age", sa.BigInteger)'))
+    ini = tmp_path / "alembic.ini"
+    ini.write_text(f"[alembic]\nscript_location = {where}\n")
+    alembic_cli = Path(sys.executable).parent / "alembic"
+    checked = subprocess.run([str(alembic_cli), "-c", str(ini), "-x", f"db={url}", "check"],
+                             capture_output=True, text=True, timeout=60)
+    said = checked.stdout + checked.stderr
+    assert checked.returncode != 0 and "Traceback" not in said and "NotImplementedError" not in said, said
+    assert "New upgrade operations detected: [('zdm_alter_column', 'users', {'column': 'age', 'type': 'BIGINT'})]" \
+        in said, said
+    where = project(tmp_path, BEFORE)  # the model agrees with the database: no drift
+    agreed = subprocess.run([str(alembic_cli), "-c", str(ini), "-x", f"db={url}", "check"],
+                            capture_output=True, text=True, timeout=60)
+    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
+
+
+def test_every_zdm_op_class_has_a_diff_tuple() -> None:
+    """The op classes of revision files and of autogenerate answer UpgradeOps.as_diffs()."""
+    from alembic.operations import ops
+
+    from zdm.alembic.autogenerate import ZdmOp, ZdmRollbackOp
+    from zdm.alembic.offline import Hints
+    from zdm.alembic.operations import ZdmOperation, ZdmRollback
+    from zdm.planfile import PlanFile
+
+    operation = PlanFile.model_validate({"id": "x", "operations": [
+        {"op": "set_not_null", "table": "t", "column": "c"}]}).operations[0]
+    upgrade = ops.UpgradeOps(ops=[ZdmOp(operation, Hints()), ZdmOperation(operation, Hints()), ZdmRollbackOp(),
+                                  ZdmRollback()])
+    assert upgrade.as_diffs() == [("zdm_set_not_null", "t", {"column": "c"})] * 2 + [("zdm_rollback",)] * 2

@@ -261,3 +261,125 @@ def test_with_a_database_findings_know_nullability_and_size(zdm_postgres_url: st
     code, document = lint_json(str(path), "--db", zdm_postgres_url)
     assert code == 1 and [f["rule"] for f in document["findings"]] == ["alter-column-type"]
     assert document["findings"][0]["message"].endswith(" kB)") and "(orders: " in document["findings"][0]["message"]
+
+
+# -- SQL zdm cannot parse, wherever it reads it (breaker finding 8) ---------------------------------
+UNPARSEABLE_PLAN = """\
+id: unparseable
+operations:
+  - op: sql
+    table: orders
+    up: "ALTER TABLE orders ADD COLUMN x int; SELEC 1"
+    down: "ALTER TABLE orders DROP COLUMN x"
+"""
+
+
+def test_lint_and_validate_refuse_a_plan_step_no_parser_reads(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(UNPARSEABLE_PLAN)
+    for command in (("lint",), ("validate",)):
+        code, out, err = zdm(*command, str(path))
+        assert code == 2 and out == "", (command, out, err)
+        assert err.count("\n") == 1 and "`up`: not SQL PostgreSQL parses" in err and "SELEC" in err, err
+    path.write_text(UNPARSEABLE_PLAN.replace('down: "ALTER TABLE orders DROP COLUMN x"', 'down: "DROP COLUM x"')
+                    .replace("; SELEC 1", ""))
+    code, _, err = zdm("validate", str(path))
+    assert code == 2 and "`down`: not SQL PostgreSQL parses" in err, err
+    # SQL one of the two databases reads is the database's to judge: not refused offline
+    path.write_text(UNPARSEABLE_PLAN.replace("ALTER TABLE orders ADD COLUMN x int; SELEC 1",
+                                             "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT)")
+                    .replace("ALTER TABLE orders DROP COLUMN x", "DROP TABLE t"))
+    assert zdm("validate", str(path))[0] == 0
+
+
+def test_lint_refuses_an_alembic_execute_no_parser_reads(tmp_path: Path) -> None:
+    path = tmp_path / "0001_execute.py"
+    path.write_text(textwrap.dedent('''\
+        from alembic import op
+
+        revision = "0001"
+        down_revision = None
+
+
+        def upgrade():
+            op.execute("SELECT 1")
+            op.execute("SELEC 1")
+
+
+        def downgrade():
+            pass
+        '''))
+    code, out, err = zdm("lint", str(path))
+    assert code == 2 and out == "" and f"{path}:9:5: not SQL PostgreSQL parses" in err, (out, err)
+    code, out, _ = zdm("lint", "--json", str(path))
+    document = json.loads(out)
+    assert code == 2 and document["exit_code"] == 2 and "SELEC" in document["error"]["message"], out
+
+
+def test_validate_with_db_refuses_sql_the_database_cannot_parse(zdm_database_url: str, tmp_path: Path) -> None:
+    """SQL only the other database reads: refused against this one (exit 2), before anything runs."""
+    engine = sa.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE orders (id INTEGER PRIMARY KEY, total INTEGER)")
+    engine.dispose()
+    foreign = ("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT)" if zdm_database_url.startswith("postgresql")
+               else "CREATE TABLE t (id int GENERATED ALWAYS AS IDENTITY)")
+    path = tmp_path / "plan.yaml"
+    path.write_text(UNPARSEABLE_PLAN.replace("ALTER TABLE orders ADD COLUMN x int; SELEC 1", foreign)
+                    .replace("ALTER TABLE orders DROP COLUMN x", "DROP TABLE t"))
+    for command in ("validate", "start"):
+        code, out, err = zdm(command, str(path), "--db", zdm_database_url)
+        assert code == 2 and "`up` is not SQL" in err and err.count("\n") == 1, (command, out, err)
+    engine = sa.create_engine(zdm_database_url)
+    with engine.connect() as connection:
+        assert sorted(sa.inspect(connection).get_table_names()) == ["orders"]
+    engine.dispose()
+
+
+def test_every_lint_json_document_follows_the_output_schema(tmp_path: Path) -> None:
+    """`zdm schema --output` covers lint's documents: clean, only suppressed, findings (an Alembic
+    revision's upgrade and downgrade), a file lint cannot parse, and --rules (breaker finding 10)."""
+    import jsonschema
+
+    code, out, _ = zdm("schema", "--output")
+    validator = jsonschema.Draft202012Validator(json.loads(out))
+    clean = write(tmp_path, "clean.sql", "ALTER TABLE orders ADD COLUMN note text;\n")
+    quiet = write(tmp_path, "quiet.sql", "-- zdm: ignore[truncate] staging only\nTRUNCATE orders;\n")
+    revision = write(tmp_path, "versions/0007.py", SEVEN_UNSAFE)
+    downgrade = write(tmp_path, "versions/0010.py", DOWNGRADE)
+    broken = write(tmp_path, "broken.sql", "SELEC 1;\n")
+    documents = []
+    for args, expected in (([str(clean)], 0), ([str(quiet)], 0), ([str(revision), str(downgrade)], 1),
+                           ([str(broken)], 2), (["--rules"], 0)):
+        for flag in (("--json",), ("--format", "json")):
+            code, out, _ = zdm("lint", *flag, *args)
+            document = json.loads(out)
+            assert code == expected == document["exit_code"], (args, out)
+            validator.validate(document)
+            documents.append(document)
+    assert documents[0]["ok"] and documents[0]["findings"] == [] and documents[0]["files"] == 1
+    assert documents[2]["ok"] and documents[2]["unsuppressed"] == 0 and documents[2]["findings"][0]["suppressed"]
+    assert not documents[4]["ok"] and {f["function"] for f in documents[4]["findings"]} == {"upgrade", "downgrade"}
+    assert documents[6]["error"]["kind"] == documents[7]["error"]["kind"] == "lint_input" and documents[8]["rules"]
+    assert documents[9] == documents[8]
+    # the schema holds lint's promises: a finding's keys, and ok only with nothing unsuppressed
+    wrong = [{**documents[4], "ok": True}, {**documents[0], "unsuppressed": 1},
+             {**documents[4], "findings": [{**documents[4]["findings"][0], "line": "10"}]},
+             {**documents[0], "error": {"kind": "lint_input", "message": "x"}}]
+    for document in wrong:
+        assert not validator.is_valid(document), document
+
+
+def test_a_condition_no_parser_reads_is_refused(tmp_path: Path) -> None:
+    """add_check's condition and alter_column's `up` are SQL too: one neither database parses is
+    refused when the plan is read (validate, lint: exit 2); one either parses passes."""
+    path = tmp_path / "plan.yaml"
+    for operation, field in (("op: add_check\n    name: orders_amount_ok\n    condition", "condition"),
+                             ("op: alter_column\n    column: id\n    type: UUID\n    up", "up")):
+        for value, expected in (("amount >= 0 AND", 2), ("amount >= 0", 0)):
+            path.write_text(f"id: c\noperations:\n  - {operation}: \"{value}\"\n    table: orders\n")
+            for command in ("validate", "lint"):
+                code, _, err = zdm(command, str(path))
+                assert code == expected, (command, value, err)
+                if expected:
+                    assert f"{field}: '{value}' is not SQL PostgreSQL parses" in err and err.count("\n") == 1, err

@@ -161,7 +161,8 @@ def zdm_command(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         context = click.get_current_context()
-        invocation = Invocation(context.info_name, bool(kwargs.get("as_json")))
+        # lint's --format json is --json: its errors are a JSON document too
+        invocation = Invocation(context.info_name, bool(kwargs.get("as_json") or kwargs.get("output_format") == "json"))
         context.meta["zdm.invocation"] = invocation
         try:
             return command(invocation, *args, **kwargs)

@@ -314,6 +314,7 @@ def _lint_revision(path: Path, config: Config, connection: sa.Connection | None,
     problems = []
     for function in ("upgrade", "downgrade") if config.downgrade else ("upgrade",):
         emitted, transactional = _record_revision(path, function, dialect)
+        _parses(path, emitted, dialect)
         findings = judge([item.sql for item in emitted], old_app_running=True, connection=connection,
                          in_transaction=transactional, pg_version=config.pg_version)
         for finding in findings:
@@ -326,6 +327,20 @@ def _lint_revision(path: Path, config: Config, connection: sa.Connection | None,
             problems.append(Problem(str(path), item.line, item.column, finding.rule, finding.message, reason,
                                     finding.table, function))
     return problems
+
+
+def _parses(path: Path, emitted: list[_Emitted], dialect: str) -> None:
+    """Every statement the revision emits is SQL ``dialect``'s parser reads, else a LintError (exit 2):
+    what cannot be read cannot be judged (``op.execute("SELEC 1")``)."""
+    from zdm.dialects import for_name
+
+    try:
+        parser = for_name(dialect)
+    except ValueError:
+        return  # a dialect zdm has no parser for: nothing to hold the text to
+    for item in emitted:
+        if problem := parser.syntax_error(item.sql):
+            raise LintError(f"{path}:{item.line}:{item.column}: {problem}")
 
 
 def _record_revision(path: Path, function: str, dialect: str) -> tuple[list[_Emitted], bool]:

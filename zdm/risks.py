@@ -491,12 +491,14 @@ def _statement_risks(statement: ast.Node, table: str, reader: _Reader) -> list[F
         sequence = _shown(_name(statement.sequence))
         return [Finding("sequence-restart", f"ALTER SEQUENCE {sequence} RESTART hands out numbers already used: the "
                         "app's inserts fail on the key; restart above the largest value in use")]
-    if isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)) and catalog.bulk(statement, table,
-                                                                                  _pinned(statement.whereClause)):
+    if isinstance(statement, (ast.UpdateStmt, ast.DeleteStmt)) and (
+            bulk := catalog.bulk(statement, table, _pinned(statement.whereClause),
+                                 _pinned_columns(statement.whereClause))):
         verb = "UPDATE" if isinstance(statement, ast.UpdateStmt) else "DELETE"
+        why = "" if bulk is True else f" ({bulk})"
         return [Finding("bulk-write", f"{verb} of {table} without a WHERE on a key locks every row it touches until "
                         "the step commits, blocking the app's writes to them: backfill in batches in a migrate step "
-                        "(the op.zdm_* operations do)", table)]
+                        f"(the op.zdm_* operations do){why}", table)]
     if old_app_running:
         return _old_app_risks(statement, table, reader)
     return []
@@ -529,6 +531,16 @@ def _pinned(where: ast.Node | None) -> bool:
         return any(isinstance(side, ast.ColumnRef) for side in sides) and \
             any(isinstance(side, (ast.A_Const, ast.ParamRef, tuple)) for side in sides)
     return False
+
+
+def _pinned_columns(where: ast.Node | None) -> set[str]:
+    """The columns a WHERE clause sets to a constant (or IN a list) among its ANDed terms."""
+    if isinstance(where, ast.BoolExpr) and where.boolop.name == "AND_EXPR":
+        return set().union(*(_pinned_columns(term) for term in where.args))
+    if not _pinned(where) or not isinstance(where, ast.A_Expr):
+        return set()
+    return {str(side.fields[-1].sval) for side in (where.lexpr, where.rexpr)
+            if isinstance(side, ast.ColumnRef) and isinstance(side.fields[-1], ast.String)}
 
 
 def _old_app_risks(statement: ast.Node, table: str, reader: _Reader) -> list[Finding]:
@@ -993,14 +1005,24 @@ class Catalog:
             except sa.exc.DBAPIError:
                 return None
 
-    def bulk(self, statement: ast.Node, table: str, pinned: bool) -> bool:
+    def bulk(self, statement: ast.Node, table: str, pinned: bool, pinned_columns: set[str] | None = None) -> bool | str:
         """Whether an UPDATE or DELETE writes many rows of ``table`` (at least half, or 10,000).
 
         With a connection, the planner's estimates (EXPLAIN, nothing runs) of the rows it writes
         and of the rows of the whole table; offline, any WHERE that does not pin a key (column = constant) is bulk.
+        When the table holds rows but its planner statistics are missing or stale (never analyzed,
+        or loaded since: ``reltuples`` unknown, the relation grown well past ``relpages``, more rows
+        changed since ANALYZE than it counted), the estimates are guesses: the write is bulk unless
+        its WHERE pins every column of a unique index (``pinned_columns``), and the answer is the
+        reason to say so (a string) instead of True.
         """
         with self._scratch() as connection:
             if connection is not None:
+                stale = self._stale_statistics(connection, table)
+                if stale is not None:
+                    keys = self._unique_keys(connection, table)
+                    pins_a_key = any(key <= (pinned_columns or set()) for key in keys)
+                    return False if pins_a_key else stale
                 try:
                     plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {_deparse(statement)}").scalar()
                     rows = (plan[0]["Plan"].get("Plans") or [plan[0]["Plan"]])[0]["Plan Rows"]
@@ -1012,6 +1034,44 @@ class Catalog:
                 except (sa.exc.DBAPIError, KeyError, IndexError, TypeError):
                     pass
         return not pinned
+
+    @staticmethod
+    def _stale_statistics(connection: sa.Connection, table: str) -> str | None:
+        """Why ``table``'s planner statistics cannot be trusted (see ``bulk``); None when they can,
+        or when the table is empty or unknown."""
+        try:
+            row = connection.execute(sa.text(
+                "SELECT c.reltuples, c.relpages, pg_relation_size(c.oid) / current_setting('block_size')::int, "
+                "s.n_mod_since_analyze, coalesce(s.last_analyze, s.last_autoanalyze) IS NOT NULL "
+                "FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid "
+                "WHERE c.oid = to_regclass(:table)"), {"table": table}).one_or_none()
+        except sa.exc.DBAPIError:
+            return None
+        if row is None:
+            return None
+        reltuples, relpages, pages, modified, analyzed = row
+        if not pages:
+            return None
+        if reltuples is None or reltuples <= 0 or (not analyzed and relpages == 0):
+            why = "missing (never analyzed)"
+        elif pages > 2 * relpages + 8 or (modified or 0) > max(reltuples, 1000):
+            why = "stale (the table changed much since ANALYZE)"
+        else:
+            return None
+        return (f"planner statistics of {table} are {why}, so the rows it writes cannot be estimated: "
+                f"taken for a bulk write; run ANALYZE {table} for an estimate")
+
+    @staticmethod
+    def _unique_keys(connection: sa.Connection, table: str) -> list[set[str]]:
+        """The column sets of ``table``'s unique indexes (plain columns, no predicate)."""
+        try:
+            rows = connection.execute(sa.text(
+                "SELECT array_agg(a.attname::text) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = to_regclass(:table) AND i.indisunique "
+                "AND i.indpred IS NULL AND i.indexprs IS NULL GROUP BY i.indexrelid"), {"table": table}).scalars()
+            return [set(columns) for columns in rows]
+        except sa.exc.DBAPIError:
+            return []
 
     def size(self, table: str) -> int | None:
         """The bytes of ``table`` with its indexes and TOAST (pg_total_relation_size); None when unknown."""

@@ -26,6 +26,7 @@ from alembic.operations import MigrateOperation, Operations
 from pydantic import ValidationError
 
 from zdm import introspect
+from zdm.alembic.autogenerate import diff_tuple
 from zdm.alembic.offline import Hints
 from zdm.alembic.runtime import ZdmAlembicError, rollback_revision, run_operation
 from zdm.operations import AnyOperation, Operation
@@ -66,6 +67,10 @@ class ZdmOperation(MigrateOperation):
     def reverse(self) -> MigrateOperation:
         raise NotImplementedError("a zdm operation is undone by op.zdm_rollback(), not by a reverse operation")
 
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        """The operation as an Alembic diff tuple: ``("zdm_<name>", table, {field: value})``."""
+        return diff_tuple(self.operation)
+
 
 @Operations.register_operation("zdm_rollback")
 class ZdmRollback(MigrateOperation):
@@ -78,6 +83,10 @@ class ZdmRollback(MigrateOperation):
         Refused for a plan already completed: its contract phase dropped what a rollback needs.
         """
         operations.invoke(cls())
+
+    def to_diff_tuple(self) -> tuple[Any, ...]:
+        """The operation as an Alembic diff tuple: ``("zdm_rollback",)``."""
+        return ("zdm_rollback",)
 
 
 def _plain(value: Any) -> Any:

@@ -255,6 +255,13 @@ class Dialect:
     def __init__(self, sa_dialect: SADialect) -> None:
         self.sa = sa_dialect
 
+    def syntax_error(self, sql: str) -> str | None:
+        """Why this database's parser cannot read ``sql`` (one or more statements); None when it can.
+
+        The generic dialect has no parser: nothing is refused.
+        """
+        return None
+
     # -- engines ------------------------------------------------------------------------------------
     def engine_url(self, url: sa.URL) -> sa.URL:
         """The URL zdm connects with (a driver chosen where the URL names none)."""
@@ -770,6 +777,13 @@ def for_name(name: str) -> Dialect:
     if name == "generic":  # the model's view when no database is in sight (plan files checked alone)
         return Dialect(sa.engine.default.DefaultDialect())
     raise ValueError(f"zdm supports postgresql and sqlite, not {name!r}")
+
+
+def syntax_error_anywhere(sql: str) -> str | None:
+    """Why ``sql`` is SQL neither PostgreSQL's nor SQLite's parser reads (a plan file checked alone,
+    its database unknown); None when either reads it. The message is PostgreSQL's."""
+    postgres = for_name("postgresql").syntax_error(sql)
+    return postgres if postgres is not None and for_name("sqlite").syntax_error(sql) is not None else None
 
 
 def for_connection(connection: sa.Connection | sa.Engine) -> Dialect:

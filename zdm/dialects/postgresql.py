@@ -78,6 +78,16 @@ class PostgresDialect(Dialect):
     updatable_views = True
     enforces_type_limits = True
 
+    def syntax_error(self, sql: str) -> str | None:
+        """PostgreSQL's own parser (pglast) reads ``sql``; what it says when it cannot."""
+        import pglast
+
+        try:
+            pglast.parse_sql(sql)
+        except pglast.parser.ParseError as exc:
+            return f"not SQL PostgreSQL parses: {exc}"
+        return None
+
     def engine_url(self, url: sa.URL) -> sa.URL:
         return url.set(drivername="postgresql+psycopg") if url.drivername == "postgresql" else url
 

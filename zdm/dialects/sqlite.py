@@ -57,6 +57,36 @@ class SQLiteDialect(Dialect):
     # a column declared BIGINT PRIMARY KEY is not (no automatic ids, AUTOINCREMENT refused).
     wide_integer_keys = True
 
+    def syntax_error(self, sql: str) -> str | None:
+        """SQLite's own parser reads each statement of ``sql`` (``EXPLAIN`` on an empty in-memory
+        database: compiled, never run); a syntax error is refused, an unknown table or column is
+        not (the real database may have it)."""
+        import sqlite3
+
+        statements, pending = [], ""
+        for piece in sql.split(";"):
+            pending += piece + ";"
+            if sqlite3.complete_statement(pending):
+                statements.append(pending)
+                pending = ""
+        if pending.strip(" \t\r\n;"):
+            statements.append(pending)  # incomplete: SQLite says so
+        scratch = sqlite3.connect(":memory:")
+        try:
+            for statement in statements:
+                if not statement.strip(" \t\r\n;"):
+                    continue
+                try:
+                    scratch.execute(f"EXPLAIN {statement.rstrip().rstrip(';')}")
+                except sqlite3.Warning:
+                    continue  # more than one statement after all (a comment-only piece): not a syntax verdict
+                except sqlite3.Error as exc:
+                    if any(word in str(exc) for word in ("syntax error", "incomplete input", "unrecognized token")):
+                        return f"not SQL SQLite parses: {exc}"
+        finally:
+            scratch.close()
+        return None
+
     # -- engines: zdm, not pysqlite, decides when a transaction begins --------------------------------
     def user_triggers_quiet(self, connection: sa.Connection, table: str, columns: list[str]) -> tuple[bool, str | None]:
         """SQLite cannot switch a trigger off, but a batch can drop the table's own triggers and

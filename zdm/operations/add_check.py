@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import field_validator
 
 from zdm.db import sql_text
-from zdm.dialects import Dialect
+from zdm.dialects import Dialect, syntax_error_anywhere
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.operations.common import no_rows_where
@@ -20,9 +20,12 @@ from zdm.plan import MigrationStep, Phase
 
 
 def one_expression(condition: str) -> str:
-    """A condition is SQL the plan's author writes; it must at least be a single expression."""
+    """A condition is SQL the plan's author writes; it must at least be a single expression, one
+    PostgreSQL's or SQLite's parser reads."""
     if ";" in condition or "--" in condition or "/*" in condition:
         raise ValueError("a condition is one SQL expression, without ';' or comments")
+    if problem := syntax_error_anywhere(f"SELECT ({condition})"):
+        raise ValueError(f"{condition!r} is {problem}")
     return condition
 
 

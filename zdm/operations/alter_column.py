@@ -91,7 +91,10 @@ class AlterColumn(DualColumn):
         if self.up_sql is not None:
             from zdm.operations.add_check import one_expression
 
-            one_expression(self.up_sql)
+            try:
+                one_expression(self.up_sql)
+            except ValueError as exc:
+                raise ValueError(f"up: {exc}") from None
         if not self.type.declared:
             raise ValueError(f"zdm copies columns of type {self.type.name} but does not create them; "
                              "pick another type")

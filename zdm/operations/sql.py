@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import model_validator
 
 from zdm.actions import statements
-from zdm.dialects import Dialect
+from zdm.dialects import Dialect, syntax_error_anywhere
 from zdm.model import Schema
 from zdm.operations.base import Compiler, Identifier, Operation
 from zdm.plan import MigrationStep, Phase
@@ -43,6 +43,10 @@ class RawSql(Operation):
             raise ValueError("`up` needs a statement, and no statement of `up` or `down` may be blank")
         if self.down is None and self.phase != "contract":
             raise ValueError("a sql step before contract needs `down`, the statements that undo it")
+        for key, texts in (("up", up), ("down", down)):
+            for number, text in enumerate(texts, 1):
+                if problem := syntax_error_anywhere(text):
+                    raise ValueError(f"`{key}`{f' statement {number}' if len(texts) > 1 else ''}: {problem}")
         return self
 
     def describe(self) -> str:
@@ -65,9 +69,13 @@ class RawSql(Operation):
         return up, down
 
     def check_live(self, c: Compiler) -> list[str]:
+        up, down = self._listed()
+        for key, texts in (("up", up), ("down", down)):
+            for text in texts:
+                if problem := c.dialect.syntax_error(text):
+                    return [f"{self.describe()}: `{key}` is {problem}"]
         if not c.dialect.judges_raw_sql or self.assume_safe:
             return []
-        up, down = self._listed()
         # `down` runs at rollback, when only what `up` added goes: a drop there is the undo.
         before_contract = PHASES[self.phase] is not Phase.CONTRACTING
         risks = [*lock_risks(up, old_app_running=before_contract, connection=c.connection,
