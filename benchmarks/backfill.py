@@ -125,7 +125,8 @@ def zdm_run(url: sa.URL, target_ms: int, *extra: str) -> dict[str, Any]:
         command = [sys.executable, "-m", "zdm.cli", "start", str(plan_path), "--json",
                    "--db", database, "--batch-target-ms", str(target_ms), *extra]
         started = time.monotonic()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        result = (Path(tmp) / "result.json").open("w+")  # --json: an error is a document on stdout
+        process = subprocess.Popen(command, stdout=result, stderr=subprocess.PIPE, text=True)
         assert process.stderr is not None
         backfill_began = backfill_ended = None
         batches: list[float] = []
@@ -146,7 +147,8 @@ def zdm_run(url: sa.URL, target_ms: int, *extra: str) -> dict[str, Any]:
         process.returncode = os.waitstatus_to_exitcode(status)
         start_s = time.monotonic() - started
         if process.returncode != 0 or backfill_began is None or backfill_ended is None:
-            raise SystemExit(f"zdm start failed ({process.returncode}): {' | '.join(tail)}")
+            result.seek(0)
+            raise SystemExit(f"zdm start failed ({process.returncode}): {' | '.join(tail)} {result.read().strip()}")
         done = subprocess.run([sys.executable, "-m", "zdm.cli", "complete", PLAN["id"], "--quiet", "--db", database],
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -192,7 +194,10 @@ def measure(url: sa.URL, rows: int, target_ms: int) -> dict[str, Any]:
                                           "size_after": table_size(engine), "dead_tuples": dead_tuples(engine)}
             with engine.begin() as connection:  # the plan's functions go with the table's triggers
                 connection.execute(sa.text("DROP TABLE items"))
-                connection.execute(sa.text("DROP FUNCTION IF EXISTS zdm_fn_bench_backfill_items_email_address()"))
+                for (function,) in connection.execute(sa.text(  # named as zdm names them (dialects.object_name)
+                        "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname LIKE 'zdm\\_fn\\_%' "
+                        "AND p.pronamespace = current_schema()::regnamespace")):
+                    connection.execute(sa.text(f"DROP FUNCTION IF EXISTS {function}"))
             print(f"  {rows:,} rows: {name} done", file=sys.stderr, flush=True)
         result["ratio_to_floor"] = result["zdm"]["backfill_s"] / result["floor_s"]
         result["ratio_to_plain"] = result["zdm"]["backfill_s"] / result["plain_s"]
