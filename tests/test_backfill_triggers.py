@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from support import runner
 
-from zdm import db, planfile
+from zdm import db, dialects, planfile
 from zdm.backfill import BackfillProgress
 from zdm.runner import Reporter
 
@@ -133,3 +133,22 @@ def test_a_role_that_may_not_quiet_triggers_is_told_which_fire(zdm_postgres_url:
             connection.exec_driver_sql(f"DROP OWNED BY {name}")
             connection.exec_driver_sql(f"DROP ROLE {name}")
         engine.dispose()
+
+
+def test_a_column_another_table_references_is_never_set_under_the_replica_role(zdm_postgres_url: str) -> None:
+    """The replica role skips the RI triggers of either side of a foreign key: a backfill that sets
+    a referenced column (ON UPDATE CASCADE, NO ACTION checks) keeps them, and the user's triggers fire."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE codes (id integer PRIMARY KEY, code text UNIQUE, other text)")
+        connection.exec_driver_sql("CREATE TABLE refs (id integer PRIMARY KEY, "
+                                   "code text REFERENCES codes (code) ON UPDATE CASCADE)")
+        connection.exec_driver_sql("CREATE FUNCTION codes_touch() RETURNS trigger LANGUAGE plpgsql AS "
+                                   "$$ BEGIN RETURN NEW; END $$")
+        connection.exec_driver_sql("CREATE TRIGGER codes_touch BEFORE UPDATE ON codes FOR EACH ROW "
+                                   "EXECUTE FUNCTION codes_touch()")
+        dialect = dialects.for_connection(connection)
+        quiet, note = dialect.user_triggers_quiet(connection, "codes", ["code"])
+        assert not quiet and note is not None and "foreign key covers code" in note, note
+        assert dialect.user_triggers_quiet(connection, "codes", ["other"]) == (True, None)
+    engine.dispose()

@@ -567,8 +567,9 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         default ``ENABLE`` state do not fire (PostgreSQL docs, "ALTER TABLE ... ENABLE TRIGGER" and
         the ``session_replication_role`` setting; logical replication tools such as Bucardo and
         pgstream write the same way). It needs a superuser or, from PostgreSQL 15, ``GRANT SET ON
-        PARAMETER session_replication_role``. It also stops foreign-key checks, so it is not used
-        when a foreign key covers a column the backfill sets. Triggers marked ``ENABLE ALWAYS`` fire
+        PARAMETER session_replication_role``. It also stops foreign-key checks and actions, so it is
+        not used when a foreign key (of this table, or another's that references it) covers a column
+        the backfill sets. Triggers marked ``ENABLE ALWAYS`` fire
         whatever zdm does: they are named in the note."""
         key = {"t": self.quote(table)}
         triggers = connection.execute(sa.text(
@@ -581,10 +582,13 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
             "SELECT rolsuper OR (current_setting('server_version_num')::int >= 150000 "
             "AND has_parameter_privilege('session_replication_role', 'SET')) "
             "FROM pg_roles WHERE rolname = current_user"))
+        # Either side of a foreign key: the referencing columns are checked, and the referenced ones
+        # carry ON UPDATE actions and NO ACTION checks (RI triggers, which the replica role skips).
         keyed = connection.scalars(sa.text(
-            "SELECT DISTINCT a.attname FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid "
-            "AND a.attnum = ANY(c.conkey) WHERE c.conrelid = to_regclass(:t) AND c.contype = 'f' "
-            "AND a.attname = ANY(:c)"), {**key, "c": list(columns)}).all()
+            "SELECT DISTINCT a.attname FROM pg_constraint c JOIN pg_attribute a ON "
+            "(a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey)) OR (a.attrelid = c.confrelid AND "
+            "a.attnum = ANY(c.confkey)) WHERE c.contype = 'f' AND a.attrelid = to_regclass(:t) "
+            "AND a.attname = ANY(:c) ORDER BY 1"), {**key, "c": list(columns)}).all()
         firing = ", ".join(name for name, _ in triggers)
         if not allowed:
             return False, (f"the backfill of {table} fires its triggers {firing} on every row it updates: "
