@@ -257,5 +257,36 @@ def downgrade():
     code, _, err = zdm("lint", "--fix", str(revision))
     assert code == 1 and "0 converted to zdm operations, 1 marked" in err
     assert body(revision.read_text(), "upgrade")[0] == (
-        "# zdm: not converted [create-index-blocking]: op.zdm_create_index does this, but --fix edits only a "
-        "statement of upgrade() of its own (not one in a loop or a with block): write it by hand")
+        "# zdm: not converted [create-index-blocking]: op.zdm_create_index does this, but --fix edits only an op "
+        "call that is a statement of upgrade() of its own (not in a loop, an if or a with block): write it by hand")
+
+
+@pytest.mark.parametrize("line", [
+    'op.alter_column("t4", "d", new_column_name="e"); op.drop_column("t4", "f")',
+    'op.drop_column("t5", "f"); op.alter_column("t4", "d", new_column_name="e")',
+    'op.alter_column(\n        "t4", "d", new_column_name="e"); print("after")',
+])
+def test_code_sharing_a_line_with_an_op_is_never_cut_out(tmp_path: Path, line: str) -> None:
+    """--fix replaces whole lines: an op that shares one with other code is marked, not rewritten,
+    and every statement of the file is still there."""
+    revision = tmp_path / "versions" / "0009.py"
+    revision.parent.mkdir()
+    revision.write_text(f'''\
+from alembic import op
+
+revision, down_revision = "0009", None
+
+
+def upgrade():
+    {line}
+
+
+def downgrade():
+    pass
+''')
+    zdm("lint", "--fix", str(revision))
+    fixed = revision.read_text()
+    assert "op.zdm_rename_column(" not in fixed and "put each op call on a line of its own" in fixed
+    for call in ('op.alter_column(', 'op.drop_column("t', 'print("after")'):
+        assert fixed.count(call) == line.count(call), fixed
+    assert "# zdm: not converted [" in fixed

@@ -105,16 +105,29 @@ def _function(tree: ast.Module, name: str) -> ast.FunctionDef | None:
     return next((node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == name), None)
 
 
+def _lines_of(statement: ast.stmt) -> range:
+    return range(statement.lineno, (statement.end_lineno or statement.lineno) + 1)
+
+
 def _statement_at(function: ast.FunctionDef, line: int, *, calls_only: bool = True) -> ast.stmt | None:
     """The top-level statement of ``function`` holding ``line``; ``calls_only``: only when it is a plain
-    ``op.<name>(...)`` call, which --fix may replace."""
+    ``op.<name>(...)`` call alone on its lines, which --fix may replace line for line (a statement
+    sharing a line with another, ``op.a(); op.b()``, is never cut out with it)."""
     for statement in function.body:
         if statement.lineno <= line <= (statement.end_lineno or statement.lineno):
+            if not calls_only:
+                return statement
             call = statement.value if isinstance(statement, ast.Expr) else None
-            if not calls_only or (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+                    and not _shares_a_line(function, statement):
                 return statement
             return None
     return None
+
+
+def _shares_a_line(function: ast.FunctionDef, statement: ast.stmt) -> bool:
+    return any(other is not statement and set(_lines_of(other)) & set(_lines_of(statement))
+               for other in function.body)
 
 
 def _fix_revision(path: Path, config: Config, dialect: str) -> Converted:
@@ -158,8 +171,14 @@ def _fix_revision(path: Path, config: Config, dialect: str) -> Converted:
             continue
         statement = _statement_at(upgrade, item.line)
         if statement is None:
-            blocked[item.line] = (f"op.zdm_{operation.op} does this, but --fix edits only a statement of "
-                                  "upgrade() of its own (not one in a loop or a with block): write it by hand")
+            top = _statement_at(upgrade, item.line, calls_only=False)
+            if top is not None and _shares_a_line(upgrade, top):
+                blocked[item.line] = ("--fix replaces whole lines, and this one holds other statements too: put "
+                                      "each op call on a line of its own and run --fix again")
+            else:
+                blocked[item.line] = (f"op.zdm_{operation.op} does this, but --fix edits only an op call that is "
+                                      "a statement of upgrade() of its own (not in a loop, an if or a with "
+                                      "block): write it by hand")
             continue
         if operation.table in changed:
             blocked[item.line] = (f"{changed[operation.table]} changes {operation.table} in this revision already "
