@@ -290,3 +290,30 @@ def downgrade():
     for call in ('op.alter_column(', 'op.drop_column("t', 'print("after")'):
         assert fixed.count(call) == line.count(call), fixed
     assert "# zdm: not converted [" in fixed
+
+
+def test_what_a_revision_prints_stays_out_of_the_report(tmp_path: Path) -> None:
+    """Linting runs the revision's code: its print() (and Alembic's offline SQL of a batch op) go to
+    stderr, so `--format json` stays one JSON document and --fix prints only its summary."""
+    revision = tmp_path / "versions" / "0010.py"
+    revision.parent.mkdir()
+    revision.write_text('''\
+from alembic import op
+
+revision, down_revision = "0010", None
+print("loaded")
+
+
+def upgrade():
+    print("upgrading")
+    op.create_index("users_email_ix", "users", ["email"])
+
+
+def downgrade():
+    pass
+''')
+    code, out, err = zdm("lint", "--format", "json", str(revision))
+    assert code == 1 and json.loads(out)["findings"], out
+    assert "upgrading" in err and "loaded" in err
+    code, out, _ = zdm("lint", "--fix", str(revision))
+    assert "upgrading" not in out and "CREATE INDEX" not in out, out

@@ -21,7 +21,9 @@ saying why; a later ``--fix`` does not mark it twice.
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
+import io
 import json
 import sys
 import traceback
@@ -76,7 +78,8 @@ def _record(path: Path, function: str) -> list[_Recorded]:
     if spec is None or spec.loader is None:
         raise LintError(f"{path}: not a Python module")
     module = importlib.util.module_from_spec(spec)
-    context = MigrationContext.configure(dialect_name="postgresql", opts={"as_sql": True})
+    context = MigrationContext.configure(dialect_name="postgresql",
+                                         opts={"as_sql": True, "output_buffer": io.StringIO()})
     operations = Operations(context)
     recorded: list[_Recorded] = []
     where = str(path.resolve())
@@ -89,10 +92,11 @@ def _record(path: Path, function: str) -> list[_Recorded]:
     operations.invoke = recording  # type: ignore[method-assign]
     operations._install_proxy()
     try:
-        spec.loader.exec_module(module)
-        run = getattr(module, function, None)
-        if callable(run):
-            run()
+        with contextlib.redirect_stdout(sys.stderr):  # what the revision prints is no part of the output
+            spec.loader.exec_module(module)
+            run = getattr(module, function, None)
+            if callable(run):
+                run()
     except Exception as exc:
         raise LintError(f"{path}: {function}() failed in offline mode: {type(exc).__name__}: {exc}") from exc
     finally:

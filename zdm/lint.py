@@ -32,6 +32,7 @@ end of its line), ``# zdm: ignore[rule-id] reason`` on or above an Alembic op's 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
@@ -374,12 +375,13 @@ def _record_revision(path: Path, function: str, dialect: str) -> tuple[list[_Emi
     operations.invoke = recording  # type: ignore[method-assign]
     operations._install_proxy()
     try:
-        spec.loader.exec_module(module)
-        if not callable(getattr(module, "upgrade", None)):
-            raise LintError(f"{path}: not an Alembic revision (no upgrade())")
-        run = getattr(module, function, None)
-        if callable(run):
-            run()
+        with contextlib.redirect_stdout(sys.stderr):  # what the revision prints is no part of the report
+            spec.loader.exec_module(module)
+            if not callable(getattr(module, "upgrade", None)):
+                raise LintError(f"{path}: not an Alembic revision (no upgrade())")
+            run = getattr(module, function, None)
+            if callable(run):
+                run()
     except LintError:
         raise
     except Exception as exc:
