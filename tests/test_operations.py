@@ -438,3 +438,29 @@ def test_a_rename_keeps_the_column_collation(zdm_database_url: str) -> None:
             assert found == "C"
         else:  # NOCASE: the comparison still ignores case
             assert connection.exec_driver_sql("SELECT count(*) FROM people WHERE login = 'A@X'").scalar() == 1
+
+
+def test_a_rename_that_changes_only_case(zdm_database_url: str) -> None:
+    """SQLite compares column names without case: "E_Mail" and "e_mail" cannot both exist while the
+    old app and the new one run, so the rename is refused before anything runs; PostgreSQL has two
+    names and renames."""
+    import sqlalchemy as sa
+
+    from zdm.errors import PlanInvalid
+
+    engine = sa.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql('CREATE TABLE people (id integer PRIMARY KEY, "E_Mail" text)')
+        connection.exec_driver_sql("INSERT INTO people VALUES (1, 'a@x')")
+    plan = planfile.parse({"id": "case", "operations": [
+        {"op": "rename_column", "table": "people", "column": "E_Mail", "new_name": "e_mail"}]})
+    if engine.dialect.name == "sqlite":
+        with pytest.raises(PlanInvalid, match=r"same column as people\.E_Mail"):
+            runner(engine).start(plan)
+        with engine.connect() as connection:
+            assert [c["name"] for c in sa.inspect(connection).get_columns("people")] == ["id", "E_Mail"]
+    else:
+        runner(engine).apply(plan)
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT e_mail FROM people").scalar() == "a@x"
+    engine.dispose()

@@ -302,6 +302,12 @@ class DualColumn(Operation):
 
     # -- phases -------------------------------------------------------------------------------
     def check_live(self, c: Compiler) -> list[str]:
+        folded = c.dialect.fold_name(self.shadow)
+        for name in c.schema.table(self.table).columns:
+            if name != self.shadow and c.dialect.fold_name(name) == folded:
+                return [f"{self.table}.{self.shadow} would be the same column as {self.table}.{name} on this "
+                        f"database (it compares column names without case), and both exist until complete: "
+                        f"go through another name, in two plans"]
         try:
             self.refuse_what_cannot_be_carried(c)
         except ValueError as exc:
