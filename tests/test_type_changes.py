@@ -367,3 +367,35 @@ def test_a_zone_chooses_the_path(zdm_database_url: str, tmp_path: Any, change: d
         assert shown in result.stderr and result.stderr.count("\n") == 1, result.stderr
     else:
         assert result.exit_code == 0 and shown in result.stdout, result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("index", "refused"), [
+    ("CREATE INDEX events_day_ix ON events ((at::date))", "functions in index expression must be marked IMMUTABLE"),
+    ("CREATE INDEX events_recent_ix ON events (id) WHERE at > '2020-01-01'",
+     "functions in index predicate must be marked IMMUTABLE"),
+    ("CREATE INDEX events_at_ix ON events (at)", None),
+])
+def test_an_in_place_change_is_tried_on_an_empty_copy_before_anything_runs(
+        zdm_postgres_url: str, index: str, refused: str | None) -> None:
+    """TIMESTAMP -> TIMESTAMPTZ in place under an index whose expression is not immutable for
+    TIMESTAMPTZ would fail at complete, after the deploy: refused before anything runs instead."""
+    from zdm.errors import PlanInvalid
+
+    engine = db.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE events (id integer PRIMARY KEY, at timestamp)")
+        connection.exec_driver_sql("INSERT INTO events VALUES (1, '2024-03-31 02:30')")
+        connection.exec_driver_sql(index)
+    plan = planfile.parse({"id": "tz", "operations": [
+        {"op": "alter_column", "table": "events", "column": "at", "type": "TIMESTAMPTZ"}]})
+    if refused:
+        with pytest.raises(PlanInvalid, match=refused):
+            runner(engine).start(plan)
+        with engine.connect() as connection:
+            assert sa.inspect(connection).get_columns("events")[1]["type"].__class__.__name__ == "TIMESTAMP"
+            assert sa.inspect(connection).get_temp_table_names() == []
+    else:
+        runner(engine).apply(plan)
+        with engine.connect() as connection:
+            assert sa.inspect(connection).get_columns("events")[1]["type"].timezone
+    engine.dispose()

@@ -568,6 +568,12 @@ class Dialect:
     def drop_index(self, name: str, table: str) -> list[Action]:
         return [Statement(self.sql(sa.schema.DropIndex(self._index(name, table, [], False), if_exists=True)))]
 
+    def retype_problem(self, connection: sa.Connection, table: str, column: str, new: ColumnType) -> str | None:
+        """Why the in-place change of ``column`` to ``new`` (``retype``) would fail at complete (an
+        index expression or predicate that does not fit the new type), asked before anything runs;
+        the database is left as it was. None when it would not, or the dialect cannot tell."""
+        return None
+
     def copy_problem(self, connection: sa.Connection, table: str, shadow: str, shadow_type: sa.types.TypeEngine[Any],
                      indexes: dict[str, str], checks: dict[str, str]) -> str | None:
         """Why one of the copies a change will build on the new column ``shadow`` cannot be built

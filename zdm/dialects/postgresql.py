@@ -429,6 +429,28 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         finally:
             savepoint.rollback()
 
+    def retype_problem(self, connection: sa.Connection, table: str, column: str, new: ColumnType) -> str | None:
+        # The in-place ALTER TYPE tried on an empty temporary copy with the table's indexes (LIKE ...
+        # INCLUDING INDEXES), in a savepoint rolled back at once: an expression or predicate that
+        # does not fit the new type (a cast that is not immutable for it) fails here, not at complete.
+        q, probe = self.quote, "zdm_retype_probe"
+        savepoint = connection.begin_nested()
+        try:
+            try:
+                connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {q(probe)} (LIKE {q(table)} INCLUDING INDEXES)")
+            except sa.exc.DBAPIError:
+                return None  # no right to a temporary table: the change is tried at complete
+            try:
+                for action in self.retype(probe, column, new):
+                    action.run(connection, self)
+            except sa.exc.DBAPIError as exc:
+                why = " ".join(str(exc.orig).split("\n")[0].split()) if exc.orig else str(exc)
+                return (f"{table}.{column} cannot become {new.value} in place ({why}): drop the index or "
+                        "constraint that uses it before this change and create it again after complete")
+            return None
+        finally:
+            savepoint.rollback()
+
     # -- a type change: the new column takes the old one's place -------------------------------------
     def replace_column(self, table: str, column: str, shadow: str, final_name: str, facts: ColumnFacts, *,
                        default: str | None,

@@ -159,7 +159,10 @@ class AlterColumn(DualColumn):
             return [problem]
         if self._widens_key(c.schema):
             return widen_key.check_live(self, c)
-        return [] if retype_in_place.reason(self, c.schema, c.dialect) else super().check_live(c)
+        if not retype_in_place.reason(self, c.schema, c.dialect):
+            return super().check_live(c)
+        problem = c.dialect.retype_problem(c.connection, self.table, self.column, self.type) if c.connection else None
+        return [problem] if problem else []
 
     def changed_tables(self, c: Compiler) -> set[str]:
         from zdm.operations import widen_key
