@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from bench_db import DEFAULT_SERVER, OUT, machine_load, own_server, server_url, throwaway_database
+from bench_db import DEFAULT_SERVER, OUT, fresh_items_table, machine_load, own_server, server_url, throwaway_database
 
 from zdm import db, planfile
 from zdm.dialects import for_connection
@@ -45,18 +45,6 @@ from zdm.runner import Runner
 TABLE = "items"
 PLAN = {"id": "bench-backfill", "title": "items.email becomes items.email_address",
         "operations": [{"op": "rename_column", "table": TABLE, "column": "email", "new_name": "email_address"}]}
-
-
-def create_table(engine: sa.Engine, rows: int) -> None:
-    """``rows`` rows of (id, email NOT NULL, note), vacuumed, analyzed and checkpointed: a fresh start."""
-    with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE IF EXISTS items"))
-        connection.execute(sa.text("CREATE TABLE items (id bigint PRIMARY KEY, email text NOT NULL, note text)"))
-        connection.execute(sa.text("INSERT INTO items SELECT g, 'user' || g || '@example.com', 'note' "
-                                   "FROM generate_series(1, :rows) g"), {"rows": rows})
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(sa.text("VACUUM ANALYZE items"))
-        connection.execute(sa.text("CHECKPOINT"))
 
 
 def floor_seconds(engine: sa.Engine) -> float:
@@ -178,7 +166,7 @@ def measure(url: sa.URL, rows: int, target_ms: int) -> dict[str, Any]:
         result: dict[str, Any] = {"rows": rows, "load_before": machine_load()}
         for name in RUNS:
             print(f"  {rows:,} rows: building the table for {name}...", file=sys.stderr, flush=True)
-            create_table(engine, rows)
+            fresh_items_table(engine, rows)
             with engine.begin() as connection:  # each run starts without the previous one's state
                 connection.execute(sa.text("DROP TABLE IF EXISTS zdm_migrations"))
             size_before, lsn = table_size(engine), wal_lsn(engine)
@@ -192,12 +180,6 @@ def measure(url: sa.URL, rows: int, target_ms: int) -> dict[str, Any]:
             if name != "floor":
                 result[f"{name}_disk"] = {"wal_bytes": wal_since(engine, lsn), "size_before": size_before,
                                           "size_after": table_size(engine), "dead_tuples": dead_tuples(engine)}
-            with engine.begin() as connection:  # the plan's functions go with the table's triggers
-                connection.execute(sa.text("DROP TABLE items"))
-                for (function,) in connection.execute(sa.text(  # named as zdm names them (dialects.object_name)
-                        "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname LIKE 'zdm\\_fn\\_%' "
-                        "AND p.pronamespace = current_schema()::regnamespace")):
-                    connection.execute(sa.text(f"DROP FUNCTION IF EXISTS {function}"))
             print(f"  {rows:,} rows: {name} done", file=sys.stderr, flush=True)
         result["ratio_to_floor"] = result["zdm"]["backfill_s"] / result["floor_s"]
         result["ratio_to_plain"] = result["zdm"]["backfill_s"] / result["plain_s"]

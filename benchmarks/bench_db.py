@@ -92,3 +92,21 @@ def own_server() -> Iterator[sa.URL]:
             run(str(bindir / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def fresh_items_table(engine: sa.Engine, rows: int) -> None:
+    """``items`` (id, email NOT NULL, note) of ``rows`` rows, vacuumed, analyzed and checkpointed, with
+    the functions a previous run's plan left behind dropped (zdm refuses to create a name that is
+    taken; their names are zdm's, ``dialects.object_name``, so they are found by prefix)."""
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS items"))
+        for (function,) in connection.execute(sa.text(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p WHERE p.proname LIKE 'zdm\\_fn\\_%' "
+                "AND p.pronamespace = current_schema()::regnamespace")):
+            connection.execute(sa.text(f"DROP FUNCTION IF EXISTS {function}"))
+        connection.execute(sa.text("CREATE TABLE items (id bigint PRIMARY KEY, email text NOT NULL, note text)"))
+        connection.execute(sa.text("INSERT INTO items SELECT g, 'user' || g || '@example.com', 'note' "
+                                   "FROM generate_series(1, :rows) g"), {"rows": rows})
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        connection.execute(sa.text("VACUUM ANALYZE items"))
+        connection.execute(sa.text("CHECKPOINT"))

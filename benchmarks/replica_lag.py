@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from bench_db import OUT, machine_load
+from bench_db import OUT, fresh_items_table, machine_load
 
 from zdm import db, planfile
 from zdm.backfill import BackfillProgress
@@ -56,15 +56,8 @@ class Timing(Reporter):
 
 def build(engine: sa.Engine, rows: int) -> None:
     with engine.begin() as connection:
-        connection.execute(sa.text("DROP TABLE IF EXISTS items"))
         connection.execute(sa.text("DROP TABLE IF EXISTS zdm_migrations"))
-        connection.execute(sa.text("DROP FUNCTION IF EXISTS zdm_fn_bench_replica_items_email_address()"))
-        connection.execute(sa.text("CREATE TABLE items (id bigint PRIMARY KEY, email text NOT NULL, note text)"))
-        connection.execute(sa.text("INSERT INTO items SELECT g, 'user' || g || '@example.com', 'note' "
-                                   "FROM generate_series(1, :rows) g"), {"rows": rows})
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(sa.text("VACUUM ANALYZE items"))
-        connection.execute(sa.text("CHECKPOINT"))
+    fresh_items_table(engine, rows)
 
 
 def run(primary: str, replica: str, rows: int, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -148,25 +148,6 @@ TRANSFORMS: dict[str, Transform] = {
 }
 
 
-INTEGER_RANGE = (-(2**31), 2**31 - 1)
-
-
-def within_integer(transform: Transform) -> Transform:
-    """``transform`` into an INTEGER column: a value beyond 32 bits becomes NULL, which the check
-    before contract names, instead of failing the app write that carries it (PostgreSQL)."""
-    low, high = INTEGER_RANGE
-
-    def sql(column: ColumnElement[Any]) -> ColumnElement[Any]:
-        value = transform.sql(column)
-        return sa.case((value.between(low, high), value))
-
-    def python(value: Any) -> Any:
-        converted = transform.python(value)
-        return converted if converted is None or low <= converted <= high else None
-
-    return Transform(transform.name, sql, python, needs_try_json=transform.needs_try_json)
-
-
 def fit(transform: Transform, source: ColumnType, target: ColumnType) -> Transform:
     """``transform`` from a ``source`` column into a ``target`` column, made safe for the target: a
     value the target cannot hold becomes NULL (which the check before contract names by key) instead
