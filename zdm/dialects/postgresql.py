@@ -419,7 +419,7 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
                     try:
                         connection.exec_driver_sql(sql)
                     except sa.exc.DBAPIError as exc:
-                        why = " ".join(str(exc.orig).split("\n")[0].split()) if exc.orig else str(exc)
+                        why = _first_line(exc)
                         return (f"{kind} {name} on {table} cannot be built on the new "
                                 f"{shadow_type.compile(dialect=self.sa)} column ({why}): drop it before this "
                                 f"change and create it again after complete, or change it first")
@@ -444,7 +444,7 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
                 for action in self.retype(probe, column, new):
                     action.run(connection, self)
             except sa.exc.DBAPIError as exc:
-                why = " ".join(str(exc.orig).split("\n")[0].split()) if exc.orig else str(exc)
+                why = _first_line(exc)
                 return (f"{table}.{column} cannot become {new.value} in place ({why}): drop the index or "
                         "constraint that uses it before this change and create it again after complete")
             return None
@@ -976,3 +976,8 @@ SELECT (SELECT format_type(c.typbasetype, c.typtypmod) FROM chain c
        EXISTS (SELECT 1 FROM pg_constraint WHERE contypid IN (SELECT oid FROM chain) AND contype = 'c')
 WHERE EXISTS (SELECT 1 FROM chain)
 """
+
+
+def _first_line(exc: sa.exc.DBAPIError) -> str:
+    """PostgreSQL's message without its DETAIL/HINT lines, on one line."""
+    return " ".join(str(exc.orig).split("\n")[0].split()) if exc.orig else str(exc)
