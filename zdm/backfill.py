@@ -12,6 +12,7 @@ the backfill chase its tail.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -132,6 +133,7 @@ def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int
     size = max(1, batch_size)
     rate = Rate(checkpoint.rows_done)
     reclaimed_at = checkpoint.rows_done
+    reclaim = Reclaim(lambda: dialect.reclaim(executor.engine, spec.table, executor.lock_timeout_ms))
 
     def store(at: Checkpoint) -> None:
         executor.transaction(lambda connection: save(connection, at), what)
@@ -168,17 +170,64 @@ def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int
         if not visited:
             break
         reporter.backfill(rate.progress(spec.table, checkpoint, size, elapsed_ms))
+        for skipped in reclaim.finished():
+            reporter.note(skipped)
         stretch = stretch_rows(checkpoint.rows_total, settings.vacuum_every_pct)
-        if stretch is not None and checkpoint.rows_done - reclaimed_at >= stretch:
+        if stretch is not None and checkpoint.rows_done - reclaimed_at >= stretch and not reclaim.running():
             reclaimed_at = checkpoint.rows_done
-            skipped = dialect.reclaim(executor.engine, spec.table, executor.lock_timeout_ms)
-            if skipped is not None:
-                reporter.note(skipped)
+            reclaim.start()
         size = next_batch_size(size, elapsed_ms, settings.batch_target_ms)
         if settings.batch_pause_ms:
             time.sleep(settings.batch_pause_ms / 1000)
+    for skipped in reclaim.wait():  # the steps after the backfill take locks a VACUUM would hold
+        reporter.note(skipped)
     reporter.backfill(rate.progress(spec.table, checkpoint, size, 0.0, finished=True))
     return checkpoint
+
+
+class Reclaim:
+    """The dialect's reclaim of a stretch (``Dialect.reclaim``: a VACUUM on PostgreSQL) on a thread
+    and connection of its own, while the next batches run: the backfill does not wait for it (on
+    a 1M-row rename that wait was 6-8% of the backfill). One at a time: a stretch that ends while the
+    previous reclaim runs is reclaimed by the next one. Its outcome (why it was skipped, or its
+    error) is read from the backfill's thread, which reports it."""
+
+    def __init__(self, reclaim: Callable[[], str | None]) -> None:
+        self._reclaim = reclaim
+        self._thread: threading.Thread | None = None
+        self._outcome: list[str | BaseException | None] = []
+
+    def start(self) -> None:
+        def work() -> None:
+            try:
+                self._outcome.append(self._reclaim())
+            except BaseException as exc:  # handed to the backfill's thread by finished()
+                self._outcome.append(exc)
+
+        # A daemon: a backfill stopped by an error or ^C does not wait for it (the server finishes
+        # or cancels the VACUUM on its own).
+        self._thread = threading.Thread(target=work, name="zdm-reclaim", daemon=True)
+        self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def finished(self) -> list[str]:
+        """Why the reclaims that have ended were skipped (one line each); raises the error of one
+        that failed."""
+        if self.running():
+            return []
+        outcome, self._outcome = self._outcome, []
+        for failed in outcome:
+            if isinstance(failed, BaseException):
+                raise failed
+        return [note for note in outcome if isinstance(note, str)]
+
+    def wait(self) -> list[str]:
+        """Wait for the reclaim in flight, then as ``finished``."""
+        if self._thread is not None:
+            self._thread.join()
+        return self.finished()
 
 
 #: The fewest rows between two reclaims (VACUUMs) of the space the backfill's updates left dead.
