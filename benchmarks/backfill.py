@@ -12,9 +12,10 @@ zdm     `zdm start` then `zdm complete` in subprocesses, default settings: keyse
         runner's peak memory (maxrss);
 zdm-no-vacuum   the same with vacuum_every_pct 0 (the bloat of a backfill that never reclaims).
 
-For plain and zdm: WAL written (pg_current_wal_lsn() before and after), the table's size
+For every run: WAL written (pg_current_wal_lsn() before and after), the table's size
 (pg_table_size) before and after, and its dead tuples after (pg_stat_user_tables, after the
-statistics flush). Targets (issue 12): zdm backfill <= 1.2x plain; table after complete <= 1.5x
+statistics flush). Each run is repeated (--repeat, 3), interleaved with the others; times are medians.
+Targets (issue 12): zdm backfill <= 1.2x plain; table after complete <= 1.5x
 before. Results go to stdout and benchmarks/out/backfill.json.
 
     python benchmarks/backfill.py [--rows 1000000] [--db postgresql://postgres@127.0.0.1:5432/postgres]
@@ -160,27 +161,34 @@ def _percentile(values: list[float], percent: float) -> float:
 RUNS = ("plain", "floor", "zdm", "zdm-no-vacuum")
 
 
-def measure(url: sa.URL, rows: int, target_ms: int) -> dict[str, Any]:
+def measure(url: sa.URL, rows: int, target_ms: int, repeat: int) -> dict[str, Any]:
+    """Every run ``repeat`` times, interleaved (plain, floor, zdm, zdm-no-vacuum, plain, ...), so a
+    busy moment of the machine does not fall on one run alone; times are the medians."""
     engine = db.create_engine(url)
     try:
-        result: dict[str, Any] = {"rows": rows, "load_before": machine_load()}
-        for name in RUNS:
-            print(f"  {rows:,} rows: building the table for {name}...", file=sys.stderr, flush=True)
-            fresh_items_table(engine, rows)
-            with engine.begin() as connection:  # each run starts without the previous one's state
-                connection.execute(sa.text("DROP TABLE IF EXISTS zdm_migrations"))
-            size_before, lsn = table_size(engine), wal_lsn(engine)
-            if name == "floor":
-                result["floor_s"] = floor_seconds(engine)
-            elif name == "plain":
-                result["plain_s"] = plain_seconds(engine)
-            else:
-                result[name] = zdm_run(url, target_ms, *(["--vacuum-every-pct", "0"] if name == "zdm-no-vacuum"
-                                                         else []))
-            if name != "floor":
+        result: dict[str, Any] = {"rows": rows, "repeat": repeat, "load_before": machine_load()}
+        samples: dict[str, list[float]] = {name: [] for name in RUNS}
+        for round_ in range(1, repeat + 1):
+            for name in RUNS:
+                print(f"  {rows:,} rows, round {round_}/{repeat}: {name}...", file=sys.stderr, flush=True)
+                fresh_items_table(engine, rows)
+                with engine.begin() as connection:  # each run starts without the previous one's state
+                    connection.execute(sa.text("DROP TABLE IF EXISTS zdm_migrations"))
+                size_before, lsn = table_size(engine), wal_lsn(engine)
+                if name == "floor":
+                    samples[name].append(floor_seconds(engine))
+                elif name == "plain":
+                    samples[name].append(plain_seconds(engine))
+                else:
+                    run = zdm_run(url, target_ms, *(["--vacuum-every-pct", "0"] if name == "zdm-no-vacuum" else []))
+                    samples[name].append(run["backfill_s"])
+                    result[name] = run  # the batches of the last round
                 result[f"{name}_disk"] = {"wal_bytes": wal_since(engine, lsn), "size_before": size_before,
                                           "size_after": table_size(engine), "dead_tuples": dead_tuples(engine)}
-            print(f"  {rows:,} rows: {name} done", file=sys.stderr, flush=True)
+        result["samples_s"] = samples
+        result["plain_s"], result["floor_s"] = statistics.median(samples["plain"]), statistics.median(samples["floor"])
+        for name in ("zdm", "zdm-no-vacuum"):
+            result[name]["backfill_s"] = statistics.median(samples[name])
         result["ratio_to_floor"] = result["zdm"]["backfill_s"] / result["floor_s"]
         result["ratio_to_plain"] = result["zdm"]["backfill_s"] / result["plain_s"]
         result["load_after"] = machine_load()
@@ -205,10 +213,11 @@ def report(results: list[dict[str, Any]], target_ms: int) -> list[str]:
             f"{ms['p50']:>6.0f}/{ms['p99']:>5.0f}/{ms['max']:>6.0f}  {z['batches_over_2x_target']:>4}  "
             f"{z['peak_rss_mb']:>7.1f}MB  {r['load_before']['load_1m']:.1f}->{r['load_after']['load_1m']:.1f}")
     lines.append(f"plain = ADD COLUMN + one UPDATE, no triggers (the baseline); floor = expand + the backfill as one "
-                 f"UPDATE; zdm = default settings; target batch {target_ms} ms")
+                 f"UPDATE; zdm = default settings; target batch {target_ms} ms; times: medians of "
+                 f"{results[0]['repeat']} interleaved rounds")
     for r in results:
         lines.append(f"{r['rows']:,} rows, disk (start + complete for zdm):")
-        for name in ("plain", "zdm", "zdm-no-vacuum"):
+        for name in ("plain", "floor", "zdm", "zdm-no-vacuum"):
             d = r[f"{name}_disk"]
             lines.append(f"  {name:<14} WAL {mb(d['wal_bytes']):>8} ({d['wal_bytes'] / d['size_before']:.2f}x the "
                          f"table)  table {mb(d['size_before'])} -> {mb(d['size_after'])} "
@@ -218,6 +227,11 @@ def report(results: list[dict[str, Any]], target_ms: int) -> list[str]:
         lines.append(f"  zdm WAL {z['wal_bytes'] / plain['wal_bytes']:.2f}x plain's; zdm without VACUUM "
                      f"{nv['size_after'] / nv['size_before']:.2f}x size, backfill {no_vacuum_s:.2f}s "
                      f"({no_vacuum_s / r['plain_s']:.2f}x plain)")
+        floor = r["floor_disk"]
+        lines.append(f"  floor {r['floor_s'] / r['plain_s']:.2f}x plain, WAL "
+                     f"{floor['wal_bytes'] / plain['wal_bytes']:.2f}x: "
+                     "what the dual-write trigger costs an UPDATE it skips (PostgreSQL locks each row for a "
+                     "BEFORE ROW UPDATE trigger before it tests WHEN), without any batching")
         growth = z["size_after"] / z["size_before"]
         ok = r["ratio_to_plain"] <= 1.2 and growth <= 1.5
         lines.append(f"{r['rows']:,} rows: backfill {r['ratio_to_plain']:.2f}x plain (target <= 1.2), table after "
@@ -231,6 +245,7 @@ def main() -> None:
     parser.add_argument("--db", default=DEFAULT_SERVER, help="local PostgreSQL server (a database is created on it)")
     parser.add_argument("--rows", default="1000000", help="comma-separated table sizes")
     parser.add_argument("--batch-target-ms", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every run; times are the medians")
     parser.add_argument("--own-server", action="store_true",
                         help="run on a server of its own (initdb): WAL figures undisturbed by other clients")
     parser.add_argument("--out", type=Path, default=OUT)
@@ -240,7 +255,7 @@ def main() -> None:
     with own_server() if args.own_server else nullcontext(server_url(args.db)) as server, \
             throwaway_database(server, "backfill") as url:
         for rows in sizes:
-            results.append(measure(url, rows, args.batch_target_ms))
+            results.append(measure(url, rows, args.batch_target_ms, args.repeat))
     lines = report(results, args.batch_target_ms)
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
