@@ -393,3 +393,53 @@ def test_zdm_plan_names_each_referencing_column_and_refusals_exit_2(zdm_database
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0
     assert "from INTEGER to BIGINT, or from INTEGER or BIGINT to UUID" in result.stderr
+
+
+@pytest.mark.parametrize("stopped", ["after expand", "after start"])
+def test_a_rollback_locks_the_key_table_before_the_tables_that_refer_to_it(zdm_postgres_url: str,
+                                                                           stopped: str) -> None:
+    """An app transaction writes an order, then (while the rollback waits for that order's table) a
+    shipment and an item of it, the order apps write in. The rollback's undo takes the key's table
+    first: it waits, the app goes on and commits. Before, it dropped the referencing tables' triggers
+    and foreign-key copies first (ACCESS EXCLUSIVE on them, then on orders): "deadlock detected"."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(DDL.format(serial="serial", ref="integer"))
+    plan = planfile.parse(PLAN)
+    run = runner(engine, lock_timeout_ms=5000)  # longer than deadlock_timeout (1 s): a cycle is found
+    if stopped == "after expand":
+        with pytest.raises(Interrupted):
+            type(run)(engine, StopBefore(Phase.MIGRATING), run.overrides).start(plan)
+    else:
+        run.start(plan)
+    app = sa.create_engine(zdm_postgres_url, connect_args={"prepare_threshold": None})
+    failed: list[str] = []
+
+    def roll_back() -> None:
+        try:
+            run.rollback(plan.id)
+        except Exception as exc:  # what the test reports
+            failed.append(f"rollback: {exc}")
+
+    undo = threading.Thread(target=roll_back)
+    try:
+        with app.begin() as connection:
+            connection.execute(sa.text("UPDATE orders SET note = 'paid' WHERE id = 1"))
+            undo.start()
+            time.sleep(0.5)  # the rollback is waiting for a lock now
+            try:
+                connection.execute(sa.text("INSERT INTO shipments VALUES (1000, 1, 'post')"))
+                connection.execute(sa.text("INSERT INTO items VALUES (1000, 1, 2)"))
+            except sa.exc.DBAPIError as exc:
+                failed.append(f"app: {str(exc.orig).splitlines()[0]}")
+                raise
+    except sa.exc.DBAPIError:
+        pass
+    finally:
+        undo.join()
+        app.dispose()
+    assert failed == []
+    assert zdm_objects(engine) == []
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT qty FROM items WHERE id = 1000")) == 2
+    engine.dispose()

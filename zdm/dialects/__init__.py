@@ -539,6 +539,11 @@ class Dialect:
         its keys and expressions, or, ``referenced``, in the columns another table's foreign key refers to."""
         raise NotImplementedError
 
+    def references(self, definition: str) -> str | None:
+        """The table a constraint definition (as ``column_facts`` reads it) refers to: a FOREIGN KEY's
+        referenced table; None for another kind of constraint."""
+        return None
+
     def unique_constraint_using_index(self, table: str, name: str, index: str) -> list[Action]:
         """Turn a unique index into a named UNIQUE constraint: no scan, only a brief lock."""
         raise NotImplementedError

@@ -349,6 +349,12 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
             rename_column(constraint, column, shadow)
         return render(constraint)
 
+    def references(self, definition: str) -> str | None:
+        from zdm.sqltree import statement
+
+        constraint = statement(f"ALTER TABLE t ADD {definition}").cmds[0].def_
+        return None if constraint.pktable is None else str(constraint.pktable.relname)
+
     def unique_constraint_using_index(self, table: str, name: str, index: str) -> list[Action]:
         q = self.quote
         return [Statement(f"ALTER TABLE {q(table)} ADD CONSTRAINT {q(name)} UNIQUE USING INDEX {q(index)}")]

@@ -74,6 +74,23 @@ class ConstraintCopy:
     final: str  # its name, which the copy takes at contract
     temporary: str
     definition: str  # e.g. CHECK ((length(code_zdm_new) > 0)), FOREIGN KEY (...) REFERENCES ...
+    references: str | None = None  # the table a foreign key refers to
+
+
+def copy_locks(c: Compiler, copies: list[ConstraintCopy], strong: set[str]) -> list[Action]:
+    """The locks that adding (or dropping) ``copies`` takes, taken first, referenced tables before the
+    tables that refer to them (the order apps write in: a parent row, then its children), each at
+    the strength the statements need (``strong``: ACCESS EXCLUSIVE, else SHARE ROW EXCLUSIVE), so
+    no statement has to upgrade a lock an app waits behind. ADD FOREIGN KEY takes SHARE ROW
+    EXCLUSIVE on both of its tables but locks the referencing one first; DROP CONSTRAINT of a
+    foreign key takes ACCESS EXCLUSIVE on both (its triggers on the referenced table go too), the
+    referencing one first: with an app that wrote the parent and then writes a child, either
+    deadlocks. Nothing when no copy is a foreign key to another table."""
+    if not any(copy.references and copy.references != copy.table for copy in copies):
+        return []
+    referenced = [copy.references for copy in copies if copy.references and copy.references != copy.table]
+    order = list(dict.fromkeys([*referenced, *(copy.table for copy in copies)]))
+    return [lock for table in order for lock in c.dialect.lock_tables([table], exclusive=table in strong)]
 
 
 class DualColumn(Operation):
@@ -418,12 +435,13 @@ class DualColumn(Operation):
                 number += 1
                 copy = shared(c.dialect.constraint_for(definition, self.column, self.shadow))
                 if copy is not None:
-                    copies.append(ConstraintCopy(self.table, name, self._temporary("zdm_cc", c, number), copy))
+                    copies.append(ConstraintCopy(self.table, name, self._temporary("zdm_cc", c, number), copy,
+                                                 c.dialect.references(definition)))
         for child, name, definition in facts.referenced_by:
             number += 1
             copy = shared(c.dialect.constraint_for(definition, self.column, self.shadow, referenced=True), True)
             if copy is not None:
-                copies.append(ConstraintCopy(child, name, self._temporary("zdm_cc", c, number), copy))
+                copies.append(ConstraintCopy(child, name, self._temporary("zdm_cc", c, number), copy, self.table))
         return copies
 
     def _temporary(self, prefix: str, c: Compiler, number: int) -> str:
@@ -449,11 +467,14 @@ class DualColumn(Operation):
             drop += d.drop_constraint(copy.table, copy.temporary)
         steps = []
         if validate:
+            strong = {self.table} if facts.not_null or any(not copy.references for copy in copies) else set()
+            every = {copy.table for copy in copies} | {copy.references for copy in copies if copy.references}
+            undo = [*copy_locks(c, copies, every), *drop]
             steps += [
                 MigrationStep(CONTRACTING, f"constraints of {self.column} on {self.shadow} (NOT VALID)",
-                              forward=add, compensate=drop),
+                              forward=[*copy_locks(c, copies, strong), *add], compensate=undo),
                 MigrationStep(CONTRACTING, f"validate the constraints on {self.shadow}", forward=validate,
-                              compensate=drop),
+                              compensate=undo),
             ]
         swap = [*converted, *self._drop_triggers(c)]
         swap += d.replace_column(

@@ -56,7 +56,7 @@ from zdm.dialects import ColumnFacts, Dialect, object_name
 from zdm.model import ColumnType, Schema, SqlDefault
 from zdm.operations.alter_column import AlterColumn
 from zdm.operations.base import Compiler
-from zdm.operations.dual_column import DualColumn
+from zdm.operations.dual_column import DualColumn, copy_locks
 from zdm.plan import MigrationStep, Phase
 from zdm.sqltree import condition_columns
 from zdm.transforms import Transform
@@ -153,7 +153,7 @@ class KeyColumn(AlterColumn):
             child = widened.get((copy.table, copy.final))
             if child is not None:
                 definition = c.dialect.constraint_for(copy.definition, child.column, child.shadow)
-                copy = type(copy)(copy.table, copy.final, copy.temporary, definition)
+                copy = dataclasses.replace(copy, definition=definition)
             result.append(copy)
         return result
 
@@ -320,6 +320,14 @@ def expand(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
         for step in child.expand(c):
             step.description += f" (refers to {op.table}.{op.column})"
             steps.append(step)
+    if children:
+        # Undone in reverse, the referencing tables first, in one transaction: each undo takes every
+        # table's lock first, the key's table before those that refer to it (the order apps lock them
+        # in); a rollback under load otherwise deadlocked an app that wrote an order, then its items.
+        locks = c.dialect.lock_tables([op.table, *dict.fromkeys(child.table for child in children)], exclusive=True)
+        for step in steps:
+            if step.compensate and step.transactional:
+                step.compensate = [*locks, *step.compensate]
     return steps
 
 
@@ -329,22 +337,23 @@ def _rules(part: AlterColumn, key: KeyColumn, c: Compiler) -> list[MigrationStep
     (SHARE UPDATE EXCLUSIVE: writes go on): NOT NULL through a check, and the copies of its
     constraints (for the key, the foreign keys that point at it)."""
     d = c.dialect
-    rules: list[tuple[str, list[Action], list[Action], list[Action], list[Action]]] = []
+    rules: list[tuple[str, list[Action], list[Action], list[Action], list[Action], list[Action]]] = []
     if part._facts(c).not_null:
         add, validate, drop = d.refuse_nulls(part._sync_name(c), part.table, part.shadow)
-        rules.append((f"NOT NULL of {part.table}.{part.shadow}", [], add, validate, drop))
+        rules.append((f"NOT NULL of {part.table}.{part.shadow}", [], [], add, validate, drop))
     for copy in part._constraint_copies(c):
-        lock = d.lock_tables([key.table, copy.table], exclusive=False) if copy.table != part.table else []
-        rules.append((f"{copy.final} of {copy.table} as {copy.temporary}", lock,
-                      d.add_constraint(copy.table, copy.temporary, copy.definition),
+        both = {copy.table, *([copy.references] if copy.references else [])}
+        # the add drops a leftover first (ACCESS EXCLUSIVE on the copy's table), then adds (SHARE ROW
+        # EXCLUSIVE on both); the undo drops (ACCESS EXCLUSIVE on both): see copy_locks
+        rules.append((f"{copy.final} of {copy.table} as {copy.temporary}", copy_locks(c, [copy], {copy.table}),
+                      copy_locks(c, [copy], both), d.add_constraint(copy.table, copy.temporary, copy.definition),
                       d.validate_constraint(copy.table, copy.temporary), d.drop_constraint(copy.table, copy.temporary)))
     steps = []
-    for what, lock, add, validate, drop in rules:
+    for what, lock, undo_lock, add, validate, drop in rules:
         # A leftover of an earlier try goes first (the add may run again after a kill), after the locks.
-        # Undone in a transaction too, the tables locked in the same order: dropping a foreign key locks
-        # the referencing table before the referenced one, the reverse of the apps, which deadlocks.
+        # Undone in a transaction too, the tables locked in the apps' order.
         steps.append(MigrationStep(MIGRATING, f"{what} (NOT VALID)", forward=[*lock, *drop, *add],
-                                   compensate=[*lock, *drop]))
+                                   compensate=[*undo_lock, *drop]))
         if validate:  # outside a transaction: never in one with the brief lock of an ADD; the step above undoes both
             steps.append(MigrationStep(MIGRATING, f"validate {what}", forward=validate, compensate=[],
                                        transactional=False))
@@ -364,7 +373,10 @@ def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
         MIGRATING, f"unique index {key.pk_index(c)} on {op.table}.{key.shadow}, the future primary key",
         forward=d.create_index(key.pk_index(c), op.table, key.future_key(c), unique=True),
         compensate=d.drop_index(key.pk_index(c), op.table), transactional=not d.concurrent_indexes))
-    for part in [*children, key]:  # the key's copies are the foreign keys, which need the children's columns
+    # The key first: its rules lock the key's table, then those that refer to it (its copies are their
+    # foreign keys), the order apps lock them in; a referencing table locked first (its NOT NULL rule)
+    # deadlocked an app that wrote an order, then its items, in the same transaction.
+    for part in [key, *children]:
         steps += _rules(part, key, c)
     return steps
 
