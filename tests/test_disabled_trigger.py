@@ -228,3 +228,46 @@ def test_a_resumed_start_refuses_while_a_zdm_trigger_is_disabled(zdm_database_ur
     apply_phases(plan, model, engine.dialect.name, Phase.EXPANDING, Phase.MIGRATING, Phase.CONTRACTING)
     assert_agrees(engine, model)
     engine.dispose()
+
+
+@pytest.mark.parametrize("zdm_database_url", ["postgresql"], indirect=True)
+def test_status_watch_ends_with_exit_4_on_a_plan_whose_trigger_is_off(zdm_database_url: str) -> None:
+    url = zdm_database_url
+    engine, _, _ = started(url, PLANS["dual-write"])
+    trigger = zdm_trigger(engine)
+    execute(engine, f"ALTER TABLE users DISABLE TRIGGER {trigger}")
+    code, out, _ = zdm("status", "p", "--watch", "--db", url)
+    assert code == 4 and f"zdm trigger {trigger} on users is disabled" in out and "deploy the new app" not in out
+    code, out, _ = zdm("status", "p", "--watch", "--db", url, "--json")
+    document = json.loads(out)
+    VALIDATOR.validate(document)
+    assert code == 4 and document["ok"] is False and document["plan"]["disabled_triggers"][0]["trigger"] == trigger
+    engine.dispose()
+
+
+class DisableAtBackfill(Reporter):
+    """Someone disables every trigger of the table while the backfill runs; notes are kept."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.notes: list[str] = []
+
+    def backfill(self, *args: Any, **kwargs: Any) -> None:
+        if not self.notes:
+            execute(self.engine, "ALTER TABLE users DISABLE TRIGGER ALL")
+            self.notes.append("disabled")
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+@pytest.mark.parametrize("zdm_database_url", ["postgresql"], indirect=True)
+def test_start_says_so_when_a_zdm_trigger_was_disabled_while_it_ran(zdm_database_url: str) -> None:
+    engine = setup(zdm_database_url, users_schema(rows=200))
+    run = runner(engine)
+    run.reporter = reporter = DisableAtBackfill(engine)
+    run.start(planfile.parse({"id": "p", "operations": [PLANS["one-way"]]}))
+    trigger = zdm_trigger(engine)
+    assert reporter.notes[-1].startswith(f"plan 'p' started, but zdm trigger {trigger} on users is disabled"), \
+        reporter.notes
+    engine.dispose()

@@ -634,12 +634,13 @@ def watch_plan(invocation: Invocation, engine: sa.Engine, plan_id: str | None, i
                             f"{status_module.resume_hint(record.plan)}", RUNTIME, **payload)
     if record.plan.phase is not watched:
         left = f"left {watched.value}, now {record.plan.phase.value}"
-    elif record.activity == "waiting":
+    elif record.activity == "waiting" and not record.needs_attention:
         left = (f"{watched.value} done, waiting: deploy the new app, then `zdm complete {plan_id}` "
                 f"(or `zdm rollback {plan_id}`)")
     else:
         left = f"{watched.value}, {record.activity}"
-    invocation.result(payload, f"{plan_id}: {left}")
+    lines = [f"{plan_id}: {left}", *(f"  {line}" for line in status_module.attention(record))]
+    invocation.result(payload, "\n".join(lines), ATTENTION if record.needs_attention else 0)
 
 
 class LiveLine:

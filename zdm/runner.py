@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from zdm import backfill, db, introspect, planfile, state
 from zdm.actions import Action
-from zdm.dialects import Dialect, for_connection
+from zdm.dialects import Dialect, DisabledTrigger, for_connection
 from zdm.errors import (
     DataCheckFailed,
     LockBudgetExceeded,
@@ -119,6 +119,9 @@ class Runner:
             plan, checkpoint = self._prepare_start(plan_file)
             with self._throttling(plan):
                 self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING))
+            for trigger in self._disabled_triggers(plan):  # turned off while the backfill ran
+                self.reporter.note(f"plan {plan.id!r} started, but {disabled_text(trigger, plan.id)}; "
+                                   "`zdm complete` refuses until then")
             return plan
 
     def complete(self, plan_id: str) -> MigrationPlan:
@@ -240,12 +243,16 @@ class Runner:
         self.executor.tables = _tables_of(plan)
         return plan, Checkpoint()
 
+    def _disabled_triggers(self, plan: MigrationPlan) -> list[DisabledTrigger]:
+        """The zdm triggers of the plan's steps that ran which do not fire for the app's sessions."""
+        with self.engine.connect() as connection:
+            ran = [action for step in plan.steps if step.executed for action in step.forward]
+            return self.dialect.disabled_triggers(connection, ran)
+
     def _refuse_disabled_triggers(self, plan: MigrationPlan) -> None:
         """A resumed start would backfill while the app's writes are not kept in step by a zdm trigger
         someone turned off: refused, nothing changed, until it fires again."""
-        with self.engine.connect() as connection:
-            ran = [action for step in plan.steps if step.executed for action in step.forward]
-            disabled = self.dialect.disabled_triggers(connection, ran)
+        disabled = self._disabled_triggers(plan)
         if disabled:
             raise PlanStateError(f"plan {plan.id!r} cannot resume: {disabled_text(disabled[0], plan.id)}")
 

@@ -168,14 +168,20 @@ def resume_hint(plan: MigrationPlan) -> str:
     return f"`zdm start` with the same plan file resumes, `zdm rollback {plan.id}` undoes"
 
 
+def attention(record: Record) -> list[str]:
+    """What the team must do before the plan can go on, one line each ([]: nothing)."""
+    plan_id = record.plan.id
+    lines = [f"the database disagrees with the record: {record.disagrees[0]}; `zdm complete` refuses: "
+             f"`zdm rollback {plan_id}` undoes it"] if record.disagrees else []
+    lines += [f"{disabled_text(trigger, plan_id)}; `zdm complete` and `zdm start` refuse until then"
+              for trigger in record.disabled_triggers]
+    return lines
+
+
 def format_record(record: Record) -> str:
     plan, checkpoint = record.plan, record.checkpoint
     lines = [f"{plan.id}: {plan.phase.value}, {steps_text(record)} — {printable(plan.title)}"]
-    if record.disagrees:
-        lines.append(f"  the database disagrees with the record: {record.disagrees[0]}; `zdm complete` refuses: "
-                     f"`zdm rollback {plan.id}` undoes it")
-    for trigger in record.disabled_triggers:
-        lines.append(f"  {disabled_text(trigger, plan.id)}; `zdm complete` and `zdm start` refuse until then")
+    lines += [f"  {line}" for line in attention(record)]
     if record.activity == "waiting" and not record.needs_attention:
         lines.append(f"  started: deploy the new app, then `zdm complete {plan.id}` (or `zdm rollback {plan.id}`)")
     backfilling = checkpoint.until is not None and checkpoint.step is not None
