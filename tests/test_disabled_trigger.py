@@ -271,3 +271,39 @@ def test_start_says_so_when_a_zdm_trigger_was_disabled_while_it_ran(zdm_database
     assert reporter.notes[-1].startswith(f"plan 'p' started, but zdm trigger {trigger} on users is disabled"), \
         reporter.notes
     engine.dispose()
+
+
+@pytest.mark.parametrize("zdm_database_url", ["postgresql"], indirect=True)
+def test_apply_rolls_back_rather_than_contract_past_a_trigger_disabled_while_it_ran(zdm_database_url: str) -> None:
+    """`zdm apply` runs contract itself: a zdm trigger turned off during its backfill fails the run,
+    which rolls everything back (the old column holds every write), as any failure of apply does."""
+    model = users_schema(rows=200)
+    engine = setup(zdm_database_url, model)
+    run = runner(engine)
+    run.reporter = DisableAtBackfill(engine)
+    plan = planfile.parse({"id": "p", "operations": [PLANS["one-way"]]})
+    with pytest.raises(MigrationFailed, match=r"MIGRATING failed: zdm trigger zdm_tg_\w+ on users is disabled.*"
+                                              r"rolled back"):
+        run.apply(plan)
+    (record,) = status.read(engine)
+    assert record.plan.phase is Phase.ROLLED_BACK
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []
+    engine.dispose()
+
+
+@pytest.mark.parametrize("zdm_database_url", ["sqlite", "postgresql"], indirect=True)
+def test_a_plan_whose_triggers_fire_needs_no_attention(zdm_database_url: str) -> None:
+    """On both databases, zdm's triggers as zdm made them: nothing to say, exit 0. SQLite has no
+    statement that turns a trigger off, for zdm to find or for anyone to run."""
+    url = zdm_database_url
+    engine, _, _ = started(url, PLANS["dual-write"])
+    assert any(name.startswith("zdm_tg_") for name in zdm_objects(engine))
+    code, out, _ = zdm("status", "p", "--db", url, "--json")
+    document = json.loads(out)
+    VALIDATOR.validate(document)
+    assert (code, document["ok"], document["plan"]["disabled_triggers"]) == (0, True, [])
+    if engine.dialect.name == "sqlite":
+        with pytest.raises(sa.exc.OperationalError, match="syntax error"):
+            execute(engine, "ALTER TABLE users DISABLE TRIGGER ALL")
+    engine.dispose()

@@ -301,6 +301,9 @@ class Runner:
             for phase in phases:
                 if plan.phase in phases and phases.index(plan.phase) > phases.index(phase):
                     continue  # resuming: this phase finished before the interruption
+                disabled = self._disabled_triggers(plan) if phase is Phase.CONTRACTING else []
+                if disabled:  # `zdm apply`: contract would keep what the new column holds
+                    raise MigrationFailed(disabled_text(disabled[0], plan.id))
                 if plan.phase is not phase:
                     self._transition(plan, phase)
                 self._run_phase(plan, phase)
