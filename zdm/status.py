@@ -2,7 +2,9 @@
 
 The state table is read with SQLAlchemy and nothing heavier (no plan compiler), so `zdm status`
 starts quickly, and it works without the plan file. For a plan waiting for complete, the dialect
-also looks up what its record says the steps left (an index a cancelled build left INVALID).
+also looks up what its record says the steps left (an index a cancelled build left INVALID); for
+every plan between start and complete, the zdm triggers of it that do not fire for the app's
+sessions (someone disabled them). Either makes the plan need attention (`zdm status` exits 4).
 """
 
 from __future__ import annotations
