@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 USAGE, RUNTIME, INTERRUPTED, TERMINATED = 2, 1, 130, 143
 #: zdm rehearse: no promise broken, but a probe could not be judged.
 NOT_JUDGED = 3
+#: zdm status: a plan in flight needs the team (a zdm trigger that does not fire, the database
+#: disagreeing with the record): `zdm complete` refuses it until then.
+ATTENTION = 4
 
 
 class Terminated(KeyboardInterrupt):
@@ -60,7 +63,8 @@ ERROR_KINDS = {
     "usage": (USAGE, "the command line: unknown command or option, missing or invalid value"),
     "plan_file": (USAGE, "the plan file cannot be read or does not validate"),
     "plan_invalid": (USAGE, "the plan does not fit the live schema, or a raw SQL step is unsafe"),
-    "plan_state": (USAGE, "the command does not fit the plan's phase, or no such plan"),
+    "plan_state": (USAGE, "the command does not fit the plan's phase, no such plan, or the database disagrees with "
+                          "the plan's record (a zdm object missing or INVALID, a zdm trigger that does not fire)"),
     "throttle": (USAGE, "a throttle the database cannot measure (replica lag, sessions on SQLite), a --replica "
                         "that is not a replica or cannot be reached, a --probe-query that fails"),
     "database_url": (USAGE, "the database URL is malformed, names another database, or a driver zdm cannot load"),
@@ -91,12 +95,16 @@ class Invocation:
     plan_id: str | None = None
     closers: list[Callable[[], None]] = field(default_factory=list)
 
-    def result(self, payload: dict[str, Any], text: str | None = None) -> None:
+    def result(self, payload: dict[str, Any], text: str | None = None, exit_code: int = 0) -> None:
+        """The command's outcome on stdout; ``exit_code`` other than 0: it ran, and what it found is not ok
+        (`zdm status` of a plan that needs attention). The process exits with it."""
         if self.as_json:
-            click.echo(json.dumps({"command": self.command, "ok": True, "exit_code": 0, **payload}, indent=2,
-                                  default=str))
+            click.echo(json.dumps({"command": self.command, "ok": exit_code == 0, "exit_code": exit_code,
+                                   **payload}, indent=2, default=str))
         elif text is not None:
             click.echo(printable(text, lines=True))
+        if exit_code:
+            sys.exit(exit_code)
 
     def fail(self, kind: str, message: str, exit_code: int, **extra: Any) -> None:
         message = " ".join(message.split())
@@ -583,20 +591,24 @@ def apply(invocation: Invocation, plan_path: str, url: str, quiet: bool, as_json
 @zdm_command
 def status(invocation: Invocation, plan_id: str | None, url: str, watch: bool, interval: float,
            as_json: bool) -> None:
-    """What ran: phase, progress, backfill checkpoint and history of each plan (or of plan ID)."""
+    """What ran: phase, progress, backfill checkpoint and history of each plan (or of plan ID).
+
+    Exits 4 when a plan in flight needs attention: a zdm trigger of it does not fire (disabled), or
+    the database disagrees with its record."""
     from zdm.status import format_record, read
 
     engine = connect(url)
     if watch:
         return watch_plan(invocation, engine, plan_id, interval)
     records = read(engine, plan_id)
+    code = ATTENTION if any(record.needs_attention for record in records) else 0
     if plan_id is not None:
         if not records:
             raise CommandFailed("plan_state", f"no plan {plan_id!r} in this database", USAGE)
-        invocation.result({"plan": records[0].to_json()}, format_record(records[0]))
+        invocation.result({"plan": records[0].to_json()}, format_record(records[0]), code)
         return
     invocation.result({"plans": [r.to_json() for r in records]},
-                      "\n".join(format_record(r) for r in records) or "no zdm plans in this database")
+                      "\n".join(format_record(r) for r in records) or "no zdm plans in this database", code)
 
 
 def watch_plan(invocation: Invocation, engine: sa.Engine, plan_id: str | None, interval: float) -> None:
@@ -622,12 +634,13 @@ def watch_plan(invocation: Invocation, engine: sa.Engine, plan_id: str | None, i
                             f"{status_module.resume_hint(record.plan)}", RUNTIME, **payload)
     if record.plan.phase is not watched:
         left = f"left {watched.value}, now {record.plan.phase.value}"
-    elif record.activity == "waiting":
+    elif record.activity == "waiting" and not record.needs_attention:
         left = (f"{watched.value} done, waiting: deploy the new app, then `zdm complete {plan_id}` "
                 f"(or `zdm rollback {plan_id}`)")
     else:
         left = f"{watched.value}, {record.activity}"
-    invocation.result(payload, f"{plan_id}: {left}")
+    lines = [f"{plan_id}: {left}", *(f"  {line}" for line in status_module.attention(record))]
+    invocation.result(payload, "\n".join(lines), ATTENTION if record.needs_attention else 0)
 
 
 class LiveLine:

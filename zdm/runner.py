@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from zdm import backfill, db, introspect, planfile, state
 from zdm.actions import Action
-from zdm.dialects import Dialect, for_connection
+from zdm.dialects import Dialect, DisabledTrigger, for_connection
 from zdm.errors import (
     DataCheckFailed,
     LockBudgetExceeded,
@@ -40,6 +40,7 @@ from zdm.execution import Executor
 from zdm.plan import Checkpoint, MigrationPlan, MigrationStep, Phase
 from zdm.planfile import PlanFile, Problem
 from zdm.report import Reporter
+from zdm.status import disabled_text
 from zdm.throttle import Throttle
 
 __all__ = ["DataCheckFailed", "LockBudgetExceeded", "MigrationFailed", "PlanInvalid", "PlanStateError", "Reporter",
@@ -118,6 +119,9 @@ class Runner:
             plan, checkpoint = self._prepare_start(plan_file)
             with self._throttling(plan):
                 self._forward(plan, checkpoint, (Phase.EXPANDING, Phase.MIGRATING))
+            for trigger in self._disabled_triggers(plan):  # turned off while the backfill ran
+                self.reporter.note(f"plan {plan.id!r} started, but {disabled_text(trigger, plan.id)}; "
+                                   "`zdm complete` refuses until then")
             return plan
 
     def complete(self, plan_id: str) -> MigrationPlan:
@@ -130,15 +134,16 @@ class Runner:
             if not plan.is_started and plan.phase is not Phase.CONTRACTING:
                 hint = "start it again first" if plan.phase is Phase.ROLLED_BACK else "run `zdm start` first"
                 raise PlanStateError(f"plan {plan_id!r} is {plan.phase.value}, not ready to complete: {hint}")
-            if plan.phase is Phase.MIGRATING:  # before any lock: what contract relies on is there
-                with self.engine.connect() as connection:
-                    ran = [action for step in plan.steps if step.executed for action in step.forward]
-                    problems = self.dialect.missing_objects(connection, ran)
-            else:  # CONTRACTING: checked before its first step ran, which may have dropped some
-                problems = []
+            with self.engine.connect() as connection:  # before any lock: what contract relies on is there
+                ran = [action for step in plan.steps if step.executed for action in step.forward]
+                # CONTRACTING: checked before its first step ran, which may have dropped some
+                problems = self.dialect.missing_objects(connection, ran) if plan.phase is Phase.MIGRATING else []
+                disabled = self.dialect.disabled_triggers(connection, ran)
             if problems:
                 raise PlanStateError(f"plan {plan_id!r} cannot complete: {problems[0]}; `zdm rollback {plan_id}` "
                                      "undoes it, then `zdm start` again")
+            if disabled:
+                raise PlanStateError(f"plan {plan_id!r} cannot complete: {disabled_text(disabled[0], plan_id)}")
             self._contract(plan)
             return plan
 
@@ -221,6 +226,7 @@ class Runner:
                         f"plan {plan_file.id!r} was interrupted during {previous.phase.value} with other operations "
                         f"than this file's: resume it with the file it started with, or `zdm rollback "
                         f"{plan_file.id}` first")
+                self._refuse_disabled_triggers(previous)
                 self.reporter.note(f"resuming plan {plan_file.id!r} interrupted during {previous.phase.value}")
                 self._resume_settings(previous, plan_file, checkpoint)
                 return previous, checkpoint
@@ -236,6 +242,19 @@ class Runner:
             state.ensure_table(connection)
         self.executor.tables = _tables_of(plan)
         return plan, Checkpoint()
+
+    def _disabled_triggers(self, plan: MigrationPlan) -> list[DisabledTrigger]:
+        """The zdm triggers of the plan's steps that ran which do not fire for the app's sessions."""
+        with self.engine.connect() as connection:
+            ran = [action for step in plan.steps if step.executed for action in step.forward]
+            return self.dialect.disabled_triggers(connection, ran)
+
+    def _refuse_disabled_triggers(self, plan: MigrationPlan) -> None:
+        """A resumed start would backfill while the app's writes are not kept in step by a zdm trigger
+        someone turned off: refused, nothing changed, until it fires again."""
+        disabled = self._disabled_triggers(plan)
+        if disabled:
+            raise PlanStateError(f"plan {plan.id!r} cannot resume: {disabled_text(disabled[0], plan.id)}")
 
     def _resume_settings(self, plan: MigrationPlan, plan_file: PlanFile, checkpoint: Checkpoint) -> None:
         """A resumed start runs with the settings given now (the plan file's, then the command line's),
@@ -282,6 +301,9 @@ class Runner:
             for phase in phases:
                 if plan.phase in phases and phases.index(plan.phase) > phases.index(phase):
                     continue  # resuming: this phase finished before the interruption
+                disabled = self._disabled_triggers(plan) if phase is Phase.CONTRACTING else []
+                if disabled:  # `zdm apply`: contract would keep what the new column holds
+                    raise MigrationFailed(disabled_text(disabled[0], plan.id))
                 if plan.phase is not phase:
                     self._transition(plan, phase)
                 self._run_phase(plan, phase)

@@ -2,7 +2,9 @@
 
 The state table is read with SQLAlchemy and nothing heavier (no plan compiler), so `zdm status`
 starts quickly, and it works without the plan file. For a plan waiting for complete, the dialect
-also looks up what its record says the steps left (an index a cancelled build left INVALID).
+also looks up what its record says the steps left (an index a cancelled build left INVALID); for
+every plan between start and complete, the zdm triggers of it that do not fire for the app's
+sessions (someone disabled them). Either makes the plan need attention (`zdm status` exits 4).
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from zdm import state
 from zdm.errors import printable
 from zdm.plan import Checkpoint, HistoryEntry, MigrationPlan, Phase
+
+if TYPE_CHECKING:  # zdm.dialects is imported where a plan in flight needs it: `zdm status` starts quickly
+    from zdm.dialects import DisabledTrigger
 
 #: What is happening to a plan, as `zdm status` tells it (``activity`` in --json).
 ACTIVITIES = {
@@ -44,6 +49,8 @@ class Record:
     control: state.Control = field(default_factory=state.Control)
     #: What the steps the record says ran should have left and the live database lacks (see read).
     disagrees: list[str] = field(default_factory=list)
+    #: zdm triggers of a plan in flight that do not fire for the app's sessions (see read).
+    disabled_triggers: list[DisabledTrigger] = field(default_factory=list)
 
     @property
     def steps_done(self) -> int:
@@ -62,6 +69,11 @@ class Record:
         # On PostgreSQL the runner lock is the database's: a runner at work on another plan
         # makes this one look at work too. One runner per database keeps that rare.
         return "at_work" if self.runner else "interrupted"
+
+    @property
+    def needs_attention(self) -> bool:
+        """The team must act before the plan can go on: `zdm complete` (and a resumed `zdm start`) refuse."""
+        return bool(self.disagrees or self.disabled_triggers)
 
     @property
     def interruption(self) -> HistoryEntry | None:
@@ -84,6 +96,7 @@ class Record:
             "control": None if self.control.empty else self.control.to_dict(),
             "throttling": self.checkpoint.throttling,
             "disagrees": self.disagrees,
+            "disabled_triggers": [trigger.to_json() for trigger in self.disabled_triggers],
         }
 
 
@@ -103,15 +116,27 @@ def read(engine: sa.Engine, plan_id: str | None = None) -> list[Record]:
             if stored and state.has_control(connection) else {}
     runner = state.runner_at_work(engine) if stored else None
     records = [Record(plan, checkpoint, runner, controls.get(plan.id, state.Control())) for plan, checkpoint in stored]
-    waiting = [record for record in records if record.activity == "waiting"]
-    if waiting:  # the record alone cannot tell an index a cancelled build or drop left INVALID
+    # The record alone cannot tell an index a cancelled build or drop left INVALID, nor a zdm trigger
+    # someone disabled since: both are looked up, for the plans between start and complete.
+    in_flight = [record for record in records if record.activity != "done" and not record.plan.rolling_back]
+    if in_flight:
         from zdm.dialects import for_connection
 
         with engine.connect() as connection:
-            for record in waiting:
+            dialect = for_connection(connection)
+            for record in in_flight:
                 ran = [a for s in record.plan.steps if s.executed and not s.rolled_back for a in s.forward]
-                record.disagrees = for_connection(connection).missing_objects(connection, ran)
+                if record.activity == "waiting":
+                    record.disagrees = dialect.missing_objects(connection, ran)
+                record.disabled_triggers = dialect.disabled_triggers(connection, ran)
     return records
+
+
+def disabled_text(trigger: DisabledTrigger, plan_id: str) -> str:
+    """What a zdm trigger that does not fire means for the plan, and what to do (one line)."""
+    return (f"{trigger.describe()}, so the app's writes are not kept in step: `{trigger.enable}` turns it on "
+            f"again; rows written while it was off may be out of step (`zdm rollback {plan_id}`, then `zdm start`, "
+            f"copies every row again)")
 
 
 # -- the human form ------------------------------------------------------------------------------
@@ -145,13 +170,21 @@ def resume_hint(plan: MigrationPlan) -> str:
     return f"`zdm start` with the same plan file resumes, `zdm rollback {plan.id}` undoes"
 
 
+def attention(record: Record) -> list[str]:
+    """What the team must do before the plan can go on, one line each ([]: nothing)."""
+    plan_id = record.plan.id
+    lines = [f"the database disagrees with the record: {record.disagrees[0]}; `zdm complete` refuses: "
+             f"`zdm rollback {plan_id}` undoes it"] if record.disagrees else []
+    lines += [f"{disabled_text(trigger, plan_id)}; `zdm complete` and `zdm start` refuse until then"
+              for trigger in record.disabled_triggers]
+    return lines
+
+
 def format_record(record: Record) -> str:
     plan, checkpoint = record.plan, record.checkpoint
     lines = [f"{plan.id}: {plan.phase.value}, {steps_text(record)} — {printable(plan.title)}"]
-    if record.disagrees:
-        lines.append(f"  the database disagrees with the record: {record.disagrees[0]}; `zdm complete` refuses: "
-                     f"`zdm rollback {plan.id}` undoes it")
-    elif record.activity == "waiting":
+    lines += [f"  {line}" for line in attention(record)]
+    if record.activity == "waiting" and not record.needs_attention:
         lines.append(f"  started: deploy the new app, then `zdm complete {plan.id}` (or `zdm rollback {plan.id}`)")
     backfilling = checkpoint.until is not None and checkpoint.step is not None
     if backfilling and checkpoint.step is not None:

@@ -75,6 +75,27 @@ class UserTrigger:
     cost: float | None = None
 
 
+@dataclass(frozen=True)
+class DisabledTrigger:
+    """A zdm trigger a plan made that does not fire for the app's sessions: someone disabled it
+    (``ALTER TABLE ... DISABLE TRIGGER``, a restore with ``--disable-triggers``) or left it firing
+    for replication sessions only. While it is off the app's writes are not kept in step."""
+
+    table: str
+    name: str
+    #: ``disabled``, or ``replica`` (fires only in sessions with ``session_replication_role = replica``).
+    state: str
+    #: The statement that makes it fire again, quoted for the database.
+    enable: str
+
+    def describe(self) -> str:
+        how = "disabled" if self.state == "disabled" else "enabled for replication sessions only (ENABLE REPLICA)"
+        return f"zdm trigger {self.name} on {self.table} is {how}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"table": self.table, "trigger": self.name, "state": self.state, "enable": self.enable}
+
+
 @dataclass
 class ColumnFacts:
     """What hangs on a column besides its type and rows, read from the live catalog.
@@ -427,6 +448,13 @@ class Dialect:
         that the live database lacks: an index that is absent or INVALID, a trigger or constraint
         that is gone, a validated constraint that is not. One line each; [] when the record holds.
         A tracked object dropped by hand since shows too."""
+        return []
+
+    def disabled_triggers(self, connection: sa.Connection, actions: list[Action]) -> list[DisabledTrigger]:
+        """The zdm triggers ``actions`` (the forward actions of the steps a record says ran) left that
+        do not fire for the app's sessions now; [] when they all fire. A trigger that is gone is
+        ``missing_objects``'s. SQLite has no statement that turns a trigger off: only a connection's
+        own ``SQLITE_DBCONFIG_ENABLE_TRIGGER``, which no other connection can see."""
         return []
 
     def fold_name(self, name: str) -> str:

@@ -13,7 +13,16 @@ from sqlalchemy.ext.compiler import compiles
 
 from zdm.actions import Action, Statement, statements
 from zdm.coltypes import ColumnType, Family
-from zdm.dialects import ColumnFacts, Dialect, Sync, UserTrigger, keeps_every_value, mentions, object_name
+from zdm.dialects import (
+    ColumnFacts,
+    Dialect,
+    DisabledTrigger,
+    Sync,
+    UserTrigger,
+    keeps_every_value,
+    mentions,
+    object_name,
+)
 from zdm.errors import ThrottleInvalid
 from zdm.transforms import AtTimeZone, SafeCast, SafeInteger, SafeJson, Transform
 
@@ -848,6 +857,28 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
                 elif kind == "valid" and not validated:
                     problems.append(f"constraint {name} on {table} is not validated")
         return problems
+
+    def disabled_triggers(self, connection: sa.Connection, actions: list[Action]) -> list[DisabledTrigger]:
+        # pg_trigger.tgenabled: 'O' fires in origin (ordinary) and local sessions, 'A' always, 'R' only
+        # with session_replication_role = replica, 'D' never (PostgreSQL docs, "pg_trigger" and
+        # ALTER TABLE ... ENABLE/DISABLE TRIGGER). The app's sessions are ordinary ones: 'D' and 'R'
+        # leave its writes out of step. Only zdm's own triggers: a raw step may disable its own.
+        left: dict[tuple[str, str], str] = {}
+        for action in actions:
+            if isinstance(action, Statement):
+                _track(action.sql, left)
+        found = []
+        for (kind, name), table in left.items():
+            if kind != "trigger" or not name.startswith("zdm_"):
+                continue
+            enabled = connection.execute(sa.text(
+                "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE t.tgname = :name AND c.relname = :table "
+                "AND n.nspname = current_schema()"), {"name": name, "table": table}).scalar()
+            if enabled in ("D", "R"):
+                found.append(DisabledTrigger(table, name, "disabled" if enabled == "D" else "replica",
+                                             f"ALTER TABLE {self.quote(table)} ENABLE TRIGGER {self.quote(name)}"))
+        return found
 
     def object_names(self, connection: sa.Connection) -> dict[str, str]:
         # Relations (tables, views, indexes, sequences...) and types share one namespace per schema
