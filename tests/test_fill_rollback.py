@@ -183,3 +183,32 @@ def test_a_rollback_killed_mid_give_back_is_finished_by_the_next(zdm_database_ur
     assert zdm_objects(engine) == [] and _checkpoint(engine) == Checkpoint()
     with engine.connect() as connection:
         assert [name for name in sa.inspect(connection).get_table_names() if name.startswith("zdm_filled")] == []
+
+
+class CountBatches(Reporter):
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def backfill(self, progress: BackfillProgress) -> None:
+        self.batches += not progress.finished
+
+
+def test_a_composite_key_is_walked_in_batches_too(zdm_database_url: str) -> None:
+    engine = db.create_engine(zdm_database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (a INTEGER, b TEXT, qty INTEGER, PRIMARY KEY (a, b))")
+        connection.exec_driver_sql("INSERT INTO t VALUES (1, 'x', NULL), (1, 'y', 3), (1, 'z', NULL), (2, 'x', NULL), "
+                                   "(2, 'y', NULL), (3, 'x', 0), (3, 'y', NULL)")
+    plan = planfile.parse({"id": "nn", "operations": [
+        {"op": "set_not_null", "table": "t", "column": "qty", "fill": 0}]})
+    run = runner(engine, batch_size=2, batch_target_ms=1)
+    run.start(plan)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE t SET qty = 7 WHERE a = 2 AND b = 'y'")
+    run.reporter = counted = CountBatches()
+    run.rollback(plan.id)
+    with engine.connect() as connection:
+        rows = {(a, b): qty for a, b, qty in connection.exec_driver_sql("SELECT a, b, qty FROM t").all()}
+    assert rows == {(1, "x"): None, (1, "y"): 3, (1, "z"): None, (2, "x"): None, (2, "y"): 7, (3, "x"): 0,
+                    (3, "y"): None}
+    assert counted.batches >= 2 and zdm_objects(engine) == []  # 2 keys, then 4

@@ -79,7 +79,7 @@ def reflect(connection: sa.Connection, spec: Backfill) -> sa.Table:
 
 def walked(table: sa.Table, spec: Backfill) -> sa.Table:
     """The table whose keys the batches walk: ``table`` itself, or the table of keys ``spec.walk``
-    (which needs an index on them: each batch looks for its keys in order)."""
+    (indexed on them by ``spec.prepare``: each batch looks for its keys in order)."""
     if spec.walk is None:
         return table
     return sa.Table(spec.walk, sa.MetaData(), *[sa.Column(k, table.c[k].type) for k in spec.key])
@@ -87,7 +87,10 @@ def walked(table: sa.Table, spec: Backfill) -> sa.Table:
 
 def plan_range(connection: sa.Connection, table: sa.Table, spec: Backfill, step: int, dialect: Dialect
                ) -> Checkpoint:
-    """The key range to visit (fixed when the backfill begins) and an estimate of its rows."""
+    """The key range to visit (fixed when the backfill begins) and an estimate of its rows, after
+    ``spec.prepare``."""
+    if spec.prepare:
+        connection.exec_driver_sql(spec.prepare)
     walk = walked(table, spec)
     key = [walk.c[k] for k in spec.key]
     last_row = connection.execute(sa.select(*key).order_by(*[k.desc() for k in key]).limit(1)).first()

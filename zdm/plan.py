@@ -61,6 +61,9 @@ class Backfill:
     #: A table of the key columns (a zdm-owned table of noted keys, a key maybe noted twice) whose
     #: keys the batches walk instead of ``table``'s own: only the rows it names are visited.
     walk: str | None = None
+    #: A statement run when the backfill begins, before the range is fixed (the index a walk needs
+    #: on its keys); it must be safe to run again (a resumed backfill may).
+    prepare: str | None = None
 
     def describe(self) -> str:
         sets = ", ".join(f"{c} = {e}" for c, e in self.assignments.items())

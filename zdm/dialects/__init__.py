@@ -624,16 +624,16 @@ class Dialect:
         adding the row's key to the table ``record`` (see ``fill_record``) when given."""
         raise NotImplementedError
 
-    def fill_record(self, record: str, table: str, key: tuple[str, ...]) -> tuple[list[Action], list[Action]]:
-        """(create, drop) a zdm-owned table ``record`` of ``table``'s key columns, where the fill
-        triggers and the backfill note each row whose NULL they replaced, with an index on the
-        keys: a rollback walks them in key order (``Backfill.walk``) to give those NULLs back."""
+    def fill_record(self, record: str, table: str, key: tuple[str, ...]) -> tuple[list[Action], list[Action], str]:
+        """(create, drop, index) a zdm-owned table ``record`` of ``table``'s key columns, where the
+        fill triggers and the backfill note each row whose NULL they replaced. ``index`` makes the
+        index a rollback walks the keys in (``Backfill.walk``) once nothing notes keys any more
+        (built at expand, every noted key would pay for it)."""
         q = self.quote
         keys = ", ".join(q(k) for k in key)
-        index = q(object_name("zdm_ix", record))
-        return statements([f"CREATE TABLE {q(record)} AS SELECT {keys} FROM {q(table)} WHERE 1 = 0",
-                           f"CREATE INDEX {index} ON {q(record)} ({keys})"]), \
-            statements([f"DROP TABLE IF EXISTS {q(record)}"])
+        return statements([f"CREATE TABLE {q(record)} AS SELECT {keys} FROM {q(table)} WHERE 1 = 0"]), \
+            statements([f"DROP TABLE IF EXISTS {q(record)}"]), \
+            f"CREATE INDEX IF NOT EXISTS {q(object_name('zdm_ix', record))} ON {q(record)} ({keys})"
 
     def combine(self, actions: list[Action]) -> list[Action]:
         """The same actions, with what the database can do at once done at once (one rebuild)."""

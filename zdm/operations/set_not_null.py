@@ -77,10 +77,10 @@ class SetNotNull(Operation):
             return []
         key = tuple(c.schema.table(self.table).primary_key)
         record = self._record(c)
-        create, drop = c.dialect.fill_record(record, self.table, key)
+        create, drop, index = c.dialect.fill_record(record, self.table, key)
         give_back = Backfill(table=self.table, key=list(key), assignments={self.column: "NULL"},
                              pending=c.dialect.sql(sa.column(self.column) == sa.literal_column(self._fill_sql(c))),
-                             walk=record)
+                             walk=record, prepare=index)
         triggers, untriggers = c.dialect.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c),
                                                        record)
         # Undone newest first: the trigger goes, then the noted rows still holding the fill are NULL
