@@ -13,11 +13,12 @@ import sqlalchemy as sa
 from support import App, Phase, apply_phases, assert_agrees, rollback_model, runner, setup, users_schema, zdm_objects
 from test_crash import wait_for_runner_gone
 
-from zdm import db, planfile, state
+from zdm import db, planfile, state, status
 from zdm.backfill import BackfillProgress
 from zdm.model import Schema
 from zdm.plan import Checkpoint
 from zdm.runner import PlanStateError, Reporter
+from zdm.status import format_record
 
 
 def test_rollback_gives_back_the_nulls_the_fill_replaced(zdm_database_url: str) -> None:
@@ -172,6 +173,9 @@ def test_a_rollback_killed_mid_give_back_is_finished_by_the_next(zdm_database_ur
     assert [key for key in filled if names[key] == FILL] == [key for key in filled if key > last] != []
     with pytest.raises(PlanStateError, match="was being rolled back"):
         runner(engine).start(plan)
+    told = format_record(status.read(engine)[0])
+    assert f"backfill users: {checkpoint.rows_done:,}/" in told and "(interrupted)" in told, told
+    assert "`zdm rollback fill` finishes it" in told, told
 
     given_back, unreached = max(key for key in filled if key <= last), min(key for key in filled if key > last)
     _write(engine, given_back, FILL)  # the app, after zdm gave this row back
