@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from support import Phase, apply_phases, assert_agrees, rollback_model, runner, setup, users_schema, zdm_objects
+from support import App, Phase, apply_phases, assert_agrees, rollback_model, runner, setup, users_schema, zdm_objects
 
 from zdm import planfile, state
 from zdm.actions import DataCheck, Rebuild, Statement
@@ -76,5 +76,33 @@ def test_a_plan_stored_by_the_earlier_release_resumes_and_ends(zdm_database_url:
         model.table("users").filled.clear()  # the earlier release noted no filled keys: its fills stay
         rollback_model(plan, model, dialect)
         assert model.table("users").catalogue() == original.table("users").catalogue()
+    assert_agrees(engine, model)
+    assert zdm_objects(engine) == []
+
+
+STORED_FILL = json.loads((Path(__file__).parent / "data" / "stored_fill_plans.json").read_text())
+
+
+def test_a_fill_stored_with_its_give_back_in_one_statement_still_rolls_back(zdm_database_url: str) -> None:
+    """``data/stored_fill_plans.json``: a set_not_null with fill as the release before the batched
+    give-back compiled it (commit 306cd0a): the trigger and the table of keys in one step, whose
+    compensate gives the NULLs back in one ``quiet_write``. Resumed and rolled back by today's runner."""
+    model = users_schema(20)
+    engine = setup(zdm_database_url, model)
+    dialect = engine.dialect.name
+    stored = STORED_FILL[dialect]
+    assert any("quiet_write" in action for step in stored["compiled"]["steps"] for action in step["compensate"]
+               if isinstance(action, dict))
+    plan = planfile.parse(stored["plan_file"])
+    _store_as_interrupted(engine, stored["compiled"])
+    original = model.copy()
+    resumed = runner(engine).start(plan)
+    assert [s.description for s in resumed.steps] == [s["description"] for s in stored["compiled"]["steps"]]
+    apply_phases(plan, model, dialect, Phase.EXPANDING, Phase.MIGRATING)
+    App(engine, model).update(3, {"name": None})  # the old app: filled, noted
+    assert_agrees(engine, model)
+    runner(engine).rollback(plan.id)
+    rollback_model(plan, model, dialect)
+    assert model.table("users").catalogue() == original.table("users").catalogue()
     assert_agrees(engine, model)
     assert zdm_objects(engine) == []

@@ -156,10 +156,11 @@ class DataCheck(Action):
 
 @dataclass(frozen=True)
 class QuietWrite(Action):
-    """A write that takes back zdm's own changes to rows (a rollback giving back the NULLs a fill
-    replaced). Like a backfill batch, it keeps ``table``'s own triggers from firing where the
-    dialect can (``Dialect.user_triggers_quiet``): an ``updated_at`` or audit trigger is for app
-    writes, and zdm's undo is none."""
+    """A write that takes back zdm's own changes to rows, in one statement: how plans stored by
+    earlier releases give back the NULLs a fill replaced (plans compiled now do it in key
+    batches, ``MigrationStep.undo_backfill``). Like a backfill batch, it keeps ``table``'s own
+    triggers from firing where the dialect can (``Dialect.user_triggers_quiet``): an
+    ``updated_at`` or audit trigger is for app writes, and zdm's undo is none."""
 
     sql: str
     table: str

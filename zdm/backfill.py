@@ -8,6 +8,9 @@ done commits with each batch, so a killed runner resumes where it stopped.
 Only the key range that existed when the backfill began is visited: rows inserted after expand
 were written in the new shape by the triggers and need no visit, so a busy table cannot make
 the backfill chase its tail.
+
+A backfill with ``walk`` visits only the rows whose keys a zdm-owned table of keys names (the
+undo of ``set_not_null`` with ``fill``: the rows it filled), in the order of those keys.
 """
 
 from __future__ import annotations
@@ -74,13 +77,25 @@ def reflect(connection: sa.Connection, spec: Backfill) -> sa.Table:
     return introspect.live_table(connection, spec.table)
 
 
+def walked(table: sa.Table, spec: Backfill) -> sa.Table:
+    """The table whose keys the batches walk: ``table`` itself, or the table of keys ``spec.walk``
+    (indexed on them by ``spec.prepare``: each batch looks for its keys in order)."""
+    if spec.walk is None:
+        return table
+    return sa.Table(spec.walk, sa.MetaData(), *[sa.Column(k, table.c[k].type) for k in spec.key])
+
+
 def plan_range(connection: sa.Connection, table: sa.Table, spec: Backfill, step: int, dialect: Dialect
                ) -> Checkpoint:
-    """The key range to visit (fixed when the backfill begins) and an estimate of its rows."""
-    key = [table.c[k] for k in spec.key]
+    """The key range to visit (fixed when the backfill begins) and an estimate of its rows, after
+    ``spec.prepare``."""
+    if spec.prepare:
+        connection.exec_driver_sql(spec.prepare)
+    walk = walked(table, spec)
+    key = [walk.c[k] for k in spec.key]
     last_row = connection.execute(sa.select(*key).order_by(*[k.desc() for k in key]).limit(1)).first()
     return Checkpoint(step=step, until=_json_key(last_row) if last_row else None,
-                      rows_total=dialect.estimate_rows(connection, table))
+                      rows_total=dialect.estimate_rows(connection, walk))
 
 
 def run_batch(connection: sa.Connection, table: sa.Table, spec: Backfill, checkpoint: Checkpoint, batch_size: int
@@ -89,7 +104,8 @@ def run_batch(connection: sa.Connection, table: sa.Table, spec: Backfill, checkp
     until = checkpoint.until
     if until is None or checkpoint.last_key == until:
         return checkpoint, 0
-    key = [table.c[k] for k in spec.key]
+    walk = walked(table, spec)
+    key = [walk.c[k] for k in spec.key]
     last = checkpoint.last_key
     in_range = [_key_upto(key, until)]
     if last is not None:
@@ -100,15 +116,20 @@ def run_batch(connection: sa.Connection, table: sa.Table, spec: Backfill, checkp
     upper = _json_key(boundary) if boundary is not None else until
     batch = [*in_range[1:], _key_upto(key, upper)]
     visited = batch_size if boundary is not None else (
-        connection.scalar(sa.select(sa.func.count()).select_from(table).where(*batch)) or 0
+        connection.scalar(sa.select(sa.func.count()).select_from(walk).where(*batch)) or 0
     )
+    if spec.walk is not None:  # the table's rows whose keys this batch of the walked keys names
+        keys = [table.c[k] for k in spec.key]
+        named = sa.select(*key).where(*batch)
+        batch = [(keys[0] if len(keys) == 1 else sa.tuple_(*keys)).in_(named)]
     update = table.update().where(*batch).values(
         {column: sa.literal_column(expression) for column, expression in spec.assignments.items()}
     )
     if spec.pending:
         update = update.where(sql_text(spec.pending))
     if spec.record:  # the rows this batch changes, noted first (in the same transaction)
-        changing = sa.select(*key).where(*batch, *([sql_text(spec.pending)] if spec.pending else []))
+        changing = sa.select(*[table.c[k] for k in spec.key]).where(
+            *batch, *([sql_text(spec.pending)] if spec.pending else []))
         connection.execute(sa.table(spec.record, *[sa.column(k) for k in spec.key]).insert().from_select(
             spec.key, changing))
     connection.execute(update)

@@ -948,8 +948,10 @@ def format_step(step: Any, runner: Runner) -> list[str]:
     if step.backfill is not None:
         lines.append(f"  {step.backfill.describe()};")
     lines += ["  " + line for a in step.forward for line in action_text(a, runner).splitlines()]
-    if step.compensate:
+    if step.compensate or step.undo_backfill:
         lines.append("  -- compensate:")
+        if step.undo_backfill is not None:
+            lines += [f"  --   {sql};" for sql in (step.undo_backfill.prepare, step.undo_backfill.describe()) if sql]
         lines += ["  --   " + line for a in step.compensate for line in action_text(a, runner).splitlines()]
     if not step.transactional:
         lines.append("  -- (runs outside a transaction)")

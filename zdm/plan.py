@@ -58,12 +58,19 @@ class Backfill:
     pending: str | None = None
     #: A table of the key columns where each batch first notes the keys of the rows it will change.
     record: str | None = None
+    #: A table of the key columns (a zdm-owned table of noted keys, a key maybe noted twice) whose
+    #: keys the batches walk instead of ``table``'s own: only the rows it names are visited.
+    walk: str | None = None
+    #: A statement run when the backfill begins, before the range is fixed (the index a walk needs
+    #: on its keys); it must be safe to run again (a resumed backfill may).
+    prepare: str | None = None
 
     def describe(self) -> str:
         sets = ", ".join(f"{c} = {e}" for c, e in self.assignments.items())
         where = f" AND ({self.pending})" if self.pending else ""
         keys = ", ".join(self.key)
-        return f"UPDATE {self.table} SET {sets} WHERE ({keys}) IN <next batch by key>{where}"
+        batch = f"<next batch of the keys in {self.walk}>" if self.walk else "<next batch by key>"
+        return f"UPDATE {self.table} SET {sets} WHERE ({keys}) IN {batch}{where}"
 
 
 @dataclass
@@ -109,6 +116,9 @@ class MigrationStep:
     forward: list[Action] = field(default_factory=list)
     compensate: list[Action] = field(default_factory=list)
     backfill: Backfill | None = None
+    #: Run in key batches when the step is undone, before ``compensate`` (giving back what a fill
+    #: replaced): many short transactions with a checkpoint, like ``backfill``.
+    undo_backfill: Backfill | None = None
     #: False for statements PostgreSQL refuses inside a transaction (CREATE INDEX CONCURRENTLY).
     transactional: bool = True
     executed: bool = False
@@ -119,6 +129,7 @@ class MigrationStep:
                 "forward": [action.to_json() for action in self.forward],
                 "compensate": [action.to_json() for action in self.compensate],
                 "backfill": None if self.backfill is None else asdict(self.backfill),
+                "undo_backfill": None if self.undo_backfill is None else asdict(self.undo_backfill),
                 "transactional": self.transactional, "executed": self.executed, "rolled_back": self.rolled_back}
 
     @classmethod
@@ -127,8 +138,9 @@ class MigrationStep:
         data["phase"] = Phase(data["phase"])
         data["forward"] = [actions.from_json(a) for a in data.get("forward", [])]
         data["compensate"] = [actions.from_json(a) for a in data.get("compensate", [])]
-        if data.get("backfill"):
-            data["backfill"] = Backfill(**data["backfill"])
+        for name in ("backfill", "undo_backfill"):
+            if data.get(name):
+                data[name] = Backfill(**data[name])
         return cls(**data)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -157,7 +158,8 @@ class Runner:
                 )
             if plan.phase is Phase.ROLLED_BACK:
                 raise PlanStateError(f"plan {plan_id!r} is already rolled back")
-            self._compensate(plan, checkpoint=checkpoint)
+            with self._throttling(plan):  # giving back what a fill replaced runs in batches
+                self._compensate(plan, checkpoint=checkpoint)
             return plan
 
     def apply(self, plan_file: PlanFile) -> MigrationPlan:
@@ -458,11 +460,15 @@ class Runner:
             self.reporter.phase(plan, Phase.ROLLED_BACK)
         group: list[MigrationStep] = []
         for step in reversed(done):
-            if step.transactional:
+            if step.transactional and step.undo_backfill is None:
                 group.append(step)
                 continue
             self._undo_group(plan, group)
             group = []
+            if step.undo_backfill is not None:  # its batches, then its compensate
+                self._run_undo_backfill(plan, step, checkpoint)
+                self._undo_group(plan, [step])
+                continue
 
             def undo(connection: sa.Connection, step: MigrationStep = step) -> None:
                 for action in step.compensate:
@@ -480,6 +486,18 @@ class Runner:
 
         self.executor.transaction(record, f"record {Phase.ROLLED_BACK.value}")
 
+    def _run_undo_backfill(self, plan: MigrationPlan, step: MigrationStep, checkpoint: Checkpoint) -> None:
+        """The batches of ``step.undo_backfill``, resumed from ``checkpoint`` when it is this step's (a
+        rollback killed mid-way): the rows done before are not visited again."""
+        spec = step.undo_backfill
+        assert spec is not None
+        self.reporter.step(replace(step, backfill=spec))  # reported as the backfill it is
+        self.reporter.statement(spec.describe())
+        backfill.run(self.executor, spec, checkpoint, step=plan.steps.index(step),
+                     what=f"compensate {step.description}", batch_size=self.settings.batch_size,
+                     throttle=self._throttle,
+                     save=lambda connection, at: state.save_checkpoint(connection, plan.id, at))
+
     def _undo_group(self, plan: MigrationPlan, steps: list[MigrationStep], run: bool = True) -> None:
         if not steps:
             return
@@ -487,7 +505,8 @@ class Runner:
         def work(connection: sa.Connection) -> None:
             for step in steps:
                 if run and step.compensate:
-                    self.reporter.step(step)
+                    if step.undo_backfill is None:  # else reported with its batches, which ran first
+                        self.reporter.step(step)
                     for action in step.compensate:
                         self.executor.execute(connection, action)
                 step.rolled_back = True

@@ -189,7 +189,8 @@ def format_record(record: Record) -> str:
     backfilling = checkpoint.until is not None and checkpoint.step is not None
     if backfilling and checkpoint.step is not None:
         step = plan.steps[checkpoint.step]
-        table = step.backfill.table if step.backfill else "?"
+        spec = step.backfill or step.undo_backfill  # a rollback's batches: the undo's
+        table = spec.table if spec else "?"
         lines.append("  " + progress_text(table, checkpoint.rows_done, checkpoint.rows_total, None, None)
                      + (f" (a runner is at work: {record.runner})" if record.runner else " (interrupted)"))
     if checkpoint.throttling and record.activity == "at_work":

@@ -172,8 +172,11 @@ class OfflineSchema:
         if step.backfill is not None:
             out("-- backfill (online, zdm runs it in key batches with a checkpoint):")
             out(_backfill_sql(step.backfill, self.dialect) + end)
-        if step.compensate:
-            undo = "\n".join(action.describe(self.dialect) for action in step.compensate)
+        if step.compensate or step.undo_backfill:
+            batches = [] if step.undo_backfill is None else [
+                *([step.undo_backfill.prepare] if step.undo_backfill.prepare else []),
+                step.undo_backfill.describe() + " -- in key batches"]
+            undo = "\n".join([*batches, *(action.describe(self.dialect) for action in step.compensate)])
             out("-- compensate:\n" + _commented(undo, "--   "))
 
     def _apply_hints(self, operation: Any, hints: Hints) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect as SADialect
 
-from zdm.actions import Action, QuietWrite, Rebuild, Statement, statements
+from zdm.actions import Action, Rebuild, Statement, statements
 from zdm.coltypes import Family, to_sa
 from zdm.errors import ThrottleInvalid
 from zdm.model import ColumnType, Schema, SqlDefault
@@ -657,18 +657,16 @@ class Dialect:
         adding the row's key to the table ``record`` (see ``fill_record``) when given."""
         raise NotImplementedError
 
-    def fill_record(self, record: str, table: str, key: tuple[str, ...], column: str, value: str
-                    ) -> tuple[list[Action], list[Action]]:
-        """(create, undo): a zdm-owned table ``record`` of ``table``'s key columns, where the fill
-        triggers and the backfill note each row whose NULL they replaced by ``value``; the undo sets
-        ``column`` back to NULL in those rows that still hold ``value``, then drops ``record``."""
+    def fill_record(self, record: str, table: str, key: tuple[str, ...]) -> tuple[list[Action], list[Action], str]:
+        """(create, drop, index) a zdm-owned table ``record`` of ``table``'s key columns, where the
+        fill triggers and the backfill note each row whose NULL they replaced. ``index`` makes the
+        index a rollback walks the keys in (``Backfill.walk``) once nothing notes keys any more
+        (built at expand, every noted key would pay for it)."""
         q = self.quote
         keys = ", ".join(q(k) for k in key)
-        same = " AND ".join(f"r.{q(k)} = {q(table)}.{q(k)}" for k in key)
-        give_back = QuietWrite(f"UPDATE {q(table)} SET {q(column)} = NULL WHERE {q(column)} = {value} "
-                               f"AND EXISTS (SELECT 1 FROM {q(record)} r WHERE {same})", table, (column,))
-        return statements([f"CREATE TABLE {q(record)} AS SELECT {keys} FROM {q(table)} WHERE 1 = 0"]), [
-            give_back, *statements([f"DROP TABLE IF EXISTS {q(record)}"])]
+        return statements([f"CREATE TABLE {q(record)} AS SELECT {keys} FROM {q(table)} WHERE 1 = 0"]), \
+            statements([f"DROP TABLE IF EXISTS {q(record)}"]), \
+            f"CREATE INDEX IF NOT EXISTS {q(object_name('zdm_ix', record))} ON {q(record)} ({keys})"
 
     def combine(self, actions: list[Action]) -> list[Action]:
         """The same actions, with what the database can do at once done at once (one rebuild)."""

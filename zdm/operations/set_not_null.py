@@ -8,7 +8,8 @@ migrate  with ``fill``: backfill the NULL rows in key batches, noting their keys
 contract PostgreSQL: SET NOT NULL, which trusts the validated check (no scan), then drop the
          check, the fill trigger and the table of keys. SQLite: check again, then a rebuild with NOT NULL.
 rollback the rows whose NULL became ``fill`` and still hold it are NULL again (the table of keys
-         says which), so a rollback gives back the NULLs the old app wrote or had.
+         says which), so a rollback gives back the NULLs the old app wrote or had: in batches
+         over the noted keys, each its own short transaction with a checkpoint, like a backfill.
 """
 
 from __future__ import annotations
@@ -75,13 +76,20 @@ class SetNotNull(Operation):
         if self.fill is None:
             return []
         key = tuple(c.schema.table(self.table).primary_key)
-        record, restore = c.dialect.fill_record(self._record(c), self.table, key, self.column, self._fill_sql(c))
-        create, drop = c.dialect.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c),
-                                               self._record(c))
-        # Undone: the trigger goes first, so that the NULLs given back stay NULL.
-        return [MigrationStep(Phase.EXPANDING, f"trigger: NULL in {self.column} becomes {self.fill!r} (the rows "
-                              f"noted in {self._record(c)}, which a rollback makes NULL again)",
-                              forward=[*record, *create], compensate=[*drop, *restore])]
+        record = self._record(c)
+        create, drop, index = c.dialect.fill_record(record, self.table, key)
+        give_back = Backfill(table=self.table, key=list(key), assignments={self.column: "NULL"},
+                             pending=c.dialect.sql(sa.column(self.column) == sa.literal_column(self._fill_sql(c))),
+                             walk=record, prepare=index)
+        triggers, untriggers = c.dialect.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c),
+                                                       record)
+        # Undone newest first: the trigger goes, then the noted rows still holding the fill are NULL
+        # again in key batches (a NULL given back stays NULL), then the table of their keys goes.
+        return [MigrationStep(Phase.EXPANDING, f"table {record} of the rows whose NULL in {self.column} becomes "
+                              f"{self.fill!r} (a rollback makes them NULL again)",
+                              forward=create, compensate=drop, undo_backfill=give_back),
+                MigrationStep(Phase.EXPANDING, f"trigger: NULL in {self.column} becomes {self.fill!r}",
+                              forward=triggers, compensate=untriggers)]
 
     def _guarded(self, c: Compiler) -> bool:
         """A rule refuses NULL from migrate on: always without ``fill``; with it only where the fill
@@ -112,7 +120,7 @@ class SetNotNull(Operation):
         if self.fill is not None:
             key = tuple(c.schema.table(self.table).primary_key)
             forward += d.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c))[1]
-            forward += d.fill_record(self._record(c), self.table, key, self.column, self._fill_sql(c))[1][1:]
+            forward += d.fill_record(self._record(c), self.table, key)[1]
         # NOT NULL trusts the validated rule (no scan under lock on PostgreSQL), which then goes.
         forward += d.alter_columns(self.table, {self.column: {"nullable": False}})
         if self._guarded(c):
