@@ -631,7 +631,8 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         # The rest of the transaction (a rollback's next statements) fires triggers and checks again.
         connection.exec_driver_sql("SET LOCAL session_replication_role = DEFAULT")
 
-    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int,
+                cancel_with: Callable[[Callable[[], None]], None]) -> str | None:
         """``VACUUM`` the table, so that the space of the rows the batches so far left dead is free for
         the next ones (PostgreSQL docs, "Routine Vacuuming": VACUUM records free space in the free
         space map, which later inserts and non-HOT updates use; a table grows only when it has
@@ -640,6 +641,14 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         the lock budget: when another VACUUM or DDL holds the table, this one is skipped (its
         reason is returned) and the next stretch tries again."""
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            driver = connection.connection.driver_connection
+
+            def cancel() -> None:  # libpq's cancel request, which may come from any thread
+                with suppress(Exception):  # the connection may be gone already: nothing to cancel
+                    if driver is not None:
+                        driver.cancel()
+
+            cancel_with(cancel)
             try:
                 connection.exec_driver_sql(f"SET lock_timeout = '{int(lock_timeout_ms)}ms'")
                 # INDEX_CLEANUP OFF: the heap's dead rows are pruned and their space recorded, without
