@@ -68,6 +68,31 @@ TRY_CAST = (
 )
 
 
+#: How often (ms) the server checks, while one of zdm's statements runs, that zdm is still there.
+CLIENT_CHECK_MS = 1000
+
+
+def _end_with_the_client(dbapi_connection: Any, _record: Any) -> None:
+    """A statement whose client is gone runs on until it ends by itself: PostgreSQL notices the
+    closed socket only when it next reads or writes it (docs, ``client_connection_check_interval``).
+    A runner killed with SIGKILL (or OOM-killed) would leave its VACUUM, or its CREATE INDEX
+    CONCURRENTLY, holding SHARE UPDATE EXCLUSIVE on the table for as long as it takes, and the
+    `zdm rollback` or `zdm start` run next would spend its lock budget behind it. From PostgreSQL
+    14 the server polls the socket every CLIENT_CHECK_MS while a statement runs and ends the
+    session once it is closed. Where the server cannot (before 14, or a platform without the
+    poll: the SET fails), nothing changes."""
+    if getattr(getattr(dbapi_connection, "info", None), "server_version", 0) < 140000:
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        dbapi_connection.commit()
+    except Exception:  # a server that cannot check (the platform has no poll for it)
+        dbapi_connection.rollback()
+    finally:
+        cursor.close()
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
     concurrent_indexes = True
@@ -93,6 +118,9 @@ class PostgresDialect(Dialect):
 
     def connect_args(self) -> dict[str, Any]:
         return {"application_name": "zdm", "connect_timeout": 10}
+
+    def configure_engine(self, engine: sa.Engine) -> None:
+        sa.event.listen(engine, "connect", _end_with_the_client)
 
     # -- types -----------------------------------------------------------------------------------------
     def type_problem(self, column_type: ColumnType, connection: sa.Connection | None) -> str | None:
