@@ -412,3 +412,38 @@ def test_a_backfill_stopped_while_its_vacuum_runs_cancels_it(zdm_postgres_url: s
     finally:
         end_vacuums(engine)
         engine.dispose()
+
+
+@pytest.mark.parametrize("ender", ["pg_cancel_backend", "pg_terminate_backend"])
+def test_a_vacuum_ended_by_someone_else_is_skipped_not_the_run(zdm_postgres_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch, ender: str) -> None:
+    """A DBA who sees a slow VACUUM cancels or terminates it (a statement_timeout cancels it too).
+    That VACUUM only keeps the table from growing: the backfill goes on, with a note naming it,
+    where it failed the run and rolled the plan back ('canceling statement due to user request'), or
+    stopped it as if the runner's own connection had been lost."""
+    engine = setup(zdm_postgres_url, users_schema(1000))
+    slow_vacuums(engine)
+    monkeypatch.setattr(backfill, "MIN_STRETCH", 100)
+    ended: list[int] = []
+    notes: list[str] = []
+
+    class Dba(Reporter):
+        def backfill(self, progress: BackfillProgress) -> None:
+            if not ended and vacuums_running(engine):
+                with engine.connect() as connection:
+                    ended.extend(connection.scalars(sa.text(
+                        f"SELECT {ender}(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND query LIKE 'VACUUM%'")))
+
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    try:
+        plan = Runner(engine, Dba(), {"batch_size": 100, "batch_target_ms": 5, "batch_pause_ms": 20,
+                                      "vacuum_every_pct": 60}).start(planfile.parse(RENAME))
+        assert ended == [True] and plan.is_started
+        assert None not in _new_values(engine).values()
+        assert any(note.startswith("VACUUM users skipped: ") for note in notes), notes
+    finally:
+        end_vacuums(engine)
+        engine.dispose()

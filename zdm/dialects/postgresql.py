@@ -667,29 +667,35 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         none). Its options (PostgreSQL 12+, docs "VACUUM") keep it cheap and lock-light: no index
         pass, no truncation. It takes SHARE UPDATE EXCLUSIVE, which app reads and writes do not wait for, under
         the lock budget: when another VACUUM or DDL holds the table, this one is skipped (its
-        reason is returned) and the next stretch tries again."""
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            driver = connection.connection.driver_connection
+        reason is returned) and the next stretch tries again. So is one that someone else ends
+        (``pg_cancel_backend``, ``pg_terminate_backend``, a ``statement_timeout``) or whose
+        connection is lost: it only keeps the table from growing, and the backfill's own
+        connection says for itself whether the server is still there."""
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                driver = connection.connection.driver_connection
 
-            def cancel() -> None:  # libpq's cancel request, which may come from any thread
-                with suppress(Exception):  # the connection may be gone already: nothing to cancel
-                    if driver is not None:
-                        driver.cancel()
+                def cancel() -> None:  # libpq's cancel request, which may come from any thread
+                    with suppress(Exception):  # the connection may be gone already: nothing to cancel
+                        if driver is not None:
+                            driver.cancel()
 
-            cancel_with(cancel)
-            try:
-                connection.exec_driver_sql(f"SET lock_timeout = '{int(lock_timeout_ms)}ms'")
-                # INDEX_CLEANUP OFF: the heap's dead rows are pruned and their space recorded, without
-                # scanning every index at each stretch (autovacuum cleans the index entries later);
-                # TRUNCATE OFF: no ACCESS EXCLUSIVE lock to cut empty pages off the end (app waits).
-                connection.exec_driver_sql(f"VACUUM (INDEX_CLEANUP OFF, TRUNCATE OFF) {self.quote(table)}")
-            except sa.exc.DBAPIError as exc:
-                if not self.is_lock_timeout(exc):
-                    raise
+                cancel_with(cancel)
+                try:
+                    connection.exec_driver_sql(f"SET lock_timeout = '{int(lock_timeout_ms)}ms'")
+                    # INDEX_CLEANUP OFF: the heap's dead rows are pruned and their space recorded, without
+                    # scanning every index at each stretch (autovacuum cleans the index entries later);
+                    # TRUNCATE OFF: no ACCESS EXCLUSIVE lock to cut empty pages off the end (app waits).
+                    connection.exec_driver_sql(f"VACUUM (INDEX_CLEANUP OFF, TRUNCATE OFF) {self.quote(table)}")
+                finally:  # a connection lost meanwhile refuses it (SQLAlchemy wants a rollback first)
+                    with suppress(sa.exc.SQLAlchemyError):
+                        connection.exec_driver_sql("RESET lock_timeout")
+        except sa.exc.DBAPIError as exc:
+            if self.is_lock_timeout(exc):
                 return f"VACUUM {table} skipped: no lock within {lock_timeout_ms} ms"
-            finally:
-                with suppress(sa.exc.DBAPIError):
-                    connection.exec_driver_sql("RESET lock_timeout")
+            if self.connection_lost(exc) or getattr(exc.orig, "sqlstate", None) == "57014":  # query_canceled
+                return f"VACUUM {table} skipped: {_first_line(exc)}"
+            raise
         return None
 
     def is_lock_timeout(self, exc: sa.exc.DBAPIError) -> bool:
