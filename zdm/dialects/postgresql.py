@@ -785,11 +785,14 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
 
     def active_sessions(self, connection: sa.Connection) -> int:
         """Client sessions of this database running a statement now (``pg_stat_activity.state =
-        'active'``), zdm's own session left out. Sessions of other users show their state only
-        to superusers and ``pg_read_all_stats`` members: others count as idle."""
+        'active'``), zdm's own sessions left out: this one, and those with its ``application_name``
+        (the VACUUM of a stretch, which runs beside the batches, is not the app's load). Sessions
+        of other users show their state only to superusers and ``pg_read_all_stats`` members:
+        others count as idle."""
         return int(connection.scalar(sa.text(
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend' "
-            "AND datname = current_database() AND pid <> pg_backend_pid()")) or 0)
+            "AND datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name IS DISTINCT FROM current_setting('application_name')")) or 0)
 
     def probe_ms(self, engine: sa.Engine, sql: str) -> float:
         """In a READ ONLY transaction, rolled back: a probe never changes data."""
