@@ -21,7 +21,7 @@ from support import App, Phase, apply_phases, assert_agrees, rollback_model, run
 from zdm import backfill, db, planfile, state
 from zdm.backfill import BackfillProgress, next_batch_size
 from zdm.plan import Backfill
-from zdm.runner import PlanInvalid, Reporter, Runner
+from zdm.runner import MigrationFailed, PlanInvalid, Reporter, Runner
 
 RENAME = {"id": "rename-email", "operations": [
     {"op": "rename_column", "table": "users", "column": "email", "new_name": "email_address"}]}
@@ -300,12 +300,12 @@ def test_the_vacuum_of_a_stretch_runs_beside_the_next_batches(zdm_postgres_url: 
     spans: list[tuple[float, float, str]] = []
     in_flight = [0]
 
-    def slow_reclaim(self: Any, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+    def slow_reclaim(self: Any, engine: sa.Engine, table: str, lock_timeout_ms: int, cancel_with: Any) -> str | None:
         began = time.monotonic()
         in_flight[0] += 1
         time.sleep(0.15)
         try:
-            return real(self, engine, table, lock_timeout_ms)
+            return real(self, engine, table, lock_timeout_ms, cancel_with)
         finally:
             spans.append((began, time.monotonic(), threading.current_thread().name))
             in_flight[0] -= 1
@@ -331,7 +331,8 @@ def test_the_vacuum_of_a_stretch_runs_beside_the_next_batches(zdm_postgres_url: 
     assert vacuuming_when_done == [0]  # the backfill waited for the last one
     assert None not in _new_values(engine).values()
 
-    def failing_reclaim(self: Any, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+    def failing_reclaim(self: Any, engine: sa.Engine, table: str, lock_timeout_ms: int, cancel_with: Any
+                        ) -> str | None:
         raise RuntimeError("the VACUUM failed")
 
     monkeypatch.setattr(PostgresDialect, "reclaim", failing_reclaim)
@@ -344,3 +345,105 @@ def test_the_vacuum_of_a_stretch_runs_beside_the_next_batches(zdm_postgres_url: 
         Runner(engine, Reporter(), {"batch_size": 100, "vacuum_every_pct": 10}).start(
             planfile.parse({**RENAME, "id": "rename-email-again"}))
     engine.dispose()
+
+
+# -- a backfill stopped while its VACUUM runs ------------------------------------------------------------
+def slow_vacuums(engine: sa.Engine) -> None:
+    """Make every VACUUM on the test's database crawl (a DBA's ``vacuum_cost_delay``, a cold disk or a
+    huge table do it for real): new sessions sleep 100-400 ms per page, so a stretch's VACUUM of a few
+    thousand rows runs for seconds, longer than the default lock budget (6 tries of 500 ms)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        name = engine.dialect.identifier_preparer.quote(connection.scalar(sa.text("SELECT current_database()")))
+        connection.execute(sa.text(f"ALTER DATABASE {name} SET vacuum_cost_delay = 100"))
+        connection.execute(sa.text(f"ALTER DATABASE {name} SET vacuum_cost_limit = 1"))
+    engine.dispose()
+
+
+def vacuums_running(engine: sa.Engine) -> int:
+    """VACUUMs other sessions run on this database now (zdm's, or a killed zdm's)."""
+    with engine.connect() as connection:
+        return int(connection.scalar(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query LIKE 'VACUUM%' AND state = 'active'")) or 0)
+
+
+def end_vacuums(engine: sa.Engine) -> None:
+    """A test that failed may leave one running: the next tests and the database's drop must not wait for it."""
+    with engine.connect() as connection:
+        connection.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND query LIKE 'VACUUM%'"))
+
+
+@pytest.mark.parametrize("stop", ["a batch fails", "Ctrl-C"])
+def test_a_backfill_stopped_while_its_vacuum_runs_cancels_it(zdm_postgres_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                             stop: str) -> None:
+    """The VACUUM of a stretch runs on a connection of its own while the batches go on. When the
+    backfill stops (a batch fails, Ctrl-C) the VACUUM must stop with it: the compensation that
+    follows a failure, and a `zdm rollback` or `zdm start` right after Ctrl-C, take locks that
+    conflict with its SHARE UPDATE EXCLUSIVE (DROP TRIGGER, CREATE INDEX CONCURRENTLY) and ran out
+    of their lock budget behind zdm's own VACUUM, which went on long after the run had stopped."""
+    model = users_schema(3000)
+    original = model.copy()
+    engine = setup(zdm_postgres_url, model)
+    slow_vacuums(engine)
+    plan = planfile.parse(RENAME)
+    monkeypatch.setattr(backfill, "MIN_STRETCH", 300)
+
+    class StopMidVacuum(Reporter):
+        def backfill(self, progress: BackfillProgress) -> None:
+            if not progress.finished and vacuums_running(engine):
+                raise RuntimeError("a batch failed") if stop == "a batch fails" else KeyboardInterrupt
+
+    run = Runner(engine, StopMidVacuum(), {"batch_size": 100, "batch_target_ms": 5, "batch_pause_ms": 20,
+                                           "vacuum_every_pct": 10})
+    try:
+        if stop == "a batch fails":  # compensated at once, the database as it was
+            with pytest.raises(MigrationFailed, match="a batch failed; rolled back: the database is as it was"):
+                run.start(plan)
+        else:  # "the statement in progress is cancelled" (README, Ctrl-C), then undone at once
+            with pytest.raises(KeyboardInterrupt):
+                run.start(plan)
+            assert vacuums_running(engine) == 0
+            runner(engine).rollback(plan.id)
+        assert vacuums_running(engine) == 0
+        assert_agrees(engine, original)
+        assert zdm_objects(engine) == []
+    finally:
+        end_vacuums(engine)
+        engine.dispose()
+
+
+@pytest.mark.parametrize("ender", ["pg_cancel_backend", "pg_terminate_backend"])
+def test_a_vacuum_ended_by_someone_else_is_skipped_not_the_run(zdm_postgres_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch, ender: str) -> None:
+    """A DBA who sees a slow VACUUM cancels or terminates it (a statement_timeout cancels it too).
+    That VACUUM only keeps the table from growing: the backfill goes on, with a note naming it,
+    where it failed the run and rolled the plan back ('canceling statement due to user request'), or
+    stopped it as if the runner's own connection had been lost."""
+    engine = setup(zdm_postgres_url, users_schema(1000))
+    slow_vacuums(engine)
+    monkeypatch.setattr(backfill, "MIN_STRETCH", 100)
+    ended: list[int] = []
+    notes: list[str] = []
+
+    class Dba(Reporter):
+        def backfill(self, progress: BackfillProgress) -> None:
+            if not ended and vacuums_running(engine):
+                with engine.connect() as connection:
+                    ended.extend(connection.scalars(sa.text(
+                        f"SELECT {ender}(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND pid <> pg_backend_pid() AND query LIKE 'VACUUM%'")))
+
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    try:
+        plan = Runner(engine, Dba(), {"batch_size": 100, "batch_target_ms": 5, "batch_pause_ms": 20,
+                                      "vacuum_every_pct": 60}).start(planfile.parse(RENAME))
+        assert ended == [True] and plan.is_started
+        assert None not in _new_values(engine).values()
+        assert any(note.startswith("VACUUM users skipped: ") for note in notes), notes
+    finally:
+        end_vacuums(engine)
+        engine.dispose()

@@ -346,6 +346,41 @@ def test_too_many_active_sessions_hold_the_backfill(zdm_postgres_url: str, busy_
     assert_agrees(engine, model)
 
 
+def test_the_backfill_does_not_count_its_own_vacuum_as_app_load(zdm_postgres_url: str, busy_sessions: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stretch's VACUUM runs on a session of zdm's own beside the batches: with
+    --max-active-sessions at what the app runs, counting it held the backfill for as long as its
+    own VACUUM ran ("app load: 2 active sessions > 1"), which is what running it beside the
+    batches was for not to do."""
+    from test_backfill import end_vacuums, slow_vacuums, vacuums_running
+
+    from zdm import backfill
+
+    model = users_schema(1000)
+    engine = setup(zdm_postgres_url, model)
+    slow_vacuums(engine)
+    monkeypatch.setattr(backfill, "MIN_STRETCH", 100)
+    plan = planfile.parse(RENAME)
+    busy_sessions(1)  # the app: one statement running at any time
+    during_vacuum: list[int] = []
+
+    class Watch(Notes):
+        def backfill(self, progress: BackfillProgress) -> None:
+            super().backfill(progress)
+            if vacuums_running(engine):
+                during_vacuum.append(progress.rows_done)
+
+    watch = Watch()
+    try:
+        Runner(engine, watch, {"batch_size": 10, "batch_target_ms": 5, "batch_pause_ms": 20,
+                               "vacuum_every_pct": 10, "max_active_sessions": 1}).start(plan)
+        assert [w for w in watch.waits if w is not None] == []
+        assert len(during_vacuum) >= 2  # batches went on beside it
+    finally:
+        end_vacuums(engine)
+        engine.dispose()
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"max_active_sessions": 3}, "--max-active-sessions needs PostgreSQL"),
     ({"max_replica_lag_ms": 1000}, "--max-replica-lag needs PostgreSQL"),

@@ -355,3 +355,49 @@ def test_status_tells_a_running_backfill_from_an_interrupted_one(zdm_database_ur
     wait_for_runner_gone(engine)
     engine.dispose()
     assert "(interrupted)" in zdm("status", "--db", zdm_database_url).stdout
+
+
+@pytest.mark.parametrize("then", ["rollback", "resume"])
+def test_kill_9_while_a_vacuum_runs_then_rollback_or_resume(zdm_postgres_url: str, tmp_path: Path, then: str) -> None:
+    """kill -9 of `zdm start` while a stretch's VACUUM runs on its own connection: the server goes on
+    with a statement whose client is gone until it ends by itself, and that VACUUM holds SHARE UPDATE
+    EXCLUSIVE. A `zdm rollback` (DROP TRIGGER) or resumed `zdm start` (CREATE INDEX CONCURRENTLY)
+    run right after must not run out of their lock budget behind the dead runner's VACUUM."""
+    from test_backfill import end_vacuums, slow_vacuums, vacuums_running
+
+    model = users_schema(3000)
+    model.table("users").indexes["users_email_ix"] = Index(("email",))
+    engine = setup(zdm_postgres_url, model)
+    slow_vacuums(engine)
+    plan_path = tmp_path / "crash.json"
+    plan_path.write_text(json.dumps(PLAN))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zdm.cli", "start", str(plan_path), "--db", zdm_postgres_url, "--json",
+         "--batch-size", "100", "--batch-target-ms", "5", "--batch-pause-ms", "20", "--vacuum-every-pct", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not vacuums_running(engine):  # the first VACUUM comes after 1,000 rows (MIN_STRETCH)
+            assert process.poll() is None and time.monotonic() < deadline, "no VACUUM was seen"
+            time.sleep(0.01)
+        process.kill()
+        process.wait()
+        wait_for_runner_gone(engine)
+        plan = planfile.parse(PLAN)
+        dialect = engine.dialect.name
+        if then == "rollback":
+            done = zdm("rollback", "crash", "--db", zdm_postgres_url, check_code=None)
+            assert done.returncode == 0, done.stderr
+            assert_agrees(engine, model)
+            assert zdm_objects(engine) == [] and zdm_indexes(engine) == {}
+        else:
+            done = zdm("start", str(plan_path), "--db", zdm_postgres_url, "--vacuum-every-pct", "0", check_code=None)
+            assert done.returncode == 0, done.stderr
+            apply_phases(plan, model, dialect, Phase.EXPANDING, Phase.MIGRATING)
+            assert_agrees(engine, model)
+            assert list(zdm_indexes(engine).values()) == [True]
+        assert vacuums_running(engine) == 0
+    finally:
+        process.kill()
+        end_vacuums(engine)
+        engine.dispose()

@@ -154,54 +154,61 @@ def run(executor: Executor, spec: Backfill, checkpoint: Checkpoint, *, step: int
     size = max(1, batch_size)
     rate = Rate(checkpoint.rows_done)
     reclaimed_at = checkpoint.rows_done
-    reclaim = Reclaim(lambda: dialect.reclaim(executor.engine, spec.table, executor.lock_timeout_ms))
+    reclaim = Reclaim(lambda cancel_with: dialect.reclaim(executor.engine, spec.table, executor.lock_timeout_ms,
+                                                          cancel_with))
 
     def store(at: Checkpoint) -> None:
         executor.transaction(lambda connection: save(connection, at), what)
 
-    while True:
-        started = [time.monotonic()]
+    try:
+        while True:
+            started = [time.monotonic()]
 
-        def batch(connection: sa.Connection, size: int = size, at: Checkpoint = checkpoint,
-                  started: list[float] = started) -> tuple[Settings, Checkpoint, int] | None:
-            # The throttle looks first, in the batch's own transaction (a transaction of its own
-            # before each batch was five more round trips per batch); if it says wait, nothing
-            # has been done and before_batch does the waiting.
-            settings, wait = throttle.look(connection)
-            if wait is not None:
-                return None
-            started[0] = time.monotonic()  # the batch's time, which sizes the next one: without the look (a probe)
-            for sql in dialect.batch_begin(max(10 * settings.batch_target_ms, 5000)):
-                connection.exec_driver_sql(sql)
-            with dialect.user_triggers_off(connection, spec.table) if quiet else nullcontext():
-                new, visited = run_batch(connection, table, spec, replace(at, throttling=None), size)
-            if visited or at.throttling is not None:  # a reason to wait stored earlier goes too
-                save(connection, new)
-            return settings, new, visited
+            def batch(connection: sa.Connection, size: int = size, at: Checkpoint = checkpoint,
+                      started: list[float] = started) -> tuple[Settings, Checkpoint, int] | None:
+                # The throttle looks first, in the batch's own transaction (a transaction of its own
+                # before each batch was five more round trips per batch); if it says wait, nothing
+                # has been done and before_batch does the waiting.
+                settings, wait = throttle.look(connection)
+                if wait is not None:
+                    return None
+                started[0] = time.monotonic()  # the batch's time, which sizes the next one: without the look (a probe)
+                for sql in dialect.batch_begin(max(10 * settings.batch_target_ms, 5000)):
+                    connection.exec_driver_sql(sql)
+                with dialect.user_triggers_off(connection, spec.table) if quiet else nullcontext():
+                    new, visited = run_batch(connection, table, spec, replace(at, throttling=None), size)
+                if visited or at.throttling is not None:  # a reason to wait stored earlier goes too
+                    save(connection, new)
+                return settings, new, visited
 
-        # The checkpoint in memory moves only once its batch has committed: a batch lost with
-        # its connection is retried from the same key, not skipped.
-        done = executor.transaction(batch, what)
-        if done is None:
-            _, checkpoint = throttle.before_batch(checkpoint, reporter,
-                                                  lambda look: executor.transaction(look, what), store)
-            continue
-        settings, checkpoint, visited = done
-        elapsed_ms = (time.monotonic() - started[0]) * 1000
-        if not visited:
-            break
-        reporter.backfill(rate.progress(spec.table, checkpoint, size, elapsed_ms))
-        for skipped in reclaim.finished():
+            # The checkpoint in memory moves only once its batch has committed: a batch lost with
+            # its connection is retried from the same key, not skipped.
+            done = executor.transaction(batch, what)
+            if done is None:
+                _, checkpoint = throttle.before_batch(checkpoint, reporter,
+                                                      lambda look: executor.transaction(look, what), store)
+                continue
+            settings, checkpoint, visited = done
+            elapsed_ms = (time.monotonic() - started[0]) * 1000
+            if not visited:
+                break
+            reporter.backfill(rate.progress(spec.table, checkpoint, size, elapsed_ms))
+            for skipped in reclaim.finished():
+                reporter.note(skipped)
+            stretch = stretch_rows(checkpoint.rows_total, settings.vacuum_every_pct)
+            if stretch is not None and checkpoint.rows_done - reclaimed_at >= stretch and not reclaim.running():
+                reclaimed_at = checkpoint.rows_done
+                reclaim.start()
+            size = next_batch_size(size, elapsed_ms, settings.batch_target_ms)
+            if settings.batch_pause_ms:
+                time.sleep(settings.batch_pause_ms / 1000)
+        for skipped in reclaim.wait():  # the steps after the backfill take locks a VACUUM would hold
             reporter.note(skipped)
-        stretch = stretch_rows(checkpoint.rows_total, settings.vacuum_every_pct)
-        if stretch is not None and checkpoint.rows_done - reclaimed_at >= stretch and not reclaim.running():
-            reclaimed_at = checkpoint.rows_done
-            reclaim.start()
-        size = next_batch_size(size, elapsed_ms, settings.batch_target_ms)
-        if settings.batch_pause_ms:
-            time.sleep(settings.batch_pause_ms / 1000)
-    for skipped in reclaim.wait():  # the steps after the backfill take locks a VACUUM would hold
-        reporter.note(skipped)
+    except BaseException:
+        # A failed batch, Ctrl-C: what runs next (the compensation, the next runner) takes locks the
+        # VACUUM holds, and the server would go on with it after this process is gone.
+        reclaim.stop()
+        raise
     reporter.backfill(rate.progress(spec.table, checkpoint, size, 0.0, finished=True))
     return checkpoint
 
@@ -211,22 +218,31 @@ class Reclaim:
     and connection of its own, while the next batches run: the backfill does not wait for it (on
     a 1M-row rename that wait was 6-8% of the backfill). One at a time: a stretch that ends while the
     previous reclaim runs is reclaimed by the next one. Its outcome (why it was skipped, or its
-    error) is read from the backfill's thread, which reports it."""
+    error) is read from the backfill's thread, which reports it. A backfill that stops stops it
+    (``stop``)."""
 
-    def __init__(self, reclaim: Callable[[], str | None]) -> None:
+    #: How long ``stop`` waits for a cancelled reclaim to end (it ends within milliseconds).
+    STOP_WAIT_S = 10.0
+
+    def __init__(self, reclaim: Callable[[Callable[[Callable[[], None]], None]], str | None]) -> None:
         self._reclaim = reclaim
         self._thread: threading.Thread | None = None
         self._outcome: list[str | BaseException | None] = []
+        self._cancel: Callable[[], None] | None = None
 
     def start(self) -> None:
+        self._cancel = None
+
+        def cancel_with(cancel: Callable[[], None]) -> None:
+            self._cancel = cancel
+
         def work() -> None:
             try:
-                self._outcome.append(self._reclaim())
+                self._outcome.append(self._reclaim(cancel_with))
             except BaseException as exc:  # handed to the backfill's thread by finished()
                 self._outcome.append(exc)
 
-        # A daemon: a backfill stopped by an error or ^C does not wait for it (the server finishes
-        # or cancels the VACUUM on its own).
+        # A daemon: should ``stop`` give up, it does not keep the process alive.
         self._thread = threading.Thread(target=work, name="zdm-reclaim", daemon=True)
         self._thread.start()
 
@@ -249,6 +265,16 @@ class Reclaim:
         if self._thread is not None:
             self._thread.join()
         return self.finished()
+
+    def stop(self) -> None:
+        """Cancel the reclaim in flight and wait until it has ended; its outcome is dropped. Cancelled
+        again until it ends: a cancel that arrives between two of its statements cancels nothing."""
+        deadline = time.monotonic() + self.STOP_WAIT_S
+        while self._thread is not None and self._thread.is_alive() and time.monotonic() < deadline:
+            if self._cancel is not None:
+                self._cancel()
+            self._thread.join(0.05)
+        self._outcome = []
 
 
 #: The fewest rows between two reclaims (VACUUMs) of the space the backfill's updates left dead.

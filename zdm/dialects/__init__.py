@@ -701,10 +701,13 @@ class Dialect:
         batch's writes (only called when :meth:`user_triggers_quiet` said they can be kept quiet)."""
         return nullcontext()
 
-    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int,
+                cancel_with: Callable[[Callable[[], None]], None]) -> str | None:
         """Make the space of the rows the backfill's batches left dead reusable by the next batches.
-        Returns why it was skipped, or None. Nothing to do here: a database without MVCC rewrites
-        rows in place (SQLite)."""
+        Runs on a thread of its own: ``cancel_with`` is handed, once the work has a connection, a
+        function that cancels it from another thread (a backfill that stops stops it). Returns why it
+        was skipped, or None. Nothing to do here: a database without MVCC rewrites rows in place
+        (SQLite)."""
         return None
 
     def is_lock_timeout(self, exc: sa.exc.DBAPIError) -> bool:

@@ -77,6 +77,31 @@ TRY_CAST = (
 )
 
 
+#: How often (ms) the server checks, while one of zdm's statements runs, that zdm is still there.
+CLIENT_CHECK_MS = 1000
+
+
+def _end_with_the_client(dbapi_connection: Any, _record: Any) -> None:
+    """A statement whose client is gone runs on until it ends by itself: PostgreSQL notices the
+    closed socket only when it next reads or writes it (docs, ``client_connection_check_interval``).
+    A runner killed with SIGKILL (or OOM-killed) would leave its VACUUM, or its CREATE INDEX
+    CONCURRENTLY, holding SHARE UPDATE EXCLUSIVE on the table for as long as it takes, and the
+    `zdm rollback` or `zdm start` run next would spend its lock budget behind it. From PostgreSQL
+    14 the server polls the socket every CLIENT_CHECK_MS while a statement runs and ends the
+    session once it is closed. Where the server cannot (before 14, or a platform without the
+    poll: the SET fails), nothing changes."""
+    if getattr(getattr(dbapi_connection, "info", None), "server_version", 0) < 140000:
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+        dbapi_connection.commit()
+    except Exception:  # a server that cannot check (the platform has no poll for it)
+        dbapi_connection.rollback()
+    finally:
+        cursor.close()
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
     concurrent_indexes = True
@@ -102,6 +127,9 @@ class PostgresDialect(Dialect):
 
     def connect_args(self) -> dict[str, Any]:
         return {"application_name": "zdm", "connect_timeout": 10}
+
+    def configure_engine(self, engine: sa.Engine) -> None:
+        sa.event.listen(engine, "connect", _end_with_the_client)
 
     # -- types -----------------------------------------------------------------------------------------
     def type_problem(self, column_type: ColumnType, connection: sa.Connection | None) -> str | None:
@@ -646,28 +674,43 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         # The rest of the transaction (a rollback's next statements) fires triggers and checks again.
         connection.exec_driver_sql("SET LOCAL session_replication_role = DEFAULT")
 
-    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int) -> str | None:
+    def reclaim(self, engine: sa.Engine, table: str, lock_timeout_ms: int,
+                cancel_with: Callable[[Callable[[], None]], None]) -> str | None:
         """``VACUUM`` the table, so that the space of the rows the batches so far left dead is free for
         the next ones (PostgreSQL docs, "Routine Vacuuming": VACUUM records free space in the free
         space map, which later inserts and non-HOT updates use; a table grows only when it has
         none). Its options (PostgreSQL 12+, docs "VACUUM") keep it cheap and lock-light: no index
         pass, no truncation. It takes SHARE UPDATE EXCLUSIVE, which app reads and writes do not wait for, under
         the lock budget: when another VACUUM or DDL holds the table, this one is skipped (its
-        reason is returned) and the next stretch tries again."""
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            try:
-                connection.exec_driver_sql(f"SET lock_timeout = '{int(lock_timeout_ms)}ms'")
-                # INDEX_CLEANUP OFF: the heap's dead rows are pruned and their space recorded, without
-                # scanning every index at each stretch (autovacuum cleans the index entries later);
-                # TRUNCATE OFF: no ACCESS EXCLUSIVE lock to cut empty pages off the end (app waits).
-                connection.exec_driver_sql(f"VACUUM (INDEX_CLEANUP OFF, TRUNCATE OFF) {self.quote(table)}")
-            except sa.exc.DBAPIError as exc:
-                if not self.is_lock_timeout(exc):
-                    raise
+        reason is returned) and the next stretch tries again. So is one that someone else ends
+        (``pg_cancel_backend``, ``pg_terminate_backend``, a ``statement_timeout``) or whose
+        connection is lost: it only keeps the table from growing, and the backfill's own
+        connection says for itself whether the server is still there."""
+        try:
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                driver = connection.connection.driver_connection
+
+                def cancel() -> None:  # libpq's cancel request, which may come from any thread
+                    with suppress(Exception):  # the connection may be gone already: nothing to cancel
+                        if driver is not None:
+                            driver.cancel()
+
+                cancel_with(cancel)
+                try:
+                    connection.exec_driver_sql(f"SET lock_timeout = '{int(lock_timeout_ms)}ms'")
+                    # INDEX_CLEANUP OFF: the heap's dead rows are pruned and their space recorded, without
+                    # scanning every index at each stretch (autovacuum cleans the index entries later);
+                    # TRUNCATE OFF: no ACCESS EXCLUSIVE lock to cut empty pages off the end (app waits).
+                    connection.exec_driver_sql(f"VACUUM (INDEX_CLEANUP OFF, TRUNCATE OFF) {self.quote(table)}")
+                finally:  # a connection lost meanwhile refuses it (SQLAlchemy wants a rollback first)
+                    with suppress(sa.exc.SQLAlchemyError):
+                        connection.exec_driver_sql("RESET lock_timeout")
+        except sa.exc.DBAPIError as exc:
+            if self.is_lock_timeout(exc):
                 return f"VACUUM {table} skipped: no lock within {lock_timeout_ms} ms"
-            finally:
-                with suppress(sa.exc.DBAPIError):
-                    connection.exec_driver_sql("RESET lock_timeout")
+            if self.connection_lost(exc) or getattr(exc.orig, "sqlstate", None) == "57014":  # query_canceled
+                return f"VACUUM {table} skipped: {_first_line(exc)}"
+            raise
         return None
 
     def is_lock_timeout(self, exc: sa.exc.DBAPIError) -> bool:
@@ -757,11 +800,14 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
 
     def active_sessions(self, connection: sa.Connection) -> int:
         """Client sessions of this database running a statement now (``pg_stat_activity.state =
-        'active'``), zdm's own session left out. Sessions of other users show their state only
-        to superusers and ``pg_read_all_stats`` members: others count as idle."""
+        'active'``), zdm's own sessions left out: this one, and those with its ``application_name``
+        (the VACUUM of a stretch, which runs beside the batches, is not the app's load). Sessions
+        of other users show their state only to superusers and ``pg_read_all_stats`` members:
+        others count as idle."""
         return int(connection.scalar(sa.text(
             "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND backend_type = 'client backend' "
-            "AND datname = current_database() AND pid <> pg_backend_pid()")) or 0)
+            "AND datname = current_database() AND pid <> pg_backend_pid() "
+            "AND application_name IS DISTINCT FROM current_setting('application_name')")) or 0)
 
     def probe_ms(self, engine: sa.Engine, sql: str) -> float:
         """In a READ ONLY transaction, rolled back: a probe never changes data."""
