@@ -7,7 +7,7 @@ plain   ALTER TABLE ADD COLUMN + one UPDATE, no triggers: what an offline migrat
 floor   the plan's expand (triggers and all), then the backfill's UPDATE as a single statement
         (with the backfill's mark, so the triggers skip it as they skip zdm's batches);
 zdm     `zdm start` then `zdm complete` in subprocesses, default settings: keyset batches of
-        ~--batch-target-ms each, a checkpoint per batch, a VACUUM every 10% of the rows; its
+        ~--batch-target-ms each, a checkpoint per batch, a VACUUM every vacuum_every_pct (5) % of the rows; its
         progress (JSON lines on stderr) times the backfill and every batch, and wait4() gives the
         runner's peak memory (maxrss);
 zdm-no-vacuum   the same with vacuum_every_pct 0 (the bloat of a backfill that never reclaims).
