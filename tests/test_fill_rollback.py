@@ -216,3 +216,39 @@ def test_a_composite_key_is_walked_in_batches_too(zdm_database_url: str) -> None
     assert rows == {(1, "x"): None, (1, "y"): 3, (1, "z"): None, (2, "x"): None, (2, "y"): 7, (3, "x"): 0,
                     (3, "y"): None}
     assert counted.batches >= 2 and zdm_objects(engine) == []  # 2 keys, then 4
+
+
+def _table_scans(engine: sa.Engine, table: str) -> int:
+    """How many sequential scans of ``table`` PostgreSQL counted (its statistics flushed first)."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT pg_stat_force_next_flush()")
+        connection.commit()
+        return int(connection.scalar(sa.text("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = :t"),
+                                     {"t": table}))
+
+
+def test_a_give_back_batch_reads_its_rows_by_key_not_the_whole_table(zdm_postgres_url: str) -> None:
+    """A big table's statistics, read before the fill, say almost no row holds it: the planner chose to
+    scan the whole table and probe the table of keys for each row holding the fill, every batch (1M
+    rows, 500k filled, text and uuid key: the first batch ran past its statement timeout, and the
+    rollback failed). Each batch now names at most its batch of keys, and the table is read by key."""
+    engine = db.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            'CREATE TABLE "Accounts" (tenant TEXT, id UUID, "WeIrd" TEXT, PRIMARY KEY (tenant, id))')
+        connection.exec_driver_sql(
+            "INSERT INTO \"Accounts\" SELECT 't' || mod(g, 7), md5(g::text)::uuid, "
+            "CASE WHEN mod(g, 2) = 0 THEN NULL ELSE 'w' || g END FROM generate_series(1, 20000) g")
+        connection.exec_driver_sql('ANALYZE "Accounts"')  # as autovacuum left it before the plan started
+    plan = planfile.parse({"id": "nn", "operations": [
+        {"op": "set_not_null", "table": "Accounts", "column": "WeIrd", "fill": "n/a"}]})
+    run = runner(engine, batch_size=50, batch_target_ms=1)
+    run.start(plan)
+    before = _table_scans(engine, "Accounts")
+    run.reporter = counted = CountBatches()
+    run.rollback(plan.id)
+    assert counted.batches >= 20
+    assert _table_scans(engine, "Accounts") - before < 5, "the give-back scanned the table in its batches"
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text('SELECT count(*) FROM "Accounts" WHERE "WeIrd" IS NULL')) == 10000
+    assert zdm_objects(engine) == []

@@ -120,7 +120,9 @@ def run_batch(connection: sa.Connection, table: sa.Table, spec: Backfill, checkp
     )
     if spec.walk is not None:  # the table's rows whose keys this batch of the walked keys names
         keys = [table.c[k] for k in spec.key]
-        named = sa.select(*key).where(*batch)
+        # At most a batch of distinct keys (a key noted twice is still one row), and the planner is told
+        # so: unbounded, statistics read before the fill made it scan the whole table every batch.
+        named = sa.select(*key).where(*batch).distinct().limit(batch_size)
         batch = [(keys[0] if len(keys) == 1 else sa.tuple_(*keys)).in_(named)]
     update = table.update().where(*batch).values(
         {column: sa.literal_column(expression) for column, expression in spec.assignments.items()}
