@@ -443,3 +443,53 @@ def test_a_rollback_locks_the_key_table_before_the_tables_that_refer_to_it(zdm_p
     with engine.connect() as connection:
         assert connection.scalar(sa.text("SELECT qty FROM items WHERE id = 1000")) == 2
     engine.dispose()
+
+
+@pytest.mark.parametrize("first", ["SELECT note FROM orders WHERE id = 1",
+                                   "UPDATE orders SET note = 'paid' WHERE id = 1"])
+def test_complete_of_a_foreign_key_column_locks_the_referenced_table_first(zdm_postgres_url: str, first: str) -> None:
+    """items.order_id INTEGER -> BIGINT: the swap drops the old column and its foreign key, which takes
+    ACCESS EXCLUSIVE on orders too. An app transaction reads (or writes) an order, then (while
+    complete waits) adds an item of it, as an ORM does. complete held items and only SHARE ROW
+    EXCLUSIVE of orders, then waited for ACCESS EXCLUSIVE on orders behind the app, which waited
+    for items: "deadlock detected"."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(DDL.format(serial="serial", ref="integer"))
+    plan = planfile.parse({"id": "items-bigint", "operations": [
+        {"op": "alter_column", "table": "items", "column": "order_id", "type": "BIGINT"}]})
+    run = runner(engine, lock_timeout_ms=5000)  # longer than deadlock_timeout (1 s): a cycle is found
+    run.start(plan)
+    app = sa.create_engine(zdm_postgres_url, connect_args={"prepare_threshold": None})
+    failed: list[str] = []
+
+    def complete() -> None:
+        try:
+            run.complete(plan.id)
+        except Exception as exc:  # what the test reports
+            failed.append(f"complete: {exc}")
+
+    done = threading.Thread(target=complete)
+    try:
+        with app.begin() as connection:
+            connection.execute(sa.text(first))
+            done.start()
+            time.sleep(0.5)  # complete is waiting for a lock now
+            try:
+                connection.execute(sa.text("INSERT INTO items VALUES (1000, 1, 2)"))
+            except sa.exc.DBAPIError as exc:
+                failed.append(f"app: {str(exc.orig).splitlines()[0]}")
+                raise
+    except sa.exc.DBAPIError:
+        pass
+    finally:
+        done.join()
+        app.dispose()
+    assert failed == []
+    assert zdm_objects(engine) == []
+    with engine.connect() as connection:
+        assert connection.scalar(sa.text("SELECT qty FROM items WHERE id = 1000")) == 2
+        assert connection.scalar(sa.text(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'order_id'"
+        )) == "bigint"
+    engine.dispose()

@@ -466,17 +466,24 @@ class DualColumn(Operation):
             validate += d.validate_constraint(copy.table, copy.temporary)
             drop += d.drop_constraint(copy.table, copy.temporary)
         steps = []
+        every = {copy.table for copy in copies} | {copy.references for copy in copies if copy.references}
         if validate:
             strong = {self.table} if facts.not_null or any(not copy.references for copy in copies) else set()
-            every = {copy.table for copy in copies} | {copy.references for copy in copies if copy.references}
             undo = [*copy_locks(c, copies, every), *drop]
+            # Three transactions: the adds' brief locks, the validation (which holds none an app
+            # waits on), then the swap, whose locks are taken afresh at their strength: in one, the
+            # swap's ACCESS EXCLUSIVE on a referenced table upgraded the adds' SHARE ROW EXCLUSIVE
+            # while the referencing table was held, and an app that read an order, then added an
+            # item, deadlocked it (and the validation's scan ran with the app's writes locked out).
             steps += [
                 MigrationStep(CONTRACTING, f"constraints of {self.column} on {self.shadow} (NOT VALID)",
                               forward=[*copy_locks(c, copies, strong), *add], compensate=undo),
                 MigrationStep(CONTRACTING, f"validate the constraints on {self.shadow}", forward=validate,
-                              compensate=undo),
+                              compensate=undo, transactional=False),
             ]
-        swap = [*converted, *self._drop_triggers(c)]
+        # dropping the old column drops its foreign keys (and the copies take their names): ACCESS
+        # EXCLUSIVE on both tables of each, the referenced one first (see copy_locks)
+        swap = [*converted, *copy_locks(c, copies, every), *self._drop_triggers(c)]
         swap += d.replace_column(
             self.table, self.column, self.shadow, self.final_name, facts, default=self.final_default(c),
             not_null=not_null if facts.not_null else None,
