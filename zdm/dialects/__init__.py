@@ -651,6 +651,11 @@ class Dialect:
         """(create, drop) the dual-write triggers of ``sync``."""
         raise NotImplementedError
 
+    def holds(self, column: str, value: str, column_type: ColumnType) -> str:
+        """SQL that is true where ``column`` (of ``column_type``) holds ``value``, a literal as ``literal``
+        renders it, for a column of any type (a fill's give-back finds the rows still holding it)."""
+        return f"{self.quote(column)} = {value}"
+
     def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str,
                       record: str | None = None) -> tuple[list[Action], list[Action]]:
         """(create, drop) triggers writing ``value`` wherever an app writes NULL into ``column``, and

@@ -589,6 +589,12 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         drop = [f"DROP TRIGGER IF EXISTS {trigger} ON {table}", f"DROP FUNCTION IF EXISTS {fn}()"]
         return statements(create), statements(drop)
 
+    def holds(self, column: str, value: str, column_type: ColumnType) -> str:
+        # json has no equality operator: the text forms of the column and of the value read as the
+        # column's type (as the fill trigger's assignment reads it: jsonb orders its keys) are compared.
+        type_sql = self.column_type(column_type).compile(dialect=self.sa)
+        return f"({self.quote(column)})::text = (CAST({value} AS {type_sql}))::text"
+
     def fill_triggers(self, name: str, table: str, key: tuple[str, ...], column: str, value: str,
                       record: str | None = None) -> tuple[list[Action], list[Action]]:
         q = self.quote

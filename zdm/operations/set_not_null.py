@@ -79,7 +79,8 @@ class SetNotNull(Operation):
         record = self._record(c)
         create, drop, index = c.dialect.fill_record(record, self.table, key)
         give_back = Backfill(table=self.table, key=list(key), assignments={self.column: "NULL"},
-                             pending=c.dialect.sql(sa.column(self.column) == sa.literal_column(self._fill_sql(c))),
+                             pending=c.dialect.holds(self.column, self._fill_sql(c),
+                                                     c.schema.table(self.table).column(self.column).type),
                              walk=record, prepare=index)
         triggers, untriggers = c.dialect.fill_triggers(self._name(c), self.table, key, self.column, self._fill_sql(c),
                                                        record)
