@@ -307,3 +307,30 @@ def test_a_plan_whose_triggers_fire_needs_no_attention(zdm_database_url: str) ->
         with pytest.raises(sa.exc.OperationalError, match="syntax error"):
             execute(engine, "ALTER TABLE users DISABLE TRIGGER ALL")
     engine.dispose()
+
+
+def test_the_statement_that_enables_it_again_names_the_schema(zdm_postgres_url: str) -> None:
+    """An app in schema ``app`` (zdm's URL sets the search_path): the ALTER TABLE that status hands the
+    team to run names the schema, so it works from a session with the default search_path (psql).
+    Unqualified it failed there: relation "Accounts" does not exist."""
+    plain = sa.create_engine(zdm_postgres_url)
+    execute(plain, 'CREATE SCHEMA app; CREATE TABLE app."Accounts" (id INTEGER PRIMARY KEY, "Name" TEXT); '
+                   'INSERT INTO app."Accounts" VALUES (1, NULL), (2, \'b\')')
+    url = plain.url.update_query_dict({"options": "-csearch_path=app"}).render_as_string(hide_password=False)
+    engine = sa.create_engine(url)
+    plan = planfile.parse({"id": "p", "operations": [
+        {"op": "set_not_null", "table": "Accounts", "column": "Name", "fill": "nobody"}]})
+    runner(engine).start(plan)
+    execute(plain, 'ALTER TABLE app."Accounts" DISABLE TRIGGER ALL')
+    code, out, _ = zdm("status", "--db", url, "--json")
+    (disabled,) = json.loads(out)["plans"][0]["disabled_triggers"]
+    assert code == 4
+    execute(plain, disabled["enable"])  # as the team would, from psql
+    code, out, _ = zdm("status", "--db", url, "--json")
+    assert code == 0 and json.loads(out)["plans"][0]["disabled_triggers"] == []
+    runner(engine).rollback(plan.id)
+    with plain.connect() as connection:
+        names = connection.exec_driver_sql('SELECT "Name" FROM app."Accounts" ORDER BY id').scalars().all()
+    assert names == [None, "b"]
+    engine.dispose()
+    plain.dispose()

@@ -923,13 +923,17 @@ AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass 
         for (kind, name), table in left.items():
             if kind != "trigger" or not name.startswith("zdm_"):
                 continue
-            enabled = connection.execute(sa.text(
-                "SELECT t.tgenabled FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
-                "ON n.oid = c.relnamespace WHERE t.tgname = :name AND c.relname = :table "
-                "AND n.nspname = current_schema()"), {"name": name, "table": table}).scalar()
-            if enabled in ("D", "R"):
-                found.append(DisabledTrigger(table, name, "disabled" if enabled == "D" else "replica",
-                                             f"ALTER TABLE {self.quote(table)} ENABLE TRIGGER {self.quote(name)}"))
+            row = connection.execute(sa.text(
+                "SELECT t.tgenabled, n.nspname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = :name AND c.relname = :table "
+                "AND n.nspname = current_schema()"), {"name": name, "table": table}).first()
+            if row is not None and row.tgenabled in ("D", "R"):
+                # the team runs it from a session of its own (psql), whose search_path may not find the
+                # table: named in its schema, unless that is public
+                where = "" if row.nspname == "public" else f"{self.quote(row.nspname)}."
+                found.append(DisabledTrigger(table, name, "disabled" if row.tgenabled == "D" else "replica",
+                                             f"ALTER TABLE {where}{self.quote(table)} ENABLE TRIGGER "
+                                             f"{self.quote(name)}"))
         return found
 
     def object_names(self, connection: sa.Connection) -> dict[str, str]:
