@@ -279,3 +279,31 @@ def test_a_fill_of_any_type_is_given_back(zdm_database_url: str, column_type: st
     with engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT count(*) FROM t WHERE v IS NULL").scalar() == 4
     assert zdm_objects(engine) == []
+
+
+def test_status_of_a_rollback_killed_after_an_earlier_ctrl_c_does_not_blame_the_ctrl_c(
+        zdm_database_url: str) -> None:
+    """start was stopped by Ctrl-C (noted in the history), resumed to its end; then `zdm rollback` was
+    killed -9 mid give-back. status said "interrupted during MIGRATING at <the Ctrl-C's time>
+    (Ctrl-C)": the last history entry, though runs came after it."""
+    engine, _, plan = _filled_window(zdm_database_url)
+    assert state.record_interruption(engine, plan.id, "Ctrl-C")
+    (record,) = status.read(engine)
+    assert record.interruption is not None  # nothing ran since: it is why the plan stands here
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zdm.cli", "rollback", plan.id, "--db", zdm_database_url, "--json",
+         "--batch-size", "20", "--batch-target-ms", "1", "--batch-pause-ms", "200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:
+        if line.startswith("{") and json.loads(line).get("event") == "backfill":
+            break
+    process.kill()
+    process.wait()
+    process.stderr.close()
+    wait_for_runner_gone(engine)
+    (record,) = status.read(engine)
+    told = format_record(record)
+    assert "interrupted during MIGRATING: a rollback had begun" in told, told
+    assert "Ctrl-C" not in told.split("\n  20")[0], told  # the history lines below still list it
+    assert record.to_json()["interrupted"] is None

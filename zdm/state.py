@@ -72,6 +72,11 @@ def load(connection: sa.Connection, plan_id: str) -> tuple[MigrationPlan, Checkp
     return MigrationPlan.from_dict(json.loads(row.plan)), Checkpoint.from_dict(json.loads(row.checkpoint or "{}"))
 
 
+def updated(connection: sa.Connection) -> dict[str, dt.datetime]:
+    """When each plan's record was last written (UTC): a run's every save, an interruption's note."""
+    return {row.id: row.updated_at for row in connection.execute(sa.select(migrations.c.id, migrations.c.updated_at))}
+
+
 def load_all(connection: sa.Connection) -> list[tuple[MigrationPlan, Checkpoint]]:
     if not sa.inspect(connection).has_table(migrations.name):
         return []
@@ -115,9 +120,12 @@ def record_interruption(engine: sa.Engine, plan_id: str, reason: str) -> bool:
             if found is None:
                 return False
             plan, _ = found
-            plan.history.append(HistoryEntry(at=now(), phase=plan.phase, note=f"{INTERRUPTED}{reason}"))
+            # stored at the entry's own time: a later run's save moves updated_at past it (see updated)
+            stamp = dt.datetime.now(dt.UTC)
+            plan.history.append(HistoryEntry(at=stamp.isoformat(timespec="milliseconds"), phase=plan.phase,
+                                             note=f"{INTERRUPTED}{reason}"))
             connection.execute(migrations.update().where(migrations.c.id == plan_id).values(
-                plan=json.dumps(plan.to_dict()), updated_at=dt.datetime.now(dt.UTC).replace(tzinfo=None)))
+                plan=json.dumps(plan.to_dict()), updated_at=stamp.replace(tzinfo=None)))
     except RunnerBusy:
         return False
     return True

@@ -51,6 +51,8 @@ class Record:
     disagrees: list[str] = field(default_factory=list)
     #: zdm triggers of a plan in flight that do not fire for the app's sessions (see read).
     disabled_triggers: list[DisabledTrigger] = field(default_factory=list)
+    #: When the record was last written (UTC, naive), None when unknown.
+    updated_at: dt.datetime | None = None
 
     @property
     def steps_done(self) -> int:
@@ -77,9 +79,15 @@ class Record:
 
     @property
     def interruption(self) -> HistoryEntry | None:
-        """The recorded interruption of the current phase (Ctrl-C, SIGTERM), if that was the last event."""
+        """The recorded interruption of the current phase (Ctrl-C, SIGTERM), if that was the last event:
+        not when a run wrote the record after it (a resumed start, a rollback, killed since)."""
         last = self.plan.history[-1] if self.plan.history else None
-        return last if last is not None and is_interruption(last) else None
+        if last is None or not is_interruption(last):
+            return None
+        noted = parse_at(last.at).astimezone(dt.UTC).replace(tzinfo=None)
+        if self.updated_at is not None and self.updated_at - noted > dt.timedelta(milliseconds=5):
+            return None
+        return last
 
     def to_json(self) -> dict[str, Any]:
         stopped = self.interruption
@@ -112,10 +120,12 @@ def read(engine: sa.Engine, plan_id: str | None = None) -> list[Record]:
             stored = [found] if found is not None else []
         else:
             stored = state.load_all(connection)
+        written = state.updated(connection) if stored else {}
         controls = {plan.id: state.read_control(connection, plan.id) for plan, _ in stored} \
             if stored and state.has_control(connection) else {}
     runner = state.runner_at_work(engine) if stored else None
-    records = [Record(plan, checkpoint, runner, controls.get(plan.id, state.Control())) for plan, checkpoint in stored]
+    records = [Record(plan, checkpoint, runner, controls.get(plan.id, state.Control()), updated_at=written.get(plan.id))
+               for plan, checkpoint in stored]
     # The record alone cannot tell an index a cancelled build or drop left INVALID, nor a zdm trigger
     # someone disabled since: both are looked up, for the plans between start and complete.
     in_flight = [record for record in records if record.activity != "done" and not record.plan.rolling_back]
