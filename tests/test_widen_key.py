@@ -20,6 +20,7 @@ from workload import Client, Round, sqlite_app_engine
 
 from zdm import planfile
 from zdm.model import Column, ColumnType, ForeignKey, Index, Schema, Table
+from zdm.runner import Reporter
 from zdm.testing.databases import fresh_postgres_database
 
 PLAN = {"id": "widen-orders", "operations": [{"op": "alter_column", "table": "orders", "column": "id",
@@ -489,6 +490,47 @@ def test_complete_of_a_foreign_key_column_locks_the_referenced_table_first(zdm_p
     assert zdm_objects(engine) == []
     with engine.connect() as connection:
         assert connection.scalar(sa.text("SELECT qty FROM items WHERE id = 1000")) == 2
+        assert connection.scalar(sa.text(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'order_id'"
+        )) == "bigint"
+    engine.dispose()
+
+
+def test_a_complete_that_fails_at_the_swap_is_undone_and_can_run_again(zdm_postgres_url: str) -> None:
+    """items.order_id INTEGER -> BIGINT; the swap fails (here: its first statement raises, as a lock
+    budget spent or a failed check does) after contract added and validated the constraints (the
+    validation outside a transaction): what contract added goes, the plan waits in MIGRATING, and
+    complete runs again. Then the same with complete killed after the validation and `zdm rollback`
+    (a step outside a transaction is undone outside one: no LOCK TABLE there)."""
+    engine = sa.create_engine(zdm_postgres_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(DDL.format(serial="serial", ref="integer"))
+    plan = planfile.parse({"id": "items-bigint", "operations": [
+        {"op": "alter_column", "table": "items", "column": "order_id", "type": "BIGINT"}]})
+    run = runner(engine)
+    run.start(plan)
+    before = zdm_objects(engine)
+
+    class FailAt(Reporter):
+        def __init__(self, what: str, error: type[BaseException]) -> None:
+            self.what, self.error = what, error
+
+        def step(self, step: Any) -> None:
+            if step.description.startswith(self.what):
+                raise self.error(f"stopped at {step.description}")
+
+    with pytest.raises(Exception, match="nothing was dropped, the plan is MIGRATING again"):
+        type(run)(engine, FailAt("drop items.order_id", RuntimeError), run.overrides).complete(plan.id)
+    assert zdm_objects(engine) == before  # the constraints contract added are gone, the window's objects stay
+    with pytest.raises(KeyboardInterrupt):  # killed between the validation and the swap
+        type(run)(engine, FailAt("drop items.order_id", KeyboardInterrupt), run.overrides).complete(plan.id)
+    assert zdm_objects(engine) != before
+    run.rollback(plan.id)
+    assert zdm_objects(engine) == []
+    run.start(plan)
+    run.complete(plan.id)
+    assert zdm_objects(engine) == []
+    with engine.connect() as connection:
         assert connection.scalar(sa.text(
             "SELECT data_type FROM information_schema.columns WHERE table_name = 'items' AND column_name = 'order_id'"
         )) == "bigint"

@@ -478,8 +478,10 @@ class DualColumn(Operation):
             steps += [
                 MigrationStep(CONTRACTING, f"constraints of {self.column} on {self.shadow} (NOT VALID)",
                               forward=[*copy_locks(c, copies, strong), *add], compensate=undo),
+                # outside a transaction, and so is its undo: no LOCK TABLE there (it needs a transaction
+                # block); the step above's undo, which runs next, takes the locks first
                 MigrationStep(CONTRACTING, f"validate the constraints on {self.shadow}", forward=validate,
-                              compensate=undo, transactional=False),
+                              compensate=drop, transactional=False),
             ]
         # dropping the old column drops its foreign keys (and the copies take their names): ACCESS
         # EXCLUSIVE on both tables of each, the referenced one first (see copy_locks)
