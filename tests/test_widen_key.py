@@ -396,6 +396,40 @@ def test_zdm_plan_names_each_referencing_column_and_refusals_exit_2(zdm_database
     assert "from INTEGER to BIGINT, or from INTEGER or BIGINT to UUID" in result.stderr
 
 
+def _app_transaction_beside(url: str, command: Any, name: str, first: str, then: list[str]) -> list[str]:
+    """An app transaction runs ``first``, ``command`` starts on a thread of its own (it waits for a
+    lock the app holds), then the app runs ``then`` and commits. Returns what failed, on either side
+    ("deadlock detected" when they lock in opposite orders)."""
+    app = sa.create_engine(url, connect_args={"prepare_threshold": None})
+    failed: list[str] = []
+
+    def run() -> None:
+        try:
+            command()
+        except Exception as exc:  # what the test reports
+            failed.append(f"{name}: {exc}")
+
+    zdm = threading.Thread(target=run)
+    try:
+        with app.begin() as connection:
+            connection.execute(sa.text(first))
+            zdm.start()
+            time.sleep(0.5)  # zdm is waiting for a lock now
+            try:
+                for sql in then:
+                    connection.execute(sa.text(sql))
+            except sa.exc.DBAPIError as exc:
+                failed.append(f"app: {str(exc.orig).splitlines()[0]}")
+                raise
+    except sa.exc.DBAPIError:
+        pass
+    finally:
+        if zdm.ident is not None:  # started
+            zdm.join()
+        app.dispose()
+    return failed
+
+
 @pytest.mark.parametrize("stopped", ["after expand", "after start"])
 def test_a_rollback_locks_the_key_table_before_the_tables_that_refer_to_it(zdm_postgres_url: str,
                                                                            stopped: str) -> None:
@@ -413,32 +447,10 @@ def test_a_rollback_locks_the_key_table_before_the_tables_that_refer_to_it(zdm_p
             type(run)(engine, StopBefore(Phase.MIGRATING), run.overrides).start(plan)
     else:
         run.start(plan)
-    app = sa.create_engine(zdm_postgres_url, connect_args={"prepare_threshold": None})
-    failed: list[str] = []
-
-    def roll_back() -> None:
-        try:
-            run.rollback(plan.id)
-        except Exception as exc:  # what the test reports
-            failed.append(f"rollback: {exc}")
-
-    undo = threading.Thread(target=roll_back)
-    try:
-        with app.begin() as connection:
-            connection.execute(sa.text("UPDATE orders SET note = 'paid' WHERE id = 1"))
-            undo.start()
-            time.sleep(0.5)  # the rollback is waiting for a lock now
-            try:
-                connection.execute(sa.text("INSERT INTO shipments VALUES (1000, 1, 'post')"))
-                connection.execute(sa.text("INSERT INTO items VALUES (1000, 1, 2)"))
-            except sa.exc.DBAPIError as exc:
-                failed.append(f"app: {str(exc.orig).splitlines()[0]}")
-                raise
-    except sa.exc.DBAPIError:
-        pass
-    finally:
-        undo.join()
-        app.dispose()
+    failed = _app_transaction_beside(zdm_postgres_url, lambda: run.rollback(plan.id), "rollback",
+                                     "UPDATE orders SET note = 'paid' WHERE id = 1",
+                                     ["INSERT INTO shipments VALUES (1000, 1, 'post')",
+                                      "INSERT INTO items VALUES (1000, 1, 2)"])
     assert failed == []
     assert zdm_objects(engine) == []
     with engine.connect() as connection:
@@ -461,31 +473,8 @@ def test_complete_of_a_foreign_key_column_locks_the_referenced_table_first(zdm_p
         {"op": "alter_column", "table": "items", "column": "order_id", "type": "BIGINT"}]})
     run = runner(engine, lock_timeout_ms=5000)  # longer than deadlock_timeout (1 s): a cycle is found
     run.start(plan)
-    app = sa.create_engine(zdm_postgres_url, connect_args={"prepare_threshold": None})
-    failed: list[str] = []
-
-    def complete() -> None:
-        try:
-            run.complete(plan.id)
-        except Exception as exc:  # what the test reports
-            failed.append(f"complete: {exc}")
-
-    done = threading.Thread(target=complete)
-    try:
-        with app.begin() as connection:
-            connection.execute(sa.text(first))
-            done.start()
-            time.sleep(0.5)  # complete is waiting for a lock now
-            try:
-                connection.execute(sa.text("INSERT INTO items VALUES (1000, 1, 2)"))
-            except sa.exc.DBAPIError as exc:
-                failed.append(f"app: {str(exc.orig).splitlines()[0]}")
-                raise
-    except sa.exc.DBAPIError:
-        pass
-    finally:
-        done.join()
-        app.dispose()
+    failed = _app_transaction_beside(zdm_postgres_url, lambda: run.complete(plan.id), "complete", first,
+                                     ["INSERT INTO items VALUES (1000, 1, 2)"])
     assert failed == []
     assert zdm_objects(engine) == []
     with engine.connect() as connection:
