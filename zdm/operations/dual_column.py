@@ -76,6 +76,11 @@ class ConstraintCopy:
     definition: str  # e.g. CHECK ((length(code_zdm_new) > 0)), FOREIGN KEY (...) REFERENCES ...
     references: str | None = None  # the table a foreign key refers to
 
+    @property
+    def tables(self) -> set[str]:
+        """The tables adding or dropping the copy locks: its own, and the one a foreign key refers to."""
+        return {self.table, *([self.references] if self.references else [])}
+
 
 def copy_locks(c: Compiler, copies: list[ConstraintCopy], strong: set[str]) -> list[Action]:
     """The locks that adding (or dropping) ``copies`` takes, taken first, referenced tables before the
@@ -86,9 +91,9 @@ def copy_locks(c: Compiler, copies: list[ConstraintCopy], strong: set[str]) -> l
     foreign key takes ACCESS EXCLUSIVE on both (its triggers on the referenced table go too), the
     referencing one first: with an app that wrote the parent and then writes a child, either
     deadlocks. Nothing when no copy is a foreign key to another table."""
-    if not any(copy.references and copy.references != copy.table for copy in copies):
-        return []
     referenced = [copy.references for copy in copies if copy.references and copy.references != copy.table]
+    if not referenced:
+        return []
     order = list(dict.fromkeys([*referenced, *(copy.table for copy in copies)]))
     return [lock for table in order for lock in c.dialect.lock_tables([table], exclusive=table in strong)]
 
@@ -466,7 +471,7 @@ class DualColumn(Operation):
             validate += d.validate_constraint(copy.table, copy.temporary)
             drop += d.drop_constraint(copy.table, copy.temporary)
         steps = []
-        every = {copy.table for copy in copies} | {copy.references for copy in copies if copy.references}
+        every = set().union(*(copy.tables for copy in copies))
         if validate:
             strong = {self.table} if facts.not_null or any(not copy.references for copy in copies) else set()
             undo = [*copy_locks(c, copies, every), *drop]

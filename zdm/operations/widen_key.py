@@ -342,11 +342,10 @@ def _rules(part: AlterColumn, key: KeyColumn, c: Compiler) -> list[MigrationStep
         add, validate, drop = d.refuse_nulls(part._sync_name(c), part.table, part.shadow)
         rules.append((f"NOT NULL of {part.table}.{part.shadow}", [], [], add, validate, drop))
     for copy in part._constraint_copies(c):
-        both = {copy.table, *([copy.references] if copy.references else [])}
         # the add drops a leftover first (ACCESS EXCLUSIVE on the copy's table), then adds (SHARE ROW
         # EXCLUSIVE on both); the undo drops (ACCESS EXCLUSIVE on both): see copy_locks
         rules.append((f"{copy.final} of {copy.table} as {copy.temporary}", copy_locks(c, [copy], {copy.table}),
-                      copy_locks(c, [copy], both), d.add_constraint(copy.table, copy.temporary, copy.definition),
+                      copy_locks(c, [copy], copy.tables), d.add_constraint(copy.table, copy.temporary, copy.definition),
                       d.validate_constraint(copy.table, copy.temporary), d.drop_constraint(copy.table, copy.temporary)))
     steps = []
     for what, lock, undo_lock, add, validate, drop in rules:
